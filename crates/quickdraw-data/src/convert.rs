@@ -1,0 +1,566 @@
+//! `convert`: input files -> validated, preprocessed `tf.train.Example` TFRecord shards, with
+//! `labels.txt`, `rejects.jsonl` and `manifest.json` beside them.
+//!
+//! Two phases keep memory constant whatever the input size and the output byte-identical for the
+//! same inputs and seed:
+//! 1. per class (classes in parallel; within a file, batches of records are parsed and
+//!    rasterised in parallel but decided in input order) every kept example is framed as a
+//!    TFRecord record and appended to a spill file per (split, class) in a temporary directory;
+//! 2. per split, the class spill files are interleaved in a seeded random order (each pick is
+//!    weighted by the records a class has left, i.e. a uniformly random merge) and dealt
+//!    round-robin into the shards, each written under a `.tmp` name and renamed when complete.
+//!
+//! `manifest.json` is written last, so a directory without it is not a finished dataset.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::drawing::{Drawing, Ink};
+use crate::features::{FeatureError, FeatureSpec, encode_example, is_raw, preprocess};
+use crate::ingest::{self, Format, IngestError, UnitReader, class_from_path, parse_unit};
+use crate::manifest::{
+    ClassCounts, DatasetManifest, InputFile, LABELS_FILE, MANIFEST_FILE, MANIFEST_VERSION, REJECTS_FILE, ShardFile,
+    labels_text,
+};
+use crate::split::{Assign, SPLITS, SplitPolicy, Splitter, mix64};
+use crate::tfrecord::frame_record;
+
+/// Records parsed together in parallel; large enough to amortise scheduling, small enough to
+/// keep memory flat.
+pub const BATCH_RECORDS: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct ConvertConfig {
+    /// Input files (directories are expanded by [`expand_inputs`]).
+    pub inputs: Vec<PathBuf>,
+    pub output: PathBuf,
+    /// Classes in label order; `None` = every class found in the inputs, sorted.
+    pub classes: Option<Vec<String>>,
+    pub split: SplitPolicy,
+    pub shards: usize,
+    pub features: FeatureSpec,
+    pub seed: u64,
+    pub include_unrecognized: bool,
+    /// Fail when `rejected / read` exceeds this share.
+    pub max_reject_rate: f64,
+    /// `quickdraw <version>` recorded in the manifest.
+    pub tool: String,
+}
+
+/// Counters a caller can poll to show progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes read from disk so far (compare with [`Plan::total_bytes`]).
+    pub bytes_read: AtomicU64,
+    /// Records read so far.
+    pub records: AtomicU64,
+    /// Examples written to shards in phase 2.
+    pub examples_written: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("no input files found in {0}")]
+    NoInputs(String),
+    #[error("class {class:?} was selected but no input file holds it (file names give the class, e.g. {class}.ndjson)")]
+    MissingClass { class: String },
+    #[error("--strokes needs pen strokes, but {0} is a numpy_bitmap file (images only)")]
+    StrokesFromBitmap(PathBuf),
+    #[error("--shards must be at least 1")]
+    NoShards,
+    #[error("invalid feature configuration: {0}")]
+    Features(#[from] FeatureError),
+    #[error(
+        "reject rate {rate:.2}% ({rejected} of {read} records) exceeds --max-reject-rate {max:.2}%; \
+         no shards were written; the rejected records are listed in {rejects}"
+    )]
+    TooManyRejects { rate: f64, rejected: u64, read: u64, max: f64, rejects: PathBuf },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ConvertError + '_ {
+    move |source| ConvertError::Io { path: path.to_path_buf(), source }
+}
+
+/// One input file, resolved.
+#[derive(Debug, Clone)]
+pub struct InputPlan {
+    pub path: PathBuf,
+    pub format: Format,
+    pub gzip: bool,
+    pub class: String,
+}
+
+/// What `convert` will do, before doing it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub classes: Vec<String>,
+    /// Per class (label order), its input files in path order.
+    pub groups: Vec<Vec<InputPlan>>,
+    /// Files whose class was not selected (not read).
+    pub skipped: Vec<PathBuf>,
+    pub total_bytes: u64,
+}
+
+/// Expands directories (recursively, sorted) into the supported files they contain; explicit
+/// files are kept whatever their name (the format is then sniffed from the content).
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, ConvertError> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found).map_err(io_err(p))?;
+            found.sort();
+            if found.is_empty() {
+                return Err(ConvertError::NoInputs(p.display().to_string()));
+            }
+            out.extend(found);
+        } else {
+            fs::metadata(p).map_err(io_err(p))?;
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if is_supported_name(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn is_supported_name(p: &Path) -> bool {
+    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let n = n.strip_suffix(".gz").unwrap_or(&n);
+    let ext = n.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    ingest::NDJSON_EXTENSIONS.contains(&ext) || ext == "bin" || ext == "npy"
+}
+
+/// Resolves formats and classes and checks the configuration, without converting anything.
+pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
+    if cfg.shards == 0 {
+        return Err(ConvertError::NoShards);
+    }
+    let files = expand_inputs(&cfg.inputs)?;
+    if files.is_empty() {
+        return Err(ConvertError::NoInputs(format!("{:?}", cfg.inputs)));
+    }
+    let mut by_class: BTreeMap<String, Vec<InputPlan>> = BTreeMap::new();
+    for path in files {
+        let (format, gzip) = ingest::detect(&path)?;
+        let class = class_from_path(&path);
+        by_class.entry(class.clone()).or_default().push(InputPlan { path, format, gzip, class });
+    }
+    let classes = match &cfg.classes {
+        Some(c) => c.clone(),
+        None => by_class.keys().cloned().collect(),
+    };
+    let mut skipped = Vec::new();
+    for (c, files) in &by_class {
+        if !classes.contains(c) {
+            skipped.extend(files.iter().map(|f| f.path.clone()));
+        }
+    }
+    let mut groups = Vec::new();
+    for c in &classes {
+        let mut files = by_class.remove(c).ok_or_else(|| ConvertError::MissingClass { class: c.clone() })?;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        if cfg.features.strokes.is_some() {
+            if let Some(f) = files.iter().find(|f| f.format == Format::NumpyBitmap) {
+                return Err(ConvertError::StrokesFromBitmap(f.path.clone()));
+            }
+        }
+        groups.push(files);
+    }
+    // Validate the raster configuration once, up front, rather than per record.
+    preprocess(&Ink::Strokes(vec![]), &FeatureSpec { strokes: None, ..cfg.features })?;
+    let total_bytes = groups.iter().flatten().map(|f| fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0)).sum();
+    Ok(Plan { classes, groups, skipped, total_bytes })
+}
+
+/// The result of a successful conversion.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    pub manifest: DatasetManifest,
+    pub skipped: Vec<PathBuf>,
+    pub rejects_path: PathBuf,
+}
+
+struct GroupOut {
+    counts: ClassCounts,
+    inputs: Vec<InputFile>,
+    /// Examples per split in this class's spill files.
+    per_split: [u64; 3],
+}
+
+/// Runs a planned conversion.
+pub fn run(cfg: &ConvertConfig, plan: &Plan, progress: &Progress) -> Result<ConvertReport, ConvertError> {
+    let out = &cfg.output;
+    fs::create_dir_all(out).map_err(io_err(out))?;
+    // From here on the directory is not a finished dataset until the new manifest appears.
+    remove_if_exists(&out.join(MANIFEST_FILE))?;
+    clean_stale(out)?;
+    let tmp = out.join(format!(".convert-tmp-{}", std::process::id()));
+    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    for s in SPLITS {
+        fs::create_dir_all(tmp.join(s)).map_err(io_err(&tmp))?;
+    }
+
+    // Phase 1: classes in parallel.
+    let results: Vec<Result<GroupOut, ConvertError>> = plan
+        .groups
+        .par_iter()
+        .enumerate()
+        .map(|(label, files)| convert_class(cfg, label, &plan.classes[label], files, &tmp, progress))
+        .collect();
+    let mut groups = Vec::with_capacity(results.len());
+    for r in results {
+        groups.push(r?);
+    }
+
+    // Rejects: concatenated in class order (deterministic), before the rate check so a failing
+    // run still says which records were bad.
+    let rejects_path = out.join(REJECTS_FILE);
+    {
+        let mut w = BufWriter::new(File::create(&rejects_path).map_err(io_err(&rejects_path))?);
+        for label in 0..plan.classes.len() {
+            let p = tmp.join(format!("rejects-{label}.jsonl"));
+            let mut f = File::open(&p).map_err(io_err(&p))?;
+            io::copy(&mut f, &mut w).map_err(io_err(&rejects_path))?;
+        }
+        w.flush().map_err(io_err(&rejects_path))?;
+    }
+    let mut totals = ClassCounts::default();
+    for g in &groups {
+        totals.add(&g.counts);
+    }
+    let rejected = totals.rejected_total();
+    let rate = if totals.read == 0 { 0.0 } else { rejected as f64 / totals.read as f64 };
+    if rate > cfg.max_reject_rate {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(ConvertError::TooManyRejects {
+            rate: rate * 100.0,
+            rejected,
+            read: totals.read,
+            max: cfg.max_reject_rate * 100.0,
+            rejects: rejects_path,
+        });
+    }
+
+    // Phase 2: splits in parallel, each an interleave of its class spill files.
+    let counts: Vec<[u64; 3]> = groups.iter().map(|g| g.per_split).collect();
+    let shard_results: Vec<Result<(usize, Vec<ShardFile>), ConvertError>> = (0..SPLITS.len())
+        .into_par_iter()
+        .filter(|&s| counts.iter().any(|c| c[s] > 0))
+        .map(|s| write_split(cfg, s, &counts, &tmp, progress).map(|v| (s, v)))
+        .collect();
+    let mut shards = BTreeMap::new();
+    for r in shard_results {
+        let (s, files) = r?;
+        shards.insert(SPLITS[s].to_string(), files);
+    }
+
+    let label_path = out.join(LABELS_FILE);
+    write_atomic(&label_path, labels_text(&plan.classes).as_bytes())?;
+    let examples: u64 = shards.values().flatten().map(|f| f.examples).sum();
+    let shard_bytes: u64 = shards.values().flatten().map(|f| f.bytes).sum();
+    let manifest = DatasetManifest {
+        manifest_version: MANIFEST_VERSION,
+        tool: cfg.tool.clone(),
+        classes: plan.classes.clone(),
+        features: cfg.features,
+        seed: cfg.seed,
+        split: serde_json::to_value(&cfg.split).unwrap_or_default(),
+        include_unrecognized: cfg.include_unrecognized,
+        inputs: groups.iter().flat_map(|g| g.inputs.clone()).collect(),
+        shards,
+        per_class: plan.classes.iter().cloned().zip(groups.iter().map(|g| g.counts.clone())).collect(),
+        totals,
+        bytes_per_example: if examples == 0 { 0.0 } else { shard_bytes as f64 / examples as f64 },
+    };
+    write_atomic(&out.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(ConvertReport { manifest, skipped: plan.skipped.clone(), rejects_path })
+}
+
+fn remove_if_exists(p: &Path) -> Result<(), ConvertError> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ConvertError::Io { path: p.to_path_buf(), source: e }),
+        _ => Ok(()),
+    }
+}
+
+/// Is this one of the shard names `convert` writes (`train-00000-of-00010`, maybe `.tmp`)?
+pub fn is_shard_name(name: &str) -> bool {
+    let name = name.strip_suffix(".tmp").unwrap_or(name);
+    let Some((split, rest)) = name.split_once('-') else { return false };
+    if !SPLITS.contains(&split) {
+        return false;
+    }
+    let parts: Vec<&str> = rest.split('-').collect();
+    parts.len() == 3 && parts[1] == "of" && [parts[0], parts[2]].iter().all(|p| p.len() == 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes what an earlier (maybe interrupted) run left: temporary directories, `.tmp` files
+/// and shards of our naming scheme (a new run may use a different shard count).
+fn clean_stale(out: &Path) -> Result<(), ConvertError> {
+    for e in fs::read_dir(out).map_err(io_err(out))? {
+        let e = e.map_err(io_err(out))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let p = e.path();
+        if name.starts_with(".convert-tmp-") && p.is_dir() {
+            fs::remove_dir_all(&p).map_err(io_err(&p))?;
+        } else if is_shard_name(&name) || name.ends_with(".json.tmp") || name.ends_with(".txt.tmp") {
+            fs::remove_file(&p).map_err(io_err(&p))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ConvertError> {
+    let tmp = path.with_file_name(format!("{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(data).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Format name for the manifest: NDJSON files are `simplified_ndjson` or `raw_ndjson` after the
+/// first valid record.
+fn format_name(format: Format, first: Option<&Drawing>) -> String {
+    match (format, first.and_then(|d| d.strokes())) {
+        (Format::Ndjson, Some(s)) if is_raw(s) => "raw_ndjson".into(),
+        (Format::Ndjson, Some(_)) => "simplified_ndjson".into(),
+        (f, _) => f.name().into(),
+    }
+}
+
+enum Outcome {
+    Reject(crate::validate::Reject),
+    Keep(Drawing),
+}
+
+fn convert_class(
+    cfg: &ConvertConfig,
+    label: usize,
+    class: &str,
+    files: &[InputPlan],
+    tmp: &Path,
+    progress: &Progress,
+) -> Result<GroupOut, ConvertError> {
+    let mut counts = ClassCounts::default();
+    let mut per_split = [0u64; 3];
+    let mut splitter = Splitter::new(&cfg.split);
+    let mut spills: Vec<BufWriter<File>> = Vec::with_capacity(3);
+    for s in SPLITS {
+        let p = tmp.join(s).join(format!("{label}.rec"));
+        spills.push(BufWriter::with_capacity(1 << 18, File::create(&p).map_err(io_err(&p))?));
+    }
+    let rejects_path = tmp.join(format!("rejects-{label}.jsonl"));
+    let mut rejects = BufWriter::new(File::create(&rejects_path).map_err(io_err(&rejects_path))?);
+    let mut inputs = Vec::new();
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut reported = 0u64;
+
+    for f in files {
+        let mut reader = UnitReader::open_as(&f.path, f.format, f.gzip, Some(counter.clone()))?;
+        let mut format = None;
+        let loc_key = if f.format == Format::Ndjson { "line" } else { "record" };
+        while !splitter.all_full() {
+            let mut batch = Vec::with_capacity(BATCH_RECORDS);
+            while batch.len() < BATCH_RECORDS {
+                match reader.next_record()? {
+                    Some(u) => batch.push(u),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let parsed: Vec<Outcome> = batch
+                .par_iter()
+                .map(|u| match parse_unit(f.format, u, class) {
+                    Ok(d) => Outcome::Keep(d),
+                    Err(r) => Outcome::Reject(r),
+                })
+                .collect();
+            // Decide in input order: this is what makes quotas and output deterministic.
+            let mut todo: Vec<(usize, Drawing)> = Vec::new();
+            for (u, o) in batch.iter().zip(parsed) {
+                counts.read += 1;
+                match o {
+                    Outcome::Reject(r) => {
+                        *counts.rejected.entry(r.reason.as_str().to_string()).or_default() += 1;
+                        let line = serde_json::json!({
+                            "file": f.path.display().to_string(),
+                            loc_key: u.index,
+                            "reason": r.reason.as_str(),
+                            "detail": r.detail,
+                        });
+                        writeln!(rejects, "{line}").map_err(io_err(&rejects_path))?;
+                    }
+                    Outcome::Keep(d) => {
+                        if format.is_none() {
+                            format = Some(format_name(f.format, Some(&d)));
+                        }
+                        if !d.recognized && !cfg.include_unrecognized {
+                            *counts.filtered.entry("unrecognized".into()).or_default() += 1;
+                            continue;
+                        }
+                        match splitter.assign(class, d.key_id, d.timestamp) {
+                            Assign::Split(s) => todo.push((s, d)),
+                            Assign::SplitFull => *counts.filtered.entry("split_full".into()).or_default() += 1,
+                            Assign::NotSelected => *counts.filtered.entry("not_in_split".into()).or_default() += 1,
+                        }
+                    }
+                }
+            }
+            let encoded: Vec<Result<(usize, Vec<u8>, bool), FeatureError>> = todo
+                .par_iter()
+                .map(|(s, d)| {
+                    let p = preprocess(&d.ink, &cfg.features)?;
+                    let truncated = p.strokes.as_ref().is_some_and(|s| s.truncated);
+                    let ex = encode_example(d, label as i64, &p, &cfg.features);
+                    let mut framed = Vec::with_capacity(ex.len() + 16);
+                    frame_record(&ex, &mut framed);
+                    Ok((*s, framed, truncated))
+                })
+                .collect();
+            for e in encoded {
+                let (s, framed, truncated) = e?;
+                let p = tmp.join(SPLITS[s]);
+                spills[s].write_all(&framed).map_err(io_err(&p))?;
+                per_split[s] += 1;
+                counts.kept += 1;
+                counts.strokes_truncated += truncated as u64;
+                *counts.splits.entry(SPLITS[s].to_string()).or_default() += 1;
+            }
+            progress.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let now = counter.load(Ordering::Relaxed);
+            progress.bytes_read.fetch_add(now - reported, Ordering::Relaxed);
+            reported = now;
+        }
+        if splitter.all_full() {
+            counts.quota_filled_early = true;
+        }
+        let (sha256, bytes) = reader.finish()?;
+        inputs.push(InputFile {
+            path: f.path.display().to_string(),
+            format: format.unwrap_or_else(|| format_name(f.format, None)),
+            gzip: f.gzip,
+            bytes,
+            sha256,
+            class: class.to_string(),
+        });
+    }
+    let now = counter.load(Ordering::Relaxed);
+    progress.bytes_read.fetch_add(now - reported, Ordering::Relaxed);
+    for (s, w) in spills.iter_mut().enumerate() {
+        w.flush().map_err(io_err(&tmp.join(SPLITS[s])))?;
+    }
+    rejects.flush().map_err(io_err(&rejects_path))?;
+    Ok(GroupOut { counts, inputs, per_split })
+}
+
+/// Shard file name, as TensorFlow's sharded writers name them.
+pub fn shard_name(split: &str, index: usize, total: usize) -> String {
+    format!("{split}-{index:05}-of-{total:05}")
+}
+
+/// Reads one framed record (header, data, CRC) from a spill file into `buf`.
+fn read_framed<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.resize(12, 0);
+    r.read_exact(&mut buf[..12])?;
+    let len = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")) as usize;
+    buf.resize(12 + len + 4, 0);
+    r.read_exact(&mut buf[12..])
+}
+
+fn write_split(
+    cfg: &ConvertConfig,
+    split: usize,
+    counts: &[[u64; 3]],
+    tmp: &Path,
+    progress: &Progress,
+) -> Result<Vec<ShardFile>, ConvertError> {
+    let name = SPLITS[split];
+    let dir = tmp.join(name);
+    let mut readers = Vec::with_capacity(counts.len());
+    let mut left: Vec<u64> = counts.iter().map(|c| c[split]).collect();
+    for label in 0..counts.len() {
+        let p = dir.join(format!("{label}.rec"));
+        readers.push(BufReader::with_capacity(1 << 14, File::open(&p).map_err(io_err(&p))?));
+    }
+    let n = cfg.shards;
+    let mut writers = Vec::with_capacity(n);
+    let mut files = Vec::with_capacity(n);
+    for i in 0..n {
+        let final_path = cfg.output.join(shard_name(name, i, n));
+        let tmp_path = final_path.with_file_name(format!("{}.tmp", shard_name(name, i, n)));
+        writers.push(BufWriter::with_capacity(1 << 18, File::create(&tmp_path).map_err(io_err(&tmp_path))?));
+        files.push((tmp_path, final_path, 0u64, 0u64));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(mix64(cfg.seed ^ mix64(split as u64 + 1)));
+    let mut total: u64 = left.iter().sum();
+    let mut buf = Vec::new();
+    let mut k = 0usize;
+    while total > 0 {
+        // Weighted pick: every ordering of the remaining records is equally likely.
+        let mut r = rng.random_range(0..total);
+        let mut c = 0;
+        while r >= left[c] {
+            r -= left[c];
+            c += 1;
+        }
+        left[c] -= 1;
+        total -= 1;
+        read_framed(&mut readers[c], &mut buf).map_err(io_err(&dir.join(format!("{c}.rec"))))?;
+        let shard = k % n;
+        writers[shard].write_all(&buf).map_err(io_err(&files[shard].0))?;
+        files[shard].2 += 1;
+        files[shard].3 += buf.len() as u64;
+        k += 1;
+        progress.examples_written.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut out = Vec::with_capacity(n);
+    for (w, (tmp_path, final_path, examples, bytes)) in writers.into_iter().zip(files) {
+        let f = w.into_inner().map_err(|e| ConvertError::Io { path: tmp_path.clone(), source: e.into_error() })?;
+        f.sync_all().map_err(io_err(&tmp_path))?;
+        fs::rename(&tmp_path, &final_path).map_err(io_err(&final_path))?;
+        let file = final_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        out.push(ShardFile { file, examples, bytes });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names() {
+        assert_eq!(shard_name("train", 3, 10), "train-00003-of-00010");
+        assert!(is_shard_name("train-00003-of-00010"));
+        assert!(is_shard_name("eval-00000-of-00001.tmp"));
+        assert!(!is_shard_name("train-3-of-10"));
+        assert!(!is_shard_name("my-00003-of-00010"));
+        assert!(!is_shard_name("manifest.json"));
+    }
+}

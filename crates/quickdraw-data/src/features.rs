@@ -1,0 +1,376 @@
+//! The feature contract: how one drawing becomes a `tf.train.Example` and back.
+//!
+//! [`preprocess`] is the single preprocessing path (simplify raw ink, rasterise, stroke
+//! features) used by `convert`, training-time decoding checks, `predict`, `model run` and the
+//! server; [`encode_example`] / [`decode_example`] define the feature names and types that
+//! TensorFlow's `tf.io.parse_single_example` sees.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::drawing::{Drawing, Ink, Stroke};
+use crate::example::{Example, Feature, Kind};
+use crate::raster::{RasterError, RasterSpec, rasterize};
+use crate::simplify::simplify;
+use crate::strokes::{StrokeFeatures, StrokeSpec, stroke_features};
+
+/// Model inputs are pixel values scaled to [0, 1] (the lecture divides `img_64` by 255).
+pub const PIXEL_SCALE: f32 = 1.0 / 255.0;
+
+/// Feature names (the lecture's, see `convert` in the AMLD 2018 workshop notebooks).
+pub const LABEL: &str = "label";
+pub const WORD: &str = "word";
+pub const COUNTRYCODE: &str = "countrycode";
+pub const RECOGNIZED: &str = "recognized";
+pub const TIMESTAMP: &str = "timestamp";
+pub const KEY_ID: &str = "key_id";
+pub const STROKE_X: &str = "stroke_x";
+pub const STROKE_Y: &str = "stroke_y";
+pub const STROKE_Z: &str = "stroke_z";
+pub const STROKE_LEN: &str = "stroke_len";
+
+/// `img_64` for 64x64 images, `img_<size>` in general.
+pub fn image_key(size: u32) -> String {
+    format!("img_{size}")
+}
+
+/// How the image feature is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageEncoding {
+    /// `int64_list` of `size*size` values 0..=255, row-major (the lecture's format).
+    Int64,
+    /// One `bytes_list` entry of `size*size` raw uint8 (`tf.io.decode_raw(x, tf.uint8)`).
+    Bytes,
+    /// One `bytes_list` entry holding a grey-scale PNG (`tf.io.decode_png`).
+    Png,
+}
+
+impl std::str::FromStr for ImageEncoding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "int64" => Ok(ImageEncoding::Int64),
+            "bytes" => Ok(ImageEncoding::Bytes),
+            "png" => Ok(ImageEncoding::Png),
+            _ => Err(format!("unknown image encoding {s:?} (expected int64, bytes or png)")),
+        }
+    }
+}
+
+/// Everything that decides the bytes of an example; stored in the dataset manifest and copied
+/// into exports so serving preprocesses exactly like training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub raster: RasterSpec,
+    pub image_encoding: ImageEncoding,
+    /// `Some` when the stroke features are written.
+    pub strokes: Option<StrokeSpec>,
+    /// Raw drawings (with timing or non-integer / out-of-0..255 coordinates) are first
+    /// simplified with Google's algorithm, so raw and simplified inputs give the same examples.
+    pub simplify_raw: bool,
+}
+
+impl Default for FeatureSpec {
+    fn default() -> Self {
+        FeatureSpec {
+            raster: RasterSpec::default(),
+            image_encoding: ImageEncoding::Int64,
+            strokes: None,
+            simplify_raw: true,
+        }
+    }
+}
+
+/// Model-ready features of one drawing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocessed {
+    /// `size * size` grey values, row-major.
+    pub image: Vec<u8>,
+    pub strokes: Option<StrokeFeatures>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    #[error(transparent)]
+    Raster(#[from] RasterError),
+    #[error("stroke features need pen strokes, but this record is an image only (numpy_bitmap)")]
+    NoStrokes,
+    #[error("not a tf.train.Example: {0}")]
+    Proto(#[from] prost::DecodeError),
+    #[error("feature {0:?} is missing")]
+    Missing(String),
+    #[error("feature {key:?} is {found}, expected {expected}")]
+    WrongType { key: String, expected: &'static str, found: &'static str },
+    #[error("feature {key:?} has {found} values, expected {expected}")]
+    WrongLength { key: String, expected: usize, found: usize },
+    #[error("feature {key:?}: {what}")]
+    BadValue { key: String, what: String },
+}
+
+/// True when strokes look like raw data rather than Google's simplified format.
+pub fn is_raw(strokes: &[Stroke]) -> bool {
+    strokes.iter().any(|s| {
+        s.t.is_some()
+            || s.x.iter().chain(&s.y).any(|&v| v.fract() != 0.0 || !(0.0..=255.0).contains(&v))
+    })
+}
+
+/// The one preprocessing path: raw ink is simplified, then rasterised (and turned into stroke
+/// features when the spec asks for them).
+pub fn preprocess(ink: &Ink, spec: &FeatureSpec) -> Result<Preprocessed, FeatureError> {
+    match ink {
+        Ink::Strokes(strokes) => {
+            let simplified;
+            let strokes = if spec.simplify_raw && is_raw(strokes) {
+                simplified = simplify(strokes);
+                &simplified[..]
+            } else {
+                &strokes[..]
+            };
+            let image = rasterize(&Ink::Strokes(strokes.to_vec()), &spec.raster)?;
+            let strokes = spec.strokes.map(|s| stroke_features(strokes, &s));
+            Ok(Preprocessed { image, strokes })
+        }
+        Ink::Bitmap(_) => {
+            if spec.strokes.is_some() {
+                return Err(FeatureError::NoStrokes);
+            }
+            Ok(Preprocessed { image: rasterize(ink, &spec.raster)?, strokes: None })
+        }
+    }
+}
+
+/// Builds the serialized `tf.train.Example` of a drawing.
+pub fn encode_example(d: &Drawing, label: i64, p: &Preprocessed, spec: &FeatureSpec) -> Vec<u8> {
+    let mut f = BTreeMap::new();
+    f.insert(LABEL.to_string(), Feature::int64(label));
+    let img = match spec.image_encoding {
+        ImageEncoding::Int64 => Feature::int64s(p.image.iter().map(|&v| v as i64).collect()),
+        ImageEncoding::Bytes => Feature::bytes(p.image.clone()),
+        ImageEncoding::Png => Feature::bytes(encode_png(&p.image, spec.raster.size)),
+    };
+    f.insert(image_key(spec.raster.size), img);
+    f.insert(WORD.to_string(), Feature::bytes(d.word.as_bytes().to_vec()));
+    f.insert(COUNTRYCODE.to_string(), Feature::bytes(d.countrycode.as_bytes().to_vec()));
+    f.insert(RECOGNIZED.to_string(), Feature::int64(d.recognized as i64));
+    f.insert(TIMESTAMP.to_string(), Feature::int64(d.timestamp));
+    f.insert(KEY_ID.to_string(), Feature::int64(d.key_id as i64));
+    if let Some(s) = &p.strokes {
+        f.insert(STROKE_X.to_string(), Feature::floats(s.dx.clone()));
+        f.insert(STROKE_Y.to_string(), Feature::floats(s.dy.clone()));
+        f.insert(STROKE_Z.to_string(), Feature::floats(s.pen.clone()));
+        f.insert(STROKE_LEN.to_string(), Feature::int64(s.len as i64));
+    }
+    Example::from_features(f).to_bytes()
+}
+
+/// Grey-scale 8-bit PNG of a square image.
+pub fn encode_png(image: &[u8], size: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, size, size);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Fast);
+    // Writing into a Vec cannot fail and the dimensions match the data by construction.
+    let mut w = enc.write_header().expect("PNG header into memory");
+    w.write_image_data(image).expect("PNG data into memory");
+    drop(w);
+    out
+}
+
+/// Decodes a grey-scale PNG into `size * size` bytes.
+pub fn decode_png(bytes: &[u8], size: u32) -> Result<Vec<u8>, String> {
+    let dec = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = dec.read_info().map_err(|e| e.to_string())?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
+    if info.width != size || info.height != size || info.color_type != png::ColorType::Grayscale {
+        return Err(format!(
+            "PNG is {}x{} {:?}, expected {size}x{size} Grayscale",
+            info.width, info.height, info.color_type
+        ));
+    }
+    buf.truncate(info.buffer_size());
+    Ok(buf)
+}
+
+/// One example read back from a shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedExample {
+    pub label: i64,
+    pub image: Vec<u8>,
+    pub strokes: Option<StrokeFeatures>,
+    pub word: String,
+    pub countrycode: String,
+    pub recognized: bool,
+    pub timestamp: i64,
+    pub key_id: u64,
+}
+
+fn int64s<'a>(ex: &'a Example, key: &str) -> Result<&'a [i64], FeatureError> {
+    match ex.get(key).map(|f| (&f.kind, f)) {
+        Some((Some(Kind::Int64List(l)), _)) => Ok(&l.value),
+        Some((_, f)) => Err(FeatureError::WrongType {
+            key: key.into(),
+            expected: "int64_list",
+            found: f.kind_name(),
+        }),
+        None => Err(FeatureError::Missing(key.into())),
+    }
+}
+
+fn int64(ex: &Example, key: &str) -> Result<i64, FeatureError> {
+    match int64s(ex, key)? {
+        [v] => Ok(*v),
+        v => Err(FeatureError::WrongLength { key: key.into(), expected: 1, found: v.len() }),
+    }
+}
+
+fn bytes<'a>(ex: &'a Example, key: &str) -> Result<&'a [u8], FeatureError> {
+    match ex.get(key).map(|f| (&f.kind, f)) {
+        Some((Some(Kind::BytesList(l)), _)) => match &l.value[..] {
+            [v] => Ok(v),
+            v => Err(FeatureError::WrongLength { key: key.into(), expected: 1, found: v.len() }),
+        },
+        Some((_, f)) => Err(FeatureError::WrongType {
+            key: key.into(),
+            expected: "bytes_list",
+            found: f.kind_name(),
+        }),
+        None => Err(FeatureError::Missing(key.into())),
+    }
+}
+
+fn floats<'a>(ex: &'a Example, key: &str) -> Result<&'a [f32], FeatureError> {
+    match ex.get(key).map(|f| (&f.kind, f)) {
+        Some((Some(Kind::FloatList(l)), _)) => Ok(&l.value),
+        Some((_, f)) => Err(FeatureError::WrongType {
+            key: key.into(),
+            expected: "float_list",
+            found: f.kind_name(),
+        }),
+        None => Err(FeatureError::Missing(key.into())),
+    }
+}
+
+/// Decodes only the image (and label) of an example: the hot path of training.
+pub fn decode_image(ex: &Example, spec: &FeatureSpec) -> Result<Vec<u8>, FeatureError> {
+    let key = image_key(spec.raster.size);
+    let n = spec.raster.pixels();
+    let image = match spec.image_encoding {
+        ImageEncoding::Int64 => {
+            let v = int64s(ex, &key)?;
+            if let Some(bad) = v.iter().find(|&&p| !(0..=255).contains(&p)) {
+                return Err(FeatureError::BadValue { key, what: format!("pixel value {bad} outside 0..=255") });
+            }
+            v.iter().map(|&p| p as u8).collect()
+        }
+        ImageEncoding::Bytes => bytes(ex, &key)?.to_vec(),
+        ImageEncoding::Png => {
+            decode_png(bytes(ex, &key)?, spec.raster.size).map_err(|what| FeatureError::BadValue { key: key.clone(), what })?
+        }
+    };
+    if image.len() != n {
+        return Err(FeatureError::WrongLength { key, expected: n, found: image.len() });
+    }
+    Ok(image)
+}
+
+/// Decodes a serialized example written by [`encode_example`] with the same spec.
+pub fn decode_example(bytes_: &[u8], spec: &FeatureSpec) -> Result<DecodedExample, FeatureError> {
+    let ex = Example::from_bytes(bytes_)?;
+    let image = decode_image(&ex, spec)?;
+    let strokes = match spec.strokes {
+        None => None,
+        Some(_) => {
+            let dx = floats(&ex, STROKE_X)?.to_vec();
+            let dy = floats(&ex, STROKE_Y)?.to_vec();
+            let pen = floats(&ex, STROKE_Z)?.to_vec();
+            let len = int64(&ex, STROKE_LEN)?;
+            for (k, v) in [(STROKE_X, &dx), (STROKE_Y, &dy), (STROKE_Z, &pen)] {
+                if v.len() as i64 != len {
+                    return Err(FeatureError::WrongLength { key: k.into(), expected: len.max(0) as usize, found: v.len() });
+                }
+            }
+            Some(StrokeFeatures { dx, dy, pen, len: len as usize, truncated: false })
+        }
+    };
+    let text = |k: &str| -> Result<String, FeatureError> {
+        String::from_utf8(bytes(&ex, k)?.to_vec())
+            .map_err(|_| FeatureError::BadValue { key: k.into(), what: "not UTF-8".into() })
+    };
+    Ok(DecodedExample {
+        label: int64(&ex, LABEL)?,
+        image,
+        strokes,
+        word: text(WORD)?,
+        countrycode: text(COUNTRYCODE)?,
+        recognized: int64(&ex, RECOGNIZED)? != 0,
+        timestamp: int64(&ex, TIMESTAMP)?,
+        key_id: int64(&ex, KEY_ID)? as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raster::RasterMode;
+
+    fn drawing() -> Drawing {
+        Drawing {
+            key_id: 5201136883597312,
+            word: "cat".into(),
+            countrycode: "VE".into(),
+            timestamp: 1488497110,
+            recognized: true,
+            ink: Ink::Strokes(vec![
+                Stroke::new(vec![0., 100., 255.], vec![0., 200., 10.]),
+                Stroke::new(vec![30., 40.], vec![250., 255.]),
+            ]),
+        }
+    }
+
+    #[test]
+    fn round_trip_every_encoding() {
+        for enc in [ImageEncoding::Int64, ImageEncoding::Bytes, ImageEncoding::Png] {
+            let spec = FeatureSpec {
+                raster: RasterSpec::new(RasterMode::Amld, 32, None),
+                image_encoding: enc,
+                strokes: Some(StrokeSpec::default()),
+                simplify_raw: true,
+            };
+            let d = drawing();
+            let p = preprocess(&d.ink, &spec).unwrap();
+            assert!(p.image.iter().any(|&v| v == 255));
+            let bytes = encode_example(&d, 7, &p, &spec);
+            let back = decode_example(&bytes, &spec).unwrap();
+            assert_eq!(back.label, 7);
+            assert_eq!(back.image, p.image, "{enc:?}");
+            assert_eq!(back.key_id, d.key_id);
+            assert_eq!(back.word, "cat");
+            assert_eq!(back.strokes.unwrap().len, 4, "5 points give 4 deltas");
+        }
+    }
+
+    #[test]
+    fn wrong_features_are_named() {
+        let spec = FeatureSpec::default();
+        let mut f = BTreeMap::new();
+        f.insert(LABEL.to_string(), Feature::bytes(b"x".to_vec()));
+        let err = decode_example(&Example::from_features(f).to_bytes(), &spec).unwrap_err();
+        assert!(err.to_string().contains("img_64"), "{err}");
+        let mut f = BTreeMap::new();
+        f.insert("img_64".to_string(), Feature::int64s(vec![0; 10]));
+        let err = decode_example(&Example::from_features(f).to_bytes(), &spec).unwrap_err();
+        assert!(err.to_string().contains("10 values, expected 4096"), "{err}");
+    }
+
+    #[test]
+    fn raw_detection() {
+        assert!(!is_raw(&[Stroke::new(vec![0., 255.], vec![3., 4.])]));
+        assert!(is_raw(&[Stroke::new(vec![0.5], vec![3.])]));
+        assert!(is_raw(&[Stroke::new(vec![300.], vec![3.])]));
+    }
+}

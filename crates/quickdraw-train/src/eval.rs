@@ -1,0 +1,311 @@
+//! Evaluation of a trained model on eval shards (`quickdraw evaluate`) and the comparison of two
+//! models on the same shards (`quickdraw compare`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceChoice;
+use crate::error::{Result, TrainError};
+use crate::infer::TrainedModel;
+use crate::metrics::{MetricsAccumulator, MetricsReport, ranking};
+use crate::model::{Model, ModelInput, ModelKind};
+use crate::modeldir::{self, CheckpointSel, EVALUATION_FILE};
+use crate::pipeline::{DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions, StreamPosition, DEFAULT_PREFETCH};
+use crate::train::log_probs;
+
+/// How to run an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalOptions {
+    pub batch_size: usize,
+    /// Stop after this many batches (default: the whole eval set).
+    pub max_batches: Option<u64>,
+    pub prefetch: usize,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { batch_size: 256, max_batches: None, prefetch: DEFAULT_PREFETCH }
+    }
+}
+
+/// One example's prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Position in the (unshuffled) eval stream.
+    pub index: u64,
+    pub key_id: u64,
+    pub label: usize,
+    pub predicted: usize,
+    /// Probability of the predicted class.
+    pub probability: f32,
+    /// Probability of the true class.
+    pub true_probability: f32,
+}
+
+/// Runs `model` (in validation mode, on the plain `device`) over `src` in file order.
+pub fn evaluate_model(
+    model: &Model,
+    kind: ModelKind,
+    device: &Device,
+    src: &DataSource,
+    classes: &[String],
+    opts: &EvalOptions,
+    keep_predictions: bool,
+) -> Result<(MetricsReport, Vec<Prediction>)> {
+    let c = classes.len();
+    let mut pipeline = Pipeline::spawn(
+        src,
+        PipelineOptions {
+            order: OrderOptions::eval(),
+            decode: DecodeOptions { spec: *src.spec(), n_classes: c, strokes: kind.uses_strokes() },
+            batch_size: opts.batch_size.max(1),
+            start: StreamPosition::default(),
+            prefetch: opts.prefetch,
+            max_batches: opts.max_batches,
+        },
+    )?;
+    let mut acc = MetricsAccumulator::new(c);
+    let mut preds = Vec::new();
+    let mut index = 0u64;
+    while let Some(batch) = pipeline.next_batch()? {
+        let lp = log_probs(model, ModelInput::from_batch(&batch, kind, device)?);
+        acc.add_batch(&lp, &batch.labels);
+        if keep_predictions {
+            for ((row, &label), &key_id) in lp.chunks_exact(c).zip(&batch.labels).zip(&batch.key_ids) {
+                let predicted = ranking(row)[0];
+                preds.push(Prediction {
+                    index,
+                    key_id,
+                    label: label as usize,
+                    predicted,
+                    probability: row[predicted].exp(),
+                    true_probability: row[label as usize].exp(),
+                });
+                index += 1;
+            }
+        }
+    }
+    Ok((acc.report(classes), preds))
+}
+
+/// What `quickdraw evaluate` reports (and writes to `evaluation.json`): the metrics at the top
+/// level plus where they came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub model_dir: String,
+    pub model: ModelKind,
+    pub checkpoint: String,
+    pub step: u64,
+    pub eval_files: String,
+    pub seconds: f64,
+    pub examples_per_sec: f64,
+    #[serde(flatten)]
+    pub metrics: MetricsReport,
+}
+
+/// `quickdraw evaluate` options.
+#[derive(Debug, Clone)]
+pub struct EvaluateRequest {
+    pub model_dir: PathBuf,
+    pub eval_files: String,
+    pub checkpoint: CheckpointSel,
+    pub eval_steps: Option<u64>,
+    pub batch_size: Option<usize>,
+    pub device: DeviceChoice,
+    /// Write `evaluation.json` into the model dir.
+    pub write_report: bool,
+}
+
+impl EvaluateRequest {
+    pub fn new(model_dir: impl Into<PathBuf>, eval_files: impl Into<String>) -> Self {
+        EvaluateRequest {
+            model_dir: model_dir.into(),
+            eval_files: eval_files.into(),
+            checkpoint: CheckpointSel::Latest,
+            eval_steps: None,
+            batch_size: None,
+            device: DeviceChoice::Cpu,
+            write_report: true,
+        }
+    }
+}
+
+/// Checks that eval shards match what a model was trained on.
+pub fn check_compatible(tm: &TrainedModel, src: &DataSource) -> Result<()> {
+    if src.labels != tm.config.classes {
+        return Err(TrainError::Config(format!(
+            "{}: the eval shards' classes ({}) differ from the model's ({})",
+            src.dir.display(),
+            src.labels.len(),
+            tm.config.classes.len()
+        )));
+    }
+    if *src.spec() != tm.config.features {
+        return Err(TrainError::Config(format!(
+            "{}: the eval shards were preprocessed differently from the model's training data (feature specs differ)",
+            src.dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Evaluates a model dir's checkpoint on eval shards.
+pub fn evaluate(req: &EvaluateRequest, keep_predictions: bool) -> Result<(Evaluation, Vec<Prediction>)> {
+    let tm = TrainedModel::load(&req.model_dir, req.checkpoint, req.device)?;
+    let src = DataSource::open(&req.eval_files)?;
+    evaluate_loaded(&tm, &src, req, keep_predictions)
+}
+
+fn evaluate_loaded(
+    tm: &TrainedModel,
+    src: &DataSource,
+    req: &EvaluateRequest,
+    keep_predictions: bool,
+) -> Result<(Evaluation, Vec<Prediction>)> {
+    check_compatible(tm, src)?;
+    let opts = EvalOptions {
+        batch_size: req.batch_size.unwrap_or(tm.config.batch_size.max(64)),
+        max_batches: req.eval_steps,
+        prefetch: DEFAULT_PREFETCH,
+    };
+    let t = Instant::now();
+    let (metrics, preds) = evaluate_model(tm.model(), tm.kind(), tm.device(), src, &tm.config.classes, &opts, keep_predictions)?;
+    let seconds = t.elapsed().as_secs_f64();
+    let ev = Evaluation {
+        model_dir: req.model_dir.display().to_string(),
+        model: tm.kind(),
+        checkpoint: tm.checkpoint.dir.display().to_string(),
+        step: tm.step(),
+        eval_files: req.eval_files.clone(),
+        seconds,
+        examples_per_sec: metrics.examples as f64 / seconds.max(1e-9),
+        metrics,
+    };
+    if req.write_report {
+        let text = serde_json::to_string_pretty(&ev).expect("evaluation serialises") + "\n";
+        modeldir::write_atomic(&req.model_dir.join(EVALUATION_FILE), text.as_bytes())?;
+    }
+    Ok((ev, preds))
+}
+
+/// Per-class change from model A to model B.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassDelta {
+    pub class: String,
+    pub support: u64,
+    pub recall_a: f64,
+    pub recall_b: f64,
+    pub f1_a: f64,
+    pub f1_b: f64,
+    pub delta_recall: f64,
+    pub delta_f1: f64,
+}
+
+/// An example whose correctness differs between A and B.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flip {
+    pub index: u64,
+    pub key_id: u64,
+    pub label: String,
+    pub predicted_a: String,
+    pub predicted_b: String,
+    /// `true` when B is right and A was wrong.
+    pub fixed: bool,
+}
+
+/// `quickdraw compare` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub a: Evaluation,
+    pub b: Evaluation,
+    pub delta_accuracy: f64,
+    pub delta_top3_accuracy: f64,
+    pub delta_map3: f64,
+    pub delta_loss: f64,
+    pub per_class: Vec<ClassDelta>,
+    /// Examples B gets right that A got wrong.
+    pub fixed: u64,
+    /// Examples A got right that B gets wrong.
+    pub broken: u64,
+    pub flips: Vec<Flip>,
+}
+
+/// Evaluates two model dirs on the same shards and compares them example by example.
+pub fn compare(
+    dir_a: &Path,
+    dir_b: &Path,
+    eval_files: &str,
+    checkpoint: CheckpointSel,
+    eval_steps: Option<u64>,
+    device: DeviceChoice,
+) -> Result<Comparison> {
+    let src = DataSource::open(eval_files)?;
+    let run = |dir: &Path| -> Result<(Evaluation, Vec<Prediction>)> {
+        let tm = TrainedModel::load(dir, checkpoint, device)?;
+        let mut req = EvaluateRequest::new(dir, eval_files);
+        req.checkpoint = checkpoint;
+        req.eval_steps = eval_steps;
+        req.device = device;
+        req.write_report = false;
+        req.batch_size = Some(256);
+        evaluate_loaded(&tm, &src, &req, true)
+    };
+    let (a, pa) = run(dir_a)?;
+    let (b, pb) = run(dir_b)?;
+    if a.metrics.classes != b.metrics.classes {
+        return Err(TrainError::Config("the two models were trained on different classes".into()));
+    }
+    let names = &a.metrics.classes;
+    let per_class = a
+        .metrics
+        .per_class
+        .iter()
+        .zip(&b.metrics.per_class)
+        .map(|(x, y)| ClassDelta {
+            class: x.class.clone(),
+            support: x.support,
+            recall_a: x.recall,
+            recall_b: y.recall,
+            f1_a: x.f1,
+            f1_b: y.f1,
+            delta_recall: y.recall - x.recall,
+            delta_f1: y.f1 - x.f1,
+        })
+        .collect();
+    let mut flips = Vec::new();
+    let (mut fixed, mut broken) = (0, 0);
+    for (x, y) in pa.iter().zip(&pb) {
+        debug_assert_eq!(x.key_id, y.key_id);
+        let (ra, rb) = (x.predicted == x.label, y.predicted == y.label);
+        if ra != rb {
+            if rb {
+                fixed += 1;
+            } else {
+                broken += 1;
+            }
+            flips.push(Flip {
+                index: x.index,
+                key_id: x.key_id,
+                label: names[x.label].clone(),
+                predicted_a: names[x.predicted].clone(),
+                predicted_b: names[y.predicted].clone(),
+                fixed: rb,
+            });
+        }
+    }
+    Ok(Comparison {
+        delta_accuracy: b.metrics.accuracy - a.metrics.accuracy,
+        delta_top3_accuracy: b.metrics.top3_accuracy - a.metrics.top3_accuracy,
+        delta_map3: b.metrics.map3 - a.metrics.map3,
+        delta_loss: b.metrics.loss - a.metrics.loss,
+        per_class,
+        fixed,
+        broken,
+        flips,
+        a,
+        b,
+    })
+}

@@ -1,0 +1,136 @@
+//! Inference API: load a trained model from a model dir and a checkpoint, run it on images
+//! `[B, 1, S, S]` or stroke features, get class probabilities. Used by `predict`, `evaluate`,
+//! and later by export and the server.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use quickdraw_data::features::{FeatureSpec, PIXEL_SCALE};
+use quickdraw_data::strokes::StrokeFeatures;
+
+use crate::device::{DeviceChoice, inference_device};
+use crate::error::{Result, TrainError};
+use crate::metrics::ranking;
+use crate::model::{Model, ModelInput, ModelKind};
+use crate::modeldir::{self, CheckpointInfo, CheckpointSel, TrainConfig};
+use crate::pipeline::{Batch, Decoded, StrokeBatch};
+use crate::train::log_probs;
+
+/// A model loaded for inference (validation mode: no dropout, no autodiff).
+pub struct TrainedModel {
+    pub model_dir: PathBuf,
+    pub config: TrainConfig,
+    pub checkpoint: CheckpointInfo,
+    model: Model,
+    device: Device,
+}
+
+impl TrainedModel {
+    /// Loads `config.json` and the selected checkpoint of `model_dir` onto `device`.
+    pub fn load(model_dir: &Path, sel: CheckpointSel, device: DeviceChoice) -> Result<Self> {
+        if !model_dir.join(modeldir::CONFIG_FILE).is_file() {
+            return Err(TrainError::ModelDir {
+                dir: model_dir.to_path_buf(),
+                what: "not a model directory (no config.json); train one with `quickdraw train --model-dir ...`".into(),
+            });
+        }
+        let config = TrainConfig::load(model_dir)?;
+        let checkpoint = modeldir::select_checkpoint(model_dir, sel)?;
+        let device = inference_device(device)?;
+        let model = modeldir::load_model(&config.model, &checkpoint, &device)?.valid();
+        Ok(TrainedModel { model_dir: model_dir.to_path_buf(), config, checkpoint, model, device })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn kind(&self) -> ModelKind {
+        self.config.model.kind
+    }
+    /// Global step of the loaded checkpoint.
+    pub fn step(&self) -> u64 {
+        self.checkpoint.state.step
+    }
+    /// Class names (label = index).
+    pub fn labels(&self) -> &[String] {
+        &self.config.classes
+    }
+    pub fn n_classes(&self) -> usize {
+        self.config.classes.len()
+    }
+    /// How inputs must be preprocessed (`features::preprocess` with this spec).
+    pub fn feature_spec(&self) -> &FeatureSpec {
+        &self.config.features
+    }
+    /// Input image side.
+    pub fn image_size(&self) -> usize {
+        self.config.model.image_size
+    }
+
+    fn probs(&self, input: ModelInput) -> Vec<f32> {
+        log_probs(&self.model, input).into_iter().map(f32::exp).collect()
+    }
+
+    /// Probabilities `[n, n_classes]` for `n` images given as `[n, 1, S, S]` floats in [0, 1]
+    /// (grey value * [`PIXEL_SCALE`]).
+    pub fn predict_images(&self, images: &[f32], n: usize) -> Result<Vec<f32>> {
+        let s = self.image_size();
+        if self.kind().uses_strokes() {
+            return Err(TrainError::Config("this model reads stroke features, not images".into()));
+        }
+        if images.len() != n * s * s {
+            return Err(TrainError::Config(format!("{} floats for {n} images of {s}x{s}", images.len())));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(images.to_vec(), [n, 1, s, s]), &self.device);
+        Ok(self.probs(ModelInput::Images(x)))
+    }
+
+    /// Probabilities for grey images as bytes (`size * size` each, 0..255).
+    pub fn predict_images_u8(&self, images: &[&[u8]]) -> Result<Vec<f32>> {
+        let floats: Vec<f32> = images.iter().flat_map(|im| im.iter().map(|&v| v as f32 * PIXEL_SCALE)).collect();
+        self.predict_images(&floats, images.len())
+    }
+
+    /// Probabilities for stroke features (sequence models).
+    pub fn predict_strokes(&self, strokes: &[&StrokeFeatures]) -> Result<Vec<f32>> {
+        if !self.kind().uses_strokes() {
+            return Err(TrainError::Config("this model reads images, not stroke features".into()));
+        }
+        if strokes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sb = StrokeBatch::from_features(strokes);
+        let (b, t) = (strokes.len(), sb.steps);
+        Ok(self.probs(ModelInput::Strokes {
+            forward: Tensor::from_data(TensorData::new(sb.forward, [b, t, 3]), &self.device),
+            backward: Tensor::from_data(TensorData::new(sb.backward, [b, t, 3]), &self.device),
+            mask: Tensor::from_data(TensorData::new(sb.mask, [b, t]), &self.device),
+        }))
+    }
+
+    /// Probabilities for decoded examples (whichever input the model reads).
+    pub fn predict_decoded(&self, items: &[Decoded]) -> Result<Vec<f32>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = Batch::from_decoded(items, self.image_size(), Default::default());
+        self.predict_batch(&batch)
+    }
+
+    /// Probabilities for a pipeline batch.
+    pub fn predict_batch(&self, batch: &Batch) -> Result<Vec<f32>> {
+        Ok(self.probs(ModelInput::from_batch(batch, self.kind(), &self.device)?))
+    }
+}
+
+/// The `k` most probable classes of one row of probabilities: `(label, probability)`.
+pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
+    ranking(probs).into_iter().take(k).map(|i| (i, probs[i])).collect()
+}

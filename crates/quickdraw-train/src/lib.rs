@@ -1,0 +1,26 @@
+//! QuickDraw estimators on burn: the input pipeline over TFRecord shards, the models (baseline,
+//! linear, DNN, the lecture's CNN, a bidirectional LSTM), the training loop with resumable
+//! atomic checkpoints, evaluation (accuracy, top-3, MAP@3, per-class P/R/F1, confusion matrix),
+//! model comparison, and the inference API later stages (export, serve) build on.
+//!
+//! The model directory layout is documented in [`modeldir`].
+
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod infer;
+pub mod metrics;
+pub mod model;
+pub mod modeldir;
+pub mod pipeline;
+pub mod testdata;
+pub mod train;
+
+pub use burn;
+pub use device::DeviceChoice;
+pub use error::TrainError;
+pub use eval::{Comparison, EvaluateRequest, Evaluation, compare, evaluate};
+pub use infer::{TrainedModel, top_k};
+pub use model::{ModelConfig, ModelKind};
+pub use modeldir::{CheckpointSel, OptimizerKind, TrainConfig};
+pub use train::{TrainObserver, TrainRequest, TrainSummary, install_interrupt_handler, train};

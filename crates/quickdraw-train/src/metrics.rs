@@ -1,0 +1,276 @@
+//! Classification metrics: loss, accuracy, top-k accuracy, MAP@3 (the Kaggle "Quick, Draw!"
+//! metric), confusion matrix, per-class precision / recall / F1.
+
+use serde::{Deserialize, Serialize};
+
+/// Class indices sorted by descending score (ties: lower index first).
+pub fn ranking(scores: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx
+}
+
+/// 0-based rank of `label` among `scores` (0 = the top prediction).
+pub fn rank_of(scores: &[f32], label: usize) -> usize {
+    let s = scores[label];
+    scores.iter().enumerate().filter(|&(i, &v)| v > s || (v == s && i < label)).count()
+}
+
+/// Whether `label` is among the `k` highest scores.
+pub fn in_top_k(scores: &[f32], label: usize, k: usize) -> bool {
+    rank_of(scores, label) < k
+}
+
+/// Average precision at 3 of one example: 1 / (rank + 1) if the true class is in the top 3,
+/// else 0.
+pub fn ap_at_3(scores: &[f32], label: usize) -> f64 {
+    let r = rank_of(scores, label);
+    if r < 3 { 1.0 / (r as f64 + 1.0) } else { 0.0 }
+}
+
+/// Accumulates metrics over batches of log-probabilities.
+#[derive(Debug, Clone)]
+pub struct MetricsAccumulator {
+    n_classes: usize,
+    /// Row = true class, column = predicted class.
+    confusion: Vec<u64>,
+    loss_sum: f64,
+    examples: u64,
+    top1: u64,
+    top3: u64,
+    map3: f64,
+}
+
+impl MetricsAccumulator {
+    pub fn new(n_classes: usize) -> Self {
+        MetricsAccumulator {
+            n_classes,
+            confusion: vec![0; n_classes * n_classes],
+            loss_sum: 0.0,
+            examples: 0,
+            top1: 0,
+            top3: 0,
+            map3: 0.0,
+        }
+    }
+
+    /// Adds one example given its log-probabilities over the classes (loss = -log p(label)).
+    pub fn add(&mut self, log_probs: &[f32], label: usize) {
+        let r = rank_of(log_probs, label);
+        let pred = ranking(log_probs)[0];
+        self.confusion[label * self.n_classes + pred] += 1;
+        self.loss_sum += -(log_probs[label] as f64);
+        self.examples += 1;
+        self.top1 += (r == 0) as u64;
+        self.top3 += (r < 3) as u64;
+        if r < 3 {
+            self.map3 += 1.0 / (r as f64 + 1.0);
+        }
+    }
+
+    /// Adds a batch: `log_probs` is `[labels.len(), n_classes]` row-major.
+    pub fn add_batch(&mut self, log_probs: &[f32], labels: &[i64]) {
+        for (row, &l) in log_probs.chunks_exact(self.n_classes).zip(labels) {
+            self.add(row, l as usize);
+        }
+    }
+
+    pub fn examples(&self) -> u64 {
+        self.examples
+    }
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.examples.max(1) as f64
+    }
+    pub fn accuracy(&self) -> f64 {
+        self.top1 as f64 / self.examples.max(1) as f64
+    }
+    pub fn top3_accuracy(&self) -> f64 {
+        self.top3 as f64 / self.examples.max(1) as f64
+    }
+    pub fn map3(&self) -> f64 {
+        self.map3 / self.examples.max(1) as f64
+    }
+
+    /// `confusion[true][predicted]`.
+    pub fn confusion(&self) -> Vec<Vec<u64>> {
+        self.confusion.chunks(self.n_classes.max(1)).map(<[u64]>::to_vec).collect()
+    }
+
+    /// Per-class precision, recall, F1 (0 where undefined, as scikit-learn's `zero_division=0`).
+    pub fn per_class(&self, names: &[String]) -> Vec<ClassMetrics> {
+        let c = self.n_classes;
+        (0..c)
+            .map(|k| {
+                let tp = self.confusion[k * c + k];
+                let support: u64 = self.confusion[k * c..(k + 1) * c].iter().sum();
+                let predicted: u64 = (0..c).map(|t| self.confusion[t * c + k]).sum();
+                let precision = if predicted > 0 { tp as f64 / predicted as f64 } else { 0.0 };
+                let recall = if support > 0 { tp as f64 / support as f64 } else { 0.0 };
+                let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+                ClassMetrics {
+                    label: k,
+                    class: names.get(k).cloned().unwrap_or_else(|| k.to_string()),
+                    support,
+                    predicted,
+                    precision,
+                    recall,
+                    f1,
+                }
+            })
+            .collect()
+    }
+
+    /// The full report.
+    pub fn report(&self, names: &[String]) -> MetricsReport {
+        let per_class = self.per_class(names);
+        let n = per_class.len().max(1) as f64;
+        MetricsReport {
+            examples: self.examples,
+            loss: self.loss(),
+            accuracy: self.accuracy(),
+            top3_accuracy: self.top3_accuracy(),
+            map3: self.map3(),
+            macro_precision: per_class.iter().map(|c| c.precision).sum::<f64>() / n,
+            macro_recall: per_class.iter().map(|c| c.recall).sum::<f64>() / n,
+            macro_f1: per_class.iter().map(|c| c.f1).sum::<f64>() / n,
+            classes: names.to_vec(),
+            per_class,
+            confusion: self.confusion(),
+        }
+    }
+}
+
+/// Metrics of one class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    pub label: usize,
+    pub class: String,
+    /// Examples of this class.
+    pub support: u64,
+    /// Examples predicted as this class.
+    pub predicted: u64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// Everything `evaluate` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsReport {
+    pub examples: u64,
+    /// Mean cross-entropy (natural log).
+    pub loss: f64,
+    pub accuracy: f64,
+    pub top3_accuracy: f64,
+    /// Mean average precision at 3.
+    pub map3: f64,
+    pub macro_precision: f64,
+    pub macro_recall: f64,
+    pub macro_f1: f64,
+    pub classes: Vec<String>,
+    pub per_class: Vec<ClassMetrics>,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// Renders a confusion matrix as a grey image (row-normalised; white = all of the row),
+/// `cell` pixels per class.
+pub fn confusion_image(confusion: &[Vec<u64>], cell: usize) -> (Vec<u8>, u32) {
+    let c = confusion.len();
+    let side = c * cell;
+    let mut px = vec![0u8; side * side];
+    for (t, row) in confusion.iter().enumerate() {
+        let total: u64 = row.iter().sum();
+        for (p, &v) in row.iter().enumerate() {
+            let g = if total > 0 { (255.0 * v as f64 / total as f64).round() as u8 } else { 0 };
+            for y in t * cell..(t + 1) * cell {
+                px[y * side + p * cell..y * side + (p + 1) * cell].fill(g);
+            }
+        }
+    }
+    (px, side as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("c{i}")).collect()
+    }
+
+    #[test]
+    fn ranks_and_top_k() {
+        let s = [0.1, 0.5, 0.3, 0.1];
+        assert_eq!(ranking(&s), vec![1, 2, 0, 3]);
+        assert_eq!(rank_of(&s, 1), 0);
+        assert_eq!(rank_of(&s, 2), 1);
+        assert_eq!(rank_of(&s, 0), 2, "ties rank the lower index first");
+        assert_eq!(rank_of(&s, 3), 3);
+        assert!(in_top_k(&s, 0, 3));
+        assert!(!in_top_k(&s, 3, 3));
+    }
+
+    #[test]
+    fn map_at_3_by_hand() {
+        // Kaggle's example: true class at rank 1, 2, 3, beyond -> 1, 1/2, 1/3, 0.
+        let s = [0.4, 0.3, 0.2, 0.1];
+        assert_eq!(ap_at_3(&s, 0), 1.0);
+        assert_eq!(ap_at_3(&s, 1), 0.5);
+        assert!((ap_at_3(&s, 2) - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(ap_at_3(&s, 3), 0.0);
+        let mut m = MetricsAccumulator::new(4);
+        let lp: Vec<f32> = s.iter().map(|v: &f32| v.ln()).collect();
+        for l in 0..4 {
+            m.add(&lp, l);
+        }
+        assert!((m.map3() - (1.0 + 0.5 + 1.0 / 3.0) / 4.0).abs() < 1e-9);
+        assert_eq!(m.accuracy(), 0.25);
+        assert_eq!(m.top3_accuracy(), 0.75);
+        let expect_loss = -(0.4f32.ln() + 0.3f32.ln() + 0.2f32.ln() + 0.1f32.ln()) as f64 / 4.0;
+        assert!((m.loss() - expect_loss).abs() < 1e-6);
+    }
+
+    #[test]
+    fn confusion_and_precision_recall_f1() {
+        // 3 classes; predictions (true -> pred): 0->0, 0->0, 0->1, 1->1, 2->1, 2->2.
+        let mut m = MetricsAccumulator::new(3);
+        let onehot = |k: usize| -> Vec<f32> { (0..3).map(|i| if i == k { 0.0 } else { -5.0 }).collect() };
+        for (t, p) in [(0, 0), (0, 0), (0, 1), (1, 1), (2, 1), (2, 2)] {
+            m.add(&onehot(p), t);
+        }
+        assert_eq!(m.confusion(), vec![vec![2, 1, 0], vec![0, 1, 0], vec![0, 1, 1]]);
+        let pc = m.per_class(&names(3));
+        // class 0: tp 2, predicted 2, support 3 -> P 1, R 2/3, F1 0.8
+        assert_eq!(pc[0].precision, 1.0);
+        assert!((pc[0].recall - 2.0 / 3.0).abs() < 1e-12);
+        assert!((pc[0].f1 - 0.8).abs() < 1e-12);
+        // class 1: tp 1, predicted 3, support 1 -> P 1/3, R 1, F1 0.5
+        assert!((pc[1].precision - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(pc[1].recall, 1.0);
+        assert!((pc[1].f1 - 0.5).abs() < 1e-12);
+        // class 2: tp 1, predicted 1, support 2 -> P 1, R 0.5, F1 2/3
+        assert!((pc[2].f1 - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m.accuracy() - 4.0 / 6.0).abs() < 1e-12);
+        let r = m.report(&names(3));
+        assert_eq!(r.examples, 6);
+        assert!((r.macro_f1 - (0.8 + 0.5 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn undefined_precision_is_zero() {
+        let mut m = MetricsAccumulator::new(2);
+        m.add(&[0.0, -1.0], 0);
+        let pc = m.per_class(&names(2));
+        assert_eq!((pc[1].precision, pc[1].recall, pc[1].f1), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn confusion_image_rows_are_normalised() {
+        let (px, side) = confusion_image(&[vec![1, 1], vec![0, 2]], 2);
+        assert_eq!(side, 4);
+        assert_eq!(px[0], 128);
+        assert_eq!(px[2 * 4 + 3], 255);
+        assert_eq!(px[2 * 4], 0);
+    }
+}

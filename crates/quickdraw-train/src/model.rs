@@ -1,0 +1,504 @@
+//! The models (`--model baseline|linear|dnn|cnn|rnn`) and their serde configuration.
+//!
+//! Every model maps a batch to logits `[batch, n_classes]`. Image models take
+//! `[batch, 1, size, size]` pixels in [0, 1]; the sequence model takes the stroke features
+//! (dx, dy, pen) of `convert --strokes`.
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Lstm, LstmConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::pipeline::Batch;
+
+/// Which architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Predicts the class prior counted from the training data; nothing is learnt by gradient.
+    Baseline,
+    /// Softmax regression on the pixels.
+    Linear,
+    /// Fully connected ReLU layers (`--hidden`).
+    Dnn,
+    /// The lecture's convolutional network.
+    Cnn,
+    /// Bidirectional LSTM over the stroke features.
+    Rnn,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 5] = [ModelKind::Baseline, ModelKind::Linear, ModelKind::Dnn, ModelKind::Cnn, ModelKind::Rnn];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Baseline => "baseline",
+            ModelKind::Linear => "linear",
+            ModelKind::Dnn => "dnn",
+            ModelKind::Cnn => "cnn",
+            ModelKind::Rnn => "rnn",
+        }
+    }
+
+    /// Whether the model reads stroke features instead of the image.
+    pub fn uses_strokes(self) -> bool {
+        self == ModelKind::Rnn
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ModelKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown model {s:?} (expected baseline, linear, dnn, cnn or rnn)"))
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One convolution block: `kernel x kernel` conv ('same' padding, ReLU) then max-pool with
+/// window and stride `pool`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvLayer {
+    pub kernel: usize,
+    pub pool: usize,
+    pub filters: usize,
+}
+
+/// The lecture's CNN: (kernel, pool, filters) = (10, 4, 32), (5, 4, 64).
+pub const LECTURE_CONV: [ConvLayer; 2] =
+    [ConvLayer { kernel: 10, pool: 4, filters: 32 }, ConvLayer { kernel: 5, pool: 4, filters: 64 }];
+/// The lecture's dense layer after the convolutions.
+pub const LECTURE_DENSE: usize = 256;
+/// The lecture's dropout rate before the output layer.
+pub const LECTURE_DROPOUT: f64 = 0.4;
+/// Default DNN hidden layer.
+pub const DEFAULT_HIDDEN: usize = 1000;
+/// Default LSTM units per direction.
+pub const DEFAULT_RNN_UNITS: usize = 256;
+
+/// Parses `kernel:pool:filters,kernel:pool:filters`, e.g. `10:4:32,5:4:64`.
+pub fn parse_conv(s: &str) -> Result<Vec<ConvLayer>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let v: Vec<usize> = p
+                .split(':')
+                .map(|x| x.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
+                .collect::<Result<_, _>>()?;
+            match v[..] {
+                [kernel, pool, filters] if kernel > 0 && pool > 0 && filters > 0 => Ok(ConvLayer { kernel, pool, filters }),
+                _ => Err(format!("{p:?}: expected kernel:pool:filters, all > 0")),
+            }
+        })
+        .collect()
+}
+
+/// Parses a comma list of layer widths, e.g. `1000` or `512,256`.
+pub fn parse_widths(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.trim().parse::<usize>() {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(format!("{p:?} is not a layer width > 0")),
+        })
+        .collect()
+}
+
+/// Architecture hyper-parameters; saved in `config.json`. Fields that do not apply to `kind`
+/// are `None` (so an irrelevant flag never makes two configs differ).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub kind: ModelKind,
+    pub n_classes: usize,
+    /// Image side (image models).
+    pub image_size: usize,
+    /// DNN hidden layer widths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Vec<usize>>,
+    /// CNN convolution blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<Vec<ConvLayer>>,
+    /// CNN dense layer width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense: Option<usize>,
+    /// Dropout rate before the output layer (CNN, DNN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
+    /// LSTM units per direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rnn_units: Option<usize>,
+}
+
+impl ModelConfig {
+    /// A config with the documented defaults of `kind`.
+    pub fn new(kind: ModelKind, n_classes: usize, image_size: usize) -> Self {
+        let mut c = ModelConfig {
+            kind,
+            n_classes,
+            image_size,
+            hidden: None,
+            conv: None,
+            dense: None,
+            dropout: None,
+            rnn_units: None,
+        };
+        match kind {
+            ModelKind::Dnn => {
+                c.hidden = Some(vec![DEFAULT_HIDDEN]);
+                c.dropout = Some(0.0);
+            }
+            ModelKind::Cnn => {
+                c.conv = Some(LECTURE_CONV.to_vec());
+                c.dense = Some(LECTURE_DENSE);
+                c.dropout = Some(LECTURE_DROPOUT);
+            }
+            ModelKind::Rnn => c.rnn_units = Some(DEFAULT_RNN_UNITS),
+            ModelKind::Baseline | ModelKind::Linear => {}
+        }
+        c
+    }
+
+    /// Checks the hyper-parameters (sizes > 0, pooling leaves at least one pixel, ...).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.n_classes < 2 {
+            return bad(format!("{} classes: a classifier needs at least 2", self.n_classes));
+        }
+        if let Some(p) = self.dropout
+            && !(0.0..1.0).contains(&p)
+        {
+            return bad(format!("--dropout {p} must be in [0, 1)"));
+        }
+        match self.kind {
+            ModelKind::Dnn if self.hidden.as_ref().is_none_or(|h| h.is_empty()) => bad("--hidden needs at least one layer".into()),
+            ModelKind::Cnn => {
+                let conv = self.conv.as_deref().unwrap_or_default();
+                if conv.is_empty() {
+                    return bad("--conv needs at least one kernel:pool:filters block".into());
+                }
+                let mut side = self.image_size;
+                for c in conv {
+                    side /= c.pool;
+                }
+                if side == 0 {
+                    return bad(format!(
+                        "the pools of --conv shrink a {0}x{0} image to nothing; use smaller pools or larger images",
+                        self.image_size
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Side of the feature map after the CNN's pools.
+    fn cnn_side(&self) -> usize {
+        self.conv.as_deref().unwrap_or_default().iter().fold(self.image_size, |s, c| s / c.pool)
+    }
+
+    /// Builds the model with freshly initialised weights on `device`.
+    pub fn init(&self, device: &Device) -> Result<Model> {
+        self.validate()?;
+        let pixels = self.image_size * self.image_size;
+        let c = self.n_classes;
+        Ok(match self.kind {
+            ModelKind::Baseline => {
+                let uniform = Tensor::<1>::full([c], -(c as f32).ln(), device);
+                Model::Baseline(Baseline { log_prior: Param::from_tensor(uniform).set_require_grad(false) })
+            }
+            ModelKind::Linear => Model::Linear(LinearModel { output: LinearConfig::new(pixels, c).init(device) }),
+            ModelKind::Dnn => {
+                let mut hidden = Vec::new();
+                let mut width = pixels;
+                for &h in self.hidden.as_deref().unwrap_or_default() {
+                    hidden.push(LinearConfig::new(width, h).init(device));
+                    width = h;
+                }
+                Model::Dnn(Dnn {
+                    hidden,
+                    dropout: DropoutConfig::new(self.dropout.unwrap_or(0.0)).init(),
+                    output: LinearConfig::new(width, c).init(device),
+                })
+            }
+            ModelKind::Cnn => {
+                let mut convs = Vec::new();
+                let mut pools = Vec::new();
+                let mut channels = 1;
+                for l in self.conv.as_deref().unwrap_or_default() {
+                    convs.push(
+                        Conv2dConfig::new([channels, l.filters], [l.kernel, l.kernel])
+                            .with_padding(PaddingConfig2d::Same)
+                            .init(device),
+                    );
+                    pools.push(MaxPool2dConfig::new([l.pool, l.pool]).with_strides([l.pool, l.pool]).init());
+                    channels = l.filters;
+                }
+                let side = self.cnn_side();
+                let dense = self.dense.unwrap_or(LECTURE_DENSE);
+                Model::Cnn(Cnn {
+                    convs,
+                    pools,
+                    dense: LinearConfig::new(side * side * channels, dense).init(device),
+                    dropout: DropoutConfig::new(self.dropout.unwrap_or(LECTURE_DROPOUT)).init(),
+                    output: LinearConfig::new(dense, c).init(device),
+                })
+            }
+            ModelKind::Rnn => {
+                let h = self.rnn_units.unwrap_or(DEFAULT_RNN_UNITS);
+                Model::Rnn(Rnn {
+                    forward: LstmConfig::new(3, h, true).init(device),
+                    backward: LstmConfig::new(3, h, true).init(device),
+                    output: LinearConfig::new(2 * h, c).init(device),
+                })
+            }
+        })
+    }
+}
+
+/// Predicts the class prior for every input: `log_prior` is set from label counts, not learnt.
+#[derive(Module, Debug)]
+pub struct Baseline {
+    /// `[n_classes]` log probabilities.
+    pub log_prior: Param<Tensor<1>>,
+}
+
+impl Baseline {
+    /// `batch` -> `[batch, n_classes]` logits (the log prior, the same for every input).
+    pub fn forward(&self, batch: usize) -> Tensor<2> {
+        let [c] = self.log_prior.val().dims();
+        // [C] -> [1, C] -> [batch, C]
+        self.log_prior.val().reshape([1, c]).repeat_dim(0, batch)
+    }
+
+    /// The prior from per-class counts, with add-one (Laplace) smoothing so that a class absent
+    /// from the training data keeps a finite loss.
+    pub fn with_counts(self, counts: &[u64]) -> Self {
+        let total: f64 = counts.iter().map(|&c| c as f64 + 1.0).sum();
+        let logp: Vec<f32> = counts.iter().map(|&c| ((c as f64 + 1.0) / total).ln() as f32).collect();
+        let device = self.log_prior.val().device();
+        let n = logp.len();
+        let t = Tensor::<1>::from_data(TensorData::new(logp, [n]), &device);
+        Baseline { log_prior: Param::from_tensor(t).set_require_grad(false) }
+    }
+
+    /// The prior probabilities.
+    pub fn prior(&self) -> Vec<f32> {
+        self.log_prior.val().exp().into_data().to_vec::<f32>().unwrap_or_default()
+    }
+}
+
+/// Softmax regression.
+#[derive(Module, Debug)]
+pub struct LinearModel {
+    pub output: Linear,
+}
+
+impl LinearModel {
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        // [B, 1, S, S] -> [B, S*S]
+        let x = images.flatten::<2>(1, 3);
+        // [B, S*S] -> [B, C]
+        self.output.forward(x)
+    }
+}
+
+/// Fully connected network.
+#[derive(Module, Debug)]
+pub struct Dnn {
+    pub hidden: Vec<Linear>,
+    pub dropout: Dropout,
+    pub output: Linear,
+}
+
+impl Dnn {
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        // [B, 1, S, S] -> [B, S*S]
+        let mut x = images.flatten::<2>(1, 3);
+        for layer in &self.hidden {
+            // [B, in] -> [B, hidden]
+            x = relu(layer.forward(x));
+        }
+        // [B, hidden] -> [B, C]
+        self.output.forward(self.dropout.forward(x))
+    }
+}
+
+/// The lecture's CNN.
+#[derive(Module, Debug)]
+pub struct Cnn {
+    pub convs: Vec<Conv2d>,
+    pub pools: Vec<MaxPool2d>,
+    pub dense: Linear,
+    pub dropout: Dropout,
+    pub output: Linear,
+}
+
+impl Cnn {
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x = images; // [B, 1, S, S]
+        for (conv, pool) in self.convs.iter().zip(&self.pools) {
+            // [B, C_in, H, W] -> [B, filters, H, W] ('same') -> [B, filters, H/pool, W/pool]
+            x = pool.forward(relu(conv.forward(x)));
+        }
+        // [B, F, h, w] -> [B, F*h*w]
+        let x = x.flatten::<2>(1, 3);
+        // [B, F*h*w] -> [B, dense]
+        let x = relu(self.dense.forward(x));
+        // [B, dense] -> [B, C]
+        self.output.forward(self.dropout.forward(x))
+    }
+}
+
+/// Bidirectional LSTM over stroke features, masked by each drawing's length.
+#[derive(Module, Debug)]
+pub struct Rnn {
+    pub forward: Lstm,
+    /// Runs over each sequence reversed within its length (so the padding stays at the end).
+    pub backward: Lstm,
+    pub output: Linear,
+}
+
+impl Rnn {
+    /// `fwd`, `bwd`: `[B, T, 3]`; `mask`: `[B, T]` -> `[B, C]`.
+    pub fn forward_strokes(&self, fwd: Tensor<3>, bwd: Tensor<3>, mask: Tensor<2>) -> Tensor<2> {
+        let [b, t] = mask.dims();
+        // [B, T] -> [B, T, 1]
+        let mask = mask.reshape([b, t, 1]);
+        // [B, T, 3] -> [B, T, H], outputs in the padding zeroed, summed over time -> [B, H]
+        let (hf, _) = self.forward.forward(fwd, None);
+        let hf = (hf * mask.clone()).sum_dim(1).flatten::<2>(1, 2);
+        let (hb, _) = self.backward.forward(bwd, None);
+        let hb = (hb * mask).sum_dim(1).flatten::<2>(1, 2);
+        // [B, 2H] -> [B, C]
+        self.output.forward(Tensor::cat(vec![hf, hb], 1))
+    }
+}
+
+/// Any of the models.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Model {
+    Baseline(Baseline),
+    Linear(LinearModel),
+    Dnn(Dnn),
+    Cnn(Cnn),
+    Rnn(Rnn),
+}
+
+/// Model input as tensors.
+#[derive(Debug, Clone)]
+pub enum ModelInput {
+    /// `[B, 1, S, S]` pixels in [0, 1].
+    Images(Tensor<4>),
+    /// Stroke features: forward and reversed sequences `[B, T, 3]`, mask `[B, T]`.
+    Strokes { forward: Tensor<3>, backward: Tensor<3>, mask: Tensor<2> },
+}
+
+impl ModelInput {
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        match self {
+            ModelInput::Images(x) => x.dims()[0],
+            ModelInput::Strokes { mask, .. } => mask.dims()[0],
+        }
+    }
+
+    /// Tensors for a decoded batch on `device`.
+    pub fn from_batch(batch: &Batch, kind: ModelKind, device: &Device) -> Result<Self> {
+        if kind.uses_strokes() {
+            let s = batch.strokes.as_ref().ok_or_else(|| {
+                TrainError::Config("the rnn model needs stroke features: convert the data with `quickdraw convert --strokes`".into())
+            })?;
+            let (b, t) = (batch.size, s.steps);
+            Ok(ModelInput::Strokes {
+                forward: Tensor::from_data(TensorData::new(s.forward.clone(), [b, t, 3]), device),
+                backward: Tensor::from_data(TensorData::new(s.backward.clone(), [b, t, 3]), device),
+                mask: Tensor::from_data(TensorData::new(s.mask.clone(), [b, t]), device),
+            })
+        } else {
+            let n = batch.image_size;
+            Ok(ModelInput::Images(Tensor::from_data(TensorData::new(batch.images.clone(), [batch.size, 1, n, n]), device)))
+        }
+    }
+}
+
+impl Model {
+    /// Logits `[B, n_classes]`.
+    pub fn forward(&self, input: ModelInput) -> Tensor<2> {
+        match (self, input) {
+            (Model::Baseline(m), input) => m.forward(input.batch()),
+            (Model::Linear(m), ModelInput::Images(x)) => m.forward(x),
+            (Model::Dnn(m), ModelInput::Images(x)) => m.forward(x),
+            (Model::Cnn(m), ModelInput::Images(x)) => m.forward(x),
+            (Model::Rnn(m), ModelInput::Strokes { forward, backward, mask }) => m.forward_strokes(forward, backward, mask),
+            (_, _) => panic!("model input does not match the model (images vs strokes)"),
+        }
+    }
+
+    /// Whether any weight is learnt by gradient descent.
+    pub fn is_trainable(&self) -> bool {
+        !matches!(self, Model::Baseline(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lecture_cnn_has_319466_parameters() {
+        let device = Device::flex();
+        let m = ModelConfig::new(ModelKind::Cnn, 10, 64).init(&device).unwrap();
+        // conv1 10*10*1*32+32 = 3232, conv2 5*5*32*64+64 = 51264, dense 1024*256+256 = 262400,
+        // output 256*10+10 = 2570.
+        assert_eq!(m.num_params(), 319_466);
+    }
+
+    #[test]
+    fn shapes_of_every_model() {
+        let device = Device::flex();
+        for kind in ModelKind::ALL {
+            let mut cfg = ModelConfig::new(kind, 3, 16);
+            cfg.hidden = cfg.hidden.map(|_| vec![8, 4]);
+            cfg.rnn_units = cfg.rnn_units.map(|_| 5);
+            let m = cfg.init(&device).unwrap();
+            let input = if kind.uses_strokes() {
+                ModelInput::Strokes {
+                    forward: Tensor::zeros([2, 7, 3], &device),
+                    backward: Tensor::zeros([2, 7, 3], &device),
+                    mask: Tensor::ones([2, 7], &device),
+                }
+            } else {
+                ModelInput::Images(Tensor::zeros([2, 1, 16, 16], &device))
+            };
+            assert_eq!(m.forward(input).dims(), [2, 3], "{kind}");
+        }
+    }
+
+    #[test]
+    fn parse_flags() {
+        assert_eq!(parse_conv("10:4:32,5:4:64").unwrap(), LECTURE_CONV.to_vec());
+        assert!(parse_conv("10:4").is_err());
+        assert_eq!(parse_widths("512,256").unwrap(), vec![512, 256]);
+        assert!(parse_widths("0").is_err());
+    }
+
+    #[test]
+    fn pools_that_empty_the_image_are_refused() {
+        let mut cfg = ModelConfig::new(ModelKind::Cnn, 3, 8);
+        cfg.conv = Some(vec![ConvLayer { kernel: 3, pool: 4, filters: 2 }, ConvLayer { kernel: 3, pool: 4, filters: 2 }]);
+        assert!(cfg.validate().unwrap_err().to_string().contains("shrink"));
+    }
+}

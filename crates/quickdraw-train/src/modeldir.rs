@@ -1,0 +1,493 @@
+//! The model directory: configuration, labels, checkpoints, TensorBoard events and metrics.
+//!
+//! ```text
+//! <model-dir>/
+//!   config.json                    TrainConfig: model + optimizer hyper-parameters, classes,
+//!                                  the dataset's FeatureSpec (how inputs are preprocessed)
+//!   labels.txt                     copied from the dataset; label = line index
+//!   checkpoints/
+//!     step-00000100/               one complete checkpoint (written as .tmp-*, then renamed)
+//!       model.bpk                  weights (burnpack)
+//!       optimizer.bpk              optimizer state (burnpack)
+//!       state.json                 step, data position, eval accuracy at that step
+//!   events.out.tfevents.*          TensorBoard: training scalars, input images, histograms
+//!   eval/events.out.tfevents.*     TensorBoard: evaluation scalars, confusion matrix image
+//!   metrics.jsonl                  one JSON line per evaluation during training
+//!   evaluation.json                the last `quickdraw evaluate` report
+//! ```
+//!
+//! Checkpoints are renamed into place only when complete, so a killed run never leaves a
+//! half-written one; the last `K` (by step) are kept, plus the best one by eval accuracy.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use burn::module::Module;
+use burn::optim::{AdaGradConfig, AdamConfig, AdamWConfig, ModuleOptimizer, RmsPropConfig, SgdConfig, momentum::MomentumConfig};
+use quickdraw_data::features::FeatureSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::model::{Model, ModelConfig};
+use crate::pipeline::StreamPosition;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const LABELS_FILE: &str = "labels.txt";
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub const EVAL_DIR: &str = "eval";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const EVALUATION_FILE: &str = "evaluation.json";
+pub const MODEL_FILE: &str = "model.bpk";
+pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+pub const STATE_FILE: &str = "state.json";
+/// Bumped when config.json changes meaning.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Optimizers (`--optimizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adam,
+    AdamW,
+    Sgd,
+    /// SGD with momentum 0.9.
+    Momentum,
+    RmsProp,
+    AdaGrad,
+}
+
+impl OptimizerKind {
+    pub const ALL: [OptimizerKind; 6] = [
+        OptimizerKind::Adam,
+        OptimizerKind::AdamW,
+        OptimizerKind::Sgd,
+        OptimizerKind::Momentum,
+        OptimizerKind::RmsProp,
+        OptimizerKind::AdaGrad,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Momentum => "momentum",
+            OptimizerKind::RmsProp => "rmsprop",
+            OptimizerKind::AdaGrad => "adagrad",
+        }
+    }
+
+    /// Learning rate used when `--learning-rate` is not given.
+    pub fn default_learning_rate(self) -> f64 {
+        match self {
+            OptimizerKind::Adam | OptimizerKind::AdamW | OptimizerKind::RmsProp => 1e-3,
+            OptimizerKind::Sgd | OptimizerKind::Momentum | OptimizerKind::AdaGrad => 1e-2,
+        }
+    }
+
+    /// A fresh optimizer (no state).
+    pub fn init(self) -> ModuleOptimizer {
+        match self {
+            OptimizerKind::Adam => AdamConfig::new().init(),
+            OptimizerKind::AdamW => AdamWConfig::new().init(),
+            OptimizerKind::Sgd => SgdConfig::new().init(),
+            OptimizerKind::Momentum => SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(0.9))).init(),
+            OptimizerKind::RmsProp => RmsPropConfig::new().init(),
+            OptimizerKind::AdaGrad => AdaGradConfig::new().init(),
+        }
+    }
+}
+
+impl FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        OptimizerKind::ALL.into_iter().find(|k| k.name() == s.to_ascii_lowercase()).ok_or_else(|| {
+            format!("unknown optimizer {s:?} (expected adam, adamw, sgd, momentum, rmsprop or adagrad)")
+        })
+    }
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where the training data came from (recorded, not compared on resume).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub train_files: String,
+    #[serde(default)]
+    pub eval_files: Option<String>,
+    pub dataset_dir: String,
+    pub train_examples: u64,
+}
+
+/// `config.json`: everything that defines a training run. Re-running `train` on a model dir
+/// with a different config is refused unless `--overwrite`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub config_version: u32,
+    pub model: ModelConfig,
+    pub optimizer: OptimizerKind,
+    pub learning_rate: f64,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub shuffle_buffer: usize,
+    /// Class names (label = index), as in labels.txt.
+    pub classes: Vec<String>,
+    /// How the dataset was preprocessed; `predict` and the server preprocess inputs the same way.
+    pub features: FeatureSpec,
+    /// Informational.
+    #[serde(default)]
+    pub data: DataInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_started_from: Option<String>,
+}
+
+impl TrainConfig {
+    /// Human-readable list of the differences that matter for resuming.
+    pub fn differences(&self, other: &TrainConfig) -> Vec<String> {
+        let mut d = Vec::new();
+        let mut cmp = |name: &str, a: String, b: String| {
+            if a != b {
+                d.push(format!("{name}: {a} -> {b}"));
+            }
+        };
+        fn j<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap_or_default()
+        }
+        cmp("model", j(&self.model), j(&other.model));
+        cmp("optimizer", self.optimizer.to_string(), other.optimizer.to_string());
+        cmp("learning_rate", self.learning_rate.to_string(), other.learning_rate.to_string());
+        cmp("batch_size", self.batch_size.to_string(), other.batch_size.to_string());
+        cmp("seed", self.seed.to_string(), other.seed.to_string());
+        cmp("shuffle_buffer", self.shuffle_buffer.to_string(), other.shuffle_buffer.to_string());
+        cmp("classes", self.classes.join(","), other.classes.join(","));
+        cmp("features", j(&self.features), j(&other.features));
+        d
+    }
+
+    pub fn load(model_dir: &Path) -> Result<Self> {
+        let path = model_dir.join(CONFIG_FILE);
+        let text = fs::read_to_string(&path).map_err(TrainError::io(&path))?;
+        serde_json::from_str(&text).map_err(TrainError::json(&path))
+    }
+
+    pub fn save(&self, model_dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("config serialises") + "\n";
+        write_atomic(&model_dir.join(CONFIG_FILE), text.as_bytes())
+    }
+}
+
+/// Writes a file atomically: temporary name in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        let mut f = fs::File::create(&tmp).map_err(TrainError::io(&tmp))?;
+        f.write_all(bytes).map_err(TrainError::io(&tmp))?;
+        f.sync_all().map_err(TrainError::io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(TrainError::io(path))
+}
+
+/// What a checkpoint records besides the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Where the training stream continues.
+    pub position: StreamPosition,
+    pub examples_seen: u64,
+    /// Examples per epoch when written.
+    pub epoch_size: u64,
+    /// Eval metrics when the checkpoint was written right after an evaluation.
+    #[serde(default)]
+    pub eval_accuracy: Option<f64>,
+    #[serde(default)]
+    pub eval_loss: Option<f64>,
+    /// Seconds since the Unix epoch.
+    pub wall_time: f64,
+}
+
+/// A checkpoint on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointInfo {
+    pub dir: PathBuf,
+    pub state: CheckpointState,
+}
+
+impl CheckpointInfo {
+    pub fn model_file(&self) -> PathBuf {
+        self.dir.join(MODEL_FILE)
+    }
+    pub fn optimizer_file(&self) -> PathBuf {
+        self.dir.join(OPTIMIZER_FILE)
+    }
+}
+
+/// Which checkpoint to load (`--checkpoint best|latest|N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckpointSel {
+    #[default]
+    Latest,
+    Best,
+    Step(u64),
+}
+
+impl FromStr for CheckpointSel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "latest" | "last" => Ok(CheckpointSel::Latest),
+            "best" => Ok(CheckpointSel::Best),
+            _ => s
+                .trim_start_matches("step-")
+                .parse()
+                .map(CheckpointSel::Step)
+                .map_err(|_| format!("unknown checkpoint {s:?} (expected best, latest or a step number)")),
+        }
+    }
+}
+
+fn step_dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// The complete checkpoints of a model dir, by increasing step.
+pub fn list_checkpoints(model_dir: &Path) -> Result<Vec<CheckpointInfo>> {
+    let dir = model_dir.join(CHECKPOINTS_DIR);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(TrainError::io(&dir))? {
+        let entry = entry.map_err(TrainError::io(&dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("step-") || !entry.path().is_dir() {
+            continue;
+        }
+        let state_path = entry.path().join(STATE_FILE);
+        let text = fs::read_to_string(&state_path).map_err(TrainError::io(&state_path))?;
+        let state: CheckpointState = serde_json::from_str(&text).map_err(TrainError::json(&state_path))?;
+        out.push(CheckpointInfo { dir: entry.path(), state });
+    }
+    out.sort_by_key(|c| c.state.step);
+    Ok(out)
+}
+
+fn best_of(cks: &[CheckpointInfo]) -> Option<&CheckpointInfo> {
+    cks.iter()
+        .filter(|c| c.state.eval_accuracy.is_some())
+        .max_by(|a, b| a.state.eval_accuracy.partial_cmp(&b.state.eval_accuracy).unwrap_or(std::cmp::Ordering::Equal).then(a.state.step.cmp(&b.state.step)))
+}
+
+/// Finds a checkpoint; `Best` falls back to the latest when none was evaluated.
+pub fn select_checkpoint(model_dir: &Path, sel: CheckpointSel) -> Result<CheckpointInfo> {
+    let cks = list_checkpoints(model_dir)?;
+    let none = || TrainError::ModelDir {
+        dir: model_dir.to_path_buf(),
+        what: "no checkpoint found (train a model first: `quickdraw train --model-dir ...`)".into(),
+    };
+    let found = match sel {
+        CheckpointSel::Latest => cks.last(),
+        CheckpointSel::Best => best_of(&cks).or(cks.last()),
+        CheckpointSel::Step(s) => {
+            return cks.iter().find(|c| c.state.step == s).cloned().ok_or_else(|| TrainError::ModelDir {
+                dir: model_dir.to_path_buf(),
+                what: format!(
+                    "no checkpoint at step {s} (have: {})",
+                    cks.iter().map(|c| c.state.step.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    };
+    found.cloned().ok_or_else(none)
+}
+
+/// Removes temporary checkpoint directories left by a killed run; returns how many.
+pub fn clean_temporary(model_dir: &Path) -> Result<usize> {
+    let dir = model_dir.join(CHECKPOINTS_DIR);
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for entry in fs::read_dir(&dir).map_err(TrainError::io(&dir))? {
+        let entry = entry.map_err(TrainError::io(&dir))?;
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            fs::remove_dir_all(entry.path()).map_err(TrainError::io(entry.path()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: makes the rename durable on Linux; not supported everywhere.
+    if let Ok(f) = fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    fs::File::open(path).and_then(|f| f.sync_all()).map_err(TrainError::io(path))
+}
+
+/// Writes a checkpoint atomically and applies the retention policy (keep the last `keep`
+/// plus the best by eval accuracy).
+pub fn write_checkpoint(
+    model_dir: &Path,
+    model: &Model,
+    optimizer: &ModuleOptimizer,
+    state: CheckpointState,
+    keep: usize,
+) -> Result<CheckpointInfo> {
+    let root = model_dir.join(CHECKPOINTS_DIR);
+    fs::create_dir_all(&root).map_err(TrainError::io(&root))?;
+    let name = step_dir_name(state.step);
+    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(TrainError::io(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(TrainError::io(&tmp))?;
+    let ck_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: burn::store::RecordError| TrainError::Checkpoint { path, what: e.to_string() }
+    };
+    let mf = tmp.join(MODEL_FILE);
+    model.clone().save_file(&mf).map_err(ck_err(&mf))?;
+    let of = tmp.join(OPTIMIZER_FILE);
+    optimizer.save(&of).map_err(ck_err(&of))?;
+    let sf = tmp.join(STATE_FILE);
+    fs::write(&sf, serde_json::to_string_pretty(&state).expect("state serialises") + "\n").map_err(TrainError::io(&sf))?;
+    for f in [&mf, &of, &sf] {
+        sync_file(f)?;
+    }
+    sync_dir(&tmp);
+    let dest = root.join(&name);
+    if dest.exists() {
+        let old = root.join(format!(".tmp-old-{name}-{}", std::process::id()));
+        fs::rename(&dest, &old).map_err(TrainError::io(&dest))?;
+        fs::rename(&tmp, &dest).map_err(TrainError::io(&dest))?;
+        fs::remove_dir_all(&old).map_err(TrainError::io(&old))?;
+    } else {
+        fs::rename(&tmp, &dest).map_err(TrainError::io(&dest))?;
+    }
+    sync_dir(&root);
+    apply_retention(model_dir, keep)?;
+    Ok(CheckpointInfo { dir: dest, state })
+}
+
+/// Deletes the checkpoints that are neither among the last `keep` nor the best.
+pub fn apply_retention(model_dir: &Path, keep: usize) -> Result<Vec<u64>> {
+    let cks = list_checkpoints(model_dir)?;
+    let keep = keep.max(1);
+    let best = best_of(&cks).map(|c| c.state.step);
+    let cut = cks.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for c in &cks[..cut] {
+        if Some(c.state.step) != best {
+            fs::remove_dir_all(&c.dir).map_err(TrainError::io(&c.dir))?;
+            removed.push(c.state.step);
+        }
+    }
+    Ok(removed)
+}
+
+/// Loads the weights of a checkpoint into a freshly built model.
+pub fn load_model(config: &ModelConfig, ck: &CheckpointInfo, device: &burn::tensor::Device) -> Result<Model> {
+    let path = ck.model_file();
+    config.init(device)?.try_load_file(&path).map_err(|e| TrainError::Checkpoint { path, what: e.to_string() })
+}
+
+/// Reads `metrics.jsonl` (a truncated last line from a killed run is skipped).
+pub fn read_metrics(model_dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let path = model_dir.join(METRICS_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = fs::read_to_string(&path).map_err(TrainError::io(&path))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+/// Keeps only the `metrics.jsonl` lines of evaluations at or before `step` (a resumed run
+/// redoes the later ones).
+pub fn truncate_metrics(model_dir: &Path, step: u64) -> Result<usize> {
+    let path = model_dir.join(METRICS_FILE);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let text = fs::read_to_string(&path).map_err(TrainError::io(&path))?;
+    let mut kept = String::new();
+    let mut dropped = 0;
+    for line in text.lines() {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) if v.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s <= step) => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            _ => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        write_atomic(&path, kept.as_bytes())?;
+    }
+    Ok(dropped)
+}
+
+/// Appends one line to `metrics.jsonl` and flushes it to disk.
+pub fn append_metrics(model_dir: &Path, line: &serde_json::Value) -> Result<()> {
+    let path = model_dir.join(METRICS_FILE);
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(&path).map_err(TrainError::io(&path))?;
+    let mut s = serde_json::to_string(line).expect("json");
+    s.push('\n');
+    f.write_all(s.as_bytes()).map_err(TrainError::io(&path))?;
+    f.sync_data().map_err(TrainError::io(&path))
+}
+
+/// The files and directories training writes (what `--overwrite` removes).
+pub fn artifacts(model_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if !model_dir.is_dir() {
+        return Ok(out);
+    }
+    for entry in fs::read_dir(model_dir).map_err(TrainError::io(model_dir))? {
+        let entry = entry.map_err(TrainError::io(model_dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if [CONFIG_FILE, LABELS_FILE, CHECKPOINTS_DIR, EVAL_DIR, METRICS_FILE, EVALUATION_FILE].contains(&name.as_str())
+            || name.contains("tfevents")
+            || (name.starts_with('.') && name.contains(".tmp-"))
+        {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_selector() {
+        assert_eq!("best".parse::<CheckpointSel>().unwrap(), CheckpointSel::Best);
+        assert_eq!("latest".parse::<CheckpointSel>().unwrap(), CheckpointSel::Latest);
+        assert_eq!("120".parse::<CheckpointSel>().unwrap(), CheckpointSel::Step(120));
+        assert!("x".parse::<CheckpointSel>().is_err());
+    }
+
+    #[test]
+    fn optimizer_names_round_trip() {
+        for k in OptimizerKind::ALL {
+            assert_eq!(k.name().parse::<OptimizerKind>().unwrap(), k);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `quickdraw evaluate`: loss, accuracy, top-3, MAP@3, per-class precision/recall/F1 and the
+//! confusion matrix of a trained model on eval shards.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use quickdraw_data::events::encode_png;
+use quickdraw_train::metrics::{MetricsReport, confusion_image};
+use quickdraw_train::{CheckpointSel, DeviceChoice, EvaluateRequest};
+
+use super::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub struct EvaluateArgs {
+    /// Model directory written by `quickdraw train`.
+    #[arg(long, alias = "job-dir")]
+    pub model_dir: PathBuf,
+    /// Evaluation shards (quoted glob, e.g. 'data/zoo/eval-*').
+    #[arg(long)]
+    pub eval_files: String,
+    /// Which checkpoint: best (by eval accuracy during training), latest, or a step number.
+    #[arg(long, default_value = "latest")]
+    pub checkpoint: CheckpointSel,
+    /// Evaluate only this many batches (default: the whole eval set).
+    #[arg(long)]
+    pub eval_steps: Option<u64>,
+    /// Batch size (default: max(64, the training batch size)).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// cpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Print one JSON object (accuracy, top3_accuracy, map3, loss, examples, per_class, confusion, ...).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the confusion matrix as a PNG (rows = true class, row-normalised).
+    #[arg(long, value_name = "FILE")]
+    pub png: Option<PathBuf>,
+}
+
+/// Human-readable report: overall figures, per-class table, small confusion matrices.
+pub fn report_table(m: &MetricsReport) -> String {
+    let mut s = format!(
+        "examples {}  loss {:.4}  accuracy {:.4}  top3 {:.4}  map@3 {:.4}  macro-F1 {:.4}\n\n",
+        m.examples, m.loss, m.accuracy, m.top3_accuracy, m.map3, m.macro_f1
+    );
+    let w = m.classes.iter().map(|c| c.len()).max().unwrap_or(5).max(5);
+    s.push_str(&format!("{:<w$}  {:>7}  {:>9}  {:>6}  {:>6}\n", "class", "support", "precision", "recall", "f1"));
+    for c in &m.per_class {
+        s.push_str(&format!(
+            "{:<w$}  {:>7}  {:>9.4}  {:>6.4}  {:>6.4}\n",
+            c.class, c.support, c.precision, c.recall, c.f1
+        ));
+    }
+    if m.classes.len() <= 20 {
+        s.push_str("\nconfusion matrix (rows: true class, columns: predicted, in label order)\n");
+        for (name, row) in m.classes.iter().zip(&m.confusion) {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:>5}")).collect();
+            s.push_str(&format!("{name:<w$} {}\n", cells.join("")));
+        }
+    }
+    s
+}
+
+pub fn write_confusion_png(m: &MetricsReport, path: &PathBuf) -> anyhow::Result<()> {
+    let cell = (512 / m.confusion.len().max(1)).clamp(2, 64);
+    let (px, side) = confusion_image(&m.confusion, cell);
+    let png = encode_png(&px, side, side, 1).context("encoding the confusion matrix PNG")?;
+    std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn run(a: EvaluateArgs, ctx: Ctx) -> anyhow::Result<()> {
+    let mut req = EvaluateRequest::new(a.model_dir.clone(), a.eval_files.clone());
+    req.checkpoint = a.checkpoint;
+    req.eval_steps = a.eval_steps;
+    req.batch_size = a.batch_size;
+    req.device = a.device;
+    let pb = crate::progress::bar(ctx.quiet, None, "");
+    pb.set_message(format!("evaluating {}", a.model_dir.display()));
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    let (ev, _) = quickdraw_train::evaluate(&req, false)
+        .with_context(|| format!("evaluating {}", a.model_dir.display()))?;
+    pb.finish_and_clear();
+    if let Some(p) = &a.png {
+        write_confusion_png(&ev.metrics, p)?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&ev)?);
+    } else {
+        println!(
+            "model {} ({}), checkpoint step {}, eval files {:?}\n",
+            ev.model_dir, ev.model, ev.step, ev.eval_files
+        );
+        print!("{}", report_table(&ev.metrics));
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! One module per subcommand; each exposes its clap `Args` and a `run` function.
+
+pub mod convert;
+pub mod download;
+pub mod inspect;
+pub mod simplify;
+pub mod stats;
+pub mod synth;
+#[cfg(feature = "train")]
+pub mod compare;
+#[cfg(feature = "train")]
+pub mod evaluate;
+#[cfg(feature = "train")]
+pub mod metrics;
+#[cfg(feature = "train")]
+pub mod predict;
+#[cfg(feature = "train")]
+pub mod train;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::{Cli, Command};
+
+/// Expands quoted glob patterns (`'data/*.ndjson'`); plain paths are kept as they are.
+pub fn expand_globs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for i in inputs {
+        let p = PathBuf::from(i);
+        if p.exists() || !i.contains(['*', '?', '[']) {
+            out.push(p);
+            continue;
+        }
+        let mut matched: Vec<PathBuf> = glob::glob(i)
+            .with_context(|| format!("bad glob pattern {i:?}"))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading matches of {i:?}"))?;
+        anyhow::ensure!(!matched.is_empty(), "no file matches {i:?}");
+        matched.sort();
+        out.extend(matched);
+    }
+    Ok(out)
+}
+
+/// Global options every command sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub quiet: bool,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx { quiet: cli.quiet };
+    match cli.command {
+        Command::Convert(a) => convert::run(a, ctx),
+        Command::Simplify(a) => simplify::run(a, ctx),
+        Command::Inspect(a) => inspect::run(a, ctx),
+        Command::Stats(a) => stats::run(a, ctx),
+        Command::Synth(a) => synth::run(a, ctx),
+        Command::Download(a) => download::run(a, ctx),
+        #[cfg(feature = "train")]
+        Command::Train(a) => train::run(a, ctx),
+        #[cfg(feature = "train")]
+        Command::Evaluate(a) => evaluate::run(a, ctx),
+        #[cfg(feature = "train")]
+        Command::Compare(a) => compare::run(a, ctx),
+        #[cfg(feature = "train")]
+        Command::Predict(a) => predict::run(a, ctx),
+        #[cfg(feature = "train")]
+        Command::Metrics(a) => metrics::run(a, ctx),
+    }
+}

@@ -1,0 +1,183 @@
+//! `quickdraw predict`: top-k classes for drawings in TFRecord shards or in any QuickDraw input
+//! format (NDJSON, binary, numpy_bitmap, optionally .gz), preprocessed exactly as the model's
+//! training data (the FeatureSpec saved in the model dir).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use quickdraw_data::example::{Example, Kind};
+use quickdraw_data::features::{self, decode_example, decode_image, preprocess};
+use quickdraw_data::ingest::{self, Format, UnitReader};
+use quickdraw_data::tfrecord::{TfRecordReader, masked_crc32c};
+use quickdraw_data::validate::check_drawing;
+use quickdraw_data::Drawing;
+use quickdraw_train::pipeline::Decoded;
+use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel, top_k};
+use serde::Serialize;
+
+use super::{Ctx, expand_globs};
+
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// Model directory written by `quickdraw train`.
+    #[arg(long, alias = "job-dir")]
+    pub model_dir: PathBuf,
+    /// TFRecord shards or QuickDraw files (.ndjson, .bin, .npy, optionally .gz); quoted globs work.
+    #[arg(required = true)]
+    pub inputs: Vec<String>,
+    /// Checkpoint: best, latest or a step number.
+    #[arg(long, default_value = "latest")]
+    pub checkpoint: CheckpointSel,
+    /// Classes listed per drawing.
+    #[arg(long, short = 'k', default_value_t = 3)]
+    pub top_k: usize,
+    /// Stop after this many drawings (over all inputs).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// One JSON object per drawing (JSON lines) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ClassProb {
+    class: String,
+    label: usize,
+    probability: f32,
+}
+
+#[derive(Debug, Serialize)]
+struct PredLine {
+    input: String,
+    index: u64,
+    key_id: u64,
+    /// The class the record says it is, when it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    top_k: Vec<ClassProb>,
+}
+
+struct Item {
+    index: u64,
+    label: Option<String>,
+    decoded: Decoded,
+}
+
+fn is_tfrecord(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    if ["tfrecord", "tfrecords", "tfrec"].iter().any(|e| name.ends_with(&format!(".{e}"))) {
+        return true;
+    }
+    let mut head = [0u8; 12];
+    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)) {
+        Ok(()) => masked_crc32c(&head[..8]) == u32::from_le_bytes(head[8..].try_into().expect("4 bytes")),
+        Err(_) => false,
+    }
+}
+
+fn int64(ex: &Example, key: &str) -> Option<i64> {
+    match ex.get(key)?.kind.as_ref()? {
+        Kind::Int64List(l) if l.value.len() == 1 => Some(l.value[0]),
+        _ => None,
+    }
+}
+
+fn read_tfrecord(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result<Vec<Item>> {
+    let spec = tm.feature_spec();
+    let mut out = Vec::new();
+    let mut r = TfRecordReader::open(path)?;
+    let mut buf = Vec::new();
+    let mut index = 0;
+    while out.len() < limit && r.read_into(&mut buf)? {
+        let ex = Example::from_bytes(&buf).with_context(|| format!("{}: record {index}", path.display()))?;
+        let image = decode_image(&ex, spec).with_context(|| format!("{}: record {index}", path.display()))?;
+        let strokes = if tm.kind().uses_strokes() {
+            decode_example(&buf, spec).with_context(|| format!("{}: record {index}", path.display()))?.strokes
+        } else {
+            None
+        };
+        let label = int64(&ex, features::LABEL).and_then(|l| tm.labels().get(l as usize).cloned());
+        let key_id = int64(&ex, features::KEY_ID).unwrap_or(0) as u64;
+        out.push(Item { index, label, decoded: Decoded { label: -1, image, key_id, strokes } });
+        index += 1;
+    }
+    Ok(out)
+}
+
+fn read_drawings(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result<Vec<Item>> {
+    let mut r = UnitReader::open(path, None)?;
+    let class = ingest::class_from_path(path);
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some(unit) = r.next_record()? else { break };
+        let parsed: Result<Drawing, _> = match r.format {
+            Format::Ndjson => ingest::ndjson::parse_line(&unit.bytes),
+            Format::Binary => ingest::binary::parse_record(&unit.bytes, &class),
+            Format::NumpyBitmap => ingest::npy::parse_row(&unit.bytes, unit.index, &class),
+        };
+        let d = parsed
+            .and_then(|d| check_drawing(&d, None).map(|()| d))
+            .map_err(|rej| anyhow::anyhow!("{}: record {}: {}", path.display(), unit.index, rej.detail))?;
+        let p = preprocess(&d.ink, tm.feature_spec()).with_context(|| format!("{}: record {}", path.display(), unit.index))?;
+        let label = tm.labels().iter().find(|c| **c == d.word).cloned();
+        out.push(Item {
+            index: unit.index,
+            label,
+            decoded: Decoded { label: -1, image: p.image, key_id: d.key_id, strokes: p.strokes },
+        });
+    }
+    Ok(out)
+}
+
+pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
+    let tm = TrainedModel::load(&a.model_dir, a.checkpoint, a.device)
+        .with_context(|| format!("loading {}", a.model_dir.display()))?;
+    let k = a.top_k.clamp(1, tm.n_classes());
+    let files = expand_globs(&a.inputs)?;
+    let mut remaining = a.limit.unwrap_or(usize::MAX);
+    if !a.json {
+        println!("{:<24} {:>6} {:>18} {:<12} top {k}", "input", "index", "key_id", "label");
+    }
+    for f in files {
+        if remaining == 0 {
+            break;
+        }
+        let items = if is_tfrecord(&f) { read_tfrecord(&f, &tm, remaining)? } else { read_drawings(&f, &tm, remaining)? };
+        remaining -= items.len();
+        for chunk in items.chunks(256) {
+            let decoded: Vec<Decoded> = chunk.iter().map(|i| i.decoded.clone()).collect();
+            let probs = tm.predict_decoded(&decoded)?;
+            for (item, row) in chunk.iter().zip(probs.chunks_exact(tm.n_classes())) {
+                let top: Vec<ClassProb> = top_k(row, k)
+                    .into_iter()
+                    .map(|(label, probability)| ClassProb { class: tm.labels()[label].clone(), label, probability })
+                    .collect();
+                let line = PredLine {
+                    input: f.display().to_string(),
+                    index: item.index,
+                    key_id: item.decoded.key_id,
+                    label: item.label.clone(),
+                    top_k: top,
+                };
+                if a.json {
+                    println!("{}", serde_json::to_string(&line)?);
+                } else {
+                    let tops: Vec<String> = line.top_k.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect();
+                    let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    println!(
+                        "{:<24} {:>6} {:>18} {:<12} {}",
+                        name,
+                        line.index,
+                        line.key_id,
+                        line.label.as_deref().unwrap_or("-"),
+                        tops.join(", ")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! `quickdraw train`: trains a model on TFRecord shards into a model dir (resumable; see
+//! `quickdraw_train::modeldir` for the layout).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use indicatif::ProgressBar;
+use quickdraw_train::metrics::MetricsReport;
+use quickdraw_train::model::{ModelKind, parse_conv, parse_widths};
+use quickdraw_train::pipeline::{DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER};
+use quickdraw_train::train::StepStats;
+use quickdraw_train::{DeviceChoice, OptimizerKind, TrainObserver, TrainRequest, TrainSummary};
+
+use super::Ctx;
+use crate::progress;
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Model: baseline, linear, dnn, cnn or rnn (rnn needs shards converted with --strokes).
+    #[arg(long, default_value = "cnn")]
+    pub model: ModelKind,
+    /// Model directory (config, checkpoints, TensorBoard events); re-running resumes.
+    #[arg(long, alias = "job-dir")]
+    pub model_dir: PathBuf,
+    /// Training shards, a quoted glob such as 'data/zoo/train-*' (manifest.json must be next to them).
+    #[arg(long)]
+    pub train_files: String,
+    /// Evaluation shards (quoted glob); evaluated every --eval-every steps and at the end.
+    #[arg(long)]
+    pub eval_files: Option<String>,
+    /// Train until this global step.
+    #[arg(long, default_value_t = 1000)]
+    pub train_steps: u64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Number of classes; defaults to the length of labels.txt and must match it.
+    #[arg(long)]
+    pub n_classes: Option<usize>,
+    /// Batches per evaluation (default: the whole eval set).
+    #[arg(long)]
+    pub eval_steps: Option<u64>,
+    /// Default: 0.001 for adam, adamw, rmsprop; 0.01 for sgd, momentum, adagrad.
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// adam, adamw, sgd, momentum (SGD + 0.9 momentum), rmsprop or adagrad.
+    #[arg(long, default_value = "adam")]
+    pub optimizer: OptimizerKind,
+    /// Evaluate every N steps (default: only at the end).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Write a checkpoint every N steps (also after each evaluation, at the end and on Ctrl-C).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (the latest K, plus the best by eval accuracy).
+    #[arg(long, default_value_t = 5)]
+    pub keep_checkpoints: usize,
+    /// Seed of the weight initialisation and of the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Discard a previous run in --model-dir (only the files training writes are removed).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Initialise the weights from another model dir's latest checkpoint (same architecture).
+    #[arg(long, value_name = "DIR")]
+    pub warm_start_from: Option<PathBuf>,
+    /// cpu, or cuda[:N] (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// DNN hidden layer widths: `1000` or a comma list `512,256`.
+    #[arg(long)]
+    pub hidden: Option<String>,
+    /// CNN blocks as kernel:pool:filters, comma separated (default the lecture's 10:4:32,5:4:64).
+    #[arg(long)]
+    pub conv: Option<String>,
+    /// CNN dense layer width (default 256).
+    #[arg(long)]
+    pub dense: Option<usize>,
+    /// Dropout rate before the output layer (default 0.4 for cnn, 0 for dnn).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// LSTM units per direction for rnn (default 256).
+    #[arg(long)]
+    pub rnn_units: Option<usize>,
+    /// Records in the example-level shuffle buffer.
+    #[arg(long, default_value_t = DEFAULT_SHUFFLE_BUFFER)]
+    pub shuffle_buffer: usize,
+    /// Decoded batches queued ahead of the model.
+    #[arg(long, default_value_t = DEFAULT_PREFETCH)]
+    pub prefetch: usize,
+    /// Write training scalars to TensorBoard every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Print the run summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct BarObserver {
+    pb: ProgressBar,
+    quiet: bool,
+}
+
+impl TrainObserver for BarObserver {
+    fn notice(&mut self, msg: &str) {
+        self.pb.suspend(|| eprintln!("{msg}"));
+    }
+    fn start(&mut self, start_step: u64, total_steps: u64) {
+        self.pb.set_length(total_steps);
+        self.pb.set_position(start_step);
+        self.pb.reset_eta();
+        self.pb.set_message("training");
+    }
+    fn step(&mut self, s: &StepStats) {
+        self.pb.set_position(s.step);
+        self.pb.set_message(format!(
+            "loss {:.4} acc {:.3} | {:.1} steps/s, data wait {:.0}%",
+            s.loss,
+            s.accuracy,
+            s.steps_per_sec,
+            100.0 * s.data_wait_share
+        ));
+    }
+    fn eval_start(&mut self, step: u64) {
+        self.pb.set_message(format!("evaluating at step {step}"));
+    }
+    fn evaluated(&mut self, step: u64, r: &MetricsReport) {
+        if !self.quiet {
+            self.pb.suspend(|| {
+                eprintln!(
+                    "step {step}: eval loss {:.4}  accuracy {:.4}  top3 {:.4}  map@3 {:.4}  ({} examples)",
+                    r.loss, r.accuracy, r.top3_accuracy, r.map3, r.examples
+                )
+            });
+        }
+    }
+}
+
+fn summary_table(s: &TrainSummary) -> String {
+    let mut t = String::new();
+    let mut row = |k: &str, v: String| t.push_str(&format!("  {k:<12} {v}\n"));
+    row("model", format!("{} ({} parameters)", s.model, s.parameters));
+    row("model dir", s.model_dir.display().to_string());
+    row(
+        "steps",
+        format!(
+            "{} -> {} ({} run{}; {:.2} epochs seen)",
+            s.start_step,
+            s.final_step,
+            s.steps_run,
+            if s.resumed_from.is_some() { ", resumed" } else { "" },
+            s.epochs
+        ),
+    );
+    row("time", format!("{:.1} s ({:.2} steps/s, {:.0} examples/s)", s.seconds, s.steps_per_sec, s.examples_per_sec));
+    row("data wait", format!("{:.2} s ({:.1}% of the time)", s.data_wait_seconds, 100.0 * s.data_wait_share));
+    if let (Some(l), Some(a)) = (s.train_loss, s.train_accuracy) {
+        row("train", format!("loss {l:.4}  accuracy {a:.4} (last logging window)"));
+    }
+    if let Some(e) = &s.eval {
+        row(
+            &format!("eval @{}", e.step),
+            format!(
+                "loss {:.4}  accuracy {:.4}  top3 {:.4}  map@3 {:.4} ({} examples)",
+                e.loss, e.accuracy, e.top3_accuracy, e.map3, e.examples
+            ),
+        );
+    }
+    if let Some(c) = &s.checkpoint {
+        row("checkpoint", c.display().to_string());
+    }
+    if s.interrupted {
+        row("status", "interrupted (resume by running the same command again)".into());
+    }
+    t
+}
+
+fn parse_list(flag: &str, v: &Option<String>, f: fn(&str) -> Result<Vec<usize>, String>) -> anyhow::Result<Option<Vec<usize>>> {
+    v.as_deref().map(|s| f(s).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))).transpose()
+}
+
+pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
+    let stop = quickdraw_train::install_interrupt_handler()?;
+    let mut req = TrainRequest::new(a.model, a.model_dir.clone(), a.train_files.clone());
+    req.hidden = parse_list("hidden", &a.hidden, parse_widths)?;
+    req.conv = a
+        .conv
+        .as_deref()
+        .map(|s| parse_conv(s).map_err(|e| anyhow::anyhow!("--conv: {e}")))
+        .transpose()?;
+    req.dense = a.dense;
+    req.dropout = a.dropout;
+    req.rnn_units = a.rnn_units;
+    req.n_classes = a.n_classes;
+    req.optimizer = a.optimizer;
+    req.learning_rate = a.learning_rate;
+    req.batch_size = a.batch_size;
+    req.seed = a.seed;
+    req.shuffle_buffer = a.shuffle_buffer;
+    req.eval_files = a.eval_files.clone();
+    req.train_steps = a.train_steps;
+    req.eval_steps = a.eval_steps;
+    req.eval_every = a.eval_every;
+    req.checkpoint_every = a.checkpoint_every;
+    req.keep_checkpoints = a.keep_checkpoints;
+    req.overwrite = a.overwrite;
+    req.warm_start_from = a.warm_start_from.clone();
+    req.device = a.device;
+    req.prefetch = a.prefetch;
+    req.log_every = a.log_every;
+    req.stop = Some(stop);
+
+    let pb = progress::bar(ctx.quiet, Some(a.train_steps), "steps");
+    let mut obs = BarObserver { pb: pb.clone(), quiet: ctx.quiet };
+    let summary = quickdraw_train::train(&req, &mut obs)
+        .with_context(|| format!("training into {}", display(&a.model_dir)))?;
+    pb.finish_and_clear();
+    if !ctx.quiet {
+        eprintln!("{}", summary_table(&summary));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    if summary.interrupted {
+        eprintln!("stopped at step {} with a checkpoint; run the same command to resume", summary.final_step);
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}

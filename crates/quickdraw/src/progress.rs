@@ -1,0 +1,39 @@
+//! Progress bars (indicatif) that disappear under `--quiet` or when stderr is not a terminal.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A bar counting `unit` up to `len` (or a spinner when `len` is `None`).
+pub fn bar(quiet: bool, len: Option<u64>, unit: &str) -> ProgressBar {
+    let pb = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    if quiet {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+        return pb;
+    }
+    let template = match len {
+        Some(_) => format!("{{spinner}} {{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, ETA {{eta}})"),
+        None => format!("{{spinner}} {{msg}} {{human_pos}} {unit} ({{per_sec}}) {{elapsed}}"),
+    };
+    pb.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+    pb
+}
+
+/// Byte-counting bar.
+pub fn bytes_bar(quiet: bool, len: Option<u64>) -> ProgressBar {
+    let pb = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    if quiet {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+        return pb;
+    }
+    let template = match len {
+        Some(_) => "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
+        None => "{spinner} {msg} {bytes} ({bytes_per_sec})",
+    };
+    pb.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    pb
+}

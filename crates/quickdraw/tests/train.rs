@@ -1,0 +1,476 @@
+//! End-to-end tests of the training stage through the real `quickdraw` binary: every model
+//! trains, resume (also after kill -9 and Ctrl-C), config guard, evaluate/compare/predict/metrics.
+#![cfg(feature = "train")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use quickdraw_data::events::{Kind, What, event_files, read_events, read_scalars};
+use quickdraw_train::testdata::{TinyDataset, write_tiny_dataset};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_quickdraw"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run quickdraw")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "quickdraw {args:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+struct Data {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Data {
+    fn new(strokes: bool) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let t = TinyDataset {
+            classes: 3,
+            train_per_class: 30,
+            eval_per_class: 10,
+            image_size: 16,
+            strokes: strokes.then_some(24),
+            train_shards: 2,
+            seed: 3,
+        };
+        write_tiny_dataset(&dir, &t).unwrap();
+        Data { _tmp: tmp, dir }
+    }
+    fn train(&self) -> String {
+        format!("{}/train-*", self.dir.display())
+    }
+    fn eval(&self) -> String {
+        format!("{}/eval-*", self.dir.display())
+    }
+    fn model_dir(&self, name: &str) -> PathBuf {
+        self.dir.parent().unwrap().join(name)
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `quickdraw train` args for a small run.
+fn train_args(d: &Data, model: &str, dir: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--quiet".into(),
+        "train".into(),
+        "--model".into(),
+        model.into(),
+        "--model-dir".into(),
+        s(dir),
+        "--train-files".into(),
+        d.train(),
+        "--eval-files".into(),
+        d.eval(),
+        "--train-steps".into(),
+        steps.to_string(),
+        "--batch-size".into(),
+        "16".into(),
+        "--log-every".into(),
+        "1".into(),
+        "--seed".into(),
+        "1".into(),
+    ];
+    v.extend(extra.iter().map(|x| x.to_string()));
+    v
+}
+
+fn train(d: &Data, model: &str, dir: &Path, steps: u64, extra: &[&str]) -> Output {
+    let args = train_args(d, model, dir, steps, extra);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Training losses logged at every step.
+fn losses(dir: &Path) -> Vec<f32> {
+    let mut pts: Vec<_> = read_scalars(dir).unwrap().into_iter().filter(|p| p.tag == "loss").collect();
+    pts.sort_by_key(|p| p.step);
+    pts.into_iter().map(|p| p.value).collect()
+}
+
+fn assert_loss_falls(dir: &Path, what: &str) {
+    let l = losses(dir);
+    assert!(l.len() >= 10, "{what}: {} losses logged", l.len());
+    let head: f32 = l[..5].iter().sum::<f32>() / 5.0;
+    let tail: f32 = l[l.len() - 5..].iter().sum::<f32>() / 5.0;
+    assert!(tail < head * 0.9, "{what}: loss did not fall: first {head:.4}, last {tail:.4} ({l:?})");
+}
+
+fn checkpoint_steps(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir.join("checkpoints"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("step-").and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn eval_json(dir: &Path, d: &Data) -> serde_json::Value {
+    let out = ok(&["--quiet", "evaluate", "--model-dir", &s(dir), "--eval-files", &d.eval(), "--json"]);
+    serde_json::from_slice(&out.stdout).expect("evaluate --json prints one JSON object")
+}
+
+#[test]
+fn linear_trains_loss_falls_and_writes_the_model_dir() {
+    let d = Data::new(false);
+    let dir = d.model_dir("linear");
+    let out = train(&d, "linear", &dir, 40, &["--learning-rate", "0.01", "--checkpoint-every", "10", "--eval-every", "20", "--json"]);
+    assert!(stderr(&out).contains("parameters"), "parameter count printed: {}", stderr(&out));
+    assert_loss_falls(&dir, "linear");
+    for f in ["config.json", "labels.txt", "metrics.jsonl"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("labels.txt")).unwrap(), "circle\nsquare\ntriangle\n");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["final_step"], 40);
+    assert_eq!(summary["parameters"], 16 * 16 * 3 + 3);
+    // Checkpoints: last 5 kept (10..40 are 4), each complete.
+    assert_eq!(checkpoint_steps(&dir), vec![10, 20, 30, 40]);
+    for st in checkpoint_steps(&dir) {
+        let ck = dir.join(format!("checkpoints/step-{st:08}"));
+        for f in ["model.bpk", "optimizer.bpk", "state.json"] {
+            assert!(ck.join(f).is_file(), "{}", ck.join(f).display());
+        }
+    }
+    // metrics.jsonl: evaluations at 20 and 40.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![20, 40]);
+    assert!(lines[1]["accuracy"].as_f64().unwrap() > 0.5, "{:?}", lines[1]);
+    // TensorBoard: train scalars, input image, histograms; eval scalars and confusion image.
+    let events = read_events(&event_files(&dir).unwrap()[0]).unwrap();
+    let tags: Vec<(String, &'static str)> = events
+        .iter()
+        .filter_map(|e| match &e.what {
+            Some(What::Summary(s)) => Some(s.value.iter().map(|v| {
+                let k = match v.value {
+                    Some(Kind::SimpleValue(_)) => "scalar",
+                    Some(Kind::Image(_)) => "image",
+                    Some(Kind::Histo(_)) => "histo",
+                    _ => "other",
+                };
+                (v.tag.clone(), k)
+            })),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for (tag, kind) in [
+        ("loss", "scalar"),
+        ("accuracy", "scalar"),
+        ("top3_accuracy", "scalar"),
+        ("learning_rate", "scalar"),
+        ("examples_per_sec", "scalar"),
+        ("inputs", "image"),
+    ] {
+        assert!(tags.iter().any(|(t, k)| t == tag && *k == kind), "{tag} ({kind}) missing from {tags:?}");
+    }
+    assert!(
+        tags.iter().any(|(t, k)| t.starts_with("weights/") && t.contains("output") && *k == "histo"),
+        "weight histograms missing from {tags:?}"
+    );
+    let eval_tags: Vec<String> = read_scalars(&dir.join("eval")).unwrap().into_iter().map(|p| p.tag).collect();
+    for t in ["loss", "accuracy", "top3_accuracy", "map3"] {
+        assert!(eval_tags.iter().any(|x| x == t), "eval {t}");
+    }
+    // metrics --csv exports both runs.
+    let out = ok(&["metrics", "--model-dir", &s(&dir), "--csv"]);
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.starts_with("run,tag,step,wall_time,value\n"), "{csv}");
+    assert!(csv.contains("\ntrain,loss,1,"), "{csv}");
+    assert!(csv.contains("\neval,accuracy,40,"), "{csv}");
+}
+
+#[test]
+fn dnn_trains_and_loss_falls() {
+    let d = Data::new(false);
+    let dir = d.model_dir("dnn");
+    train(&d, "dnn", &dir, 40, &["--hidden", "32,16", "--learning-rate", "0.005", "--checkpoint-every", "100"]);
+    assert_loss_falls(&dir, "dnn");
+}
+
+#[test]
+fn cnn_trains_and_loss_falls() {
+    let d = Data::new(false);
+    let dir = d.model_dir("cnn");
+    let out = train(
+        &d,
+        "cnn",
+        &dir,
+        40,
+        &["--conv", "3:2:8,3:2:8", "--dense", "32", "--learning-rate", "0.005", "--checkpoint-every", "100"],
+    );
+    // conv 3*3*1*8+8=80, 3*3*8*8+8=584, dense 4*4*8*32+32=4128, out 32*3+3=99.
+    assert!(stderr(&out).contains("4891 parameters"), "{}", stderr(&out));
+    assert_loss_falls(&dir, "cnn");
+}
+
+#[test]
+fn rnn_trains_on_strokes_and_loss_falls() {
+    let d = Data::new(true);
+    let dir = d.model_dir("rnn");
+    train(&d, "rnn", &dir, 30, &["--rnn-units", "12", "--learning-rate", "0.01", "--checkpoint-every", "100"]);
+    assert_loss_falls(&dir, "rnn");
+    let ev = eval_json(&dir, &d);
+    assert_eq!(ev["examples"], 30);
+}
+
+#[test]
+fn rnn_without_stroke_features_is_refused() {
+    let d = Data::new(false);
+    let out = run(&train_args(&d, "rnn", &d.model_dir("r"), 5, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--strokes"), "{}", stderr(&out));
+}
+
+#[test]
+fn baseline_predicts_the_prior_and_evaluates() {
+    let d = Data::new(false);
+    let dir = d.model_dir("baseline");
+    train(&d, "baseline", &dir, 5, &[]);
+    let ev = eval_json(&dir, &d);
+    // Balanced classes: the prior is uniform, loss = ln 3.
+    let loss = ev["loss"].as_f64().unwrap();
+    assert!((loss - 3f64.ln()).abs() < 1e-3, "baseline loss {loss}");
+    for k in ["accuracy", "top3_accuracy", "map3", "loss", "examples", "per_class", "confusion"] {
+        assert!(ev.get(k).is_some(), "evaluate --json lacks {k}: {ev}");
+    }
+    assert_eq!(ev["top3_accuracy"], 1.0, "3 classes: the true class is always in the top 3");
+}
+
+#[test]
+fn evaluate_json_png_and_report_file() {
+    let d = Data::new(false);
+    let dir = d.model_dir("m");
+    train(&d, "linear", &dir, 20, &["--checkpoint-every", "10", "--learning-rate", "0.01"]);
+    let png = dir.parent().unwrap().join("cm.png");
+    let out = ok(&[
+        "--quiet",
+        "evaluate",
+        "--model-dir",
+        &s(&dir),
+        "--eval-files",
+        &d.eval(),
+        "--json",
+        "--checkpoint",
+        "10",
+        "--png",
+        &s(&png),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim().lines().count(), 1, "one JSON object: {text}");
+    let ev: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    for k in ["accuracy", "top3_accuracy", "map3", "loss", "examples"] {
+        assert!(ev[k].is_number(), "{k} in {ev}");
+    }
+    assert_eq!(ev["examples"], 30);
+    assert_eq!(ev["step"], 10);
+    assert_eq!(ev["per_class"].as_array().unwrap().len(), 3);
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    assert!(dir.join("evaluation.json").is_file());
+    // --eval-steps limits the batches.
+    let out = ok(&["--quiet", "evaluate", "--model-dir", &s(&dir), "--eval-files", &d.eval(), "--json", "--eval-steps", "1", "--batch-size", "8"]);
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ev["examples"], 8);
+    // Table output names the metrics.
+    let out = ok(&["--quiet", "evaluate", "--model-dir", &s(&dir), "--eval-files", &d.eval()]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("map@3") && t.contains("precision") && t.contains("triangle"), "{t}");
+}
+
+#[test]
+fn resume_continues_at_the_right_step_and_matches_an_uninterrupted_run() {
+    let d = Data::new(false);
+    let a = d.model_dir("a");
+    let b = d.model_dir("b");
+    let common = ["--checkpoint-every", "5", "--learning-rate", "0.01", "--shuffle-buffer", "20"];
+    train(&d, "linear", &a, 10, &common);
+    let out = train(&d, "linear", &a, 25, &common);
+    assert!(stderr(&out).contains("resuming from step 10"), "{}", stderr(&out));
+    assert_eq!(checkpoint_steps(&a).last(), Some(&25));
+    train(&d, "linear", &b, 25, &common);
+    let (ea, eb) = (eval_json(&a, &d), eval_json(&b, &d));
+    let (la, lb) = (ea["loss"].as_f64().unwrap(), eb["loss"].as_f64().unwrap());
+    assert!((la - lb).abs() < 1e-4, "resumed run diverged from the uninterrupted one: {la} vs {lb}");
+    // Nothing to do when already there.
+    let out = train(&d, "linear", &a, 25, &common);
+    assert!(stderr(&out).contains("nothing to do"), "{}", stderr(&out));
+}
+
+#[test]
+fn changed_config_is_refused_unless_overwrite() {
+    let d = Data::new(false);
+    let dir = d.model_dir("m");
+    train(&d, "linear", &dir, 5, &[]);
+    let args = train_args(&d, "linear", &dir, 10, &["--learning-rate", "0.5"]);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("learning_rate") && e.contains("--overwrite"), "{e}");
+    let out = train(&d, "linear", &dir, 10, &["--learning-rate", "0.5", "--overwrite"]);
+    assert!(stderr(&out).contains("--overwrite: removed"), "{}", stderr(&out));
+    assert_eq!(checkpoint_steps(&dir), vec![10]);
+    // A non-empty directory that is not a model dir is never written into.
+    let foreign = d.model_dir("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("thesis.tex"), "precious").unwrap();
+    let out = run(&train_args(&d, "linear", &foreign, 5, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a model directory"), "{}", stderr(&out));
+}
+
+#[test]
+fn warm_start_is_loud_and_starts_at_step_zero() {
+    let d = Data::new(false);
+    let a = d.model_dir("a");
+    let b = d.model_dir("b");
+    train(&d, "linear", &a, 10, &[]);
+    let out = train(&d, "linear", &b, 5, &["--warm-start-from", &s(&a)]);
+    assert!(stderr(&out).contains("WARM START"), "{}", stderr(&out));
+    assert_eq!(checkpoint_steps(&b), vec![5]);
+}
+
+#[test]
+fn n_classes_is_checked_against_labels() {
+    let d = Data::new(false);
+    let out = run(&train_args(&d, "linear", &d.model_dir("m"), 5, &["--n-classes", "4"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--n-classes 4") && stderr(&out).contains("3 classes"), "{}", stderr(&out));
+}
+
+#[test]
+fn missing_manifest_fails_with_a_clear_message() {
+    let d = Data::new(false);
+    std::fs::remove_file(d.dir.join("manifest.json")).unwrap();
+    let out = run(&train_args(&d, "linear", &d.model_dir("m"), 5, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("manifest.json"), "{}", stderr(&out));
+}
+
+fn wait_for_checkpoint(dir: &Path, child: &mut std::process::Child) -> u64 {
+    let t = Instant::now();
+    loop {
+        if let Some(&st) = checkpoint_steps(dir).first() {
+            return st;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("training ended before the first checkpoint: {status}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_long(d: &Data, dir: &Path) -> std::process::Child {
+    let args = train_args(d, "dnn", dir, 1_000_000, &["--hidden", "256", "--checkpoint-every", "3", "--batch-size", "32"]);
+    bin().args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+#[test]
+fn killed_run_resumes_cleanly() {
+    let d = Data::new(false);
+    let dir = d.model_dir("killed");
+    let mut child = spawn_long(&d, &dir);
+    wait_for_checkpoint(&dir, &mut child);
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let steps = checkpoint_steps(&dir);
+    let last = *steps.last().unwrap();
+    for st in &steps {
+        let ck = dir.join(format!("checkpoints/step-{st:08}"));
+        for f in ["model.bpk", "optimizer.bpk", "state.json"] {
+            assert!(ck.join(f).is_file(), "incomplete checkpoint {}", ck.display());
+        }
+    }
+    let target = last + 4;
+    let args = train_args(&d, "dnn", &dir, target, &["--hidden", "256", "--checkpoint-every", "3", "--batch-size", "32"]);
+    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stderr(&out).contains(&format!("resuming from step {last}")), "{}", stderr(&out));
+    assert_eq!(checkpoint_steps(&dir).last(), Some(&target));
+    let ev = eval_json(&dir, &d);
+    assert_eq!(ev["step"], target);
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_checkpoints_and_exits_130() {
+    let d = Data::new(false);
+    let dir = d.model_dir("int");
+    let mut child = spawn_long(&d, &dir);
+    wait_for_checkpoint(&dir, &mut child);
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert!(!checkpoint_steps(&dir).is_empty());
+    assert!(std::fs::read_dir(dir.join("checkpoints")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")));
+}
+
+#[test]
+fn compare_and_predict() {
+    let d = Data::new(false);
+    let a = d.model_dir("a");
+    let b = d.model_dir("b");
+    train(&d, "baseline", &a, 2, &[]);
+    train(&d, "linear", &b, 30, &["--learning-rate", "0.01"]);
+    let out = ok(&["--quiet", "compare", &s(&a), &s(&b), "--eval-files", &d.eval(), "--json"]);
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(c["delta_accuracy"].as_f64().unwrap() > 0.0, "linear beats the prior: {}", c["delta_accuracy"]);
+    let flips = c["flips"].as_array().unwrap();
+    assert_eq!(flips.len() as u64, c["fixed"].as_u64().unwrap() + c["broken"].as_u64().unwrap());
+    assert!(flips.iter().all(|f| f["key_id"].as_u64().unwrap() > 0));
+    assert_eq!(c["per_class"].as_array().unwrap().len(), 3);
+    let out = ok(&["--quiet", "compare", &s(&a), &s(&b), "--eval-files", &d.eval()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("flipped"));
+
+    // predict: TFRecord input, JSON lines with the top 3.
+    let shard = d.dir.join("eval-00000-of-00001.tfrecord");
+    let out = ok(&["--quiet", "predict", "--model-dir", &s(&b), &s(&shard), "--json", "--limit", "5"]);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5);
+    for l in &lines {
+        let top = l["top_k"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let p: f64 = top.iter().map(|t| t["probability"].as_f64().unwrap()).sum();
+        assert!((p - 1.0).abs() < 1e-3, "3 classes: top 3 probabilities sum to 1 ({p})");
+        assert!(l["label"].is_string());
+    }
+    // predict: NDJSON drawings, preprocessed with the model's feature spec.
+    let nd = d.dir.parent().unwrap().join("mine.ndjson");
+    let cfg = quickdraw_data::synth::SynthConfig { classes: 3, per_class: 2, seed: 99, unrecognized_share: 0.0 };
+    let text: String = quickdraw_data::synth::synth_all(&cfg)
+        .map(|dr| quickdraw_data::synth::to_ndjson_line(&dr, false) + "\n")
+        .collect();
+    std::fs::write(&nd, text).unwrap();
+    let out = ok(&["--quiet", "predict", "--model-dir", &s(&b), &s(&nd)]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(t.lines().count(), 1 + 6, "header + 6 drawings: {t}");
+}

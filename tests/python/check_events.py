@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Checks a TensorBoard log directory written by quickdraw with TensorBoard's own readers.
+
+Owns: the cross-implementation test of crates/quickdraw-data/src/events.rs.
+
+Two readers are used, both with size_guidance 0 (keep everything):
+  * tensorboard.backend.event_processing.event_accumulator.EventAccumulator (the legacy reader:
+    scalars, images, histograms as written);
+  * tensorboard.backend.event_processing.plugin_event_accumulator.EventAccumulator (what the
+    TensorBoard UI uses: values migrated to tensors for the scalars/images/histograms plugins).
+
+Usage:
+  check_events.py LOGDIR [--expect expected.json] [--scalar TAG]... [--image TAG]...
+                  [--histogram TAG]...
+
+`--expect` is a JSON file as written by `cargo run -p quickdraw-data --example write_events`:
+  {"file_version": "brain.Event:2",
+   "scalars":    {"tag": [[step, value], ...]},
+   "images":     {"tag": [{"step": s, "width": w, "height": h}, ...]},
+   "histograms": {"tag": [{"step": s, "num": n, "min": a, "max": b, "sum": x, ...}, ...]}}
+`--scalar/--image/--histogram TAG` only require the tag to be present (with at least one event).
+
+Prints a JSON summary on stdout; exits 1 on any mismatch, 2 on usage errors.
+"""
+
+import argparse
+import json
+import math
+import struct
+import sys
+
+from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+KINDS = ("scalars", "images", "histograms")
+
+
+def close(a, b, rel=1e-6, abs_=1e-9):
+    return math.isclose(float(a), float(b), rel_tol=rel, abs_tol=abs_)
+
+
+def png_size(data):
+    """(width, height) from the IHDR chunk, or None when `data` is not a PNG."""
+    if len(data) < 24 or data[:8] != PNG_MAGIC or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("logdir")
+    ap.add_argument("--expect", help="expected.json with tags and values")
+    ap.add_argument("--scalar", action="append", default=[], metavar="TAG")
+    ap.add_argument("--image", action="append", default=[], metavar="TAG")
+    ap.add_argument("--histogram", action="append", default=[], metavar="TAG")
+    args = ap.parse_args()
+
+    expected = {k: {} for k in KINDS}
+    file_version = None
+    if args.expect:
+        with open(args.expect) as f:
+            doc = json.load(f)
+        for k in KINDS:
+            expected[k].update(doc.get(k, {}))
+        file_version = doc.get("file_version")
+    for kind, tags in (("scalars", args.scalar), ("images", args.image),
+                       ("histograms", args.histogram)):
+        for t in tags:
+            expected[kind].setdefault(t, None)
+    if not any(expected.values()):
+        ap.error("nothing to check: give --expect or at least one --scalar/--image/--histogram")
+
+    errors = []
+    checks = 0
+
+    def check(cond, msg):
+        nonlocal checks
+        checks += 1
+        if not cond:
+            errors.append(msg)
+        return cond
+
+    guidance = {k: 0 for k in (ea.COMPRESSED_HISTOGRAMS, ea.IMAGES, ea.AUDIO, ea.SCALARS,
+                               ea.HISTOGRAMS, ea.TENSORS)}
+    acc = ea.EventAccumulator(args.logdir, size_guidance=guidance)
+    acc.Reload()
+    tags = acc.Tags()
+    summary = {"logdir": args.logdir, "file_version": acc.file_version,
+               "tags": {k: sorted(tags.get(k, [])) for k in KINDS}, "counts": {}}
+    if file_version is not None:
+        check(acc.file_version == float(file_version.split(":")[1]),
+              f"file_version {acc.file_version} != {file_version}")
+
+    # Legacy reader: scalars, images, histograms as written.
+    for tag, want in expected["scalars"].items():
+        if not check(tag in tags["scalars"], f"scalar tag {tag!r} missing"):
+            continue
+        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        summary["counts"][tag] = len(got)
+        check(len(got) > 0, f"scalar {tag!r}: no events")
+        if want is not None:
+            check(len(got) == len(want), f"scalar {tag!r}: {len(got)} points, want {len(want)}")
+            for (gs, gv), (ws, wv) in zip(got, want):
+                check(gs == ws and close(gv, wv),
+                      f"scalar {tag!r}: got ({gs}, {gv}), want ({ws}, {wv})")
+        check(all(e.wall_time > 1e9 for e in acc.Scalars(tag)), f"scalar {tag!r}: bad wall_time")
+
+    for tag, want in expected["images"].items():
+        if not check(tag in tags["images"], f"image tag {tag!r} missing"):
+            continue
+        got = acc.Images(tag)
+        summary["counts"][tag] = len(got)
+        check(len(got) > 0, f"image {tag!r}: no events")
+        for e in got:
+            size = png_size(e.encoded_image_string)
+            check(size == (e.width, e.height),
+                  f"image {tag!r} step {e.step}: PNG size {size}, proto {e.width}x{e.height}")
+        if want is not None:
+            check(len(got) == len(want), f"image {tag!r}: {len(got)} images, want {len(want)}")
+            for e, w in zip(got, want):
+                check((e.step, e.width, e.height) == (w["step"], w["width"], w["height"]),
+                      f"image {tag!r}: got step {e.step} {e.width}x{e.height}, want {w}")
+
+    for tag, want in expected["histograms"].items():
+        if not check(tag in tags["histograms"], f"histogram tag {tag!r} missing"):
+            continue
+        got = acc.Histograms(tag)
+        summary["counts"][tag] = len(got)
+        check(len(got) > 0, f"histogram {tag!r}: no events")
+        for e in got:
+            h = e.histogram_value
+            check(len(h.bucket) == len(h.bucket_limit) and len(h.bucket) > 0,
+                  f"histogram {tag!r} step {e.step}: {len(h.bucket)} counts, "
+                  f"{len(h.bucket_limit)} limits")
+            check(close(sum(h.bucket), h.num), f"histogram {tag!r}: buckets sum to "
+                  f"{sum(h.bucket)}, num {h.num}")
+            check(all(a < b for a, b in zip(h.bucket_limit, h.bucket_limit[1:])),
+                  f"histogram {tag!r}: bucket limits not increasing")
+        if want is not None:
+            check(len(got) == len(want), f"histogram {tag!r}: {len(got)}, want {len(want)}")
+            for e, w in zip(got, want):
+                h = e.histogram_value
+                check(e.step == w["step"], f"histogram {tag!r}: step {e.step}, want {w['step']}")
+                for field in ("num", "min", "max", "sum", "sum_squares"):
+                    if field in w:
+                        check(close(getattr(h, field), w[field]),
+                              f"histogram {tag!r} step {e.step}: {field} "
+                              f"{getattr(h, field)}, want {w[field]}")
+                if "buckets" in w:
+                    check(len(h.bucket) == w["buckets"], f"histogram {tag!r} step {e.step}: "
+                          f"{len(h.bucket)} buckets, want {w['buckets']}")
+        # The UI's compressed (percentile) view must also be computable.
+        check(len(acc.CompressedHistograms(tag)) == len(got),
+              f"histogram {tag!r}: compressed view has a different length")
+
+    # Plugin reader (what the TensorBoard UI serves): data_compat migrates every value to a
+    # tensor under the scalars / images / histograms plugin.
+    pacc = pea.EventAccumulator(args.logdir, size_guidance={pea.TENSORS: 0})
+    pacc.Reload()
+    plugin_of = {"scalars": "scalars", "images": "images", "histograms": "histograms"}
+    active = set(pacc.ActivePlugins())
+    plugin_tags = {p: sorted(pacc.PluginTagToContent(p)) if p in active else []
+                   for p in plugin_of.values()}
+    summary["plugin_tags"] = plugin_tags
+    for kind, plugin in plugin_of.items():
+        for tag, want in expected[kind].items():
+            if not check(tag in plugin_tags[plugin], f"plugin {plugin}: tag {tag!r} missing"):
+                continue
+            tensors = pacc.Tensors(tag)
+            if want is not None:
+                check(len(tensors) == len(want),
+                      f"plugin {plugin} {tag!r}: {len(tensors)} events, want {len(want)}")
+            if kind == "scalars" and want is not None:
+                from tensorboard.util import tensor_util
+                for e, (ws, wv) in zip(tensors, want):
+                    v = tensor_util.make_ndarray(e.tensor_proto).item()
+                    check(e.step == ws and close(v, wv),
+                          f"plugin scalars {tag!r}: got ({e.step}, {v}), want ({ws}, {wv})")
+            if kind == "histograms":
+                from tensorboard.util import tensor_util
+                for e in tensors:
+                    arr = tensor_util.make_ndarray(e.tensor_proto)
+                    ok = arr.ndim == 2 and arr.shape[1] == 3 and (arr[:, 0] <= arr[:, 1]).all()
+                    check(ok, f"plugin histograms {tag!r} step {e.step}: bad buckets {arr.shape}")
+
+    summary["checks"] = checks
+    summary["errors"] = errors
+    summary["ok"] = not errors
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0 if not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
