@@ -26,8 +26,11 @@ Prints a JSON summary on stdout; exits 1 on any mismatch, 2 on usage errors.
 import argparse
 import json
 import math
+import os
 import struct
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorBoard uses TensorFlow when installed
 
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea

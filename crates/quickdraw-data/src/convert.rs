@@ -544,6 +544,10 @@ fn write_split(
         let f = w.into_inner().map_err(|e| ConvertError::Io { path: tmp_path.clone(), source: e.into_error() })?;
         f.sync_all().map_err(io_err(&tmp_path))?;
         fs::rename(&tmp_path, &final_path).map_err(io_err(&final_path))?;
+        // Test hook: crash at the worst moment (a shard looks complete, the run is not).
+        if std::env::var_os("QUICKDRAW_FAULT").is_some_and(|v| v == "convert-after-first-shard") {
+            std::process::abort();
+        }
         let file = final_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         out.push(ShardFile { file, examples, bytes });
     }

@@ -8,6 +8,7 @@
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod infer;
 pub mod metrics;
 pub mod model;

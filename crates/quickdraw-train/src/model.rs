@@ -295,7 +295,7 @@ impl Baseline {
 
     /// The prior probabilities.
     pub fn prior(&self) -> Vec<f32> {
-        self.log_prior.val().exp().into_data().to_vec::<f32>().unwrap_or_default()
+        self.log_prior.val().exp().into_data().iter::<f32>().collect()
     }
 }
 

@@ -93,7 +93,7 @@ impl OptimizerKind {
             OptimizerKind::Adam => AdamConfig::new().init(),
             OptimizerKind::AdamW => AdamWConfig::new().init(),
             OptimizerKind::Sgd => SgdConfig::new().init(),
-            OptimizerKind::Momentum => SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(0.9))).init(),
+            OptimizerKind::Momentum => SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0))).init(),
             OptimizerKind::RmsProp => RmsPropConfig::new().init(),
             OptimizerKind::AdaGrad => AdaGradConfig::new().init(),
         }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -527,8 +527,7 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
     obs.start(start_step, req.train_steps);
     let t0 = Instant::now();
     let mut step = start_step;
-    let mut last_ck_step = start_step;
-    let (mut w_loss, mut w_correct, mut w_top3, mut w_n, mut w_steps) = (0.0f64, 0u64, 0u64, 0u64, 0u64);
+    let (mut w_loss, mut w_correct, mut w_top3, mut w_n) = (0.0f64, 0u64, 0u64, 0u64);
     let mut window_start = Instant::now();
     let mut last_eval: Option<(u64, MetricsReport)> = None;
     let stop = req.stop.clone().unwrap_or_default();
@@ -586,7 +585,6 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
         position = batch.position;
         w_loss += loss_v as f64 * b as f64;
         w_n += b as u64;
-        w_steps += 1;
         summary.steps_run += 1;
         summary.examples_seen += b as u64;
 
@@ -619,10 +617,9 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
             )?;
             summary.train_loss = Some(stats.loss);
             summary.train_accuracy = Some(stats.accuracy);
-            (w_loss, w_correct, w_top3, w_n, w_steps) = (0.0, 0, 0, 0, 0);
+            (w_loss, w_correct, w_top3, w_n) = (0.0, 0, 0, 0);
             window_start = Instant::now();
         }
-        let _ = w_steps;
 
         let interrupted = stop.load(Ordering::SeqCst);
         let at_end = step == req.train_steps;
@@ -662,14 +659,12 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
             write_histograms(&model, &mut train_events, step)?;
             obs.checkpoint(step, &ck.dir);
             summary.checkpoint = Some(ck.dir);
-            last_ck_step = step;
         }
         if interrupted {
             summary.interrupted = true;
             break;
         }
     }
-    let _ = last_ck_step;
     let secs = t0.elapsed().as_secs_f64();
     summary.final_step = step;
     summary.seconds = secs;
@@ -755,6 +750,3 @@ pub fn bench_train(
 pub(crate) fn log_probs(model: &Model, input: ModelInput) -> Vec<f32> {
     to_vec(log_softmax(model.forward(input), 1))
 }
-
-#[allow(dead_code)]
-fn _assert_send(_: Duration) {}

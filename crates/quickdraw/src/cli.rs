@@ -16,6 +16,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole pipeline on built-in synthetic data, no network: synth, convert, train the
+    /// baseline and a CNN, evaluate, compare, export, serve the drawing page.
+    #[cfg(feature = "train")]
+    Demo(cmd::demo::DemoArgs),
     /// Convert QuickDraw files (NDJSON, binary, numpy_bitmap, .gz) into TFRecord shards.
     Convert(cmd::convert::ConvertArgs),
     /// Simplify raw drawings with Google's algorithm; writes simplified NDJSON.
@@ -26,8 +30,17 @@ pub enum Command {
     Stats(cmd::stats::StatsArgs),
     /// Generate deterministic QuickDraw-format NDJSON of procedural doodles.
     Synth(cmd::synth::SynthArgs),
+    /// Reproducible performance measurements (convert throughput and memory, ...).
+    Bench(cmd::bench::BenchArgs),
     /// Download QuickDraw files (network), resuming and verifying each.
     Download(cmd::download::DownloadArgs),
+    // -- serving stage (exported ONNX models; no training stack) --
+    /// Show or run an exported model (`export/<version>/`), like saved_model_cli show/run.
+    Model(cmd::model::ModelArgs),
+    /// Serve exported models with TensorFlow Serving's REST API and a drawing page.
+    Serve(cmd::serve::ServeArgs),
+    /// Training/serving skew: feature drift of a request log against the training data.
+    Skew(cmd::skew::SkewArgs),
     // -- training stage (feature `train`) --
     /// Train a model (baseline, linear, dnn, cnn, rnn) on TFRecord shards; re-running resumes.
     #[cfg(feature = "train")]
@@ -44,4 +57,8 @@ pub enum Command {
     /// Export a model dir's TensorBoard scalars (--csv) or summarise its evaluations.
     #[cfg(feature = "train")]
     Metrics(cmd::metrics::MetricsArgs),
+    /// Export a checkpoint as a new serving version <export-dir>/<version>/ (ONNX, signature,
+    /// assets, metrics), refused unless better than the baseline and the newest version.
+    #[cfg(feature = "train")]
+    Export(cmd::export::ExportArgs),
 }

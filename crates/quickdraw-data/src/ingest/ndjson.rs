@@ -46,12 +46,11 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(s.trim()).ok().map(|d| d.timestamp())
 }
 
-/// Formats UTC seconds the way Google's files do.
+/// Formats UTC seconds the way Google's files do (`2017-03-02 23:25:10.00000 UTC`; whole
+/// seconds, so the fraction is zero).
 pub fn format_timestamp(secs: i64) -> String {
-    match chrono::DateTime::from_timestamp(secs, 0) {
-        Some(dt) => format!("{} UTC", dt.format("%Y-%m-%d %H:%M:%S%.3f")),
-        None => "1970-01-01 00:00:00.000 UTC".into(),
-    }
+    let dt = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
+    format!("{}.00000 UTC", dt.format("%Y-%m-%d %H:%M:%S"))
 }
 
 /// Parses one line into a drawing (geometry is validated separately by `validate`).
@@ -181,9 +180,12 @@ fn push_nums(out: &mut String, v: &[f32]) {
         if i > 0 {
             out.push(',');
         }
-        if x.fract() == 0.0 && x.abs() < 1e15 {
+        if !x.is_finite() {
+            out.push_str("null");
+        } else if x.fract() == 0.0 && x.abs() < 1e15 {
             let _ = write!(out, "{}", *x as i64);
         } else {
+            // Rust's float Display is the shortest round-trip decimal, never exponent notation.
             let _ = write!(out, "{x}");
         }
     }

@@ -69,6 +69,9 @@ pub struct ConvertArgs {
     /// Seed of the shuffle across shards.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Write {records, seconds, peak_rss_bytes, bytes_per_example} to this file (benchmarks).
+    #[arg(long, hide = true)]
+    pub timing_json: Option<PathBuf>,
 }
 
 pub fn config(a: &ConvertArgs) -> anyhow::Result<ConvertConfig> {
@@ -115,7 +118,17 @@ pub fn config(a: &ConvertArgs) -> anyhow::Result<ConvertConfig> {
 
 pub fn run(a: ConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
     let cfg = config(&a)?;
+    let start = Instant::now();
     let report = convert_with_progress(&cfg, ctx)?;
+    if let Some(p) = &a.timing_json {
+        let t = serde_json::json!({
+            "records": report.manifest.totals.read,
+            "seconds": start.elapsed().as_secs_f64(),
+            "peak_rss_bytes": super::bench::peak_rss_bytes(),
+            "bytes_per_example": report.manifest.bytes_per_example,
+        });
+        std::fs::write(p, t.to_string()).with_context(|| format!("writing {}", p.display()))?;
+    }
     if !ctx.quiet {
         print_summary(&report.manifest, report.skipped.len());
         eprintln!("rejected records are listed in {}", report.rejects_path.display());

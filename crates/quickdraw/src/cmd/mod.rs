@@ -1,15 +1,23 @@
 //! One module per subcommand; each exposes its clap `Args` and a `run` function.
 
+pub mod bench;
 pub mod convert;
+#[cfg(feature = "train")]
+pub mod demo;
 pub mod download;
 pub mod inspect;
+pub mod model;
+pub mod serve;
 pub mod simplify;
+pub mod skew;
 pub mod stats;
 pub mod synth;
 #[cfg(feature = "train")]
 pub mod compare;
 #[cfg(feature = "train")]
 pub mod evaluate;
+#[cfg(feature = "train")]
+pub mod export;
 #[cfg(feature = "train")]
 pub mod metrics;
 #[cfg(feature = "train")]
@@ -52,12 +60,18 @@ pub struct Ctx {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx { quiet: cli.quiet };
     match cli.command {
+        #[cfg(feature = "train")]
+        Command::Demo(a) => demo::run(a, ctx),
         Command::Convert(a) => convert::run(a, ctx),
+        Command::Bench(a) => bench::run(a, ctx),
         Command::Simplify(a) => simplify::run(a, ctx),
         Command::Inspect(a) => inspect::run(a, ctx),
         Command::Stats(a) => stats::run(a, ctx),
         Command::Synth(a) => synth::run(a, ctx),
         Command::Download(a) => download::run(a, ctx),
+        Command::Model(a) => model::run(a, ctx),
+        Command::Serve(a) => serve::run(a, ctx),
+        Command::Skew(a) => skew::run(a, ctx),
         #[cfg(feature = "train")]
         Command::Train(a) => train::run(a, ctx),
         #[cfg(feature = "train")]
@@ -68,5 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(a) => predict::run(a, ctx),
         #[cfg(feature = "train")]
         Command::Metrics(a) => metrics::run(a, ctx),
+        #[cfg(feature = "train")]
+        Command::Export(a) => export::run(a, ctx),
     }
 }

@@ -1,0 +1,455 @@
+//! The REST API, TensorFlow Serving's (`/v1/models/{name}[/versions/{v}][/metadata|:predict|
+//! :classify]`), plus `/healthz` and the drawing page at `/`. [`app`] builds the router (tested
+//! with `tower::ServiceExt::oneshot`); `crate::serve` binds it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use quickdraw_data::Drawing;
+use quickdraw_data::signature::{DType, TensorSpec};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::predictor::{Predictor, Probabilities};
+use crate::reqlog::{RequestLog, Served};
+use crate::request::{Instance, Limits, ModelInput, RequestError, parse_classify, parse_predict, to_model_input};
+use crate::store::ModelStore;
+
+/// Response header naming the model version that answered.
+pub const VERSION_HEADER: &str = "x-quickdraw-model-version";
+/// Response header with the server's request counter (also in the request log).
+pub const REQUEST_ID_HEADER: &str = "x-quickdraw-request-id";
+
+/// The drawing page, embedded in the binary.
+pub const PAGE_HTML: &str = include_str!("page.html");
+
+/// An error answer: `{"error": "..."}` with TensorFlow Serving's status codes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, message: m.into() }
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::NOT_FOUND, message: m.into() }
+    }
+    pub fn too_large(m: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, message: m.into() }
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: m.into() }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        if e.too_large { ApiError::too_large(e.message) } else { ApiError::bad_request(e.message) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, [(header::CONTENT_TYPE, "application/json")], json!({"error": self.message}).to_string()).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Shared server state.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    model_name: String,
+    store: Arc<ModelStore>,
+    limits: Limits,
+    log: Option<RequestLog>,
+    requests: AtomicU64,
+    /// Inferences running at once (one per core); further requests wait their turn.
+    inference: tokio::sync::Semaphore,
+    quiet: bool,
+}
+
+impl AppState {
+    pub fn new(model_name: &str, store: Arc<ModelStore>, limits: Limits, log: Option<RequestLog>, quiet: bool) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        AppState {
+            inner: Arc::new(Inner {
+                model_name: model_name.into(),
+                store,
+                limits,
+                log,
+                requests: AtomicU64::new(0),
+                inference: tokio::sync::Semaphore::new(cores),
+                quiet,
+            }),
+        }
+    }
+    pub fn store(&self) -> &Arc<ModelStore> {
+        &self.inner.store
+    }
+    /// Predict and classify requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// The router: every route of the API, CORS left to the caller (`crate::serve` adds it).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/v1/models/{spec}", get(model_get).post(model_post))
+        .route("/v1/models/{name}/metadata", get(metadata_latest))
+        .route("/v1/models/{name}/versions/{vspec}", get(version_get).post(version_post))
+        .route("/v1/models/{name}/versions/{version}/metadata", get(metadata_version))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), access_log))
+        .with_state(state)
+}
+
+async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    if !st.inner.quiet {
+        let v = resp.headers().get(VERSION_HEADER).and_then(|v| v.to_str().ok()).map(|v| format!(" version {v}")).unwrap_or_default();
+        eprintln!("{method} {uri} -> {}{v} ({:.1} ms)", resp.status().as_u16(), t0.elapsed().as_secs_f64() * 1e3);
+    }
+    resp
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("Malformed request: {method} {uri} (see /v1/models/<name>[/versions/<v>][/metadata|:predict|:classify])"))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message: format!("Malformed request: {method} {uri}: method not allowed") }
+}
+
+async fn page(State(st): State<AppState>) -> Html<String> {
+    let name = serde_json::to_string(&st.inner.model_name).unwrap_or_else(|_| "\"quickdraw\"".into());
+    Html(PAGE_HTML.replace("\"__MODEL_NAME__\"", &name))
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    let cur = st.inner.store.current();
+    let body = json!({
+        "status": if cur.is_some() { "ok" } else { "no model version loaded" },
+        "model": st.inner.model_name,
+        "version": cur.as_ref().and_then(|c| c.version()),
+        "requests": st.requests(),
+    });
+    let code = if cur.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
+}
+
+/// `name` or `name:verb`.
+fn split_verb(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once(':') {
+        Some((a, v)) => (a, Some(v)),
+        None => (spec, None),
+    }
+}
+
+fn check_name(st: &AppState, name: &str, version: Option<u64>) -> Result<(), ApiError> {
+    if name != st.inner.model_name {
+        return Err(servable_not_found(name, version));
+    }
+    Ok(())
+}
+
+fn servable_not_found(name: &str, version: Option<u64>) -> ApiError {
+    match version {
+        Some(v) => ApiError::not_found(format!("Servable not found for request: Specific({name}, {v})")),
+        None => ApiError::not_found(format!("Servable not found for request: Latest({name})")),
+    }
+}
+
+fn parse_version(s: &str) -> Result<u64, ApiError> {
+    s.parse().map_err(|_| ApiError::bad_request(format!("version {s:?} is not a non-negative integer")))
+}
+
+async fn model_get(State(st): State<AppState>, Path(spec): Path<String>) -> ApiResult {
+    match split_verb(&spec) {
+        (name, None) => status(&st, name, None),
+        (_, Some(verb)) => Err(ApiError::bad_request(format!("Malformed request: GET with :{verb} (predict and classify are POST)"))),
+    }
+}
+
+async fn version_get(State(st): State<AppState>, Path((name, vspec)): Path<(String, String)>) -> ApiResult {
+    match split_verb(&vspec) {
+        (v, None) => status(&st, &name, Some(parse_version(v)?)),
+        (_, Some(verb)) => Err(ApiError::bad_request(format!("Malformed request: GET with :{verb} (predict and classify are POST)"))),
+    }
+}
+
+async fn model_post(State(st): State<AppState>, Path(spec): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
+    let (name, verb) = split_verb(&spec);
+    infer(st, name.to_string(), None, verb.map(str::to_string), headers, body).await
+}
+
+async fn version_post(
+    State(st): State<AppState>,
+    Path((name, vspec)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let (v, verb) = split_verb(&vspec);
+    let v = parse_version(v)?;
+    infer(st, name, Some(v), verb.map(str::to_string), headers, body).await
+}
+
+fn status(st: &AppState, name: &str, version: Option<u64>) -> ApiResult {
+    check_name(st, name, version)?;
+    let all = st.inner.store.status();
+    let chosen: Vec<_> = match version {
+        Some(v) => all.into_iter().filter(|s| s.version == v).collect(),
+        None => all,
+    };
+    if chosen.is_empty() {
+        return Err(servable_not_found(name, version));
+    }
+    let list: Vec<Value> = chosen
+        .iter()
+        .map(|s| {
+            json!({
+                "version": s.version.to_string(),
+                "state": s.state,
+                "status": {"error_code": s.error_code, "error_message": s.error_message},
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"model_version_status": list})).into_response())
+}
+
+fn tensor_info(t: &TensorSpec) -> Value {
+    let dims: Vec<Value> = t.shape.iter().map(|d| json!({"size": d.to_string(), "name": ""})).collect();
+    json!({
+        "dtype": match t.dtype { DType::Float => "DT_FLOAT", DType::Int64 => "DT_INT64" },
+        "tensor_shape": {"dim": dims, "unknown_rank": false},
+        "name": t.name,
+    })
+}
+
+/// `GetModelMetadataResponse` as TensorFlow Serving writes it.
+pub fn metadata_json(model_name: &str, p: &Predictor) -> Value {
+    let sig = &p.info().signature;
+    let map = |m: &std::collections::BTreeMap<String, TensorSpec>| -> Value {
+        Value::Object(m.iter().map(|(k, t)| (k.clone(), tensor_info(t))).collect())
+    };
+    json!({
+        "model_spec": {"name": model_name, "signature_name": "", "version": p.version().unwrap_or(0).to_string()},
+        "metadata": {"signature_def": {
+            "signature_def": {
+                sig.signature_name.clone(): {
+                    "inputs": map(&sig.inputs),
+                    "outputs": map(&sig.outputs),
+                    "method_name": sig.method_name,
+                    "defaults": {},
+                }
+            },
+            "function_aliases": {},
+        }},
+    })
+}
+
+fn metadata(st: &AppState, name: &str, version: Option<u64>) -> ApiResult {
+    check_name(st, name, version)?;
+    let p = st.inner.store.get(version).ok_or_else(|| servable_not_found(name, version))?;
+    Ok(axum::Json(metadata_json(&st.inner.model_name, &p)).into_response())
+}
+
+async fn metadata_latest(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    metadata(&st, &name, None)
+}
+
+async fn metadata_version(State(st): State<AppState>, Path((name, v)): Path<(String, String)>) -> ApiResult {
+    metadata(&st, &name, Some(parse_version(&v)?))
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::too_large(format!("request body larger than {limit} bytes"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            too_large()
+        } else {
+            ApiError::bad_request(format!("reading the request body: {inner}"))
+        }
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verb {
+    Predict,
+    Classify,
+}
+
+async fn infer(st: AppState, name: String, version: Option<u64>, verb: Option<String>, headers: HeaderMap, body: Body) -> ApiResult {
+    let verb = match verb.as_deref() {
+        Some("predict") => Verb::Predict,
+        Some("classify") => Verb::Classify,
+        Some("regress") => return Err(ApiError::bad_request("this model has no regression signature (use :predict or :classify)")),
+        Some(v) => return Err(ApiError::bad_request(format!("Malformed request: unknown verb :{v} (expected :predict or :classify)"))),
+        None => return Err(ApiError::bad_request("Malformed request: POST needs a verb, e.g. /v1/models/<name>:predict")),
+    };
+    check_name(&st, &name, version)?;
+    let predictor = st.inner.store.get(version).ok_or_else(|| servable_not_found(&name, version))?;
+    let bytes = read_body(&headers, body, st.inner.limits.max_body_bytes).await?;
+    let json: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("JSON Parse error: {e}")))?;
+    let input = predictor.input().clone();
+    let (instances, columnar) = match verb {
+        Verb::Predict => {
+            let p = parse_predict(&json, &input, &st.inner.limits)?;
+            (p.instances, p.columnar)
+        }
+        Verb::Classify => (parse_classify(&json, &input, &st.inner.limits)?, false),
+    };
+    let request_id = st.inner.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let _permit = st.inner.inference.acquire().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let st2 = st.clone();
+    let p2 = predictor.clone();
+    let answer = tokio::task::spawn_blocking(move || run(&st2, &p2, &instances, verb, columnar, request_id))
+        .await
+        .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))??;
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], answer).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&predictor.version().unwrap_or(0).to_string()) {
+        h.insert(HeaderName::from_static(VERSION_HEADER), v);
+    }
+    h.insert(HeaderName::from_static(REQUEST_ID_HEADER), HeaderValue::from(request_id));
+    Ok(resp)
+}
+
+/// Preprocessing, inference, request log and the answer; runs on a blocking thread.
+fn run(st: &AppState, p: &Predictor, instances: &[Instance], verb: Verb, columnar: bool, request_id: u64) -> Result<Vec<u8>, ApiError> {
+    let input = p.input();
+    let spec = &p.info().features;
+    let inputs: Vec<ModelInput> =
+        instances.iter().enumerate().map(|(i, inst)| to_model_input(inst, i, input, spec)).collect::<Result<_, _>>()?;
+    let probs = predict_inputs(p, inputs)?;
+    if let Some(log) = &st.inner.log {
+        log_drawings(st, log, p, instances, &probs, verb, request_id);
+    }
+    answer_json(p, &probs, verb, columnar).map_err(|e| ApiError::internal(format!("serialising the answer: {e}")))
+}
+
+fn predict_inputs(p: &Predictor, inputs: Vec<ModelInput>) -> Result<Probabilities, ApiError> {
+    let mut pixels = Vec::new();
+    let mut seqs = Vec::new();
+    for i in inputs {
+        match i {
+            ModelInput::Pixels(v) => pixels.push(v),
+            ModelInput::Sequence(s) => seqs.push(s),
+        }
+    }
+    let r = if seqs.is_empty() { p.predict_pixels(&pixels) } else { p.predict_strokes(&seqs) };
+    r.map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn log_drawings(st: &AppState, log: &RequestLog, p: &Predictor, instances: &[Instance], probs: &Probabilities, verb: Verb, request_id: u64) {
+    for (i, inst) in instances.iter().enumerate() {
+        let Instance::Drawing(d) = inst else { continue };
+        let top = probs.top_k(i, 3);
+        let served = Served {
+            model: &st.inner.model_name,
+            version: p.version().unwrap_or(0),
+            request_id,
+            verb: if verb == Verb::Predict { "predict" } else { "classify" },
+            labels: p.labels(),
+            top: &top,
+        };
+        if let Err(e) = log.log(d as &Drawing, &served, i) {
+            eprintln!("warning: cannot write the request log in {}: {e}", log.dir().display());
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Prediction<'a> {
+    classes: i64,
+    probabilities: &'a [f32],
+    logits: &'a [f32],
+    class_name: &'a str,
+}
+
+#[derive(Serialize)]
+struct Predictions<'a> {
+    predictions: Vec<Prediction<'a>>,
+}
+
+#[derive(Serialize)]
+struct Outputs<'a> {
+    classes: &'a [i64],
+    probabilities: Vec<&'a [f32]>,
+    logits: Vec<&'a [f32]>,
+    class_name: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Columnar<'a> {
+    outputs: Outputs<'a>,
+}
+
+#[derive(Serialize)]
+struct Classified<'a> {
+    result: &'a [Vec<(&'a str, f32)>],
+    results: &'a [Vec<(&'a str, f32)>],
+}
+
+fn label(p: &Predictor, c: i64) -> &str {
+    p.labels().get(c as usize).map_or("", String::as_str)
+}
+
+/// The answer body, serialised straight from the `f32`s (shortest round-trip decimals).
+fn answer_json(p: &Predictor, probs: &Probabilities, verb: Verb, columnar: bool) -> Result<Vec<u8>, serde_json::Error> {
+    let n = probs.len();
+    match verb {
+        Verb::Predict if columnar => serde_json::to_vec(&Columnar {
+            outputs: Outputs {
+                classes: &probs.classes,
+                probabilities: (0..n).map(|i| probs.row(i)).collect(),
+                logits: (0..n).map(|i| probs.logits_row(i)).collect(),
+                class_name: probs.classes.iter().map(|&c| label(p, c)).collect(),
+            },
+        }),
+        Verb::Predict => serde_json::to_vec(&Predictions {
+            predictions: (0..n)
+                .map(|i| Prediction {
+                    classes: probs.classes[i],
+                    probabilities: probs.row(i),
+                    logits: probs.logits_row(i),
+                    class_name: label(p, probs.classes[i]),
+                })
+                .collect(),
+        }),
+        // TF Serving's classify answer: per example, [label, score] for every class, best
+        // first; under `result` (TF Serving's key) and `results` (an alias).
+        Verb::Classify => {
+            let res: Vec<Vec<(&str, f32)>> =
+                (0..n).map(|i| probs.top_k(i, probs.n_classes).into_iter().map(|(c, s)| (p.labels()[c].as_str(), s)).collect()).collect();
+            serde_json::to_vec(&Classified { result: &res, results: &res })
+        }
+    }
+}

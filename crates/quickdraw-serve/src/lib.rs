@@ -1,0 +1,154 @@
+//! QuickDraw serving: exported ONNX models run with tract ([`Predictor`]), a REST API compatible
+//! with TensorFlow Serving's ([`api::app`], [`serve`]), the drawing page, request logs
+//! ([`reqlog`]) and training/serving skew statistics ([`skew`]).
+//!
+//! Nothing here depends on the training stack: the server reads only export folders
+//! (`quickdraw_data::signature`).
+
+pub mod api;
+pub mod predictor;
+pub mod reqlog;
+pub mod request;
+pub mod skew;
+pub mod store;
+pub mod testing;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use api::{ApiError, AppState, app};
+pub use predictor::{PredictError, Predictor, Probabilities};
+pub use request::Limits;
+pub use store::ModelStore;
+
+/// Everything `quickdraw serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// `<base>/<version>/` export folders.
+    pub base: PathBuf,
+    pub model_name: String,
+    pub host: String,
+    /// 0 picks a free port (printed on start).
+    pub port: u16,
+    /// How often the base path is looked at for new versions.
+    pub poll_interval: Duration,
+    pub limits: Limits,
+    pub log_dir: Option<PathBuf>,
+    /// Origins allowed by CORS; empty = any origin.
+    pub cors_origins: Vec<String>,
+    pub quiet: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("request log {path}: {source}")]
+    Log { path: PathBuf, source: std::io::Error },
+    #[error("CORS origin {0:?} is not a valid header value")]
+    Cors(String),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The CORS layer: browsers on other origins may GET and POST JSON and read our headers.
+pub fn cors(origins: &[String]) -> Result<CorsLayer, ServeError> {
+    let allow = if origins.is_empty() || origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).map_err(|_| ServeError::Cors(o.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE])
+        .expose_headers([HeaderName::from_static(api::VERSION_HEADER), HeaderName::from_static(api::REQUEST_ID_HEADER)]))
+}
+
+/// Runs the server until ctrl-c (or SIGTERM): loads the newest version, polls the base path for
+/// new ones, serves the API and the drawing page, then shuts down gracefully.
+pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    let store = Arc::new(ModelStore::open(&cfg.base, cfg.quiet)?);
+    if store.current().is_none() {
+        eprintln!(
+            "warning: no loadable version under {} yet; waiting for <base>/<version>/ folders (polling every {:?})",
+            cfg.base.display(),
+            cfg.poll_interval
+        );
+    }
+    let log = match &cfg.log_dir {
+        Some(d) => Some(reqlog::RequestLog::open(d).map_err(|source| ServeError::Log { path: d.clone(), source })?),
+        None => None,
+    };
+    let state = AppState::new(&cfg.model_name, store.clone(), cfg.limits, log, cfg.quiet);
+    let router = app(state).layer(cors(&cfg.cors_origins)?);
+
+    let poll_store = store.clone();
+    let interval = cfg.poll_interval.max(Duration::from_millis(10));
+    let poller = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let s = poll_store.clone();
+            let _ = tokio::task::spawn_blocking(move || s.refresh()).await;
+        }
+    });
+
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+    let local: SocketAddr = listener.local_addr()?;
+    let version = store.current().and_then(|p| p.version()).map(|v| v.to_string()).unwrap_or_else(|| "none yet".into());
+    // Always printed (also with --quiet): scripts read the address from it.
+    eprintln!(
+        "quickdraw serve: model {:?} version {version} from {}; listening on http://{local}/ (REST API http://{local}/v1/models/{})",
+        cfg.model_name,
+        cfg.base.display(),
+        cfg.model_name
+    );
+    let res = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;
+    poller.abort();
+    if !cfg.quiet {
+        eprintln!("quickdraw serve: stopped");
+    }
+    res.map_err(ServeError::Io)
+}
+
+/// [`serve`] on a new multi-threaded tokio runtime (for the synchronous CLI).
+pub fn serve_blocking(cfg: ServeConfig) -> Result<(), ServeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(cfg))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

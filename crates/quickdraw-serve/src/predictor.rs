@@ -1,0 +1,415 @@
+//! [`Predictor`]: one export folder loaded with tract into an optimised plan with a symbolic
+//! batch dimension; shared by `quickdraw model run` and `quickdraw serve`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use quickdraw_data::Ink;
+use quickdraw_data::features::{FeatureError, PIXEL_SCALE, Preprocessed, preprocess};
+use quickdraw_data::signature::{self, ExportInfo, InputKind, SignatureError, load_export_dir};
+use quickdraw_data::strokes::StrokeFeatures;
+use tract_onnx::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    #[error(transparent)]
+    Export(#[from] SignatureError),
+    #[error("{path}: cannot load the ONNX model: {what}")]
+    Load { path: String, what: String },
+    #[error("this model reads {expected}, not {got}")]
+    WrongInput { expected: String, got: &'static str },
+    #[error("input {index}: {what}")]
+    BadInput { index: usize, what: String },
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// Model outputs for a batch: row-major `[n, classes]` probabilities and logits, plus the
+/// model's `classes` output (argmax).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probabilities {
+    pub n_classes: usize,
+    pub probabilities: Vec<f32>,
+    pub logits: Vec<f32>,
+    pub classes: Vec<i64>,
+}
+
+impl Probabilities {
+    pub fn len(&self) -> usize {
+        self.classes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.probabilities[i * self.n_classes..(i + 1) * self.n_classes]
+    }
+    pub fn logits_row(&self, i: usize) -> &[f32] {
+        &self.logits[i * self.n_classes..(i + 1) * self.n_classes]
+    }
+    /// The `k` most probable classes of row `i`, best first (ties: lower index first).
+    pub fn top_k(&self, i: usize, k: usize) -> Vec<(usize, f32)> {
+        let mut idx: Vec<(usize, f32)> = self.row(i).iter().copied().enumerate().collect();
+        idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        idx.truncate(k);
+        idx
+    }
+    fn extend(&mut self, o: Probabilities, keep: usize) {
+        self.probabilities.extend_from_slice(&o.probabilities[..keep * self.n_classes]);
+        self.logits.extend_from_slice(&o.logits[..keep * self.n_classes]);
+        self.classes.extend_from_slice(&o.classes[..keep]);
+    }
+}
+
+/// How many rows one run of the plan takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// Symbolic batch dimension: any number of rows per run.
+    Any,
+    /// The ONNX graph has a fixed batch size; inputs are run in chunks of it (zero-padded).
+    Fixed(usize),
+}
+
+/// A loaded export, ready to predict. Cheap to share (`Arc`), safe to use from many threads.
+#[derive(Debug)]
+pub struct Predictor {
+    info: ExportInfo,
+    plan: Arc<TypedSimplePlan>,
+    batch: Batch,
+    has_classes_output: bool,
+    nodes: usize,
+}
+
+fn load_err(path: &Path) -> impl Fn(TractError) -> PredictError + '_ {
+    move |e| PredictError::Load { path: path.display().to_string(), what: format!("{e:#}") }
+}
+
+impl Predictor {
+    /// Reads the export folder, loads and optimises `model.onnx`, and runs one blank input
+    /// through it to check the outputs match the signature.
+    pub fn load(dir: &Path) -> Result<Predictor, PredictError> {
+        let info = load_export_dir(dir)?;
+        let path = info.model_path();
+        let sig = &info.signature;
+        let input_names: Vec<String> = match &info.input {
+            InputKind::Image { key, .. } => vec![sig.inputs[key].name.clone()],
+            InputKind::Strokes => vec![sig.inputs[signature::STROKES].name.clone(), sig.inputs[signature::LENGTHS].name.clone()],
+        };
+        let mut output_names = vec![sig.outputs[signature::LOGITS].name.clone(), sig.outputs[signature::PROBABILITIES].name.clone()];
+        let has_classes_output = sig.outputs.contains_key(signature::CLASSES);
+        if has_classes_output {
+            output_names.push(sig.outputs[signature::CLASSES].name.clone());
+        }
+        let proto = tract_onnx::onnx().model_for_path(&path).map_err(load_err(&path))?;
+        let proto = proto
+            .with_input_names(&input_names)
+            .and_then(|m| m.with_outputs_by_name(&output_names))
+            .map_err(load_err(&path))?;
+        // First try a symbolic batch (the contract's -1), then the graph's own shapes.
+        let symbolic = Self::with_facts(proto.clone(), &info, None).and_then(|m| m.into_optimized());
+        let (model, batch) = match symbolic {
+            Ok(m) => (m, Batch::Any),
+            Err(sym_err) => {
+                let fixed = Self::with_facts(proto, &info, Some(1)).and_then(|m| m.into_optimized()).map_err(|e| {
+                    PredictError::Load {
+                        path: path.display().to_string(),
+                        what: format!("with a symbolic batch: {sym_err:#}; with batch 1: {e:#}"),
+                    }
+                })?;
+                (fixed, Batch::Fixed(1))
+            }
+        };
+        let nodes = model.nodes().len();
+        let plan = model.into_runnable().map_err(load_err(&path))?;
+        let p = Predictor { info, plan, batch, has_classes_output, nodes };
+        p.smoke_test()?;
+        Ok(p)
+    }
+
+    fn with_facts(m: InferenceModel, info: &ExportInfo, fixed_batch: Option<usize>) -> TractResult<InferenceModel> {
+        let n: TDim = match fixed_batch {
+            Some(b) => b.to_dim(),
+            None => m.sym("N").into(),
+        };
+        match &info.input {
+            InputKind::Image { size, .. } => {
+                let s = *size as usize;
+                m.with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), tvec![n, 1usize.to_dim(), s.to_dim(), s.to_dim()]))
+            }
+            InputKind::Strokes => {
+                let t: TDim = m.sym("T").into();
+                m.with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), tvec![n.clone(), t, 3usize.to_dim()]))?
+                    .with_input_fact(1, InferenceFact::dt_shape(i64::datum_type(), tvec![n]))
+            }
+        }
+    }
+
+    fn smoke_test(&self) -> Result<(), PredictError> {
+        let out = match &self.info.input {
+            InputKind::Image { size, .. } => self.predict_pixels(&[vec![0.0; (*size * *size) as usize]]),
+            InputKind::Strokes => {
+                self.predict_strokes(&[StrokeFeatures { dx: vec![0.0], dy: vec![0.0], pen: vec![1.0], len: 1, truncated: false }])
+            }
+        };
+        out.map(|_| ()).map_err(|e| PredictError::Load {
+            path: self.info.model_path().display().to_string(),
+            what: format!("a blank input does not run: {e}"),
+        })
+    }
+
+    pub fn info(&self) -> &ExportInfo {
+        &self.info
+    }
+    pub fn version(&self) -> Option<u64> {
+        self.info.version
+    }
+    pub fn labels(&self) -> &[String] {
+        &self.info.labels
+    }
+    pub fn n_classes(&self) -> usize {
+        self.info.labels.len()
+    }
+    pub fn input(&self) -> &InputKind {
+        &self.info.input
+    }
+    pub fn batch(&self) -> Batch {
+        self.batch
+    }
+    /// Nodes of the optimised plan.
+    pub fn plan_nodes(&self) -> usize {
+        self.nodes
+    }
+    /// Operators of the optimised plan and how often each appears.
+    pub fn plan_ops(&self) -> Vec<(String, usize)> {
+        let mut ops = std::collections::BTreeMap::<String, usize>::new();
+        for n in self.plan.model().nodes() {
+            *ops.entry(n.op.name().to_string()).or_default() += 1;
+        }
+        ops.into_iter().collect()
+    }
+
+    /// The export's preprocessing of one drawing (the training path: simplify raw ink,
+    /// rasterise, stroke features).
+    pub fn preprocess(&self, ink: &Ink) -> Result<Preprocessed, FeatureError> {
+        preprocess(ink, &self.info.features)
+    }
+
+    /// Predicts preprocessed drawings (image or strokes, whichever the model reads).
+    pub fn predict_preprocessed(&self, items: &[Preprocessed]) -> Result<Probabilities, PredictError> {
+        match &self.info.input {
+            InputKind::Image { .. } => {
+                let images: Vec<&[u8]> = items.iter().map(|p| &p.image[..]).collect();
+                self.predict_image_slices(&images)
+            }
+            InputKind::Strokes => {
+                let seqs = items
+                    .iter()
+                    .enumerate()
+                    .map(|(index, p)| {
+                        p.strokes.clone().ok_or_else(|| PredictError::BadInput { index, what: "no stroke features".into() })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.predict_strokes(&seqs)
+            }
+        }
+    }
+
+    /// Predicts grey images (`size*size` bytes, 0..=255, as `features::preprocess` makes them).
+    pub fn predict_images(&self, images: &[Vec<u8>]) -> Result<Probabilities, PredictError> {
+        let v: Vec<&[u8]> = images.iter().map(|i| &i[..]).collect();
+        self.predict_image_slices(&v)
+    }
+
+    fn predict_image_slices(&self, images: &[&[u8]]) -> Result<Probabilities, PredictError> {
+        let px: Vec<Vec<f32>> = images.iter().map(|i| i.iter().map(|&v| v as f32 * PIXEL_SCALE).collect()).collect();
+        self.predict_pixels(&px)
+    }
+
+    /// Predicts model-input images: `size*size` floats each, already `pixel * PIXEL_SCALE`.
+    pub fn predict_pixels(&self, images: &[Vec<f32>]) -> Result<Probabilities, PredictError> {
+        let InputKind::Image { size, key } = &self.info.input else {
+            return Err(PredictError::WrongInput { expected: "strokes and lengths".into(), got: "images" });
+        };
+        let s = *size as usize;
+        for (index, im) in images.iter().enumerate() {
+            if im.len() != s * s {
+                return Err(PredictError::BadInput { index, what: format!("{} values, {key} needs {}", im.len(), s * s) });
+            }
+        }
+        self.run_chunked(images.len(), |rows: std::ops::Range<usize>, n: usize| {
+            let mut data = vec![0f32; n * s * s];
+            for (j, i) in rows.enumerate() {
+                data[j * s * s..(j + 1) * s * s].copy_from_slice(&images[i]);
+            }
+            let t = Tensor::from_shape(&[n, 1, s, s], &data).map_err(|e| PredictError::Run(e.to_string()))?;
+            Ok(tvec![t.into_tvalue()])
+        })
+    }
+
+    /// Predicts stroke sequences (`strokes [N,T,3]` zero-padded to the longest, `lengths [N]`).
+    /// An empty sequence is fed as one zero step.
+    pub fn predict_strokes(&self, seqs: &[StrokeFeatures]) -> Result<Probabilities, PredictError> {
+        if self.info.input != InputKind::Strokes {
+            return Err(PredictError::WrongInput { expected: self.input_description(), got: "stroke sequences" });
+        }
+        for (index, s) in seqs.iter().enumerate() {
+            if s.dx.len() != s.len || s.dy.len() != s.len || s.pen.len() != s.len {
+                return Err(PredictError::BadInput { index, what: "dx, dy and pen must all have len values".into() });
+            }
+        }
+        self.run_chunked(seqs.len(), |rows, n| {
+            let rows: Vec<&StrokeFeatures> = seqs[rows].iter().collect();
+            let t = rows.iter().map(|s| s.len).max().unwrap_or(0).max(1);
+            let mut data = vec![0f32; n * t * 3];
+            let mut lengths = vec![1i64; n];
+            for (j, s) in rows.iter().enumerate() {
+                for k in 0..s.len {
+                    let o = (j * t + k) * 3;
+                    data[o] = s.dx[k];
+                    data[o + 1] = s.dy[k];
+                    data[o + 2] = s.pen[k];
+                }
+                lengths[j] = s.len.max(1) as i64;
+            }
+            let st = Tensor::from_shape(&[n, t, 3], &data).map_err(|e| PredictError::Run(e.to_string()))?;
+            let lt = Tensor::from_shape(&[n], &lengths).map_err(|e| PredictError::Run(e.to_string()))?;
+            Ok(tvec![st.into_tvalue(), lt.into_tvalue()])
+        })
+    }
+
+    /// What the model's input looks like, for error messages.
+    pub fn input_description(&self) -> String {
+        match &self.info.input {
+            InputKind::Image { key, size } => format!("{key}: DT_FLOAT [-1, 1, {size}, {size}] (pixel / 255)"),
+            InputKind::Strokes => "strokes: DT_FLOAT [-1, -1, 3] (dx, dy, pen) and lengths: DT_INT64 [-1]".into(),
+        }
+    }
+
+    /// Runs `rows` inputs, in one go for a symbolic batch, else in padded fixed-size chunks.
+    fn run_chunked<F>(&self, rows: usize, make: F) -> Result<Probabilities, PredictError>
+    where
+        F: Fn(std::ops::Range<usize>, usize) -> Result<TVec<TValue>, PredictError>,
+    {
+        let c = self.n_classes();
+        let mut out = Probabilities { n_classes: c, probabilities: Vec::new(), logits: Vec::new(), classes: Vec::new() };
+        if rows == 0 {
+            return Ok(out);
+        }
+        let chunk = match self.batch {
+            Batch::Any => rows,
+            Batch::Fixed(b) => b,
+        };
+        let mut start = 0;
+        while start < rows {
+            let end = (start + chunk).min(rows);
+            let n = match self.batch {
+                Batch::Any => end - start,
+                Batch::Fixed(b) => b,
+            };
+            let inputs = make(start..end, n)?;
+            let res = self.run_once(inputs, n)?;
+            out.extend(res, end - start);
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn run_once(&self, inputs: TVec<TValue>, n: usize) -> Result<Probabilities, PredictError> {
+        let c = self.n_classes();
+        let outs = self.plan.run(inputs).map_err(|e| PredictError::Run(format!("{e:#}")))?;
+        let floats = |ix: usize, what: &str| -> Result<Vec<f32>, PredictError> {
+            let t = &outs[ix];
+            let v: Vec<f32> =
+                t.to_plain_array_view::<f32>().map_err(|e| PredictError::Run(format!("output {what}: {e}")))?.iter().copied().collect();
+            if t.shape() != [n, c] {
+                return Err(PredictError::Run(format!("output {what} has shape {:?}, the signature says [{n}, {c}]", t.shape())));
+            }
+            Ok(v)
+        };
+        let logits = floats(0, signature::LOGITS)?;
+        let probabilities = floats(1, signature::PROBABILITIES)?;
+        let classes = if self.has_classes_output {
+            let t = outs[2].cast_to::<i64>().map_err(|e| PredictError::Run(format!("output classes: {e}")))?;
+            let v: Vec<i64> =
+                t.to_plain_array_view::<i64>().map_err(|e| PredictError::Run(format!("output classes: {e}")))?.iter().copied().collect();
+            if v.len() != n {
+                return Err(PredictError::Run(format!("output classes has {} values for {n} inputs", v.len())));
+            }
+            v
+        } else {
+            probabilities
+                .chunks_exact(c)
+                .map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0))).map_or(0, |m| m.0 as i64))
+                .collect()
+        };
+        Ok(Probabilities { n_classes: c, probabilities, logits, classes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    #[test]
+    fn demo_model_is_hand_checkable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = testing::write_demo_export(tmp.path(), 1, 8).unwrap();
+        let p = Predictor::load(&dir).unwrap();
+        assert_eq!(p.batch(), Batch::Any);
+        assert_eq!(p.labels(), &["blank", "left", "right"]);
+        let blank = vec![0u8; 64];
+        let mut left = vec![0u8; 64];
+        // Fill the whole left half: logit_left = 16 * 32 / 32 = 16.
+        for y in 0..8 {
+            for x in 0..4 {
+                left[y * 8 + x] = 255;
+            }
+        }
+        let mut right = vec![0u8; 64];
+        right[7] = 255; // one right pixel: logit_right = 16 / 32 = 0.5
+        let out = p.predict_images(&[blank, left, right]).unwrap();
+        assert_eq!(out.classes, vec![0, 1, 2]);
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        assert!(close(out.logits_row(0), &[0.25, 0.0, 0.0]), "{:?}", out.logits_row(0));
+        assert!(close(out.logits_row(1), &[0.25, 16.0, 0.0]), "{:?}", out.logits_row(1));
+        assert!(close(out.logits_row(2), &[0.25, 0.0, 0.5]), "{:?}", out.logits_row(2));
+        let e = 0.25f32.exp();
+        let z = e + 2.0;
+        assert!(close(out.row(0), &[e / z, 1.0 / z, 1.0 / z]), "{:?}", out.row(0));
+        assert_eq!(out.top_k(1, 2)[0].0, 1);
+        assert!(p.predict_images(&[]).unwrap().is_empty());
+        let err = p.predict_pixels(&[vec![0.0; 10]]).unwrap_err();
+        assert!(err.to_string().contains("img_8 needs 64"), "{err}");
+    }
+
+    #[test]
+    fn stroke_model_sums_sequences() {
+        let tmp = tempfile::tempdir().unwrap();
+        // class0 = sum dx, class1 = length.
+        let w = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+        let dir = testing::write_stroke_export(tmp.path(), 2, &w, &[0.0, 0.0]).unwrap();
+        let p = Predictor::load(&dir).unwrap();
+        let seq = |dx: Vec<f32>| StrokeFeatures { dy: vec![0.0; dx.len()], pen: vec![0.0; dx.len()], len: dx.len(), dx, truncated: false };
+        let out = p.predict_strokes(&[seq(vec![5.0, 4.0]), seq(vec![0.5])]).unwrap();
+        assert_eq!(out.logits_row(0), &[9.0, 2.0]);
+        assert_eq!(out.logits_row(1), &[0.5, 1.0]);
+        assert_eq!(out.classes, vec![0, 1]);
+        assert!(p.predict_images(&[vec![0; 4]]).is_err());
+    }
+
+    #[test]
+    fn broken_exports_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = testing::write_demo_export(tmp.path(), 1, 8).unwrap();
+        std::fs::write(dir.join("model.onnx"), b"not a protobuf").unwrap();
+        let err = Predictor::load(&dir).unwrap_err();
+        assert!(err.to_string().contains("cannot load the ONNX model"), "{err}");
+        // A model whose outputs disagree with the signature's class count.
+        let (w, b) = testing::demo_weights(8);
+        let onnx = testing::linear_image_model(8, &w[..2 * 64], &b[..2]);
+        std::fs::write(dir.join("model.onnx"), onnx).unwrap();
+        let err = Predictor::load(&dir).unwrap_err();
+        assert!(err.to_string().contains("signature says"), "{err}");
+    }
+}

@@ -1,0 +1,141 @@
+//! `quickdraw export`: writes a trained checkpoint as a new serving version `<base>/<version>/`
+//! (ONNX graph, signature, labels, preprocessing, metrics), behind the export gate, after
+//! checking the ONNX graph with the serving engine (tract) against burn on eval examples.
+//! The version folder's path is the last line of stdout.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use quickdraw_serve::Predictor;
+use quickdraw_train::export::{ExportRequest, StagedExport, stage};
+use quickdraw_train::{CheckpointSel, DeviceChoice};
+
+use super::Ctx;
+
+/// Largest difference allowed between burn's and tract's probabilities.
+const TOLERANCE: f32 = 1e-4;
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Model directory written by `quickdraw train`.
+    #[arg(long, alias = "job-dir")]
+    pub model_dir: PathBuf,
+    /// Checkpoint: best (by eval accuracy during training; latest when none was evaluated),
+    /// latest, or a step number.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: CheckpointSel,
+    /// Base folder of the versions, as `serve --model-base-path` reads it (default: <model-dir>/export).
+    #[arg(long, value_name = "DIR")]
+    pub export_dir: Option<PathBuf>,
+    /// Eval shards for the export gate and metrics.json (default: those the model was trained with).
+    #[arg(long, value_name = "GLOB")]
+    pub eval_files: Option<String>,
+    /// Evaluate only this many batches (default: the whole eval set).
+    #[arg(long)]
+    pub eval_steps: Option<u64>,
+    /// Evaluation batch size (default: max(64, the training batch size)).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Export even if the model is not better than the baseline or than the newest exported
+    /// version (non-finite weights are refused regardless).
+    #[arg(long)]
+    pub force: bool,
+    /// cpu or cuda[:N] (evaluation).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Do not run the exported graph with tract to compare it with burn before publishing.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Write eval examples with burn's logits and probabilities as JSON (for tests/python/check_onnx.py).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub write_check: Option<PathBuf>,
+}
+
+/// Runs the staged graph with tract on the check sample; returns the largest probability difference.
+fn verify(staged: &StagedExport) -> anyhow::Result<f32> {
+    let p = Predictor::load(&staged.tmp_dir).context("tract cannot load the exported graph")?;
+    let s = &staged.sample;
+    let out = match (s.image_rows(), s.stroke_rows()) {
+        (Some(images), _) => p.predict_pixels(&images),
+        (None, Some(strokes)) => p.predict_strokes(&strokes),
+        _ => unreachable!("a sample holds images or strokes"),
+    }
+    .context("running the exported graph with tract")?;
+    anyhow::ensure!(out.len() == s.n, "tract returned {} rows for {} inputs", out.len(), s.n);
+    let mut max = 0f32;
+    for i in 0..s.n {
+        let (burn, onnx) = (s.row(i), out.row(i));
+        for (a, b) in burn.iter().zip(onnx) {
+            max = max.max((a - b).abs());
+        }
+        let argmax = out.top_k(i, 1)[0].0 as i64;
+        anyhow::ensure!(out.classes[i] == argmax, "example {i}: the classes output {} is not the argmax {argmax}", out.classes[i]);
+    }
+    anyhow::ensure!(
+        max <= TOLERANCE,
+        "the exported graph disagrees with burn: probabilities differ by up to {max:e} (> {TOLERANCE:e}) on {} eval examples",
+        s.n
+    );
+    Ok(max)
+}
+
+pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
+    let mut req = ExportRequest::new(a.model_dir.clone());
+    req.checkpoint = a.checkpoint;
+    if let Some(d) = &a.export_dir {
+        req.export_base = d.clone();
+    }
+    req.eval_files = a.eval_files.clone();
+    req.eval_steps = a.eval_steps;
+    req.batch_size = a.batch_size;
+    req.force = a.force;
+    req.device = a.device;
+
+    let pb = crate::progress::bar(ctx.quiet, None, "");
+    pb.set_message(format!("evaluating and exporting {}", a.model_dir.display()));
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    let staged = stage(&req);
+    pb.finish_and_clear();
+    let mut staged = staged.with_context(|| format!("exporting {}", a.model_dir.display()))?;
+
+    let checked = if a.no_verify { None } else { Some(verify(&staged).with_context(|| format!("checking {}", staged.tmp_dir.display()))?) };
+    let dir = staged.publish()?;
+    if let Some(path) = &a.write_check {
+        let mut v = staged.sample.to_json();
+        v["export_dir"] = dir.display().to_string().into();
+        v["model"] = staged.kind.name().into();
+        std::fs::write(path, serde_json::to_string(&v)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    if !ctx.quiet {
+        let m = &staged.evaluation;
+        let b = &staged.baseline;
+        eprintln!(
+            "exported the {} model at step {} ({}) as version {}",
+            staged.kind,
+            staged.step,
+            staged.checkpoint_dir.display(),
+            staged.version
+        );
+        eprintln!("  eval accuracy {:.4} on {} examples ({}), loss {:.4}", m.accuracy, m.examples, staged.eval_files, m.loss);
+        eprintln!("  baseline accuracy {:.4} (always {:?}; {})", b.accuracy, b.majority_class, b.counts_from);
+        if let Some(p) = &staged.previous {
+            let acc = p.accuracy.map(|x| format!("{x:.4}")).unwrap_or_else(|| "unknown".into());
+            eprintln!("  previous version {}: accuracy {acc}", p.version);
+        }
+        if staged.overridden.is_empty() {
+            eprintln!("  export gate: passed");
+        } else {
+            eprintln!("  export gate overridden by --force: {}", staged.overridden.join("; "));
+        }
+        match checked {
+            Some(d) => eprintln!(
+                "  model.onnx: {} bytes, matches burn with tract on {} eval examples (max |probability difference| {d:.1e})",
+                staged.onnx_bytes, staged.sample.n
+            ),
+            None => eprintln!("  model.onnx: {} bytes (not checked: --no-verify)", staged.onnx_bytes),
+        }
+    }
+    println!("{}", dir.display());
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! `quickdraw serve`: TensorFlow Serving's REST API over a folder of exported versions
+//! (`<base>/<version>/model.onnx`), new versions loaded without a restart, the drawing page at
+//! `/`, optional request logging. The server itself lives in `quickdraw_serve`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use quickdraw_data::validate;
+use quickdraw_serve::{Limits, ServeConfig};
+
+use super::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Folder of integer version folders, each an export (`export/` holding `export/3/`).
+    #[arg(long, alias = "model_base_path")]
+    pub model_base_path: PathBuf,
+    /// The model's name in URLs: /v1/models/<name>.
+    #[arg(long, alias = "model_name", default_value = "quickdraw")]
+    pub model_name: String,
+    /// TCP port of the REST API (0 picks a free one; the address is printed).
+    #[arg(long, alias = "rest-api-port", alias = "rest_api_port", default_value_t = 8501)]
+    pub port: u16,
+    /// Address to listen on; 0.0.0.0 exposes the server to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Seconds between looks at the base path for new versions.
+    #[arg(long, alias = "file-system-poll-wait-seconds", default_value_t = 2.0)]
+    pub poll_seconds: f64,
+    /// Log every served drawing as QuickDraw raw NDJSON (plus model version and prediction) into
+    /// DIR/<class>.ndjson: readable by `convert` and `skew`.
+    #[arg(long, value_name = "DIR")]
+    pub log_requests: Option<PathBuf>,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Most instances per request (413 above).
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Most strokes per drawing (413 above; at most the converter's limit).
+    #[arg(long, default_value_t = validate::MAX_STROKES)]
+    pub max_strokes: usize,
+    /// Most points per drawing (413 above; at most the converter's limit).
+    #[arg(long, default_value_t = validate::MAX_POINTS)]
+    pub max_points: usize,
+    /// Origin allowed to call the API from a browser (CORS); repeatable; default: any origin.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+}
+
+pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
+    anyhow::ensure!(a.poll_seconds.is_finite() && a.poll_seconds > 0.0, "--poll-seconds must be > 0");
+    let limits = Limits {
+        max_body_bytes: a.max_body_bytes,
+        max_batch: a.max_batch.max(1),
+        max_strokes: a.max_strokes.min(validate::MAX_STROKES),
+        max_points: a.max_points.min(validate::MAX_POINTS),
+    };
+    let cfg = ServeConfig {
+        base: a.model_base_path.clone(),
+        model_name: a.model_name,
+        host: a.host,
+        port: a.port,
+        poll_interval: Duration::from_secs_f64(a.poll_seconds),
+        limits,
+        log_dir: a.log_requests,
+        cors_origins: a.cors_origins,
+        quiet: ctx.quiet,
+    };
+    quickdraw_serve::serve_blocking(cfg).with_context(|| format!("serving {}", a.model_base_path.display()))
+}
