@@ -22,7 +22,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::{Activation, Linear, Lstm};
+use burn::nn::activation::Activation;
+use burn::nn::{Linear, Lstm};
 use burn::tensor::{Tensor, TensorData};
 use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
 use onnx_ir::{AttributeProto, AttributeType, Message, ModelProto, NodeProto, TensorProto, ValueInfoProto};
@@ -425,7 +426,7 @@ fn first_batch(src: &DataSource, kind: ModelKind, n_classes: usize, n: usize) ->
 }
 
 fn to_vec(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+    t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data")
 }
 
 fn check_sample(tm: &TrainedModel, batch: &Batch) -> Result<CheckSample> {
@@ -717,7 +718,7 @@ fn i64_init(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
 
 fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     let d: TensorData = t.into_data().convert::<f32>();
-    d.to_vec::<f32>().expect("f32 data")
+    d.try_to_vec::<f32>().expect("f32 data")
 }
 
 /// Weight `[in, out]` (burn's layout) and bias `[out]` of a linear layer (zeros without bias).
