@@ -698,6 +698,14 @@ fn string_attr(name: &str, v: &str) -> AttributeProto {
     a
 }
 
+fn tensor_attr(name: &str, t: TensorProto) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.to_string();
+    a.type_ = AttributeType::TENSOR.into();
+    *a.t.mut_or_insert_default() = t;
+    a
+}
+
 fn f32_init(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.to_string();
@@ -740,9 +748,18 @@ fn transpose(w: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
     t
 }
 
-/// ONNX `LSTM` weights of one burn LSTM: `W [1, 4H, in]`, `R [1, 4H, H]`, `B [1, 8H]`, gates in
-/// ONNX's order (input, output, forget, cell).
-fn lstm_weights(l: &Lstm) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>, usize, usize)> {
+/// ONNX `LSTM` weights of one direction: `w [1, 4H, d_in]`, `r [1, 4H, H]`, `b [1, 8H]`, gates
+/// in ONNX's order (input, output, forget, cell).
+struct OnnxLstm {
+    w: Vec<f32>,
+    r: Vec<f32>,
+    b: Vec<f32>,
+    d_in: usize,
+    hidden: usize,
+}
+
+/// The ONNX `LSTM` weights of a burn LSTM.
+fn lstm_weights(l: &Lstm) -> Result<OnnxLstm> {
     if l.input_forget || l.clip.is_some() {
         return Err(ExportError::Unsupported(ModelKind::Rnn, "coupled input/forget gates or cell clipping".into()));
     }
@@ -766,13 +783,17 @@ fn lstm_weights(l: &Lstm) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>, usize, usize)
         rb.extend(hb);
     }
     wb.extend(rb);
-    Ok((w, r, wb, d_in, h))
+    Ok(OnnxLstm { w, r, b: wb, d_in, hidden: h })
 }
 
 /// The bidirectional LSTM as an ONNX graph on `strokes [N, T, 3]`, `lengths [N]` -> `logits`.
 fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
-    let (fw, fr, fb, d_in, h) = lstm_weights(&rnn.forward)?;
-    let (bw, br, bb, _, _) = lstm_weights(&rnn.backward)?;
+    let fwd = lstm_weights(&rnn.forward)?;
+    let bwd = lstm_weights(&rnn.backward)?;
+    let (d_in, h) = (fwd.d_in, fwd.hidden);
+    if (bwd.d_in, bwd.hidden) != (d_in, h) {
+        return Err(ExportError::Onnx("the two LSTM directions differ in size".into()));
+    }
     if d_in != 3 {
         return Err(ExportError::Unsupported(ModelKind::Rnn, format!("LSTM input width {d_in}, the strokes input has 3")));
     }
@@ -789,12 +810,12 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
     g.input.push(value_info(s, ONNX_FLOAT, &[Dim::Sym("N"), Dim::Sym("T"), Dim::Fixed(3)]));
     g.input.push(value_info(l, ONNX_INT64, &[Dim::Sym("N")]));
     g.initializer.extend([
-        f32_init("forward.W", &[1, 4 * h, d_in], &fw),
-        f32_init("forward.R", &[1, 4 * h, h], &fr),
-        f32_init("forward.B", &[1, 8 * h], &fb),
-        f32_init("backward.W", &[1, 4 * h, d_in], &bw),
-        f32_init("backward.R", &[1, 4 * h, h], &br),
-        f32_init("backward.B", &[1, 8 * h], &bb),
+        f32_init("forward.W", &[1, 4 * h, d_in], &fwd.w),
+        f32_init("forward.R", &[1, 4 * h, h], &fwd.r),
+        f32_init("forward.B", &[1, 8 * h], &fwd.b),
+        f32_init("backward.W", &[1, 4 * h, d_in], &bwd.w),
+        f32_init("backward.R", &[1, 4 * h, h], &bwd.r),
+        f32_init("backward.B", &[1, 8 * h], &bwd.b),
         f32_init("output.weight", &odims, &ow),
         f32_init("output.bias", &[n_classes], &ob),
         i64_init("c_one", &[1], &[1]),
@@ -803,6 +824,7 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
         i64_init("c_axis0", &[1], &[0]),
         i64_init("c_axis1", &[1], &[1]),
         i64_init("c_axis2", &[1], &[2]),
+        i64_init("c_hidden", &[1], &[h as i64]),
     ]);
     let n = &mut g.node;
     // T = shape(strokes)[1]; t = [0, 1, .., T-1] as [1, T].
@@ -822,6 +844,10 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
     // mask [N, T, 1]
     n.push(node("mask2", "Cast", &["valid"], &["mask2"], vec![int_attr("to", ONNX_FLOAT as i64)]));
     n.push(node("mask", "Unsqueeze", &["mask2", "c_axis2"], &["mask"], vec![]));
+    // Zero initial states [1, N, H], given explicitly: tract needs them for a symbolic batch.
+    n.push(node("batch", "Gather", &["shape", "c_axis0"], &["batch"], vec![int_attr("axis", 0)]));
+    n.push(node("state_shape", "Concat", &["c_one", "batch", "c_hidden"], &["state_shape"], vec![int_attr("axis", 0)]));
+    n.push(node("state0", "ConstantOfShape", &["state_shape"], &["state0"], vec![tensor_attr("value", f32_init("", &[1], &[0.0]))]));
     for (dir, x) in [("forward", s), ("backward", "reversed")] {
         let names = |suffix: &str| format!("{dir}_{suffix}");
         let (xt, y, y3, yb, ym, hsum) = (names("x"), names("y"), names("y3"), names("yb"), names("ym"), names("sum"));
@@ -831,7 +857,7 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
         n.push(node(
             &y,
             "LSTM",
-            &[&xt, &w, &r, &b],
+            &[&xt, &w, &r, &b, "", "state0", "state0"],
             &[&y],
             vec![int_attr("hidden_size", h as i64), string_attr("direction", "forward")],
         ));

@@ -203,8 +203,12 @@ fn export_every_model_kind_and_the_gate() {
     assert_eq!(sig["inputs"]["img_16"]["shape"], serde_json::json!([-1, 1, 16, 16]), "{sig}");
     checks.push(check);
 
-    // Same model again: not below the newest version, so version 2.
-    let (v2, _) = export_ok(&cnn, &[]);
+    // Same model again: not below the newest version, so version 2; with --quiet the path is
+    // all that is printed.
+    let (o, _) = export(&cnn, &["--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.stderr.is_empty(), "{}", text(&o));
+    let v2 = PathBuf::from(String::from_utf8(o.stdout).unwrap().strip_suffix('\n').unwrap());
     check_layout(&v2, "cnn", 2);
 
     // A newest version that claims a better accuracy makes the gate refuse, --force overrides.

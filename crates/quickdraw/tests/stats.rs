@@ -113,8 +113,8 @@ fn input_statistics_per_class() {
     let top = cat["top_countries"].as_array().unwrap();
     assert_eq!(top.len(), 5);
     assert_eq!(top[0]["share"], 0.2);
-    assert_eq!(cat["first"], "2017-03-02 23:25:00.000 UTC");
-    assert_eq!(cat["last"], "2017-03-02 23:25:39.000 UTC");
+    assert_eq!(cat["first"], "2017-03-02 23:25:00.00000 UTC");
+    assert_eq!(cat["last"], "2017-03-02 23:25:39.00000 UTC");
     assert_eq!(v["inputs"]["classes"]["dog"]["records"], 30);
     assert_eq!(v["inputs"]["total"]["records"], 71);
     assert_eq!(v["ok"], true);

@@ -387,7 +387,7 @@ fn wait_for_checkpoint(dir: &Path, child: &mut std::process::Child) -> u64 {
 }
 
 fn spawn_long(d: &Data, dir: &Path) -> std::process::Child {
-    let args = train_args(d, "dnn", dir, 1_000_000, &["--hidden", "256", "--checkpoint-every", "3", "--batch-size", "32"]);
+    let args = train_args(d, "dnn", dir, 1_000_000, &["--hidden", "256", "--checkpoint-every", "3"]);
     bin().args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
@@ -409,7 +409,7 @@ fn killed_run_resumes_cleanly() {
         }
     }
     let target = last + 4;
-    let args = train_args(&d, "dnn", &dir, target, &["--hidden", "256", "--checkpoint-every", "3", "--batch-size", "32"]);
+    let args = train_args(&d, "dnn", &dir, target, &["--hidden", "256", "--checkpoint-every", "3"]);
     let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(stderr(&out).contains(&format!("resuming from step {last}")), "{}", stderr(&out));
     assert_eq!(checkpoint_steps(&dir).last(), Some(&target));

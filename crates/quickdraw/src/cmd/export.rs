@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use quickdraw_serve::Predictor;
 use quickdraw_train::export::{ExportRequest, StagedExport, stage};
-use quickdraw_train::{CheckpointSel, DeviceChoice};
+use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel};
 
 use super::Ctx;
 
@@ -49,6 +49,41 @@ pub struct ExportArgs {
     /// Write eval examples with burn's logits and probabilities as JSON (for tests/python/check_onnx.py).
     #[arg(long, value_name = "FILE", hide = true)]
     pub write_check: Option<PathBuf>,
+    /// Time one-example inference with burn and with tract (median of RUNS) and print it on stderr.
+    #[arg(long, value_name = "RUNS", hide = true)]
+    pub latency: Option<usize>,
+}
+
+/// Median milliseconds of `runs` calls of `f` (after two warm-up calls).
+fn median_ms(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    f()?;
+    f()?;
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let start = std::time::Instant::now();
+        f()?;
+        t.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// One-example latency of burn (the checkpoint) and tract (the published version), in ms.
+fn latency(a: &ExportArgs, staged: &StagedExport, dir: &std::path::Path, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let tm = TrainedModel::load(&a.model_dir, CheckpointSel::Step(staged.step), a.device)?;
+    let p = Predictor::load(dir)?;
+    let s = &staged.sample;
+    if let Some(images) = s.image_rows() {
+        let one = images[0].clone();
+        let burn = median_ms(runs, || tm.predict_images(&one, 1).map(drop).map_err(Into::into))?;
+        let tract = median_ms(runs, || p.predict_pixels(std::slice::from_ref(&one)).map(drop).map_err(Into::into))?;
+        Ok((burn, tract))
+    } else {
+        let one = s.stroke_rows().expect("strokes")[0].clone();
+        let burn = median_ms(runs, || tm.predict_strokes(&[&one]).map(drop).map_err(Into::into))?;
+        let tract = median_ms(runs, || p.predict_strokes(std::slice::from_ref(&one)).map(drop).map_err(Into::into))?;
+        Ok((burn, tract))
+    }
 }
 
 /// Runs the staged graph with tract on the check sample; returns the largest probability difference.
@@ -105,6 +140,11 @@ pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
         v["export_dir"] = dir.display().to_string().into();
         v["model"] = staged.kind.name().into();
         std::fs::write(path, serde_json::to_string(&v)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    if let Some(runs) = a.latency {
+        let (burn, tract) = latency(&a, &staged, &dir, runs)?;
+        eprintln!("latency: {}", serde_json::json!({"model": staged.kind.name(), "runs": runs, "burn_ms": burn, "tract_ms": tract}));
     }
 
     if !ctx.quiet {

@@ -41,6 +41,20 @@ pub fn run(a: StatsArgs, ctx: Ctx) -> anyhow::Result<()> {
     let paths = expand_globs(&a.paths)?;
     let (datasets, inputs): (Vec<PathBuf>, Vec<PathBuf>) =
         paths.into_iter().partition(|p| p.is_dir() && p.join(MANIFEST_FILE).is_file());
+    // Shards without a manifest: a conversion that did not finish. Say so instead of finding
+    // "no input files" in it.
+    for p in inputs.iter().filter(|p| p.is_dir()) {
+        let shards = std::fs::read_dir(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .filter_map(Result::ok)
+            .filter(|e| quickdraw_data::convert::is_shard_name(&e.file_name().to_string_lossy()))
+            .count();
+        anyhow::ensure!(
+            shards == 0,
+            "{}: {shards} shard files but no {MANIFEST_FILE}: an unfinished conversion (interrupted?); rerun `quickdraw convert`",
+            p.display()
+        );
+    }
 
     let input_stats = if inputs.is_empty() { None } else { Some(input_stats(&inputs, ctx)?) };
     let mut checks = Vec::new();
