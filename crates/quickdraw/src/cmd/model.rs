@@ -239,6 +239,10 @@ struct Line<'a> {
     class: &'a str,
     probability: f32,
     top_k: Vec<ClassProb<'a>>,
+    /// The model's `classes` output: the predicted label.
+    classes: i64,
+    /// The model's `probabilities` output: every class, in label order.
+    probabilities: &'a [f32],
 }
 
 struct Printer {
@@ -263,7 +267,9 @@ impl Printer {
                 label: it.label.as_deref(),
                 class: top[0].class,
                 probability: top[0].probability,
+                classes: top[0].label as i64,
                 top_k: top,
+                probabilities: probs.row(i),
             };
             if self.json {
                 println!("{}", serde_json::to_string(&line)?);
