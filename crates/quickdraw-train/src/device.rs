@@ -30,7 +30,9 @@ impl FromStr for DeviceChoice {
             "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(i)) => Ok(DeviceChoice::Cuda(i)),
-                _ => Err(format!("unknown device {s:?} (expected cpu, cuda or cuda:N)")),
+                _ => Err(format!(
+                    "unknown device {s:?} (expected cpu, cuda or cuda:N)"
+                )),
             },
         }
     }
@@ -73,8 +75,14 @@ mod tests {
     #[test]
     fn parse() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert_eq!("cuda".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
-        assert_eq!("cuda:2".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(2));
+        assert_eq!(
+            "cuda".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(0)
+        );
+        assert_eq!(
+            "cuda:2".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(2)
+        );
         assert!("tpu".parse::<DeviceChoice>().is_err());
     }
 }

@@ -11,7 +11,10 @@ use quickdraw_data::tfrecord::TfRecordError;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("invalid file pattern {pattern:?}: {source}")]
-    Pattern { pattern: String, source: glob::PatternError },
+    Pattern {
+        pattern: String,
+        source: glob::PatternError,
+    },
     #[error("no files match {0:?}")]
     NoFiles(String),
     #[error(
@@ -24,18 +27,33 @@ pub enum TrainError {
     #[error(transparent)]
     Record(#[from] TfRecordError),
     #[error("{}: record at byte {offset}: {source}", path.display())]
-    Decode { path: PathBuf, offset: u64, source: FeatureError },
+    Decode {
+        path: PathBuf,
+        offset: u64,
+        source: FeatureError,
+    },
     #[error(
         "{}: record at byte {offset}: label {label} is outside 0..{n_classes} ({n_classes} classes in labels.txt)",
         path.display()
     )]
-    BadLabel { path: PathBuf, offset: u64, label: i64, n_classes: usize },
+    BadLabel {
+        path: PathBuf,
+        offset: u64,
+        label: i64,
+        n_classes: usize,
+    },
     #[error("{0}")]
     Config(String),
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {source}", path.display())]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{}: {what}", path.display())]
     Checkpoint { path: PathBuf, what: String },
     #[error(transparent)]

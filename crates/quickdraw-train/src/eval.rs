@@ -13,7 +13,10 @@ use crate::infer::TrainedModel;
 use crate::metrics::{MetricsAccumulator, MetricsReport, ranking};
 use crate::model::{Model, ModelInput, ModelKind};
 use crate::modeldir::{self, CheckpointSel, EVALUATION_FILE};
-use crate::pipeline::{DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions, StreamPosition, DEFAULT_PREFETCH};
+use crate::pipeline::{
+    DEFAULT_PREFETCH, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions,
+    StreamPosition,
+};
 use crate::train::log_probs;
 
 /// How to run an evaluation.
@@ -27,7 +30,11 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { batch_size: 256, max_batches: None, prefetch: DEFAULT_PREFETCH }
+        EvalOptions {
+            batch_size: 256,
+            max_batches: None,
+            prefetch: DEFAULT_PREFETCH,
+        }
     }
 }
 
@@ -60,7 +67,11 @@ pub fn evaluate_model(
         src,
         PipelineOptions {
             order: OrderOptions::eval(),
-            decode: DecodeOptions { spec: *src.spec(), n_classes: c, strokes: kind.uses_strokes() },
+            decode: DecodeOptions {
+                spec: *src.spec(),
+                n_classes: c,
+                strokes: kind.uses_strokes(),
+            },
             batch_size: opts.batch_size.max(1),
             start: StreamPosition::default(),
             prefetch: opts.prefetch,
@@ -74,7 +85,9 @@ pub fn evaluate_model(
         let lp = log_probs(model, ModelInput::from_batch(&batch, kind, device)?);
         acc.add_batch(&lp, &batch.labels);
         if keep_predictions {
-            for ((row, &label), &key_id) in lp.chunks_exact(c).zip(&batch.labels).zip(&batch.key_ids) {
+            for ((row, &label), &key_id) in
+                lp.chunks_exact(c).zip(&batch.labels).zip(&batch.key_ids)
+            {
                 let predicted = ranking(row)[0];
                 preds.push(Prediction {
                     index,
@@ -153,7 +166,10 @@ pub fn check_compatible(tm: &TrainedModel, src: &DataSource) -> Result<()> {
 }
 
 /// Evaluates a model dir's checkpoint on eval shards.
-pub fn evaluate(req: &EvaluateRequest, keep_predictions: bool) -> Result<(Evaluation, Vec<Prediction>)> {
+pub fn evaluate(
+    req: &EvaluateRequest,
+    keep_predictions: bool,
+) -> Result<(Evaluation, Vec<Prediction>)> {
     let tm = TrainedModel::load(&req.model_dir, req.checkpoint, req.device)?;
     let src = DataSource::open(&req.eval_files)?;
     evaluate_loaded(&tm, &src, req, keep_predictions)
@@ -172,7 +188,15 @@ fn evaluate_loaded(
         prefetch: DEFAULT_PREFETCH,
     };
     let t = Instant::now();
-    let (metrics, preds) = evaluate_model(tm.model(), tm.kind(), tm.device(), src, &tm.config.classes, &opts, keep_predictions)?;
+    let (metrics, preds) = evaluate_model(
+        tm.model(),
+        tm.kind(),
+        tm.device(),
+        src,
+        &tm.config.classes,
+        &opts,
+        keep_predictions,
+    )?;
     let seconds = t.elapsed().as_secs_f64();
     let ev = Evaluation {
         model_dir: req.model_dir.display().to_string(),
@@ -256,7 +280,9 @@ pub fn compare(
     let (a, pa) = run(dir_a)?;
     let (b, pb) = run(dir_b)?;
     if a.metrics.classes != b.metrics.classes {
-        return Err(TrainError::Config("the two models were trained on different classes".into()));
+        return Err(TrainError::Config(
+            "the two models were trained on different classes".into(),
+        ));
     }
     let names = &a.metrics.classes;
     let per_class = a

@@ -39,7 +39,13 @@ impl TrainedModel {
         let checkpoint = modeldir::select_checkpoint(model_dir, sel)?;
         let device = inference_device(device)?;
         let model = modeldir::load_model(&config.model, &checkpoint, &device)?.valid();
-        Ok(TrainedModel { model_dir: model_dir.to_path_buf(), config, checkpoint, model, device })
+        Ok(TrainedModel {
+            model_dir: model_dir.to_path_buf(),
+            config,
+            checkpoint,
+            model,
+            device,
+        })
     }
 
     pub fn model(&self) -> &Model {
@@ -72,7 +78,10 @@ impl TrainedModel {
     }
 
     fn probs(&self, input: ModelInput) -> Vec<f32> {
-        log_probs(&self.model, input).into_iter().map(f32::exp).collect()
+        log_probs(&self.model, input)
+            .into_iter()
+            .map(f32::exp)
+            .collect()
     }
 
     /// Probabilities `[n, n_classes]` for `n` images given as `[n, 1, S, S]` floats in [0, 1]
@@ -80,28 +89,39 @@ impl TrainedModel {
     pub fn predict_images(&self, images: &[f32], n: usize) -> Result<Vec<f32>> {
         let s = self.image_size();
         if self.kind().uses_strokes() {
-            return Err(TrainError::Config("this model reads stroke features, not images".into()));
+            return Err(TrainError::Config(
+                "this model reads stroke features, not images".into(),
+            ));
         }
         if images.len() != n * s * s {
-            return Err(TrainError::Config(format!("{} floats for {n} images of {s}x{s}", images.len())));
+            return Err(TrainError::Config(format!(
+                "{} floats for {n} images of {s}x{s}",
+                images.len()
+            )));
         }
         if n == 0 {
             return Ok(Vec::new());
         }
-        let x = Tensor::<4>::from_data(TensorData::new(images.to_vec(), [n, 1, s, s]), &self.device);
+        let x =
+            Tensor::<4>::from_data(TensorData::new(images.to_vec(), [n, 1, s, s]), &self.device);
         Ok(self.probs(ModelInput::Images(x)))
     }
 
     /// Probabilities for grey images as bytes (`size * size` each, 0..255).
     pub fn predict_images_u8(&self, images: &[&[u8]]) -> Result<Vec<f32>> {
-        let floats: Vec<f32> = images.iter().flat_map(|im| im.iter().map(|&v| v as f32 * PIXEL_SCALE)).collect();
+        let floats: Vec<f32> = images
+            .iter()
+            .flat_map(|im| im.iter().map(|&v| v as f32 * PIXEL_SCALE))
+            .collect();
         self.predict_images(&floats, images.len())
     }
 
     /// Probabilities for stroke features (sequence models).
     pub fn predict_strokes(&self, strokes: &[&StrokeFeatures]) -> Result<Vec<f32>> {
         if !self.kind().uses_strokes() {
-            return Err(TrainError::Config("this model reads images, not stroke features".into()));
+            return Err(TrainError::Config(
+                "this model reads images, not stroke features".into(),
+            ));
         }
         if strokes.is_empty() {
             return Ok(Vec::new());
@@ -132,5 +152,9 @@ impl TrainedModel {
 
 /// The `k` most probable classes of one row of probabilities: `(label, probability)`.
 pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
-    ranking(probs).into_iter().take(k).map(|i| (i, probs[i])).collect()
+    ranking(probs)
+        .into_iter()
+        .take(k)
+        .map(|i| (i, probs[i]))
+        .collect()
 }

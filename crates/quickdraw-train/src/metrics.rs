@@ -13,7 +13,11 @@ pub fn ranking(scores: &[f32]) -> Vec<usize> {
 /// 0-based rank of `label` among `scores` (0 = the top prediction).
 pub fn rank_of(scores: &[f32], label: usize) -> usize {
     let s = scores[label];
-    scores.iter().enumerate().filter(|&(i, &v)| v > s || (v == s && i < label)).count()
+    scores
+        .iter()
+        .enumerate()
+        .filter(|&(i, &v)| v > s || (v == s && i < label))
+        .count()
 }
 
 /// Whether `label` is among the `k` highest scores.
@@ -93,7 +97,10 @@ impl MetricsAccumulator {
 
     /// `confusion[true][predicted]`.
     pub fn confusion(&self) -> Vec<Vec<u64>> {
-        self.confusion.chunks(self.n_classes.max(1)).map(<[u64]>::to_vec).collect()
+        self.confusion
+            .chunks(self.n_classes.max(1))
+            .map(<[u64]>::to_vec)
+            .collect()
     }
 
     /// Per-class precision, recall, F1 (0 where undefined, as scikit-learn's `zero_division=0`).
@@ -104,9 +111,21 @@ impl MetricsAccumulator {
                 let tp = self.confusion[k * c + k];
                 let support: u64 = self.confusion[k * c..(k + 1) * c].iter().sum();
                 let predicted: u64 = (0..c).map(|t| self.confusion[t * c + k]).sum();
-                let precision = if predicted > 0 { tp as f64 / predicted as f64 } else { 0.0 };
-                let recall = if support > 0 { tp as f64 / support as f64 } else { 0.0 };
-                let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+                let precision = if predicted > 0 {
+                    tp as f64 / predicted as f64
+                } else {
+                    0.0
+                };
+                let recall = if support > 0 {
+                    tp as f64 / support as f64
+                } else {
+                    0.0
+                };
+                let f1 = if precision + recall > 0.0 {
+                    2.0 * precision * recall / (precision + recall)
+                } else {
+                    0.0
+                };
                 ClassMetrics {
                     label: k,
                     class: names.get(k).cloned().unwrap_or_else(|| k.to_string()),
@@ -182,7 +201,11 @@ pub fn confusion_image(confusion: &[Vec<u64>], cell: usize) -> (Vec<u8>, u32) {
     for (t, row) in confusion.iter().enumerate() {
         let total: u64 = row.iter().sum();
         for (p, &v) in row.iter().enumerate() {
-            let g = if total > 0 { (255.0 * v as f64 / total as f64).round() as u8 } else { 0 };
+            let g = if total > 0 {
+                (255.0 * v as f64 / total as f64).round() as u8
+            } else {
+                0
+            };
             for y in t * cell..(t + 1) * cell {
                 px[y * side + p * cell..y * side + (p + 1) * cell].fill(g);
             }
@@ -235,11 +258,15 @@ mod tests {
     fn confusion_and_precision_recall_f1() {
         // 3 classes; predictions (true -> pred): 0->0, 0->0, 0->1, 1->1, 2->1, 2->2.
         let mut m = MetricsAccumulator::new(3);
-        let onehot = |k: usize| -> Vec<f32> { (0..3).map(|i| if i == k { 0.0 } else { -5.0 }).collect() };
+        let onehot =
+            |k: usize| -> Vec<f32> { (0..3).map(|i| if i == k { 0.0 } else { -5.0 }).collect() };
         for (t, p) in [(0, 0), (0, 0), (0, 1), (1, 1), (2, 1), (2, 2)] {
             m.add(&onehot(p), t);
         }
-        assert_eq!(m.confusion(), vec![vec![2, 1, 0], vec![0, 1, 0], vec![0, 1, 1]]);
+        assert_eq!(
+            m.confusion(),
+            vec![vec![2, 1, 0], vec![0, 1, 0], vec![0, 1, 1]]
+        );
         let pc = m.per_class(&names(3));
         // class 0: tp 2, predicted 2, support 3 -> P 1, R 2/3, F1 0.8
         assert_eq!(pc[0].precision, 1.0);

@@ -32,7 +32,13 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 5] = [ModelKind::Baseline, ModelKind::Linear, ModelKind::Dnn, ModelKind::Cnn, ModelKind::Rnn];
+    pub const ALL: [ModelKind; 5] = [
+        ModelKind::Baseline,
+        ModelKind::Linear,
+        ModelKind::Dnn,
+        ModelKind::Cnn,
+        ModelKind::Rnn,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,7 +62,9 @@ impl std::str::FromStr for ModelKind {
         ModelKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown model {s:?} (expected baseline, linear, dnn, cnn or rnn)"))
+            .ok_or_else(|| {
+                format!("unknown model {s:?} (expected baseline, linear, dnn, cnn or rnn)")
+            })
     }
 }
 
@@ -76,8 +84,18 @@ pub struct ConvLayer {
 }
 
 /// The lecture's CNN: (kernel, pool, filters) = (10, 4, 32), (5, 4, 64).
-pub const LECTURE_CONV: [ConvLayer; 2] =
-    [ConvLayer { kernel: 10, pool: 4, filters: 32 }, ConvLayer { kernel: 5, pool: 4, filters: 64 }];
+pub const LECTURE_CONV: [ConvLayer; 2] = [
+    ConvLayer {
+        kernel: 10,
+        pool: 4,
+        filters: 32,
+    },
+    ConvLayer {
+        kernel: 5,
+        pool: 4,
+        filters: 64,
+    },
+];
 /// The lecture's dense layer after the convolutions.
 pub const LECTURE_DENSE: usize = 256;
 /// The lecture's dropout rate before the output layer.
@@ -97,7 +115,11 @@ pub fn parse_conv(s: &str) -> Result<Vec<ConvLayer>, String> {
                 .map(|x| x.trim().parse::<usize>().map_err(|e| format!("{p:?}: {e}")))
                 .collect::<Result<_, _>>()?;
             match v[..] {
-                [kernel, pool, filters] if kernel > 0 && pool > 0 && filters > 0 => Ok(ConvLayer { kernel, pool, filters }),
+                [kernel, pool, filters] if kernel > 0 && pool > 0 && filters > 0 => Ok(ConvLayer {
+                    kernel,
+                    pool,
+                    filters,
+                }),
                 _ => Err(format!("{p:?}: expected kernel:pool:filters, all > 0")),
             }
         })
@@ -173,7 +195,10 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
         if self.n_classes < 2 {
-            return bad(format!("{} classes: a classifier needs at least 2", self.n_classes));
+            return bad(format!(
+                "{} classes: a classifier needs at least 2",
+                self.n_classes
+            ));
         }
         if let Some(p) = self.dropout
             && !(0.0..1.0).contains(&p)
@@ -181,7 +206,9 @@ impl ModelConfig {
             return bad(format!("--dropout {p} must be in [0, 1)"));
         }
         match self.kind {
-            ModelKind::Dnn if self.hidden.as_ref().is_none_or(|h| h.is_empty()) => bad("--hidden needs at least one layer".into()),
+            ModelKind::Dnn if self.hidden.as_ref().is_none_or(|h| h.is_empty()) => {
+                bad("--hidden needs at least one layer".into())
+            }
             ModelKind::Cnn => {
                 let conv = self.conv.as_deref().unwrap_or_default();
                 if conv.is_empty() {
@@ -205,7 +232,11 @@ impl ModelConfig {
 
     /// Side of the feature map after the CNN's pools.
     fn cnn_side(&self) -> usize {
-        self.conv.as_deref().unwrap_or_default().iter().fold(self.image_size, |s, c| s / c.pool)
+        self.conv
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .fold(self.image_size, |s, c| s / c.pool)
     }
 
     /// Builds the model with freshly initialised weights on `device`.
@@ -216,9 +247,13 @@ impl ModelConfig {
         Ok(match self.kind {
             ModelKind::Baseline => {
                 let uniform = Tensor::<1>::full([c], -(c as f32).ln(), device);
-                Model::Baseline(Baseline { log_prior: Param::from_tensor(uniform).set_require_grad(false) })
+                Model::Baseline(Baseline {
+                    log_prior: Param::from_tensor(uniform).set_require_grad(false),
+                })
             }
-            ModelKind::Linear => Model::Linear(LinearModel { output: LinearConfig::new(pixels, c).init(device) }),
+            ModelKind::Linear => Model::Linear(LinearModel {
+                output: LinearConfig::new(pixels, c).init(device),
+            }),
             ModelKind::Dnn => {
                 let mut hidden = Vec::new();
                 let mut width = pixels;
@@ -242,7 +277,11 @@ impl ModelConfig {
                             .with_padding(PaddingConfig2d::Same)
                             .init(device),
                     );
-                    pools.push(MaxPool2dConfig::new([l.pool, l.pool]).with_strides([l.pool, l.pool]).init());
+                    pools.push(
+                        MaxPool2dConfig::new([l.pool, l.pool])
+                            .with_strides([l.pool, l.pool])
+                            .init(),
+                    );
                     channels = l.filters;
                 }
                 let side = self.cnn_side();
@@ -286,16 +325,26 @@ impl Baseline {
     /// from the training data keeps a finite loss.
     pub fn with_counts(self, counts: &[u64]) -> Self {
         let total: f64 = counts.iter().map(|&c| c as f64 + 1.0).sum();
-        let logp: Vec<f32> = counts.iter().map(|&c| ((c as f64 + 1.0) / total).ln() as f32).collect();
+        let logp: Vec<f32> = counts
+            .iter()
+            .map(|&c| ((c as f64 + 1.0) / total).ln() as f32)
+            .collect();
         let device = self.log_prior.val().device();
         let n = logp.len();
         let t = Tensor::<1>::from_data(TensorData::new(logp, [n]), &device);
-        Baseline { log_prior: Param::from_tensor(t).set_require_grad(false) }
+        Baseline {
+            log_prior: Param::from_tensor(t).set_require_grad(false),
+        }
     }
 
     /// The prior probabilities.
     pub fn prior(&self) -> Vec<f32> {
-        self.log_prior.val().exp().into_data().iter::<f32>().collect()
+        self.log_prior
+            .val()
+            .exp()
+            .into_data()
+            .iter::<f32>()
+            .collect()
     }
 }
 
@@ -399,11 +448,16 @@ pub enum Model {
 
 /// Model input as tensors.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum ModelInput {
     /// `[B, 1, S, S]` pixels in [0, 1].
     Images(Tensor<4>),
     /// Stroke features: forward and reversed sequences `[B, T, 3]`, mask `[B, T]`.
-    Strokes { forward: Tensor<3>, backward: Tensor<3>, mask: Tensor<2> },
+    Strokes {
+        forward: Tensor<3>,
+        backward: Tensor<3>,
+        mask: Tensor<2>,
+    },
 }
 
 impl ModelInput {
@@ -429,7 +483,10 @@ impl ModelInput {
             })
         } else {
             let n = batch.image_size;
-            Ok(ModelInput::Images(Tensor::from_data(TensorData::new(batch.images.clone(), [batch.size, 1, n, n]), device)))
+            Ok(ModelInput::Images(Tensor::from_data(
+                TensorData::new(batch.images.clone(), [batch.size, 1, n, n]),
+                device,
+            )))
         }
     }
 }
@@ -442,7 +499,14 @@ impl Model {
             (Model::Linear(m), ModelInput::Images(x)) => m.forward(x),
             (Model::Dnn(m), ModelInput::Images(x)) => m.forward(x),
             (Model::Cnn(m), ModelInput::Images(x)) => m.forward(x),
-            (Model::Rnn(m), ModelInput::Strokes { forward, backward, mask }) => m.forward_strokes(forward, backward, mask),
+            (
+                Model::Rnn(m),
+                ModelInput::Strokes {
+                    forward,
+                    backward,
+                    mask,
+                },
+            ) => m.forward_strokes(forward, backward, mask),
             (_, _) => panic!("model input does not match the model (images vs strokes)"),
         }
     }
@@ -460,7 +524,9 @@ mod tests {
     #[test]
     fn lecture_cnn_has_319466_parameters() {
         let device = Device::flex();
-        let m = ModelConfig::new(ModelKind::Cnn, 10, 64).init(&device).unwrap();
+        let m = ModelConfig::new(ModelKind::Cnn, 10, 64)
+            .init(&device)
+            .unwrap();
         // conv1 10*10*1*32+32 = 3232, conv2 5*5*32*64+64 = 51264, dense 1024*256+256 = 262400,
         // output 256*10+10 = 2570.
         assert_eq!(m.num_params(), 319_466);
@@ -498,7 +564,18 @@ mod tests {
     #[test]
     fn pools_that_empty_the_image_are_refused() {
         let mut cfg = ModelConfig::new(ModelKind::Cnn, 3, 8);
-        cfg.conv = Some(vec![ConvLayer { kernel: 3, pool: 4, filters: 2 }, ConvLayer { kernel: 3, pool: 4, filters: 2 }]);
+        cfg.conv = Some(vec![
+            ConvLayer {
+                kernel: 3,
+                pool: 4,
+                filters: 2,
+            },
+            ConvLayer {
+                kernel: 3,
+                pool: 4,
+                filters: 2,
+            },
+        ]);
         assert!(cfg.validate().unwrap_err().to_string().contains("shrink"));
     }
 }

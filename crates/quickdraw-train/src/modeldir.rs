@@ -25,7 +25,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use burn::module::Module;
-use burn::optim::{AdaGradConfig, AdamConfig, AdamWConfig, ModuleOptimizer, RmsPropConfig, SgdConfig, momentum::MomentumConfig};
+use burn::optim::{
+    AdaGradConfig, AdamConfig, AdamWConfig, ModuleOptimizer, RmsPropConfig, SgdConfig,
+    momentum::MomentumConfig,
+};
 use quickdraw_data::features::FeatureSpec;
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +96,11 @@ impl OptimizerKind {
             OptimizerKind::Adam => AdamConfig::new().init(),
             OptimizerKind::AdamW => AdamWConfig::new().init(),
             OptimizerKind::Sgd => SgdConfig::new().init(),
-            OptimizerKind::Momentum => SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0))).init(),
+            OptimizerKind::Momentum => SgdConfig::new()
+                .with_momentum(Some(
+                    MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+                ))
+                .init(),
             OptimizerKind::RmsProp => RmsPropConfig::new().init(),
             OptimizerKind::AdaGrad => AdaGradConfig::new().init(),
         }
@@ -160,11 +167,27 @@ impl TrainConfig {
             serde_json::to_string(v).unwrap_or_default()
         }
         cmp("model", j(&self.model), j(&other.model));
-        cmp("optimizer", self.optimizer.to_string(), other.optimizer.to_string());
-        cmp("learning_rate", self.learning_rate.to_string(), other.learning_rate.to_string());
-        cmp("batch_size", self.batch_size.to_string(), other.batch_size.to_string());
+        cmp(
+            "optimizer",
+            self.optimizer.to_string(),
+            other.optimizer.to_string(),
+        );
+        cmp(
+            "learning_rate",
+            self.learning_rate.to_string(),
+            other.learning_rate.to_string(),
+        );
+        cmp(
+            "batch_size",
+            self.batch_size.to_string(),
+            other.batch_size.to_string(),
+        );
         cmp("seed", self.seed.to_string(), other.seed.to_string());
-        cmp("shuffle_buffer", self.shuffle_buffer.to_string(), other.shuffle_buffer.to_string());
+        cmp(
+            "shuffle_buffer",
+            self.shuffle_buffer.to_string(),
+            other.shuffle_buffer.to_string(),
+        );
         cmp("classes", self.classes.join(","), other.classes.join(","));
         cmp("features", j(&self.features), j(&other.features));
         d
@@ -187,7 +210,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     {
@@ -252,7 +277,9 @@ impl FromStr for CheckpointSel {
                 .trim_start_matches("step-")
                 .parse()
                 .map(CheckpointSel::Step)
-                .map_err(|_| format!("unknown checkpoint {s:?} (expected best, latest or a step number)")),
+                .map_err(|_| {
+                    format!("unknown checkpoint {s:?} (expected best, latest or a step number)")
+                }),
         }
     }
 }
@@ -275,9 +302,16 @@ pub fn list_checkpoints(model_dir: &Path) -> Result<Vec<CheckpointInfo>> {
             continue;
         }
         let state_path = entry.path().join(STATE_FILE);
+        if [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE].iter().any(|f| !entry.path().join(f).is_file()) {
+            continue; // not a complete checkpoint (never produced by this module)
+        }
         let text = fs::read_to_string(&state_path).map_err(TrainError::io(&state_path))?;
-        let state: CheckpointState = serde_json::from_str(&text).map_err(TrainError::json(&state_path))?;
-        out.push(CheckpointInfo { dir: entry.path(), state });
+        let state: CheckpointState =
+            serde_json::from_str(&text).map_err(TrainError::json(&state_path))?;
+        out.push(CheckpointInfo {
+            dir: entry.path(),
+            state,
+        });
     }
     out.sort_by_key(|c| c.state.step);
     Ok(out)
@@ -286,7 +320,13 @@ pub fn list_checkpoints(model_dir: &Path) -> Result<Vec<CheckpointInfo>> {
 fn best_of(cks: &[CheckpointInfo]) -> Option<&CheckpointInfo> {
     cks.iter()
         .filter(|c| c.state.eval_accuracy.is_some())
-        .max_by(|a, b| a.state.eval_accuracy.partial_cmp(&b.state.eval_accuracy).unwrap_or(std::cmp::Ordering::Equal).then(a.state.step.cmp(&b.state.step)))
+        .max_by(|a, b| {
+            a.state
+                .eval_accuracy
+                .partial_cmp(&b.state.eval_accuracy)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.state.step.cmp(&b.state.step))
+        })
 }
 
 /// Finds a checkpoint; `Best` falls back to the latest when none was evaluated.
@@ -300,13 +340,20 @@ pub fn select_checkpoint(model_dir: &Path, sel: CheckpointSel) -> Result<Checkpo
         CheckpointSel::Latest => cks.last(),
         CheckpointSel::Best => best_of(&cks).or(cks.last()),
         CheckpointSel::Step(s) => {
-            return cks.iter().find(|c| c.state.step == s).cloned().ok_or_else(|| TrainError::ModelDir {
-                dir: model_dir.to_path_buf(),
-                what: format!(
-                    "no checkpoint at step {s} (have: {})",
-                    cks.iter().map(|c| c.state.step.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-            });
+            return cks
+                .iter()
+                .find(|c| c.state.step == s)
+                .cloned()
+                .ok_or_else(|| TrainError::ModelDir {
+                    dir: model_dir.to_path_buf(),
+                    what: format!(
+                        "no checkpoint at step {s} (have: {})",
+                        cks.iter()
+                            .map(|c| c.state.step.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
         }
     };
     found.cloned().ok_or_else(none)
@@ -337,7 +384,9 @@ fn sync_dir(dir: &Path) {
 }
 
 fn sync_file(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(TrainError::io(path))
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(TrainError::io(path))
 }
 
 /// Writes a checkpoint atomically and applies the retention policy (keep the last `keep`
@@ -359,14 +408,21 @@ pub fn write_checkpoint(
     fs::create_dir_all(&tmp).map_err(TrainError::io(&tmp))?;
     let ck_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |e: burn::store::RecordError| TrainError::Checkpoint { path, what: e.to_string() }
+        move |e: burn::store::RecordError| TrainError::Checkpoint {
+            path,
+            what: e.to_string(),
+        }
     };
     let mf = tmp.join(MODEL_FILE);
     model.clone().save_file(&mf).map_err(ck_err(&mf))?;
     let of = tmp.join(OPTIMIZER_FILE);
     optimizer.save(&of).map_err(ck_err(&of))?;
     let sf = tmp.join(STATE_FILE);
-    fs::write(&sf, serde_json::to_string_pretty(&state).expect("state serialises") + "\n").map_err(TrainError::io(&sf))?;
+    fs::write(
+        &sf,
+        serde_json::to_string_pretty(&state).expect("state serialises") + "\n",
+    )
+    .map_err(TrainError::io(&sf))?;
     for f in [&mf, &of, &sf] {
         sync_file(f)?;
     }
@@ -394,7 +450,12 @@ pub fn apply_retention(model_dir: &Path, keep: usize) -> Result<Vec<u64>> {
     let mut removed = Vec::new();
     for c in &cks[..cut] {
         if Some(c.state.step) != best {
-            fs::remove_dir_all(&c.dir).map_err(TrainError::io(&c.dir))?;
+            // Renamed out of the way first (atomic), so a kill during the deletion never leaves
+            // a half-deleted `step-*` directory behind; `clean_temporary` removes leftovers.
+            let name = c.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let doomed = c.dir.with_file_name(format!(".tmp-del-{name}-{}", std::process::id()));
+            fs::rename(&c.dir, &doomed).map_err(TrainError::io(&c.dir))?;
+            fs::remove_dir_all(&doomed).map_err(TrainError::io(&doomed))?;
             removed.push(c.state.step);
         }
     }
@@ -402,9 +463,19 @@ pub fn apply_retention(model_dir: &Path, keep: usize) -> Result<Vec<u64>> {
 }
 
 /// Loads the weights of a checkpoint into a freshly built model.
-pub fn load_model(config: &ModelConfig, ck: &CheckpointInfo, device: &burn::tensor::Device) -> Result<Model> {
+pub fn load_model(
+    config: &ModelConfig,
+    ck: &CheckpointInfo,
+    device: &burn::tensor::Device,
+) -> Result<Model> {
     let path = ck.model_file();
-    config.init(device)?.try_load_file(&path).map_err(|e| TrainError::Checkpoint { path, what: e.to_string() })
+    config
+        .init(device)?
+        .try_load_file(&path)
+        .map_err(|e| TrainError::Checkpoint {
+            path,
+            what: e.to_string(),
+        })
 }
 
 /// Reads `metrics.jsonl` (a truncated last line from a killed run is skipped).
@@ -414,7 +485,10 @@ pub fn read_metrics(model_dir: &Path) -> Result<Vec<serde_json::Value>> {
         return Ok(Vec::new());
     }
     let text = fs::read_to_string(&path).map_err(TrainError::io(&path))?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 /// Keeps only the `metrics.jsonl` lines of evaluations at or before `step` (a resumed run
@@ -429,7 +503,11 @@ pub fn truncate_metrics(model_dir: &Path, step: u64) -> Result<usize> {
     let mut dropped = 0;
     for line in text.lines() {
         match serde_json::from_str::<serde_json::Value>(line) {
-            Ok(v) if v.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s <= step) => {
+            Ok(v)
+                if v.get("step")
+                    .and_then(|s| s.as_u64())
+                    .is_some_and(|s| s <= step) =>
+            {
                 kept.push_str(line);
                 kept.push('\n');
             }
@@ -445,7 +523,11 @@ pub fn truncate_metrics(model_dir: &Path, step: u64) -> Result<usize> {
 /// Appends one line to `metrics.jsonl` and flushes it to disk.
 pub fn append_metrics(model_dir: &Path, line: &serde_json::Value) -> Result<()> {
     let path = model_dir.join(METRICS_FILE);
-    let mut f = fs::OpenOptions::new().create(true).append(true).open(&path).map_err(TrainError::io(&path))?;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(TrainError::io(&path))?;
     let mut s = serde_json::to_string(line).expect("json");
     s.push('\n');
     f.write_all(s.as_bytes()).map_err(TrainError::io(&path))?;
@@ -461,7 +543,15 @@ pub fn artifacts(model_dir: &Path) -> Result<Vec<PathBuf>> {
     for entry in fs::read_dir(model_dir).map_err(TrainError::io(model_dir))? {
         let entry = entry.map_err(TrainError::io(model_dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if [CONFIG_FILE, LABELS_FILE, CHECKPOINTS_DIR, EVAL_DIR, METRICS_FILE, EVALUATION_FILE].contains(&name.as_str())
+        if [
+            CONFIG_FILE,
+            LABELS_FILE,
+            CHECKPOINTS_DIR,
+            EVAL_DIR,
+            METRICS_FILE,
+            EVALUATION_FILE,
+        ]
+        .contains(&name.as_str())
             || name.contains("tfevents")
             || (name.starts_with('.') && name.contains(".tmp-"))
         {
@@ -478,9 +568,18 @@ mod tests {
 
     #[test]
     fn checkpoint_selector() {
-        assert_eq!("best".parse::<CheckpointSel>().unwrap(), CheckpointSel::Best);
-        assert_eq!("latest".parse::<CheckpointSel>().unwrap(), CheckpointSel::Latest);
-        assert_eq!("120".parse::<CheckpointSel>().unwrap(), CheckpointSel::Step(120));
+        assert_eq!(
+            "best".parse::<CheckpointSel>().unwrap(),
+            CheckpointSel::Best
+        );
+        assert_eq!(
+            "latest".parse::<CheckpointSel>().unwrap(),
+            CheckpointSel::Latest
+        );
+        assert_eq!(
+            "120".parse::<CheckpointSel>().unwrap(),
+            CheckpointSel::Step(120)
+        );
         assert!("x".parse::<CheckpointSel>().is_err());
     }
 

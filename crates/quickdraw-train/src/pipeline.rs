@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use quickdraw_data::example::{Example, Kind};
 use quickdraw_data::features::{self, FeatureSpec, PIXEL_SCALE, decode_example, decode_image};
-use quickdraw_data::manifest::{DatasetManifest, LABELS_FILE, MANIFEST_FILE, REJECTS_FILE, read_labels};
+use quickdraw_data::manifest::{
+    DatasetManifest, LABELS_FILE, MANIFEST_FILE, REJECTS_FILE, read_labels,
+};
 use quickdraw_data::strokes::StrokeFeatures;
 use quickdraw_data::tfrecord::{TfRecordError, TfRecordReader, masked_crc32c};
 use rand::{Rng, SeedableRng};
@@ -61,13 +63,18 @@ pub struct DataSource {
 impl DataSource {
     /// Expands `pattern` and loads the manifest and labels next to the matched shards.
     pub fn open(pattern: &str) -> Result<Self> {
-        let paths = glob::glob(pattern)
-            .map_err(|source| TrainError::Pattern { pattern: pattern.to_string(), source })?;
+        let paths = glob::glob(pattern).map_err(|source| TrainError::Pattern {
+            pattern: pattern.to_string(),
+            source,
+        })?;
         let mut files: Vec<PathBuf> = paths
             .filter_map(|p| p.ok())
             .filter(|p| p.is_file())
             .filter(|p| {
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 ![MANIFEST_FILE, LABELS_FILE, REJECTS_FILE].contains(&name.as_str())
             })
             .collect();
@@ -112,8 +119,18 @@ impl DataSource {
                 manifest.classes.len()
             )));
         }
-        let counts = files.par_iter().map(|f| count_records(f)).collect::<Result<Vec<_>>>()?;
-        Ok(DataSource { pattern: pattern.to_string(), files, counts, dir, manifest, labels })
+        let counts = files
+            .par_iter()
+            .map(|f| count_records(f))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DataSource {
+            pattern: pattern.to_string(),
+            files,
+            counts,
+            dir,
+            manifest,
+            labels,
+        })
     }
 
     /// The feature spec the shards were written with.
@@ -135,7 +152,10 @@ impl DataSource {
 fn load_manifest(dir: &Path) -> Result<DatasetManifest> {
     let path = dir.join(MANIFEST_FILE);
     if !path.is_file() {
-        return Err(TrainError::NoManifest { dir: dir.to_path_buf(), path });
+        return Err(TrainError::NoManifest {
+            dir: dir.to_path_buf(),
+            path,
+        });
     }
     Ok(DatasetManifest::load(&path)?)
 }
@@ -143,7 +163,11 @@ fn load_manifest(dir: &Path) -> Result<DatasetManifest> {
 /// Counts the records of a TFRecord file by walking the headers (each length CRC is checked;
 /// data CRCs are checked when the records are read).
 pub fn count_records(path: &Path) -> Result<u64> {
-    let file = File::open(path).map_err(|source| TfRecordError::Io { path: path.to_path_buf(), offset: 0, source })?;
+    let file = File::open(path).map_err(|source| TfRecordError::Io {
+        path: path.to_path_buf(),
+        offset: 0,
+        source,
+    })?;
     let len = file.metadata().map_err(TrainError::io(path))?.len();
     let mut r = BufReader::with_capacity(1 << 16, file);
     let (mut pos, mut n) = (0u64, 0u64);
@@ -158,7 +182,11 @@ pub fn count_records(path: &Path) -> Result<u64> {
             .into());
         }
         r.read_exact(&mut header)
-            .map_err(|source| TfRecordError::Io { path: path.to_path_buf(), offset: pos, source })?;
+            .map_err(|source| TfRecordError::Io {
+                path: path.to_path_buf(),
+                offset: pos,
+                source,
+            })?;
         let len_bytes: [u8; 8] = header[..8].try_into().expect("8 bytes");
         let crc = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
         if masked_crc32c(&len_bytes) != crc {
@@ -178,7 +206,8 @@ pub fn count_records(path: &Path) -> Result<u64> {
             }
             .into());
         }
-        r.seek_relative(rec as i64 + 4).map_err(TrainError::io(path))?;
+        r.seek_relative(rec as i64 + 4)
+            .map_err(TrainError::io(path))?;
         pos += 16 + rec;
         n += 1;
     }
@@ -212,7 +241,14 @@ struct EpochReader {
 
 impl EpochReader {
     fn new(files: Arc<Vec<PathBuf>>, order: Vec<usize>, cycle: usize) -> Self {
-        EpochReader { files, order, next_file: 0, open: Vec::new(), cursor: 0, cycle: cycle.max(1) }
+        EpochReader {
+            files,
+            order,
+            next_file: 0,
+            open: Vec::new(),
+            cursor: 0,
+            cycle: cycle.max(1),
+        }
     }
 
     fn next(&mut self) -> Result<Option<RawItem>> {
@@ -232,7 +268,11 @@ impl EpochReader {
             let offset = reader.offset();
             let mut bytes = Vec::new();
             if reader.read_into(&mut bytes)? {
-                let item = RawItem { bytes, file: *fi as u32, offset };
+                let item = RawItem {
+                    bytes,
+                    file: *fi as u32,
+                    offset,
+                };
                 self.cursor += 1;
                 return Ok(Some(item));
             }
@@ -258,11 +298,23 @@ pub struct OrderOptions {
 impl OrderOptions {
     /// Training order: shuffled, repeated.
     pub fn train(seed: u64, shuffle_buffer: usize) -> Self {
-        OrderOptions { shuffle: true, shuffle_buffer, cycle_length: DEFAULT_CYCLE_LENGTH, repeat: true, seed }
+        OrderOptions {
+            shuffle: true,
+            shuffle_buffer,
+            cycle_length: DEFAULT_CYCLE_LENGTH,
+            repeat: true,
+            seed,
+        }
     }
     /// Evaluation order: every file in name order, one pass.
     pub fn eval() -> Self {
-        OrderOptions { shuffle: false, shuffle_buffer: 1, cycle_length: 1, repeat: false, seed: 0 }
+        OrderOptions {
+            shuffle: false,
+            shuffle_buffer: 1,
+            cycle_length: 1,
+            repeat: false,
+            seed: 0,
+        }
     }
 }
 
@@ -285,7 +337,10 @@ impl ItemStream {
     /// A stream over `src` starting at `start` (the examples before it are read but dropped).
     pub fn new(src: &DataSource, opts: OrderOptions, start: StreamPosition) -> Result<Self> {
         if src.n_examples() == 0 {
-            return Err(TrainError::Config(format!("{:?}: the shards hold no examples", src.pattern)));
+            return Err(TrainError::Config(format!(
+                "{:?}: the shards hold no examples",
+                src.pattern
+            )));
         }
         Ok(ItemStream {
             files: Arc::new(src.files.clone()),
@@ -305,9 +360,15 @@ impl ItemStream {
     /// The position after the last emitted example.
     pub fn position(&self) -> StreamPosition {
         if self.emitted >= self.epoch_size {
-            StreamPosition { epoch: self.epoch + 1, offset: 0 }
+            StreamPosition {
+                epoch: self.epoch + 1,
+                offset: 0,
+            }
         } else {
-            StreamPosition { epoch: self.epoch, offset: self.emitted }
+            StreamPosition {
+                epoch: self.epoch,
+                offset: self.emitted,
+            }
         }
     }
 
@@ -322,7 +383,11 @@ impl ItemStream {
             }
         }
         self.rng = rng;
-        self.reader = Some(EpochReader::new(self.files.clone(), order, self.opts.cycle_length));
+        self.reader = Some(EpochReader::new(
+            self.files.clone(),
+            order,
+            self.opts.cycle_length,
+        ));
         self.exhausted = false;
         self.buffer.clear();
         self.emitted = 0;
@@ -413,17 +478,31 @@ fn int64_feature(ex: &Example, key: &str) -> Option<i64> {
 /// Decodes one example (used by the pipeline and by `predict`).
 pub fn decode_item(files: &[PathBuf], item: &RawItem, opts: &DecodeOptions) -> Result<Decoded> {
     let path = || files.get(item.file as usize).cloned().unwrap_or_default();
-    let err = |source| TrainError::Decode { path: path(), offset: item.offset, source };
+    let err = |source| TrainError::Decode {
+        path: path(),
+        offset: item.offset,
+        source,
+    };
     let d = if opts.strokes {
         let d = decode_example(&item.bytes, &opts.spec).map_err(err)?;
-        Decoded { label: d.label, image: d.image, key_id: d.key_id, strokes: d.strokes }
+        Decoded {
+            label: d.label,
+            image: d.image,
+            key_id: d.key_id,
+            strokes: d.strokes,
+        }
     } else {
         let ex = Example::from_bytes(&item.bytes).map_err(|e| err(e.into()))?;
         let image = decode_image(&ex, &opts.spec).map_err(err)?;
         let label = int64_feature(&ex, features::LABEL)
             .ok_or_else(|| err(features::FeatureError::Missing(features::LABEL.into())))?;
         let key_id = int64_feature(&ex, features::KEY_ID).unwrap_or(0) as u64;
-        Decoded { label, image, key_id, strokes: None }
+        Decoded {
+            label,
+            image,
+            key_id,
+            strokes: None,
+        }
     };
     if d.label < 0 || d.label >= opts.n_classes as i64 {
         return Err(TrainError::BadLabel {
@@ -452,7 +531,12 @@ pub struct StrokeBatch {
 
 impl StrokeBatch {
     pub fn from_features(feats: &[&StrokeFeatures]) -> Self {
-        let steps = feats.iter().map(|f| f.len.min(f.dx.len())).max().unwrap_or(0).max(1);
+        let steps = feats
+            .iter()
+            .map(|f| f.len.min(f.dx.len()))
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let n = feats.len();
         let mut forward = vec![0.0; n * steps * 3];
         let mut backward = vec![0.0; n * steps * 3];
@@ -469,7 +553,13 @@ impl StrokeBatch {
                 mask[b * steps + t] = 1.0;
             }
         }
-        StrokeBatch { steps, forward, backward, mask, lens }
+        StrokeBatch {
+            steps,
+            forward,
+            backward,
+            mask,
+            lens,
+        }
     }
 }
 
@@ -496,7 +586,8 @@ impl Batch {
             images.extend(d.image.iter().map(|&v| v as f32 * PIXEL_SCALE));
         }
         let strokes = if items.iter().all(|d| d.strokes.is_some()) && !items.is_empty() {
-            let feats: Vec<&StrokeFeatures> = items.iter().filter_map(|d| d.strokes.as_ref()).collect();
+            let feats: Vec<&StrokeFeatures> =
+                items.iter().filter_map(|d| d.strokes.as_ref()).collect();
             Some(StrokeBatch::from_features(&feats))
         } else {
             None
@@ -515,7 +606,10 @@ impl Batch {
     /// Image `i` back as grey bytes (for image summaries).
     pub fn image_u8(&self, i: usize) -> Vec<u8> {
         let px = self.image_size * self.image_size;
-        self.images[i * px..(i + 1) * px].iter().map(|&v| (v / PIXEL_SCALE).round().clamp(0.0, 255.0) as u8).collect()
+        self.images[i * px..(i + 1) * px]
+            .iter()
+            .map(|&v| (v / PIXEL_SCALE).round().clamp(0.0, 255.0) as u8)
+            .collect()
     }
 }
 
@@ -557,7 +651,12 @@ impl Pipeline {
             .name("quickdraw-input".into())
             .spawn(move || produce(stream, files, image_size, opts, tx, stop2))
             .map_err(|e| TrainError::Config(format!("cannot start the input thread: {e}")))?;
-        Ok(Pipeline { rx, stop, wait: Duration::ZERO, batches: 0 })
+        Ok(Pipeline {
+            rx,
+            stop,
+            wait: Duration::ZERO,
+            batches: 0,
+        })
     }
 
     /// The next batch; `Ok(None)` when a finite stream ends.
@@ -620,7 +719,10 @@ fn produce(
             return;
         }
         let position = stream.position();
-        let decoded: Result<Vec<Decoded>> = items.par_iter().map(|it| decode_item(&files, it, &opts.decode)).collect();
+        let decoded: Result<Vec<Decoded>> = items
+            .par_iter()
+            .map(|it| decode_item(&files, it, &opts.decode))
+            .collect();
         let batch = decoded.map(|d| Batch::from_decoded(&d, image_size, position));
         let failed = batch.is_err();
         if tx.send(batch).is_err() || failed {
@@ -632,7 +734,11 @@ fn produce(
 
 /// Counts the examples of each class in `src` (the baseline's prior), reading every record.
 pub fn count_labels(src: &DataSource, n_classes: usize) -> Result<Vec<u64>> {
-    let opts = DecodeOptions { spec: *src.spec(), n_classes, strokes: false };
+    let opts = DecodeOptions {
+        spec: *src.spec(),
+        n_classes,
+        strokes: false,
+    };
     let per_file = src
         .files
         .par_iter()
@@ -646,16 +752,29 @@ pub fn count_labels(src: &DataSource, n_classes: usize) -> Result<Vec<u64>> {
                 if !r.read_into(&mut bytes)? {
                     break;
                 }
-                let item = RawItem { bytes: std::mem::take(&mut bytes), file: fi as u32, offset };
-                let ex = Example::from_bytes(&item.bytes)
-                    .map_err(|e| TrainError::Decode { path: path.clone(), offset, source: e.into() })?;
-                let label = int64_feature(&ex, features::LABEL).ok_or_else(|| TrainError::Decode {
+                let item = RawItem {
+                    bytes: std::mem::take(&mut bytes),
+                    file: fi as u32,
+                    offset,
+                };
+                let ex = Example::from_bytes(&item.bytes).map_err(|e| TrainError::Decode {
                     path: path.clone(),
                     offset,
-                    source: features::FeatureError::Missing(features::LABEL.into()),
+                    source: e.into(),
                 })?;
+                let label =
+                    int64_feature(&ex, features::LABEL).ok_or_else(|| TrainError::Decode {
+                        path: path.clone(),
+                        offset,
+                        source: features::FeatureError::Missing(features::LABEL.into()),
+                    })?;
                 if label < 0 || label >= opts.n_classes as i64 {
-                    return Err(TrainError::BadLabel { path: path.clone(), offset, label, n_classes });
+                    return Err(TrainError::BadLabel {
+                        path: path.clone(),
+                        offset,
+                        label,
+                        n_classes,
+                    });
                 }
                 counts[label as usize] += 1;
                 bytes = item.bytes;
@@ -681,19 +800,32 @@ mod tests {
 
     fn dataset(shards: usize) -> (tempfile::TempDir, DataSource) {
         let tmp = tempfile::tempdir().unwrap();
-        let t = TinyDataset { classes: 3, train_per_class: 9, eval_per_class: 2, image_size: 8, train_shards: shards, ..Default::default() };
+        let t = TinyDataset {
+            classes: 3,
+            train_per_class: 9,
+            eval_per_class: 2,
+            image_size: 8,
+            train_shards: shards,
+            ..Default::default()
+        };
         write_tiny_dataset(tmp.path(), &t).unwrap();
         let src = DataSource::open(&format!("{}/train-*", tmp.path().display())).unwrap();
         (tmp, src)
     }
 
     fn key(src: &DataSource, it: &RawItem) -> u64 {
-        let opts = DecodeOptions { spec: *src.spec(), n_classes: 3, strokes: false };
+        let opts = DecodeOptions {
+            spec: *src.spec(),
+            n_classes: 3,
+            strokes: false,
+        };
         decode_item(&src.files, it, &opts).unwrap().key_id
     }
 
     fn take(src: &DataSource, s: &mut ItemStream, n: usize) -> Vec<u64> {
-        (0..n).map(|_| key(src, &s.next_item().unwrap().unwrap())).collect()
+        (0..n)
+            .map(|_| key(src, &s.next_item().unwrap().unwrap()))
+            .collect()
     }
 
     #[test]
@@ -719,11 +851,23 @@ mod tests {
     #[test]
     fn every_epoch_sees_every_example_exactly_once() {
         let (_t, src) = dataset(3);
-        let opts = OrderOptions { shuffle: true, shuffle_buffer: 5, cycle_length: 2, repeat: true, seed: 1 };
+        let opts = OrderOptions {
+            shuffle: true,
+            shuffle_buffer: 5,
+            cycle_length: 2,
+            repeat: true,
+            seed: 1,
+        };
         let mut s = ItemStream::new(&src, opts, StreamPosition::default()).unwrap();
         let mut all = BTreeMap::new();
         let e1 = take(&src, &mut s, 27);
-        assert_eq!(s.position(), StreamPosition { epoch: 1, offset: 0 });
+        assert_eq!(
+            s.position(),
+            StreamPosition {
+                epoch: 1,
+                offset: 0
+            }
+        );
         let e2 = take(&src, &mut s, 27);
         for k in &e1 {
             *all.entry(*k).or_insert(0) += 1;
@@ -741,7 +885,12 @@ mod tests {
     fn shuffle_is_deterministic_given_the_seed() {
         let (_t, src) = dataset(2);
         let run = |seed| {
-            let mut s = ItemStream::new(&src, OrderOptions::train(seed, 8), StreamPosition::default()).unwrap();
+            let mut s = ItemStream::new(
+                &src,
+                OrderOptions::train(seed, 8),
+                StreamPosition::default(),
+            )
+            .unwrap();
             take(&src, &mut s, 40)
         };
         assert_eq!(run(3), run(3));
@@ -755,7 +904,13 @@ mod tests {
         let mut s = ItemStream::new(&src, opts, StreamPosition::default()).unwrap();
         take(&src, &mut s, 35);
         let pos = s.position();
-        assert_eq!(pos, StreamPosition { epoch: 1, offset: 8 });
+        assert_eq!(
+            pos,
+            StreamPosition {
+                epoch: 1,
+                offset: 8
+            }
+        );
         let rest = take(&src, &mut s, 30);
         let mut r = ItemStream::new(&src, opts, pos).unwrap();
         assert_eq!(take(&src, &mut r, 30), rest);
@@ -775,7 +930,11 @@ mod tests {
     #[test]
     fn pipeline_batches_decode_and_check_labels() {
         let (_t, src) = dataset(2);
-        let decode = DecodeOptions { spec: *src.spec(), n_classes: 3, strokes: false };
+        let decode = DecodeOptions {
+            spec: *src.spec(),
+            n_classes: 3,
+            strokes: false,
+        };
         let opts = PipelineOptions {
             order: OrderOptions::eval(),
             decode: decode.clone(),
@@ -829,12 +988,30 @@ mod tests {
 
     #[test]
     fn stroke_batches_are_padded_and_reversed() {
-        let f = StrokeFeatures { dx: vec![1.0, 2.0], dy: vec![3.0, 4.0], pen: vec![0.0, 1.0], len: 2, truncated: false };
-        let g = StrokeFeatures { dx: vec![5.0], dy: vec![6.0], pen: vec![1.0], len: 1, truncated: false };
+        let f = StrokeFeatures {
+            dx: vec![1.0, 2.0],
+            dy: vec![3.0, 4.0],
+            pen: vec![0.0, 1.0],
+            len: 2,
+            truncated: false,
+        };
+        let g = StrokeFeatures {
+            dx: vec![5.0],
+            dy: vec![6.0],
+            pen: vec![1.0],
+            len: 1,
+            truncated: false,
+        };
         let b = StrokeBatch::from_features(&[&f, &g]);
         assert_eq!(b.steps, 2);
-        assert_eq!(b.forward, vec![1.0, 3.0, 0.0, 2.0, 4.0, 1.0, 5.0, 6.0, 1.0, 0.0, 0.0, 0.0]);
-        assert_eq!(b.backward, vec![2.0, 4.0, 1.0, 1.0, 3.0, 0.0, 5.0, 6.0, 1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            b.forward,
+            vec![1.0, 3.0, 0.0, 2.0, 4.0, 1.0, 5.0, 6.0, 1.0, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(
+            b.backward,
+            vec![2.0, 4.0, 1.0, 1.0, 3.0, 0.0, 5.0, 6.0, 1.0, 0.0, 0.0, 0.0]
+        );
         assert_eq!(b.mask, vec![1.0, 1.0, 1.0, 0.0]);
     }
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use quickdraw_data::features::{FeatureSpec, ImageEncoding, encode_example, preprocess};
 use quickdraw_data::manifest::{
-    ClassCounts, DatasetManifest, LABELS_FILE, MANIFEST_FILE, MANIFEST_VERSION, ShardFile, labels_text,
+    ClassCounts, DatasetManifest, LABELS_FILE, MANIFEST_FILE, MANIFEST_VERSION, ShardFile,
+    labels_text,
 };
 use quickdraw_data::raster::{RasterMode, RasterSpec};
 use quickdraw_data::strokes::StrokeSpec;
@@ -57,7 +58,10 @@ pub fn write_tiny_dataset(dir: &Path, t: &TinyDataset) -> Result<FeatureSpec> {
         strokes: t.strokes.map(|max_points| StrokeSpec { max_points }),
         simplify_raw: true,
     };
-    let classes: Vec<String> = SHAPES[..t.classes.min(SHAPES.len())].iter().map(|s| s.to_string()).collect();
+    let classes: Vec<String> = SHAPES[..t.classes.min(SHAPES.len())]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let cfg = SynthConfig {
         classes: classes.len(),
         per_class: t.train_per_class + t.eval_per_class,
@@ -69,11 +73,14 @@ pub fn write_tiny_dataset(dir: &Path, t: &TinyDataset) -> Result<FeatureSpec> {
     let mut eval: Vec<Vec<u8>> = Vec::new();
     let mut k = 0;
     // Interleave classes so round-robin dealing mixes them.
-    let per_class: Vec<Vec<_>> = (0..classes.len()).map(|c| synth_class(c, &cfg).collect()).collect();
+    let per_class: Vec<Vec<_>> = (0..classes.len())
+        .map(|c| synth_class(c, &cfg).collect())
+        .collect();
     for i in 0..cfg.per_class {
         for (label, drawings) in per_class.iter().enumerate() {
             let d = &drawings[i];
-            let p = preprocess(&d.ink, &spec).map_err(|e| TrainError::Config(format!("synthetic drawing: {e}")))?;
+            let p = preprocess(&d.ink, &spec)
+                .map_err(|e| TrainError::Config(format!("synthetic drawing: {e}")))?;
             let bytes = encode_example(d, label as i64, &p, &spec);
             if i < t.train_per_class {
                 train[k % n_train].push(bytes);
@@ -95,8 +102,14 @@ pub fn write_tiny_dataset(dir: &Path, t: &TinyDataset) -> Result<FeatureSpec> {
                 w.write_record(r).map_err(TrainError::io(&path))?;
             }
             w.flush().map_err(TrainError::io(&path))?;
-            let bytes = std::fs::metadata(&path).map_err(TrainError::io(&path))?.len();
-            files.push(ShardFile { file: name, examples: recs.len() as u64, bytes });
+            let bytes = std::fs::metadata(&path)
+                .map_err(TrainError::io(&path))?
+                .len();
+            files.push(ShardFile {
+                file: name,
+                examples: recs.len() as u64,
+                bytes,
+            });
         }
         shards.insert(split.to_string(), files);
         Ok(())

@@ -20,11 +20,12 @@ use crate::eval::{EvalOptions, evaluate_model};
 use crate::metrics::{MetricsReport, confusion_image, rank_of};
 use crate::model::{ConvLayer, Model, ModelConfig, ModelInput, ModelKind};
 use crate::modeldir::{
-    self, CheckpointSel, CheckpointState, DataInfo, LABELS_FILE, OptimizerKind, TrainConfig, CONFIG_FILE,
+    self, CONFIG_FILE, CheckpointSel, CheckpointState, DataInfo, LABELS_FILE, OptimizerKind,
+    TrainConfig,
 };
 use crate::pipeline::{
-    self, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions, StreamPosition, DEFAULT_PREFETCH,
-    DEFAULT_SHUFFLE_BUFFER,
+    self, DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER, DataSource, DecodeOptions, OrderOptions,
+    Pipeline, PipelineOptions, StreamPosition,
 };
 
 /// Everything `quickdraw train` asks for.
@@ -72,7 +73,11 @@ pub struct TrainRequest {
 
 impl TrainRequest {
     /// A request with the documented defaults.
-    pub fn new(model: ModelKind, model_dir: impl Into<PathBuf>, train_files: impl Into<String>) -> Self {
+    pub fn new(
+        model: ModelKind,
+        model_dir: impl Into<PathBuf>,
+        train_files: impl Into<String>,
+    ) -> Self {
         TrainRequest {
             model,
             hidden: None,
@@ -183,7 +188,9 @@ pub struct TrainSummary {
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Installs a Ctrl-C / SIGTERM handler: the first signal sets the returned flag (the loop
@@ -208,7 +215,11 @@ pub(crate) fn to_vec(t: Tensor<2>) -> Vec<f32> {
 }
 
 /// Builds the config a request trains (model hyper-parameters completed from the dataset).
-pub fn build_config(req: &TrainRequest, src: &DataSource, eval: Option<&DataSource>) -> Result<TrainConfig> {
+pub fn build_config(
+    req: &TrainRequest,
+    src: &DataSource,
+    eval: Option<&DataSource>,
+) -> Result<TrainConfig> {
     let classes = src.labels.clone();
     if let Some(n) = req.n_classes
         && n != classes.len()
@@ -273,9 +284,13 @@ pub fn build_config(req: &TrainRequest, src: &DataSource, eval: Option<&DataSour
     if req.batch_size == 0 {
         return Err(TrainError::Config("--batch-size must be at least 1".into()));
     }
-    let learning_rate = req.learning_rate.unwrap_or(req.optimizer.default_learning_rate());
+    let learning_rate = req
+        .learning_rate
+        .unwrap_or(req.optimizer.default_learning_rate());
     if !(learning_rate.is_finite() && learning_rate > 0.0) {
-        return Err(TrainError::Config(format!("--learning-rate {learning_rate} must be > 0")));
+        return Err(TrainError::Config(format!(
+            "--learning-rate {learning_rate} must be > 0"
+        )));
     }
     Ok(TrainConfig {
         config_version: modeldir::CONFIG_VERSION,
@@ -298,14 +313,25 @@ pub fn build_config(req: &TrainRequest, src: &DataSource, eval: Option<&DataSour
 }
 
 /// Decides fresh / resume / overwrite for the model dir; returns whether to resume.
-fn prepare_model_dir(req: &TrainRequest, cfg: &TrainConfig, obs: &mut dyn TrainObserver) -> Result<bool> {
+fn prepare_model_dir(
+    req: &TrainRequest,
+    cfg: &TrainConfig,
+    obs: &mut dyn TrainObserver,
+) -> Result<bool> {
     let dir = &req.model_dir;
-    let dir_err = |what: String| TrainError::ModelDir { dir: dir.clone(), what };
+    let dir_err = |what: String| TrainError::ModelDir {
+        dir: dir.clone(),
+        what,
+    };
     if dir.exists() && !dir.is_dir() {
         return Err(dir_err("exists and is not a directory".into()));
     }
     let has_config = dir.join(CONFIG_FILE).is_file();
-    let non_empty = dir.is_dir() && std::fs::read_dir(dir).map_err(TrainError::io(dir))?.next().is_some();
+    let non_empty = dir.is_dir()
+        && std::fs::read_dir(dir)
+            .map_err(TrainError::io(dir))?
+            .next()
+            .is_some();
     if has_config {
         let old = TrainConfig::load(dir)?;
         let diffs = old.differences(cfg);
@@ -321,7 +347,12 @@ fn prepare_model_dir(req: &TrainRequest, cfg: &TrainConfig, obs: &mut dyn TrainO
             obs.notice(&format!(
                 "--overwrite: removed the previous run from {} ({})",
                 dir.display(),
-                removed.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", ")
+                removed
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         } else if !diffs.is_empty() {
             return Err(dir_err(format!(
@@ -372,14 +403,23 @@ impl ModuleVisitor for HistogramVisitor<'_> {
             return;
         }
         let values: Vec<f32> = param.val().to_data().iter::<f32>().collect();
-        if let Err(e) = self.writer.add_histogram(&format!("weights/{}", self.path.join("/")), &values, self.step) {
+        if let Err(e) = self.writer.add_histogram(
+            &format!("weights/{}", self.path.join("/")),
+            &values,
+            self.step,
+        ) {
             self.error = Some(e.into());
         }
     }
 }
 
 fn write_histograms(model: &Model, writer: &mut EventWriter, step: u64) -> Result<()> {
-    let mut v = HistogramVisitor { writer, step: step as i64, path: Vec::new(), error: None };
+    let mut v = HistogramVisitor {
+        writer,
+        step: step as i64,
+        path: Vec::new(),
+        error: None,
+    };
     model.visit(&mut v);
     v.error.map_or(Ok(()), Err)
 }
@@ -404,14 +444,20 @@ pub fn image_grid(images: &[Vec<u8>], side: usize) -> (Vec<u8>, u32, u32) {
 /// Trains as requested; see the module docs.
 pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSummary> {
     let train_src = DataSource::open(&req.train_files)?;
-    let eval_src = req.eval_files.as_deref().map(DataSource::open).transpose()?;
+    let eval_src = req
+        .eval_files
+        .as_deref()
+        .map(DataSource::open)
+        .transpose()?;
     let mut cfg = build_config(req, &train_src, eval_src.as_ref())?;
     let dir = req.model_dir.clone();
     let resume = prepare_model_dir(req, &cfg, obs)?;
     std::fs::create_dir_all(&dir).map_err(TrainError::io(&dir))?;
     let cleaned = modeldir::clean_temporary(&dir)?;
     if cleaned > 0 {
-        obs.notice(&format!("removed {cleaned} incomplete checkpoint(s) left by an interrupted run"));
+        obs.notice(&format!(
+            "removed {cleaned} incomplete checkpoint(s) left by an interrupted run"
+        ));
     }
 
     let device = training_device(req.device)?;
@@ -428,7 +474,10 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
         device.seed(cfg.seed.wrapping_add(ck.state.step));
         model = modeldir::load_model(&cfg.model, &ck, &device)?;
         let of = ck.optimizer_file();
-        optimizer = optimizer.load(&of).map_err(|e| TrainError::Checkpoint { path: of.clone(), what: e.to_string() })?;
+        optimizer = optimizer.load(&of).map_err(|e| TrainError::Checkpoint {
+            path: of.clone(),
+            what: e.to_string(),
+        })?;
         start_step = ck.state.step;
         position = ck.state.position;
         resumed_from = Some(start_step);
@@ -442,7 +491,10 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
             if dropped > 0 { format!("; dropped {dropped} metrics line(s) written after that checkpoint") } else { String::new() }
         ));
         if let Some(w) = &req.warm_start_from {
-            obs.notice(&format!("--warm-start-from {} ignored: the model dir already has checkpoints", w.display()));
+            obs.notice(&format!(
+                "--warm-start-from {} ignored: the model dir already has checkpoints",
+                w.display()
+            ));
         }
     } else {
         device.seed(cfg.seed);
@@ -471,10 +523,16 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
         }
         cfg.save(&dir)?;
         let labels_dst = dir.join(LABELS_FILE);
-        std::fs::copy(train_src.dir.join(LABELS_FILE), &labels_dst).map_err(TrainError::io(&labels_dst))?;
+        std::fs::copy(train_src.dir.join(LABELS_FILE), &labels_dst)
+            .map_err(TrainError::io(&labels_dst))?;
     }
     let parameters = model.num_params();
-    obs.notice(&format!("model {kind}: {parameters} parameters ({} classes, {}x{} input)", cfg.classes.len(), cfg.model.image_size, cfg.model.image_size));
+    obs.notice(&format!(
+        "model {kind}: {parameters} parameters ({} classes, {}x{} input)",
+        cfg.classes.len(),
+        cfg.model.image_size,
+        cfg.model.image_size
+    ));
 
     let epoch_size = train_src.n_examples();
     let bs = cfg.batch_size as u64;
@@ -500,13 +558,24 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
         interrupted: false,
     };
     if start_step >= req.train_steps {
-        obs.notice(&format!("already trained to step {start_step} (--train-steps {}): nothing to do", req.train_steps));
+        obs.notice(&format!(
+            "already trained to step {start_step} (--train-steps {}): nothing to do",
+            req.train_steps
+        ));
         return Ok(summary);
     }
 
     let mut train_events = EventWriter::create(&dir)?;
-    let mut eval_events = if eval_src.is_some() { Some(EventWriter::create(&dir.join(modeldir::EVAL_DIR))?) } else { None };
-    let decode = DecodeOptions { spec: cfg.features, n_classes: cfg.classes.len(), strokes: kind.uses_strokes() };
+    let mut eval_events = if eval_src.is_some() {
+        Some(EventWriter::create(&dir.join(modeldir::EVAL_DIR))?)
+    } else {
+        None
+    };
+    let decode = DecodeOptions {
+        spec: cfg.features,
+        n_classes: cfg.classes.len(),
+        strokes: kind.uses_strokes(),
+    };
     let mut pipeline = Pipeline::spawn(
         &train_src,
         PipelineOptions {
@@ -520,7 +589,11 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
     )?;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let lr = cfg.learning_rate;
-    let eval_opts = EvalOptions { batch_size: cfg.batch_size, max_batches: req.eval_steps, prefetch: req.prefetch };
+    let eval_opts = EvalOptions {
+        batch_size: cfg.batch_size,
+        max_batches: req.eval_steps,
+        prefetch: req.prefetch,
+    };
     let checkpoint_every = req.checkpoint_every.max(1);
     let log_every = req.log_every.max(1);
 
@@ -532,27 +605,38 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
     let mut last_eval: Option<(u64, MetricsReport)> = None;
     let stop = req.stop.clone().unwrap_or_default();
 
-    let mut evaluate_now = |model: &Model, step: u64, obs: &mut dyn TrainObserver| -> Result<Option<MetricsReport>> {
-        let Some(src) = eval_src.as_ref() else { return Ok(None) };
-        obs.eval_start(step);
-        let valid = model.valid();
-        let (report, _) = evaluate_model(&valid, kind, &eval_device, src, &cfg.classes, &eval_opts, false)?;
-        let ev = eval_events.as_mut().expect("eval writer");
-        ev.add_scalars(
-            &[
-                ("loss", report.loss as f32),
-                ("accuracy", report.accuracy as f32),
-                ("top3_accuracy", report.top3_accuracy as f32),
-                ("map3", report.map3 as f32),
-            ],
-            step as i64,
-        )?;
-        let cell = (256 / report.confusion.len().max(1)).clamp(2, 32);
-        let (px, side) = confusion_image(&report.confusion, cell);
-        ev.add_png_gray("confusion_matrix", &px, side, side, step as i64)?;
-        obs.evaluated(step, &report);
-        Ok(Some(report))
-    };
+    let mut evaluate_now =
+        |model: &Model, step: u64, obs: &mut dyn TrainObserver| -> Result<Option<MetricsReport>> {
+            let Some(src) = eval_src.as_ref() else {
+                return Ok(None);
+            };
+            obs.eval_start(step);
+            let valid = model.valid();
+            let (report, _) = evaluate_model(
+                &valid,
+                kind,
+                &eval_device,
+                src,
+                &cfg.classes,
+                &eval_opts,
+                false,
+            )?;
+            let ev = eval_events.as_mut().expect("eval writer");
+            ev.add_scalars(
+                &[
+                    ("loss", report.loss as f32),
+                    ("accuracy", report.accuracy as f32),
+                    ("top3_accuracy", report.top3_accuracy as f32),
+                    ("map3", report.map3 as f32),
+                ],
+                step as i64,
+            )?;
+            let cell = (256 / report.confusion.len().max(1)).clamp(2, 32);
+            let (px, side) = confusion_image(&report.confusion, cell);
+            ev.add_png_gray("confusion_matrix", &px, side, side, step as i64)?;
+            obs.evaluated(step, &report);
+            Ok(Some(report))
+        };
 
     let mut first_batch = true;
     while step < req.train_steps {
@@ -566,7 +650,8 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
         }
         let b = batch.size;
         let input = ModelInput::from_batch(&batch, kind, &device)?;
-        let targets = Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), &device);
+        let targets =
+            Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), &device);
         let logits = model.forward(input);
         let loss = loss_fn.forward(logits.clone(), targets);
         if model.is_trainable() {
@@ -601,7 +686,7 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
             epoch: summary.examples_seen as f64 / epoch_size as f64,
         };
         obs.step(&stats);
-        if step % log_every == 0 || step == req.train_steps {
+        if step.is_multiple_of(log_every) || step == req.train_steps {
             let window = window_start.elapsed().as_secs_f64().max(1e-9);
             train_events.add_scalars(
                 &[
@@ -623,29 +708,34 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
 
         let interrupted = stop.load(Ordering::SeqCst);
         let at_end = step == req.train_steps;
-        let eval_due = eval_src.is_some() && (at_end || req.eval_every.is_some_and(|e| e > 0 && step % e == 0));
+        let eval_due = eval_src.is_some()
+            && (at_end
+                || req
+                    .eval_every
+                    .is_some_and(|e| e > 0 && step.is_multiple_of(e)));
         let mut eval_acc = None;
-        if eval_due && !interrupted {
-            if let Some(report) = evaluate_now(&model, step, &mut *obs)? {
-                let line = serde_json::json!({
-                    "step": step,
-                    "wall_time": now_secs(),
-                    "epoch": stats.epoch,
-                    "examples": report.examples,
-                    "loss": report.loss,
-                    "accuracy": report.accuracy,
-                    "top3_accuracy": report.top3_accuracy,
-                    "map3": report.map3,
-                    "macro_f1": report.macro_f1,
-                    "train_loss": summary.train_loss,
-                    "train_accuracy": summary.train_accuracy,
-                });
-                modeldir::append_metrics(&dir, &line)?;
-                eval_acc = Some((report.accuracy, report.loss));
-                last_eval = Some((step, report));
-            }
+        if eval_due
+            && !interrupted
+            && let Some(report) = evaluate_now(&model, step, &mut *obs)?
+        {
+            let line = serde_json::json!({
+                "step": step,
+                "wall_time": now_secs(),
+                "epoch": stats.epoch,
+                "examples": report.examples,
+                "loss": report.loss,
+                "accuracy": report.accuracy,
+                "top3_accuracy": report.top3_accuracy,
+                "map3": report.map3,
+                "macro_f1": report.macro_f1,
+                "train_loss": summary.train_loss,
+                "train_accuracy": summary.train_accuracy,
+            });
+            modeldir::append_metrics(&dir, &line)?;
+            eval_acc = Some((report.accuracy, report.loss));
+            last_eval = Some((step, report));
         }
-        if eval_acc.is_some() || at_end || interrupted || step % checkpoint_every == 0 {
+        if eval_acc.is_some() || at_end || interrupted || step.is_multiple_of(checkpoint_every) {
             let state = CheckpointState {
                 step,
                 position,
@@ -655,7 +745,8 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
                 eval_loss: eval_acc.map(|a| a.1),
                 wall_time: now_secs(),
             };
-            let ck = modeldir::write_checkpoint(&dir, &model, &optimizer, state, req.keep_checkpoints)?;
+            let ck =
+                modeldir::write_checkpoint(&dir, &model, &optimizer, state, req.keep_checkpoints)?;
             write_histograms(&model, &mut train_events, step)?;
             obs.checkpoint(step, &ck.dir);
             summary.checkpoint = Some(ck.dir);
@@ -712,15 +803,30 @@ pub fn bench_train(
             let input = if config.kind.uses_strokes() {
                 let t = 64;
                 ModelInput::Strokes {
-                    forward: Tensor::random([batch_size, t, 3], burn::tensor::Distribution::Default, &device),
-                    backward: Tensor::random([batch_size, t, 3], burn::tensor::Distribution::Default, &device),
+                    forward: Tensor::random(
+                        [batch_size, t, 3],
+                        burn::tensor::Distribution::Default,
+                        &device,
+                    ),
+                    backward: Tensor::random(
+                        [batch_size, t, 3],
+                        burn::tensor::Distribution::Default,
+                        &device,
+                    ),
                     mask: Tensor::ones([batch_size, t], &device),
                 }
             } else {
-                ModelInput::Images(Tensor::random([batch_size, 1, s, s], burn::tensor::Distribution::Default, &device))
+                ModelInput::Images(Tensor::random(
+                    [batch_size, 1, s, s],
+                    burn::tensor::Distribution::Default,
+                    &device,
+                ))
             };
-            let labels: Vec<i64> = (0..batch_size).map(|j| ((i as usize + j) % config.n_classes) as i64).collect();
-            let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &device);
+            let labels: Vec<i64> = (0..batch_size)
+                .map(|j| ((i as usize + j) % config.n_classes) as i64)
+                .collect();
+            let targets =
+                Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &device);
             let loss = loss_fn.forward(model.forward(input), targets);
             if model.is_trainable() {
                 let grads = GradientsParams::from_grads(loss.backward(), &model);

@@ -102,7 +102,11 @@ fn train(d: &Data, model: &str, dir: &Path, steps: u64, extra: &[&str]) -> Outpu
 
 /// Training losses logged at every step.
 fn losses(dir: &Path) -> Vec<f32> {
-    let mut pts: Vec<_> = read_scalars(dir).unwrap().into_iter().filter(|p| p.tag == "loss").collect();
+    let mut pts: Vec<_> = read_scalars(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.tag == "loss")
+        .collect();
     pts.sort_by_key(|p| p.step);
     pts.into_iter().map(|p| p.value).collect()
 }
@@ -112,14 +116,22 @@ fn assert_loss_falls(dir: &Path, what: &str) {
     assert!(l.len() >= 10, "{what}: {} losses logged", l.len());
     let head: f32 = l[..5].iter().sum::<f32>() / 5.0;
     let tail: f32 = l[l.len() - 5..].iter().sum::<f32>() / 5.0;
-    assert!(tail < head * 0.9, "{what}: loss did not fall: first {head:.4}, last {tail:.4} ({l:?})");
+    assert!(
+        tail < head * 0.9,
+        "{what}: loss did not fall: first {head:.4}, last {tail:.4} ({l:?})"
+    );
 }
 
 fn checkpoint_steps(dir: &Path) -> Vec<u64> {
     let mut v: Vec<u64> = std::fs::read_dir(dir.join("checkpoints"))
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("step-").and_then(|n| n.parse().ok()))
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix("step-")
+                        .and_then(|n| n.parse().ok())
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -128,7 +140,15 @@ fn checkpoint_steps(dir: &Path) -> Vec<u64> {
 }
 
 fn eval_json(dir: &Path, d: &Data) -> serde_json::Value {
-    let out = ok(&["--quiet", "evaluate", "--model-dir", &s(dir), "--eval-files", &d.eval(), "--json"]);
+    let out = ok(&[
+        "--quiet",
+        "evaluate",
+        "--model-dir",
+        &s(dir),
+        "--eval-files",
+        &d.eval(),
+        "--json",
+    ]);
     serde_json::from_slice(&out.stdout).expect("evaluate --json prints one JSON object")
 }
 
@@ -136,13 +156,34 @@ fn eval_json(dir: &Path, d: &Data) -> serde_json::Value {
 fn linear_trains_loss_falls_and_writes_the_model_dir() {
     let d = Data::new(false);
     let dir = d.model_dir("linear");
-    let out = train(&d, "linear", &dir, 40, &["--learning-rate", "0.01", "--checkpoint-every", "10", "--eval-every", "20", "--json"]);
-    assert!(stderr(&out).contains("parameters"), "parameter count printed: {}", stderr(&out));
+    let out = train(
+        &d,
+        "linear",
+        &dir,
+        40,
+        &[
+            "--learning-rate",
+            "0.01",
+            "--checkpoint-every",
+            "10",
+            "--eval-every",
+            "20",
+            "--json",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("parameters"),
+        "parameter count printed: {}",
+        stderr(&out)
+    );
     assert_loss_falls(&dir, "linear");
     for f in ["config.json", "labels.txt", "metrics.jsonl"] {
         assert!(dir.join(f).is_file(), "{f}");
     }
-    assert_eq!(std::fs::read_to_string(dir.join("labels.txt")).unwrap(), "circle\nsquare\ntriangle\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("labels.txt")).unwrap(),
+        "circle\nsquare\ntriangle\n"
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["final_step"], 40);
     assert_eq!(summary["parameters"], 16 * 16 * 3 + 3);
@@ -160,8 +201,18 @@ fn linear_trains_loss_falls_and_writes_the_model_dir() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![20, 40]);
-    assert!(lines[1]["accuracy"].as_f64().unwrap() > 0.5, "{:?}", lines[1]);
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![20, 40]
+    );
+    assert!(
+        lines[1]["accuracy"].as_f64().unwrap() > 0.5,
+        "{:?}",
+        lines[1]
+    );
     // TensorBoard: train scalars, input image, histograms; eval scalars and confusion image.
     let events = read_events(&event_files(&dir).unwrap()[0]).unwrap();
     let tags: Vec<(String, &'static str)> = events
@@ -188,13 +239,21 @@ fn linear_trains_loss_falls_and_writes_the_model_dir() {
         ("examples_per_sec", "scalar"),
         ("inputs", "image"),
     ] {
-        assert!(tags.iter().any(|(t, k)| t == tag && *k == kind), "{tag} ({kind}) missing from {tags:?}");
+        assert!(
+            tags.iter().any(|(t, k)| t == tag && *k == kind),
+            "{tag} ({kind}) missing from {tags:?}"
+        );
     }
     assert!(
-        tags.iter().any(|(t, k)| t.starts_with("weights/") && t.contains("output") && *k == "histo"),
+        tags.iter()
+            .any(|(t, k)| t.starts_with("weights/") && t.contains("output") && *k == "histo"),
         "weight histograms missing from {tags:?}"
     );
-    let eval_tags: Vec<String> = read_scalars(&dir.join("eval")).unwrap().into_iter().map(|p| p.tag).collect();
+    let eval_tags: Vec<String> = read_scalars(&dir.join("eval"))
+        .unwrap()
+        .into_iter()
+        .map(|p| p.tag)
+        .collect();
     for t in ["loss", "accuracy", "top3_accuracy", "map3"] {
         assert!(eval_tags.iter().any(|x| x == t), "eval {t}");
     }
@@ -210,7 +269,20 @@ fn linear_trains_loss_falls_and_writes_the_model_dir() {
 fn dnn_trains_and_loss_falls() {
     let d = Data::new(false);
     let dir = d.model_dir("dnn");
-    train(&d, "dnn", &dir, 40, &["--hidden", "32,16", "--learning-rate", "0.005", "--checkpoint-every", "100"]);
+    train(
+        &d,
+        "dnn",
+        &dir,
+        40,
+        &[
+            "--hidden",
+            "32,16",
+            "--learning-rate",
+            "0.005",
+            "--checkpoint-every",
+            "100",
+        ],
+    );
     assert_loss_falls(&dir, "dnn");
 }
 
@@ -223,7 +295,16 @@ fn cnn_trains_and_loss_falls() {
         "cnn",
         &dir,
         40,
-        &["--conv", "3:2:8,3:2:8", "--dense", "32", "--learning-rate", "0.005", "--checkpoint-every", "100"],
+        &[
+            "--conv",
+            "3:2:8,3:2:8",
+            "--dense",
+            "32",
+            "--learning-rate",
+            "0.005",
+            "--checkpoint-every",
+            "100",
+        ],
     );
     // conv 3*3*1*8+8=80, 3*3*8*8+8=584, dense 4*4*8*32+32=4128, out 32*3+3=99.
     assert!(stderr(&out).contains("4891 parameters"), "{}", stderr(&out));
@@ -234,7 +315,20 @@ fn cnn_trains_and_loss_falls() {
 fn rnn_trains_on_strokes_and_loss_falls() {
     let d = Data::new(true);
     let dir = d.model_dir("rnn");
-    train(&d, "rnn", &dir, 30, &["--rnn-units", "12", "--learning-rate", "0.01", "--checkpoint-every", "100"]);
+    train(
+        &d,
+        "rnn",
+        &dir,
+        30,
+        &[
+            "--rnn-units",
+            "12",
+            "--learning-rate",
+            "0.01",
+            "--checkpoint-every",
+            "100",
+        ],
+    );
     assert_loss_falls(&dir, "rnn");
     let ev = eval_json(&dir, &d);
     assert_eq!(ev["examples"], 30);
@@ -243,7 +337,10 @@ fn rnn_trains_on_strokes_and_loss_falls() {
 #[test]
 fn rnn_without_stroke_features_is_refused() {
     let d = Data::new(false);
-    let out = run(&train_args(&d, "rnn", &d.model_dir("r"), 5, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&train_args(&d, "rnn", &d.model_dir("r"), 5, &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--strokes"), "{}", stderr(&out));
 }
@@ -257,17 +354,34 @@ fn baseline_predicts_the_prior_and_evaluates() {
     // Balanced classes: the prior is uniform, loss = ln 3.
     let loss = ev["loss"].as_f64().unwrap();
     assert!((loss - 3f64.ln()).abs() < 1e-3, "baseline loss {loss}");
-    for k in ["accuracy", "top3_accuracy", "map3", "loss", "examples", "per_class", "confusion"] {
+    for k in [
+        "accuracy",
+        "top3_accuracy",
+        "map3",
+        "loss",
+        "examples",
+        "per_class",
+        "confusion",
+    ] {
         assert!(ev.get(k).is_some(), "evaluate --json lacks {k}: {ev}");
     }
-    assert_eq!(ev["top3_accuracy"], 1.0, "3 classes: the true class is always in the top 3");
+    assert_eq!(
+        ev["top3_accuracy"], 1.0,
+        "3 classes: the true class is always in the top 3"
+    );
 }
 
 #[test]
 fn evaluate_json_png_and_report_file() {
     let d = Data::new(false);
     let dir = d.model_dir("m");
-    train(&d, "linear", &dir, 20, &["--checkpoint-every", "10", "--learning-rate", "0.01"]);
+    train(
+        &d,
+        "linear",
+        &dir,
+        20,
+        &["--checkpoint-every", "10", "--learning-rate", "0.01"],
+    );
     let png = dir.parent().unwrap().join("cm.png");
     let out = ok(&[
         "--quiet",
@@ -294,13 +408,35 @@ fn evaluate_json_png_and_report_file() {
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     assert!(dir.join("evaluation.json").is_file());
     // --eval-steps limits the batches.
-    let out = ok(&["--quiet", "evaluate", "--model-dir", &s(&dir), "--eval-files", &d.eval(), "--json", "--eval-steps", "1", "--batch-size", "8"]);
+    let out = ok(&[
+        "--quiet",
+        "evaluate",
+        "--model-dir",
+        &s(&dir),
+        "--eval-files",
+        &d.eval(),
+        "--json",
+        "--eval-steps",
+        "1",
+        "--batch-size",
+        "8",
+    ]);
     let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ev["examples"], 8);
     // Table output names the metrics.
-    let out = ok(&["--quiet", "evaluate", "--model-dir", &s(&dir), "--eval-files", &d.eval()]);
+    let out = ok(&[
+        "--quiet",
+        "evaluate",
+        "--model-dir",
+        &s(&dir),
+        "--eval-files",
+        &d.eval(),
+    ]);
     let t = String::from_utf8_lossy(&out.stdout);
-    assert!(t.contains("map@3") && t.contains("precision") && t.contains("triangle"), "{t}");
+    assert!(
+        t.contains("map@3") && t.contains("precision") && t.contains("triangle"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -308,15 +444,29 @@ fn resume_continues_at_the_right_step_and_matches_an_uninterrupted_run() {
     let d = Data::new(false);
     let a = d.model_dir("a");
     let b = d.model_dir("b");
-    let common = ["--checkpoint-every", "5", "--learning-rate", "0.01", "--shuffle-buffer", "20"];
+    let common = [
+        "--checkpoint-every",
+        "5",
+        "--learning-rate",
+        "0.01",
+        "--shuffle-buffer",
+        "20",
+    ];
     train(&d, "linear", &a, 10, &common);
     let out = train(&d, "linear", &a, 25, &common);
-    assert!(stderr(&out).contains("resuming from step 10"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resuming from step 10"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(checkpoint_steps(&a).last(), Some(&25));
     train(&d, "linear", &b, 25, &common);
     let (ea, eb) = (eval_json(&a, &d), eval_json(&b, &d));
     let (la, lb) = (ea["loss"].as_f64().unwrap(), eb["loss"].as_f64().unwrap());
-    assert!((la - lb).abs() < 1e-4, "resumed run diverged from the uninterrupted one: {la} vs {lb}");
+    assert!(
+        (la - lb).abs() < 1e-4,
+        "resumed run diverged from the uninterrupted one: {la} vs {lb}"
+    );
     // Nothing to do when already there.
     let out = train(&d, "linear", &a, 25, &common);
     assert!(stderr(&out).contains("nothing to do"), "{}", stderr(&out));
@@ -331,17 +481,37 @@ fn changed_config_is_refused_unless_overwrite() {
     let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!out.status.success());
     let e = stderr(&out);
-    assert!(e.contains("learning_rate") && e.contains("--overwrite"), "{e}");
-    let out = train(&d, "linear", &dir, 10, &["--learning-rate", "0.5", "--overwrite"]);
-    assert!(stderr(&out).contains("--overwrite: removed"), "{}", stderr(&out));
+    assert!(
+        e.contains("learning_rate") && e.contains("--overwrite"),
+        "{e}"
+    );
+    let out = train(
+        &d,
+        "linear",
+        &dir,
+        10,
+        &["--learning-rate", "0.5", "--overwrite"],
+    );
+    assert!(
+        stderr(&out).contains("--overwrite: removed"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(checkpoint_steps(&dir), vec![10]);
     // A non-empty directory that is not a model dir is never written into.
     let foreign = d.model_dir("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("thesis.tex"), "precious").unwrap();
-    let out = run(&train_args(&d, "linear", &foreign, 5, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&train_args(&d, "linear", &foreign, 5, &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not a model directory"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a model directory"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -358,16 +528,28 @@ fn warm_start_is_loud_and_starts_at_step_zero() {
 #[test]
 fn n_classes_is_checked_against_labels() {
     let d = Data::new(false);
-    let out = run(&train_args(&d, "linear", &d.model_dir("m"), 5, &["--n-classes", "4"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(
+        &train_args(&d, "linear", &d.model_dir("m"), 5, &["--n-classes", "4"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("--n-classes 4") && stderr(&out).contains("3 classes"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--n-classes 4") && stderr(&out).contains("3 classes"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn missing_manifest_fails_with_a_clear_message() {
     let d = Data::new(false);
     std::fs::remove_file(d.dir.join("manifest.json")).unwrap();
-    let out = run(&train_args(&d, "linear", &d.model_dir("m"), 5, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&train_args(&d, "linear", &d.model_dir("m"), 5, &[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
     assert!(!out.status.success());
     assert!(stderr(&out).contains("manifest.json"), "{}", stderr(&out));
 }
@@ -381,14 +563,28 @@ fn wait_for_checkpoint(dir: &Path, child: &mut std::process::Child) -> u64 {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("training ended before the first checkpoint: {status}");
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn spawn_long(d: &Data, dir: &Path) -> std::process::Child {
-    let args = train_args(d, "dnn", dir, 1_000_000, &["--hidden", "256", "--checkpoint-every", "3"]);
-    bin().args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    let args = train_args(
+        d,
+        "dnn",
+        dir,
+        1_000_000,
+        &["--hidden", "256", "--checkpoint-every", "3"],
+    );
+    bin()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -405,13 +601,27 @@ fn killed_run_resumes_cleanly() {
     for st in &steps {
         let ck = dir.join(format!("checkpoints/step-{st:08}"));
         for f in ["model.bpk", "optimizer.bpk", "state.json"] {
-            assert!(ck.join(f).is_file(), "incomplete checkpoint {}", ck.display());
+            assert!(
+                ck.join(f).is_file(),
+                "incomplete checkpoint {}",
+                ck.display()
+            );
         }
     }
     let target = last + 4;
-    let args = train_args(&d, "dnn", &dir, target, &["--hidden", "256", "--checkpoint-every", "3"]);
+    let args = train_args(
+        &d,
+        "dnn",
+        &dir,
+        target,
+        &["--hidden", "256", "--checkpoint-every", "3"],
+    );
     let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(stderr(&out).contains(&format!("resuming from step {last}")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("resuming from step {last}")),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(checkpoint_steps(&dir).last(), Some(&target));
     let ev = eval_json(&dir, &d);
     assert_eq!(ev["step"], target);
@@ -424,13 +634,20 @@ fn ctrl_c_checkpoints_and_exits_130() {
     let dir = d.model_dir("int");
     let mut child = spawn_long(&d, &dir);
     wait_for_checkpoint(&dir, &mut child);
-    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert!(!checkpoint_steps(&dir).is_empty());
-    assert!(std::fs::read_dir(dir.join("checkpoints")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")));
+    assert!(
+        std::fs::read_dir(dir.join("checkpoints"))
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp"))
+    );
 }
 
 #[test]
@@ -440,32 +657,73 @@ fn compare_and_predict() {
     let b = d.model_dir("b");
     train(&d, "baseline", &a, 2, &[]);
     train(&d, "linear", &b, 30, &["--learning-rate", "0.01"]);
-    let out = ok(&["--quiet", "compare", &s(&a), &s(&b), "--eval-files", &d.eval(), "--json"]);
+    let out = ok(&[
+        "--quiet",
+        "compare",
+        &s(&a),
+        &s(&b),
+        "--eval-files",
+        &d.eval(),
+        "--json",
+    ]);
     let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(c["delta_accuracy"].as_f64().unwrap() > 0.0, "linear beats the prior: {}", c["delta_accuracy"]);
+    assert!(
+        c["delta_accuracy"].as_f64().unwrap() > 0.0,
+        "linear beats the prior: {}",
+        c["delta_accuracy"]
+    );
     let flips = c["flips"].as_array().unwrap();
-    assert_eq!(flips.len() as u64, c["fixed"].as_u64().unwrap() + c["broken"].as_u64().unwrap());
+    assert_eq!(
+        flips.len() as u64,
+        c["fixed"].as_u64().unwrap() + c["broken"].as_u64().unwrap()
+    );
     assert!(flips.iter().all(|f| f["key_id"].as_u64().unwrap() > 0));
     assert_eq!(c["per_class"].as_array().unwrap().len(), 3);
-    let out = ok(&["--quiet", "compare", &s(&a), &s(&b), "--eval-files", &d.eval()]);
+    let out = ok(&[
+        "--quiet",
+        "compare",
+        &s(&a),
+        &s(&b),
+        "--eval-files",
+        &d.eval(),
+    ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("flipped"));
 
     // predict: TFRecord input, JSON lines with the top 3.
     let shard = d.dir.join("eval-00000-of-00001.tfrecord");
-    let out = ok(&["--quiet", "predict", "--model-dir", &s(&b), &s(&shard), "--json", "--limit", "5"]);
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = ok(&[
+        "--quiet",
+        "predict",
+        "--model-dir",
+        &s(&b),
+        &s(&shard),
+        "--json",
+        "--limit",
+        "5",
+    ]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 5);
     for l in &lines {
         let top = l["top_k"].as_array().unwrap();
         assert_eq!(top.len(), 3);
         let p: f64 = top.iter().map(|t| t["probability"].as_f64().unwrap()).sum();
-        assert!((p - 1.0).abs() < 1e-3, "3 classes: top 3 probabilities sum to 1 ({p})");
+        assert!(
+            (p - 1.0).abs() < 1e-3,
+            "3 classes: top 3 probabilities sum to 1 ({p})"
+        );
         assert!(l["label"].is_string());
     }
     // predict: NDJSON drawings, preprocessed with the model's feature spec.
     let nd = d.dir.parent().unwrap().join("mine.ndjson");
-    let cfg = quickdraw_data::synth::SynthConfig { classes: 3, per_class: 2, seed: 99, unrecognized_share: 0.0 };
+    let cfg = quickdraw_data::synth::SynthConfig {
+        classes: 3,
+        per_class: 2,
+        seed: 99,
+        unrecognized_share: 0.0,
+    };
     let text: String = quickdraw_data::synth::synth_all(&cfg)
         .map(|dr| quickdraw_data::synth::to_ndjson_line(&dr, false) + "\n")
         .collect();

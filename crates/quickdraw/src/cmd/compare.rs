@@ -34,8 +34,15 @@ pub struct CompareArgs {
 }
 
 pub fn run(a: CompareArgs, _ctx: Ctx) -> anyhow::Result<()> {
-    let c = quickdraw_train::compare(&a.dir_a, &a.dir_b, &a.eval_files, a.checkpoint, a.eval_steps, a.device)
-        .with_context(|| format!("comparing {} and {}", a.dir_a.display(), a.dir_b.display()))?;
+    let c = quickdraw_train::compare(
+        &a.dir_a,
+        &a.dir_b,
+        &a.eval_files,
+        a.checkpoint,
+        a.eval_steps,
+        a.device,
+    )
+    .with_context(|| format!("comparing {} and {}", a.dir_a.display(), a.dir_b.display()))?;
     if a.json {
         println!("{}", serde_json::to_string(&c)?);
         return Ok(());
@@ -46,22 +53,38 @@ pub fn run(a: CompareArgs, _ctx: Ctx) -> anyhow::Result<()> {
     println!("{:<14} {:>9} {:>9} {:>9}", "metric", "A", "B", "B - A");
     for (name, x, y) in [
         ("accuracy", c.a.metrics.accuracy, c.b.metrics.accuracy),
-        ("top3_accuracy", c.a.metrics.top3_accuracy, c.b.metrics.top3_accuracy),
+        (
+            "top3_accuracy",
+            c.a.metrics.top3_accuracy,
+            c.b.metrics.top3_accuracy,
+        ),
         ("map3", c.a.metrics.map3, c.b.metrics.map3),
         ("loss", c.a.metrics.loss, c.b.metrics.loss),
         ("macro_f1", c.a.metrics.macro_f1, c.b.metrics.macro_f1),
     ] {
         println!("{name:<14} {x:>9.4} {y:>9.4} {:>+9.4}", y - x);
     }
-    let w = c.per_class.iter().map(|d| d.class.len()).max().unwrap_or(5).max(5);
-    println!("\n{:<w$} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}", "class", "support", "recall A", "recall B", "delta", "f1 A", "f1 B");
+    let w = c
+        .per_class
+        .iter()
+        .map(|d| d.class.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "\n{:<w$} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "class", "support", "recall A", "recall B", "delta", "f1 A", "f1 B"
+    );
     for d in &c.per_class {
         println!(
             "{:<w$} {:>7} {:>8.4} {:>8.4} {:>+8.4} {:>8.4} {:>8.4}",
             d.class, d.support, d.recall_a, d.recall_b, d.delta_recall, d.f1_a, d.f1_b
         );
     }
-    println!("\nflipped: {} fixed by B, {} broken by B", c.fixed, c.broken);
+    println!(
+        "\nflipped: {} fixed by B, {} broken by B",
+        c.fixed, c.broken
+    );
     for f in c.flips.iter().take(a.max_flips) {
         println!(
             "  key_id {:<20} {:<w$} A: {:<w$} B: {:<w$} {}",

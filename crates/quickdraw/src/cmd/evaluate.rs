@@ -45,7 +45,10 @@ pub fn report_table(m: &MetricsReport) -> String {
         m.examples, m.loss, m.accuracy, m.top3_accuracy, m.map3, m.macro_f1
     );
     let w = m.classes.iter().map(|c| c.len()).max().unwrap_or(5).max(5);
-    s.push_str(&format!("{:<w$}  {:>7}  {:>9}  {:>6}  {:>6}\n", "class", "support", "precision", "recall", "f1"));
+    s.push_str(&format!(
+        "{:<w$}  {:>7}  {:>9}  {:>6}  {:>6}\n",
+        "class", "support", "precision", "recall", "f1"
+    ));
     for c in &m.per_class {
         s.push_str(&format!(
             "{:<w$}  {:>7}  {:>9.4}  {:>6.4}  {:>6.4}\n",

@@ -31,7 +31,11 @@ fn scalars(dir: &std::path::Path) -> anyhow::Result<Vec<ScalarPoint>> {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 pub fn run(a: MetricsArgs, _ctx: Ctx) -> anyhow::Result<()> {
@@ -50,14 +54,25 @@ pub fn run(a: MetricsArgs, _ctx: Ctx) -> anyhow::Result<()> {
         writeln!(out, "run,tag,step,wall_time,value")?;
         for (run, points) in [("train", &train), ("eval", &eval)] {
             for p in points {
-                writeln!(out, "{run},{},{},{},{}", csv_field(&p.tag), p.step, p.wall_time, p.value)?;
+                writeln!(
+                    out,
+                    "{run},{},{},{},{}",
+                    csv_field(&p.tag),
+                    p.step,
+                    p.wall_time,
+                    p.value
+                )?;
             }
         }
         return Ok(out.flush()?);
     }
     let evals = read_metrics(&a.model_dir)?;
     writeln!(out, "evaluations ({}):", evals.len())?;
-    writeln!(out, "{:>8} {:>9} {:>9} {:>9} {:>9}", "step", "loss", "accuracy", "top3", "map@3")?;
+    writeln!(
+        out,
+        "{:>8} {:>9} {:>9} {:>9} {:>9}",
+        "step", "loss", "accuracy", "top3", "map@3"
+    )?;
     for e in &evals {
         let f = |k: &str| e.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         writeln!(

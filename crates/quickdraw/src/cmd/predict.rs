@@ -6,12 +6,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use quickdraw_data::Drawing;
 use quickdraw_data::example::{Example, Kind};
 use quickdraw_data::features::{self, decode_example, decode_image, preprocess};
 use quickdraw_data::ingest::{self, Format, UnitReader};
 use quickdraw_data::tfrecord::{TfRecordReader, masked_crc32c};
 use quickdraw_data::validate::check_drawing;
-use quickdraw_data::Drawing;
 use quickdraw_train::pipeline::Decoded;
 use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel, top_k};
 use serde::Serialize;
@@ -67,13 +67,21 @@ struct Item {
 }
 
 fn is_tfrecord(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-    if ["tfrecord", "tfrecords", "tfrec"].iter().any(|e| name.ends_with(&format!(".{e}"))) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if ["tfrecord", "tfrecords", "tfrec"]
+        .iter()
+        .any(|e| name.ends_with(&format!(".{e}")))
+    {
         return true;
     }
     let mut head = [0u8; 12];
     match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)) {
-        Ok(()) => masked_crc32c(&head[..8]) == u32::from_le_bytes(head[8..].try_into().expect("4 bytes")),
+        Ok(()) => {
+            masked_crc32c(&head[..8]) == u32::from_le_bytes(head[8..].try_into().expect("4 bytes"))
+        }
         Err(_) => false,
     }
 }
@@ -92,16 +100,29 @@ fn read_tfrecord(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
     let mut buf = Vec::new();
     let mut index = 0;
     while out.len() < limit && r.read_into(&mut buf)? {
-        let ex = Example::from_bytes(&buf).with_context(|| format!("{}: record {index}", path.display()))?;
-        let image = decode_image(&ex, spec).with_context(|| format!("{}: record {index}", path.display()))?;
+        let ex = Example::from_bytes(&buf)
+            .with_context(|| format!("{}: record {index}", path.display()))?;
+        let image = decode_image(&ex, spec)
+            .with_context(|| format!("{}: record {index}", path.display()))?;
         let strokes = if tm.kind().uses_strokes() {
-            decode_example(&buf, spec).with_context(|| format!("{}: record {index}", path.display()))?.strokes
+            decode_example(&buf, spec)
+                .with_context(|| format!("{}: record {index}", path.display()))?
+                .strokes
         } else {
             None
         };
         let label = int64(&ex, features::LABEL).and_then(|l| tm.labels().get(l as usize).cloned());
         let key_id = int64(&ex, features::KEY_ID).unwrap_or(0) as u64;
-        out.push(Item { index, label, decoded: Decoded { label: -1, image, key_id, strokes } });
+        out.push(Item {
+            index,
+            label,
+            decoded: Decoded {
+                label: -1,
+                image,
+                key_id,
+                strokes,
+            },
+        });
         index += 1;
     }
     Ok(out)
@@ -120,13 +141,21 @@ fn read_drawings(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
         };
         let d = parsed
             .and_then(|d| check_drawing(&d, None).map(|()| d))
-            .map_err(|rej| anyhow::anyhow!("{}: record {}: {}", path.display(), unit.index, rej.detail))?;
-        let p = preprocess(&d.ink, tm.feature_spec()).with_context(|| format!("{}: record {}", path.display(), unit.index))?;
+            .map_err(|rej| {
+                anyhow::anyhow!("{}: record {}: {}", path.display(), unit.index, rej.detail)
+            })?;
+        let p = preprocess(&d.ink, tm.feature_spec())
+            .with_context(|| format!("{}: record {}", path.display(), unit.index))?;
         let label = tm.labels().iter().find(|c| **c == d.word).cloned();
         out.push(Item {
             index: unit.index,
             label,
-            decoded: Decoded { label: -1, image: p.image, key_id: d.key_id, strokes: p.strokes },
+            decoded: Decoded {
+                label: -1,
+                image: p.image,
+                key_id: d.key_id,
+                strokes: p.strokes,
+            },
         });
     }
     Ok(out)
@@ -139,13 +168,20 @@ pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
     let files = expand_globs(&a.inputs)?;
     let mut remaining = a.limit.unwrap_or(usize::MAX);
     if !a.json {
-        println!("{:<24} {:>6} {:>18} {:<12} top {k}", "input", "index", "key_id", "label");
+        println!(
+            "{:<24} {:>6} {:>18} {:<12} top {k}",
+            "input", "index", "key_id", "label"
+        );
     }
     for f in files {
         if remaining == 0 {
             break;
         }
-        let items = if is_tfrecord(&f) { read_tfrecord(&f, &tm, remaining)? } else { read_drawings(&f, &tm, remaining)? };
+        let items = if is_tfrecord(&f) {
+            read_tfrecord(&f, &tm, remaining)?
+        } else {
+            read_drawings(&f, &tm, remaining)?
+        };
         remaining -= items.len();
         for chunk in items.chunks(256) {
             let decoded: Vec<Decoded> = chunk.iter().map(|i| i.decoded.clone()).collect();
@@ -153,7 +189,11 @@ pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
             for (item, row) in chunk.iter().zip(probs.chunks_exact(tm.n_classes())) {
                 let top: Vec<ClassProb> = top_k(row, k)
                     .into_iter()
-                    .map(|(label, probability)| ClassProb { class: tm.labels()[label].clone(), label, probability })
+                    .map(|(label, probability)| ClassProb {
+                        class: tm.labels()[label].clone(),
+                        label,
+                        probability,
+                    })
                     .collect();
                 let line = PredLine {
                     input: f.display().to_string(),
@@ -165,8 +205,15 @@ pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
                 if a.json {
                     println!("{}", serde_json::to_string(&line)?);
                 } else {
-                    let tops: Vec<String> = line.top_k.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect();
-                    let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let tops: Vec<String> = line
+                        .top_k
+                        .iter()
+                        .map(|c| format!("{} {:.3}", c.class, c.probability))
+                        .collect();
+                    let name = f
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     println!(
                         "{:<24} {:>6} {:>18} {:<12} {}",
                         name,

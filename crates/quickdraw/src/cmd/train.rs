@@ -138,7 +138,10 @@ impl TrainObserver for BarObserver {
 fn summary_table(s: &TrainSummary) -> String {
     let mut t = String::new();
     let mut row = |k: &str, v: String| t.push_str(&format!("  {k:<12} {v}\n"));
-    row("model", format!("{} ({} parameters)", s.model, s.parameters));
+    row(
+        "model",
+        format!("{} ({} parameters)", s.model, s.parameters),
+    );
     row("model dir", s.model_dir.display().to_string());
     row(
         "steps",
@@ -147,14 +150,34 @@ fn summary_table(s: &TrainSummary) -> String {
             s.start_step,
             s.final_step,
             s.steps_run,
-            if s.resumed_from.is_some() { ", resumed" } else { "" },
+            if s.resumed_from.is_some() {
+                ", resumed"
+            } else {
+                ""
+            },
             s.epochs
         ),
     );
-    row("time", format!("{:.1} s ({:.2} steps/s, {:.0} examples/s)", s.seconds, s.steps_per_sec, s.examples_per_sec));
-    row("data wait", format!("{:.2} s ({:.1}% of the time)", s.data_wait_seconds, 100.0 * s.data_wait_share));
+    row(
+        "time",
+        format!(
+            "{:.1} s ({:.2} steps/s, {:.0} examples/s)",
+            s.seconds, s.steps_per_sec, s.examples_per_sec
+        ),
+    );
+    row(
+        "data wait",
+        format!(
+            "{:.2} s ({:.1}% of the time)",
+            s.data_wait_seconds,
+            100.0 * s.data_wait_share
+        ),
+    );
     if let (Some(l), Some(a)) = (s.train_loss, s.train_accuracy) {
-        row("train", format!("loss {l:.4}  accuracy {a:.4} (last logging window)"));
+        row(
+            "train",
+            format!("loss {l:.4}  accuracy {a:.4} (last logging window)"),
+        );
     }
     if let Some(e) = &s.eval {
         row(
@@ -169,13 +192,22 @@ fn summary_table(s: &TrainSummary) -> String {
         row("checkpoint", c.display().to_string());
     }
     if s.interrupted {
-        row("status", "interrupted (resume by running the same command again)".into());
+        row(
+            "status",
+            "interrupted (resume by running the same command again)".into(),
+        );
     }
     t
 }
 
-fn parse_list(flag: &str, v: &Option<String>, f: fn(&str) -> Result<Vec<usize>, String>) -> anyhow::Result<Option<Vec<usize>>> {
-    v.as_deref().map(|s| f(s).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))).transpose()
+fn parse_list(
+    flag: &str,
+    v: &Option<String>,
+    f: fn(&str) -> Result<Vec<usize>, String>,
+) -> anyhow::Result<Option<Vec<usize>>> {
+    v.as_deref()
+        .map(|s| f(s).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+        .transpose()
 }
 
 pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
@@ -210,7 +242,10 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     req.stop = Some(stop);
 
     let pb = progress::bar(ctx.quiet, Some(a.train_steps), "steps");
-    let mut obs = BarObserver { pb: pb.clone(), quiet: ctx.quiet };
+    let mut obs = BarObserver {
+        pb: pb.clone(),
+        quiet: ctx.quiet,
+    };
     let summary = quickdraw_train::train(&req, &mut obs)
         .with_context(|| format!("training into {}", display(&a.model_dir)))?;
     pb.finish_and_clear();
@@ -221,7 +256,10 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     }
     if summary.interrupted {
-        eprintln!("stopped at step {} with a checkpoint; run the same command to resume", summary.final_step);
+        eprintln!(
+            "stopped at step {} with a checkpoint; run the same command to resume",
+            summary.final_step
+        );
         std::process::exit(130);
     }
     Ok(())
