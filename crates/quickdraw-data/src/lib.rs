@@ -13,6 +13,7 @@ pub mod features;
 pub mod ingest;
 pub mod manifest;
 pub mod raster;
+pub mod readfull;
 pub mod signature;
 pub mod simplify;
 pub mod split;

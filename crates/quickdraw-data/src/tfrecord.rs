@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::readfull::read_up_to;
+
 /// TensorFlow's CRC mask delta (tensorflow/core/lib/hash/crc32c.h, `kMaskDelta`).
 const MASK_DELTA: u32 = 0xa282_ead8;
 
@@ -121,7 +123,7 @@ impl<R: Read> TfRecordReader<R> {
     pub fn read_into(&mut self, buf: &mut Vec<u8>) -> Result<bool, TfRecordError> {
         let start = self.offset;
         let mut header = [0u8; 12];
-        let got = read_full(&mut self.inner, &mut header).map_err(|e| self.io(start, e))?;
+        let got = read_up_to(&mut self.inner, &mut header).map_err(|e| self.io(start, e))?;
         if got == 0 {
             return Ok(false);
         }
@@ -139,7 +141,7 @@ impl<R: Read> TfRecordReader<R> {
         }
         buf.clear();
         buf.resize(len as usize + 4, 0);
-        let got = read_full(&mut self.inner, buf).map_err(|e| self.io(start, e))?;
+        let got = read_up_to(&mut self.inner, buf).map_err(|e| self.io(start, e))?;
         if got < buf.len() {
             return Err(self.truncated(start, format!("data has {got} of {} bytes", len + 4)));
         }
@@ -180,20 +182,6 @@ impl<R: Read> Iterator for TfRecordReader<R> {
             Err(e) => Some(Err(e)),
         }
     }
-}
-
-/// Reads until `buf` is full or EOF; returns the number of bytes read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! stroke `n_points u16, x [u8; n], y [u8; n]` (github.com/googlecreativelab/quickdraw-dataset,
 //! "The binary file format"). The word is not stored: it is the file's class.
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead};
 
+use crate::readfull::read_up_to;
 use crate::drawing::{Drawing, Ink, Stroke};
 use crate::validate::{Reject, RejectReason};
 
@@ -38,19 +39,6 @@ pub(crate) fn next_record<R: BufRead>(r: &mut R) -> io::Result<Option<(Vec<u8>, 
         }
     }
     Ok(Some((buf, false, None)))
-}
-
-fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Decodes one record's bytes.

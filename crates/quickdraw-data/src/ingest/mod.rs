@@ -20,6 +20,7 @@ use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 
 use crate::drawing::Drawing;
+use crate::readfull::read_up_to;
 use crate::validate::{MAX_LINE_BYTES, Reject, RejectReason, check_drawing};
 
 /// A file format, detected from the extension (after `.gz`) or, failing that, the content.
@@ -100,17 +101,6 @@ pub fn detect(path: &Path) -> Result<(Format, bool), IngestError> {
         });
     };
     Ok((f, gz))
-}
-
-fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// The class a file holds, from its name: `cat.ndjson.gz` -> `cat`, `full_simplified_cat.ndjson`

@@ -59,15 +59,7 @@ pub(crate) fn read_header<R: Read>(r: &mut R) -> Result<u64, String> {
 
 pub(crate) fn next_row<R: BufRead>(r: &mut R) -> io::Result<Option<(Vec<u8>, bool, Option<Reject>)>> {
     let mut buf = vec![0u8; ROW];
-    let mut n = 0;
-    while n < ROW {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let n = crate::readfull::read_up_to(r, &mut buf)?;
     if n == 0 {
         return Ok(None);
     }

@@ -502,7 +502,7 @@ fn verify_ndjson(path: &Path, len: u64) -> Result<(), String> {
 fn verify_npy(path: &Path, len: u64) -> Result<(), String> {
     let mut head = [0u8; 12];
     let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let n = read_up_to(&mut f, &mut head).map_err(|e| format!("{}: {e}", path.display()))?;
+    let n = quickdraw_data::readfull::read_up_to(&mut f, &mut head).map_err(|e| format!("{}: {e}", path.display()))?;
     if n < 10 || &head[..6] != b"\x93NUMPY" {
         return Err(format!("{} is not a .npy file", path.display()));
     }
@@ -532,19 +532,6 @@ fn verify_binary(path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
