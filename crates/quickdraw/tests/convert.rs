@@ -18,6 +18,8 @@ use quickdraw_data::synth::{SynthConfig, synth_class, to_ndjson_line};
 use quickdraw_data::tfrecord::TfRecordReader;
 use quickdraw_data::{Drawing, Ink};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_quickdraw");
 
 fn qd(args: &[&str]) -> Output {
@@ -372,14 +374,9 @@ fn amld_mode_writes_binary_pixels() {
 
 /// Runs TensorFlow's reader on a dataset dir (skips without the venv unless CI requires it).
 fn tensorflow_rows(dir: &Path) -> Option<Vec<serde_json::Value>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = root.join(".venv/bin/python");
+    let root = common::repo_root();
+    let python = common::verification_python()?;
     let required = std::env::var_os("QUICKDRAW_REQUIRE_PYTHON").is_some();
-    if !python.exists() {
-        assert!(!required, "QUICKDRAW_REQUIRE_PYTHON is set but {} is missing", python.display());
-        eprintln!("SKIP: {} not found; run scripts/test-all to create the verification venv", python.display());
-        return None;
-    }
     let rows = dir.join("tf-rows.jsonl");
     let o = Command::new(&python).arg(root.join("tests/python/check_shards.py")).arg(dir).arg(&rows).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);

@@ -17,6 +17,8 @@ use quickdraw_train::CheckpointSel;
 use quickdraw_train::burn::module::Module;
 use serde_json::Value;
 
+mod common;
+
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_quickdraw")).args(args).output().expect("run quickdraw")
 }
@@ -168,14 +170,9 @@ fn burn_and_tract_agree(model_dir: &Path, version_dir: &Path, inputs: &[PathBuf]
 
 /// Runs tests/python/check_onnx.py on check files (skips without the venv unless required).
 fn python_check(checks: &[PathBuf]) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = root.join(".venv/bin/python");
+    let root = common::repo_root();
+    let Some(python) = common::verification_python() else { return };
     let required = std::env::var_os("QUICKDRAW_REQUIRE_PYTHON").is_some();
-    if !python.exists() {
-        assert!(!required, "QUICKDRAW_REQUIRE_PYTHON is set but {} is missing", python.display());
-        eprintln!("SKIP: {} not found; run scripts/test-all to create the verification venv", python.display());
-        return;
-    }
     let o = Command::new(&python).arg(root.join("tests/python/check_onnx.py")).args(checks).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     if !o.status.success() && !required && stderr.contains("No module named 'onnx") {

@@ -8,6 +8,8 @@ use std::process::Command;
 
 use quickdraw_data::events::{Kind, What, event_files, read_events};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_quickdraw");
 
 fn ok(args: &[&str]) {
@@ -57,13 +59,8 @@ fn tensorboard_reads_training_and_eval_summaries() {
     ok(&["-q", "train", "--model", "linear", "--model-dir", &p(&model), "--train-files", &train, "--eval-files", &eval,
         "--train-steps", "12", "--batch-size", "16", "--eval-every", "6", "--log-every", "2", "--checkpoint-every", "6"]);
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = root.join(".venv/bin/python");
-    if !python.exists() {
-        assert!(std::env::var_os("QUICKDRAW_REQUIRE_PYTHON").is_none(), "QUICKDRAW_REQUIRE_PYTHON is set but {} is missing", python.display());
-        eprintln!("SKIP: {} not found; run scripts/test-all", python.display());
-        return;
-    }
+    let root = common::repo_root();
+    let Some(python) = common::verification_python() else { return };
     for (dir, must) in [(model.clone(), vec!["loss", "accuracy", "top3_accuracy", "learning_rate", "examples_per_sec"]), (model.join("eval"), vec!["loss", "accuracy", "top3_accuracy", "map3"])] {
         let (exp, extra) = expected(&dir);
         for tag in &must {
