@@ -18,11 +18,20 @@ use quickdraw_data::simplify::{
 };
 
 fn main() -> ExitCode {
-    let dir = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/quickdraw"))
-    });
+    let dir = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/data/quickdraw"
+            ))
+        });
     if !dir.join("simplified").is_dir() || !dir.join("raw").is_dir() {
-        println!("SKIP: no raw/ and simplified/ under {} (nothing to compare)", dir.display());
+        println!(
+            "SKIP: no raw/ and simplified/ under {} (nothing to compare)",
+            dir.display()
+        );
         return ExitCode::SUCCESS;
     }
     let started = Instant::now();
@@ -53,27 +62,58 @@ fn main() -> ExitCode {
         ("default (best match)", best),
         (
             "scale by a precomputed 255/extent factor",
-            SimplifyOptions { scaling: Scaling::Factor, ..best },
+            SimplifyOptions {
+                scaling: Scaling::Factor,
+                ..best
+            },
         ),
         (
             "resample with numpy.interp arithmetic",
-            SimplifyOptions { resampling: Resampling::ArcLengthInterp, ..best },
+            SimplifyOptions {
+                resampling: Resampling::ArcLengthInterp,
+                ..best
+            },
         ),
         (
             "resample per segment, keeping vertices",
-            SimplifyOptions { resampling: Resampling::PerSegment, ..best },
+            SimplifyOptions {
+                resampling: Resampling::PerSegment,
+                ..best
+            },
         ),
-        ("no resampling", SimplifyOptions { resampling: Resampling::Off, ..best }),
+        (
+            "no resampling",
+            SimplifyOptions {
+                resampling: Resampling::Off,
+                ..best
+            },
+        ),
         (
             "RDP line norm without fused multiply-add",
-            SimplifyOptions { distance: Distance::LineUnfused, ..best },
+            SimplifyOptions {
+                distance: Distance::LineUnfused,
+                ..best
+            },
         ),
-        ("RDP distance to the segment", SimplifyOptions { distance: Distance::Segment, ..best }),
-        ("round half away from zero", SimplifyOptions { rounding: Rounding::HalfAway, ..best }),
+        (
+            "RDP distance to the segment",
+            SimplifyOptions {
+                distance: Distance::Segment,
+                ..best
+            },
+        ),
+        (
+            "round half away from zero",
+            SimplifyOptions {
+                rounding: Rounding::HalfAway,
+                ..best
+            },
+        ),
     ];
-    for (precision, full) in
-        [("f32 Stroke input (what `simplify` gets)", false), ("f64 JSON input", true)]
-    {
+    for (precision, full) in [
+        ("f32 Stroke input (what `simplify` gets)", false),
+        ("f64 JSON input", true),
+    ] {
         println!("\n{precision}:");
         for (name, opts) in &variants {
             let t = Instant::now();

@@ -12,7 +12,11 @@ use quickdraw_data::events::{EventWriter, histogram};
 use serde_json::{Value, json};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = PathBuf::from(std::env::args().nth(1).ok_or("usage: write_events OUT_DIR")?);
+    let out = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .ok_or("usage: write_events OUT_DIR")?,
+    );
     let logdir = out.join("logs");
     let mut w = EventWriter::create(&logdir)?;
 
@@ -24,8 +28,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let pts: Vec<Value> = points.iter().map(|&(s, v)| json!([s, v])).collect();
         scalars.insert(tag.to_string(), Value::Array(pts));
     };
-    series("loss/train", (0..20).map(|s| (s * 10, 2.3 / (1.0 + s as f32 * 0.4))).collect(), &mut w);
-    series("accuracy/val", (1..=4).map(|s| (s * 50, 0.2 * s as f32 + 0.01)).collect(), &mut w);
+    series(
+        "loss/train",
+        (0..20)
+            .map(|s| (s * 10, 2.3 / (1.0 + s as f32 * 0.4)))
+            .collect(),
+        &mut w,
+    );
+    series(
+        "accuracy/val",
+        (1..=4).map(|s| (s * 50, 0.2 * s as f32 + 0.01)).collect(),
+        &mut w,
+    );
     series("lr", vec![(0, 1e-3), (100, 5e-4), (190, 1.25e-4)], &mut w);
 
     let mut images = serde_json::Map::new();
@@ -34,7 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let px: Vec<u8> = (0..wd * ht)
             .map(|i| {
                 let (x, y) = (i % wd, i / wd);
-                if (x / 4 + y / 4) % 2 == 0 { 255 } else { (x * 255 / wd) as u8 }
+                if (x / 4 + y / 4) % 2 == 0 {
+                    255
+                } else {
+                    (x * 255 / wd) as u8
+                }
             })
             .collect();
         w.add_png_gray("samples/raster", &px, wd, ht, step)?;
@@ -56,8 +74,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         w.add_histogram("weights/conv1", &values, step)?;
         let h = histogram(values.iter().map(|&v| v as f64));
-        hs.push(json!({"step": step, "num": h.num, "min": h.min, "max": h.max, "sum": h.sum,
-                       "sum_squares": h.sum_squares, "buckets": h.bucket.len()}));
+        hs.push(
+            json!({"step": step, "num": h.num, "min": h.min, "max": h.max, "sum": h.sum,
+                       "sum_squares": h.sum_squares, "buckets": h.bucket.len()}),
+        );
     }
     histograms.insert("weights/conv1".into(), Value::Array(hs));
     w.flush()?;
@@ -68,7 +88,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "images": images,
         "histograms": histograms,
     });
-    std::fs::write(out.join("expected.json"), serde_json::to_string_pretty(&expected)?)?;
+    std::fs::write(
+        out.join("expected.json"),
+        serde_json::to_string_pretty(&expected)?,
+    )?;
     println!("{}", w.path().display());
     Ok(())
 }

@@ -27,8 +27,8 @@ use crate::drawing::{Drawing, Ink};
 use crate::features::{FeatureError, FeatureSpec, encode_example, is_raw, preprocess};
 use crate::ingest::{self, Format, IngestError, UnitReader, class_from_path, parse_unit};
 use crate::manifest::{
-    ClassCounts, DatasetManifest, InputFile, LABELS_FILE, MANIFEST_FILE, MANIFEST_VERSION, REJECTS_FILE, ShardFile,
-    labels_text,
+    ClassCounts, DatasetManifest, InputFile, LABELS_FILE, MANIFEST_FILE, MANIFEST_VERSION,
+    REJECTS_FILE, ShardFile, labels_text,
 };
 use crate::split::{Assign, SPLITS, SplitPolicy, Splitter, mix64};
 use crate::tfrecord::frame_record;
@@ -74,7 +74,9 @@ pub enum ConvertError {
     Io { path: PathBuf, source: io::Error },
     #[error("no input files found in {0}")]
     NoInputs(String),
-    #[error("class {class:?} was selected but no input file holds it (file names give the class, e.g. {class}.ndjson)")]
+    #[error(
+        "class {class:?} was selected but no input file holds it (file names give the class, e.g. {class}.ndjson)"
+    )]
     MissingClass { class: String },
     #[error("--strokes needs pen strokes, but {0} is a numpy_bitmap file (images only)")]
     StrokesFromBitmap(PathBuf),
@@ -86,11 +88,20 @@ pub enum ConvertError {
         "reject rate {rate:.2}% ({rejected} of {read} records) exceeds --max-reject-rate {max:.2}%; \
          no shards were written; the rejected records are listed in {rejects}"
     )]
-    TooManyRejects { rate: f64, rejected: u64, read: u64, max: f64, rejects: PathBuf },
+    TooManyRejects {
+        rate: f64,
+        rejected: u64,
+        read: u64,
+        max: f64,
+        rejects: PathBuf,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ConvertError + '_ {
-    move |source| ConvertError::Io { path: path.to_path_buf(), source }
+    move |source| ConvertError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One input file, resolved.
@@ -147,7 +158,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 }
 
 fn is_supported_name(p: &Path) -> bool {
-    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let n = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let n = n.strip_suffix(".gz").unwrap_or(&n);
     let ext = n.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
     ingest::NDJSON_EXTENSIONS.contains(&ext) || ext == "bin" || ext == "npy"
@@ -166,7 +181,12 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
     for path in files {
         let (format, gzip) = ingest::detect(&path)?;
         let class = class_from_path(&path);
-        by_class.entry(class.clone()).or_default().push(InputPlan { path, format, gzip, class });
+        by_class.entry(class.clone()).or_default().push(InputPlan {
+            path,
+            format,
+            gzip,
+            class,
+        });
     }
     let classes = match &cfg.classes {
         Some(c) => c.clone(),
@@ -180,7 +200,9 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
     }
     let mut groups = Vec::new();
     for c in &classes {
-        let mut files = by_class.remove(c).ok_or_else(|| ConvertError::MissingClass { class: c.clone() })?;
+        let mut files = by_class
+            .remove(c)
+            .ok_or_else(|| ConvertError::MissingClass { class: c.clone() })?;
         files.sort_by(|a, b| a.path.cmp(&b.path));
         if cfg.features.strokes.is_some() {
             if let Some(f) = files.iter().find(|f| f.format == Format::NumpyBitmap) {
@@ -190,9 +212,24 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
         groups.push(files);
     }
     // Validate the raster configuration once, up front, rather than per record.
-    preprocess(&Ink::Strokes(vec![]), &FeatureSpec { strokes: None, ..cfg.features })?;
-    let total_bytes = groups.iter().flatten().map(|f| fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0)).sum();
-    Ok(Plan { classes, groups, skipped, total_bytes })
+    preprocess(
+        &Ink::Strokes(vec![]),
+        &FeatureSpec {
+            strokes: None,
+            ..cfg.features
+        },
+    )?;
+    let total_bytes = groups
+        .iter()
+        .flatten()
+        .map(|f| fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    Ok(Plan {
+        classes,
+        groups,
+        skipped,
+        total_bytes,
+    })
 }
 
 /// The result of a successful conversion.
@@ -211,7 +248,11 @@ struct GroupOut {
 }
 
 /// Runs a planned conversion.
-pub fn run(cfg: &ConvertConfig, plan: &Plan, progress: &Progress) -> Result<ConvertReport, ConvertError> {
+pub fn run(
+    cfg: &ConvertConfig,
+    plan: &Plan,
+    progress: &Progress,
+) -> Result<ConvertReport, ConvertError> {
     let out = &cfg.output;
     fs::create_dir_all(out).map_err(io_err(out))?;
     // From here on the directory is not a finished dataset until the new manifest appears.
@@ -228,7 +269,9 @@ pub fn run(cfg: &ConvertConfig, plan: &Plan, progress: &Progress) -> Result<Conv
         .groups
         .par_iter()
         .enumerate()
-        .map(|(label, files)| convert_class(cfg, label, &plan.classes[label], files, &tmp, progress))
+        .map(|(label, files)| {
+            convert_class(cfg, label, &plan.classes[label], files, &tmp, progress)
+        })
         .collect();
     let mut groups = Vec::with_capacity(results.len());
     for r in results {
@@ -252,7 +295,11 @@ pub fn run(cfg: &ConvertConfig, plan: &Plan, progress: &Progress) -> Result<Conv
         totals.add(&g.counts);
     }
     let rejected = totals.rejected_total();
-    let rate = if totals.read == 0 { 0.0 } else { rejected as f64 / totals.read as f64 };
+    let rate = if totals.read == 0 {
+        0.0
+    } else {
+        rejected as f64 / totals.read as f64
+    };
     if rate > cfg.max_reject_rate {
         let _ = fs::remove_dir_all(&tmp);
         return Err(ConvertError::TooManyRejects {
@@ -291,18 +338,34 @@ pub fn run(cfg: &ConvertConfig, plan: &Plan, progress: &Progress) -> Result<Conv
         include_unrecognized: cfg.include_unrecognized,
         inputs: groups.iter().flat_map(|g| g.inputs.clone()).collect(),
         shards,
-        per_class: plan.classes.iter().cloned().zip(groups.iter().map(|g| g.counts.clone())).collect(),
+        per_class: plan
+            .classes
+            .iter()
+            .cloned()
+            .zip(groups.iter().map(|g| g.counts.clone()))
+            .collect(),
         totals,
-        bytes_per_example: if examples == 0 { 0.0 } else { shard_bytes as f64 / examples as f64 },
+        bytes_per_example: if examples == 0 {
+            0.0
+        } else {
+            shard_bytes as f64 / examples as f64
+        },
     };
     write_atomic(&out.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
     let _ = fs::remove_dir_all(&tmp);
-    Ok(ConvertReport { manifest, skipped: plan.skipped.clone(), rejects_path })
+    Ok(ConvertReport {
+        manifest,
+        skipped: plan.skipped.clone(),
+        rejects_path,
+    })
 }
 
 fn remove_if_exists(p: &Path) -> Result<(), ConvertError> {
     match fs::remove_file(p) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ConvertError::Io { path: p.to_path_buf(), source: e }),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ConvertError::Io {
+            path: p.to_path_buf(),
+            source: e,
+        }),
         _ => Ok(()),
     }
 }
@@ -310,12 +373,18 @@ fn remove_if_exists(p: &Path) -> Result<(), ConvertError> {
 /// Is this one of the shard names `convert` writes (`train-00000-of-00010`, maybe `.tmp`)?
 pub fn is_shard_name(name: &str) -> bool {
     let name = name.strip_suffix(".tmp").unwrap_or(name);
-    let Some((split, rest)) = name.split_once('-') else { return false };
+    let Some((split, rest)) = name.split_once('-') else {
+        return false;
+    };
     if !SPLITS.contains(&split) {
         return false;
     }
     let parts: Vec<&str> = rest.split('-').collect();
-    parts.len() == 3 && parts[1] == "of" && [parts[0], parts[2]].iter().all(|p| p.len() == 5 && p.bytes().all(|b| b.is_ascii_digit()))
+    parts.len() == 3
+        && parts[1] == "of"
+        && [parts[0], parts[2]]
+            .iter()
+            .all(|p| p.len() == 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Removes what an earlier (maybe interrupted) run left: temporary directories, `.tmp` files
@@ -327,7 +396,8 @@ fn clean_stale(out: &Path) -> Result<(), ConvertError> {
         let p = e.path();
         if name.starts_with(".convert-tmp-") && p.is_dir() {
             fs::remove_dir_all(&p).map_err(io_err(&p))?;
-        } else if is_shard_name(&name) || name.ends_with(".json.tmp") || name.ends_with(".txt.tmp") {
+        } else if is_shard_name(&name) || name.ends_with(".json.tmp") || name.ends_with(".txt.tmp")
+        {
             fs::remove_file(&p).map_err(io_err(&p))?;
         }
     }
@@ -335,7 +405,10 @@ fn clean_stale(out: &Path) -> Result<(), ConvertError> {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ConvertError> {
-    let tmp = path.with_file_name(format!("{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
+    let tmp = path.with_file_name(format!(
+        "{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    ));
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(data).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
@@ -371,7 +444,10 @@ fn convert_class(
     let mut spills: Vec<BufWriter<File>> = Vec::with_capacity(3);
     for s in SPLITS {
         let p = tmp.join(s).join(format!("{label}.rec"));
-        spills.push(BufWriter::with_capacity(1 << 18, File::create(&p).map_err(io_err(&p))?));
+        spills.push(BufWriter::with_capacity(
+            1 << 18,
+            File::create(&p).map_err(io_err(&p))?,
+        ));
     }
     let rejects_path = tmp.join(format!("rejects-{label}.jsonl"));
     let mut rejects = BufWriter::new(File::create(&rejects_path).map_err(io_err(&rejects_path))?);
@@ -382,7 +458,11 @@ fn convert_class(
     for f in files {
         let mut reader = UnitReader::open_as(&f.path, f.format, f.gzip, Some(counter.clone()))?;
         let mut format = None;
-        let loc_key = if f.format == Format::Ndjson { "line" } else { "record" };
+        let loc_key = if f.format == Format::Ndjson {
+            "line"
+        } else {
+            "record"
+        };
         while !splitter.all_full() {
             let mut batch = Vec::with_capacity(BATCH_RECORDS);
             while batch.len() < BATCH_RECORDS {
@@ -407,7 +487,10 @@ fn convert_class(
                 counts.read += 1;
                 match o {
                     Outcome::Reject(r) => {
-                        *counts.rejected.entry(r.reason.as_str().to_string()).or_default() += 1;
+                        *counts
+                            .rejected
+                            .entry(r.reason.as_str().to_string())
+                            .or_default() += 1;
                         let line = serde_json::json!({
                             "file": f.path.display().to_string(),
                             loc_key: u.index,
@@ -426,8 +509,12 @@ fn convert_class(
                         }
                         match splitter.assign(class, d.key_id, d.timestamp) {
                             Assign::Split(s) => todo.push((s, d)),
-                            Assign::SplitFull => *counts.filtered.entry("split_full".into()).or_default() += 1,
-                            Assign::NotSelected => *counts.filtered.entry("not_in_split".into()).or_default() += 1,
+                            Assign::SplitFull => {
+                                *counts.filtered.entry("split_full".into()).or_default() += 1
+                            }
+                            Assign::NotSelected => {
+                                *counts.filtered.entry("not_in_split".into()).or_default() += 1
+                            }
                         }
                     }
                 }
@@ -452,9 +539,13 @@ fn convert_class(
                 counts.strokes_truncated += truncated as u64;
                 *counts.splits.entry(SPLITS[s].to_string()).or_default() += 1;
             }
-            progress.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            progress
+                .records
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let now = counter.load(Ordering::Relaxed);
-            progress.bytes_read.fetch_add(now - reported, Ordering::Relaxed);
+            progress
+                .bytes_read
+                .fetch_add(now - reported, Ordering::Relaxed);
             reported = now;
         }
         if splitter.all_full() {
@@ -471,12 +562,18 @@ fn convert_class(
         });
     }
     let now = counter.load(Ordering::Relaxed);
-    progress.bytes_read.fetch_add(now - reported, Ordering::Relaxed);
+    progress
+        .bytes_read
+        .fetch_add(now - reported, Ordering::Relaxed);
     for (s, w) in spills.iter_mut().enumerate() {
         w.flush().map_err(io_err(&tmp.join(SPLITS[s])))?;
     }
     rejects.flush().map_err(io_err(&rejects_path))?;
-    Ok(GroupOut { counts, inputs, per_split })
+    Ok(GroupOut {
+        counts,
+        inputs,
+        per_split,
+    })
 }
 
 /// Shard file name, as TensorFlow's sharded writers name them.
@@ -506,7 +603,10 @@ fn write_split(
     let mut left: Vec<u64> = counts.iter().map(|c| c[split]).collect();
     for label in 0..counts.len() {
         let p = dir.join(format!("{label}.rec"));
-        readers.push(BufReader::with_capacity(1 << 14, File::open(&p).map_err(io_err(&p))?));
+        readers.push(BufReader::with_capacity(
+            1 << 14,
+            File::open(&p).map_err(io_err(&p))?,
+        ));
     }
     let n = cfg.shards;
     let mut writers = Vec::with_capacity(n);
@@ -514,7 +614,10 @@ fn write_split(
     for i in 0..n {
         let final_path = cfg.output.join(shard_name(name, i, n));
         let tmp_path = final_path.with_file_name(format!("{}.tmp", shard_name(name, i, n)));
-        writers.push(BufWriter::with_capacity(1 << 18, File::create(&tmp_path).map_err(io_err(&tmp_path))?));
+        writers.push(BufWriter::with_capacity(
+            1 << 18,
+            File::create(&tmp_path).map_err(io_err(&tmp_path))?,
+        ));
         files.push((tmp_path, final_path, 0u64, 0u64));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(mix64(cfg.seed ^ mix64(split as u64 + 1)));
@@ -533,7 +636,9 @@ fn write_split(
         total -= 1;
         read_framed(&mut readers[c], &mut buf).map_err(io_err(&dir.join(format!("{c}.rec"))))?;
         let shard = k % n;
-        writers[shard].write_all(&buf).map_err(io_err(&files[shard].0))?;
+        writers[shard]
+            .write_all(&buf)
+            .map_err(io_err(&files[shard].0))?;
         files[shard].2 += 1;
         files[shard].3 += buf.len() as u64;
         k += 1;
@@ -541,15 +646,26 @@ fn write_split(
     }
     let mut out = Vec::with_capacity(n);
     for (w, (tmp_path, final_path, examples, bytes)) in writers.into_iter().zip(files) {
-        let f = w.into_inner().map_err(|e| ConvertError::Io { path: tmp_path.clone(), source: e.into_error() })?;
+        let f = w.into_inner().map_err(|e| ConvertError::Io {
+            path: tmp_path.clone(),
+            source: e.into_error(),
+        })?;
         f.sync_all().map_err(io_err(&tmp_path))?;
         fs::rename(&tmp_path, &final_path).map_err(io_err(&final_path))?;
         // Test hook: crash at the worst moment (a shard looks complete, the run is not).
         if std::env::var_os("QUICKDRAW_FAULT").is_some_and(|v| v == "convert-after-first-shard") {
             std::process::abort();
         }
-        let file = final_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        out.push(ShardFile { file, examples, bytes });
+        let file = final_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        out.push(ShardFile {
+            file,
+            examples,
+            bytes,
+        });
     }
     Ok(out)
 }

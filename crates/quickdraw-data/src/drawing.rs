@@ -65,6 +65,7 @@ impl Drawing {
         }
     }
     pub fn n_points(&self) -> usize {
-        self.strokes().map_or(0, |s| s.iter().map(Stroke::len).sum())
+        self.strokes()
+            .map_or(0, |s| s.iter().map(Stroke::len).sum())
     }
 }

@@ -133,11 +133,23 @@ pub enum EventsError {
     #[error(transparent)]
     Record(#[from] TfRecordError),
     #[error("{}: record {index} is not a tensorflow.Event: {source}", path.display())]
-    Decode { path: PathBuf, index: usize, source: prost::DecodeError },
+    Decode {
+        path: PathBuf,
+        index: usize,
+        source: prost::DecodeError,
+    },
     #[error("{}: cannot encode PNG for tag {tag:?}: {source}", path.display())]
-    Png { path: PathBuf, tag: String, source: png::EncodingError },
+    Png {
+        path: PathBuf,
+        tag: String,
+        source: png::EncodingError,
+    },
     #[error("{}: tag {tag:?}: {what}", path.display())]
-    InvalidInput { path: PathBuf, tag: String, what: String },
+    InvalidInput {
+        path: PathBuf,
+        tag: String,
+        what: String,
+    },
 }
 
 /// Appends summaries to one event file, flushing after every event so that a killed process
@@ -157,7 +169,9 @@ impl EventWriter {
             move |source: io::Error| EventsError::Io { path, source }
         };
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let base = format!("{FILE_PREFIX}{secs}.{}", hostname());
         let pid = std::process::id();
         let mut attempt = 0u32;
@@ -176,7 +190,10 @@ impl EventWriter {
                 Err(e) => return Err(io_err(&path)(e)),
             }
         };
-        let mut w = EventWriter { path, writer: TfRecordWriter::new(BufWriter::new(file)) };
+        let mut w = EventWriter {
+            path,
+            writer: TfRecordWriter::new(BufWriter::new(file)),
+        };
         w.write_event(&Event {
             wall_time: wall_time_now(),
             step: 0,
@@ -194,7 +211,10 @@ impl EventWriter {
     pub fn write_event(&mut self, event: &Event) -> Result<(), EventsError> {
         let bytes = event.encode_to_vec();
         let path = &self.path;
-        let io_err = |source| EventsError::Io { path: path.clone(), source };
+        let io_err = |source| EventsError::Io {
+            path: path.clone(),
+            source,
+        };
         self.writer.write_record(&bytes).map_err(io_err)?;
         self.writer.flush().map_err(io_err)
     }
@@ -215,14 +235,23 @@ impl EventWriter {
 
     /// A scalar (`simple_value`), shown in TensorBoard's Scalars tab.
     pub fn add_scalar(&mut self, tag: &str, value: f32, step: i64) -> Result<(), EventsError> {
-        self.add_value(step, Value { tag: tag.to_string(), value: Some(Kind::SimpleValue(value)) })
+        self.add_value(
+            step,
+            Value {
+                tag: tag.to_string(),
+                value: Some(Kind::SimpleValue(value)),
+            },
+        )
     }
 
     /// Several scalars sharing a step, in one event.
     pub fn add_scalars(&mut self, scalars: &[(&str, f32)], step: i64) -> Result<(), EventsError> {
         let values = scalars
             .iter()
-            .map(|&(tag, v)| Value { tag: tag.to_string(), value: Some(Kind::SimpleValue(v)) })
+            .map(|&(tag, v)| Value {
+                tag: tag.to_string(),
+                value: Some(Kind::SimpleValue(v)),
+            })
             .collect();
         self.add_values(step, values)
     }
@@ -247,7 +276,13 @@ impl EventWriter {
             colorspace: channels as i32,
             encoded_image_string: png.to_vec(),
         };
-        self.add_value(step, Value { tag: tag.to_string(), value: Some(Kind::Image(image)) })
+        self.add_value(
+            step,
+            Value {
+                tag: tag.to_string(),
+                value: Some(Kind::Image(image)),
+            },
+        )
     }
 
     /// A grey-scale image, `w * h` bytes row-major (0 black), encoded as PNG.
@@ -278,17 +313,30 @@ impl EventWriter {
         step: i64,
     ) -> Result<(), EventsError> {
         let histo = histogram(values.iter().map(|&v| v as f64));
-        self.add_value(step, Value { tag: tag.to_string(), value: Some(Kind::Histo(histo)) })
+        self.add_value(
+            step,
+            Value {
+                tag: tag.to_string(),
+                value: Some(Kind::Histo(histo)),
+            },
+        )
     }
 
     /// Flushes buffered bytes to the operating system (every `add_*` already does).
     pub fn flush(&mut self) -> Result<(), EventsError> {
         let path = &self.path;
-        self.writer.flush().map_err(|source| EventsError::Io { path: path.clone(), source })
+        self.writer.flush().map_err(|source| EventsError::Io {
+            path: path.clone(),
+            source,
+        })
     }
 
     fn invalid(&self, tag: &str, what: String) -> EventsError {
-        EventsError::InvalidInput { path: self.path.clone(), tag: tag.to_string(), what }
+        EventsError::InvalidInput {
+            path: self.path.clone(),
+            tag: tag.to_string(),
+            what,
+        }
     }
 }
 
@@ -365,7 +413,11 @@ pub fn histogram(values: impl IntoIterator<Item = f64>) -> HistogramProto {
         sum_squares += v * v;
     }
     if num == 0.0 {
-        return HistogramProto { bucket_limit: vec![0.0], bucket: vec![0.0], ..Default::default() };
+        return HistogramProto {
+            bucket_limit: vec![0.0],
+            bucket: vec![0.0],
+            ..Default::default()
+        };
     }
     let first = counts.iter().position(|&c| c > 0.0).expect("num > 0");
     let last = counts.iter().rposition(|&c| c > 0.0).expect("num > 0");
@@ -382,7 +434,15 @@ pub fn histogram(values: impl IntoIterator<Item = f64>) -> HistogramProto {
         bucket.push(counts[i]);
         i = j + 1;
     }
-    HistogramProto { min, max, num, sum, sum_squares, bucket_limit, bucket }
+    HistogramProto {
+        min,
+        max,
+        num,
+        sum,
+        sum_squares,
+        bucket_limit,
+        bucket,
+    }
 }
 
 /// One scalar point, as exported by `metrics --csv`.
@@ -419,7 +479,10 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, EventsError> {
 /// The event files of a log directory (names containing `tfevents`), sorted by name, which is
 /// creation order for files this module wrote.
 pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>, EventsError> {
-    let io_err = |source| EventsError::Io { path: dir.to_path_buf(), source };
+    let io_err = |source| EventsError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
@@ -453,7 +516,11 @@ pub fn scalars(events: &[Event]) -> Vec<ScalarPoint> {
 
 /// The scalar points of an event file, or of every event file of a directory (in name order).
 pub fn read_scalars(path: &Path) -> Result<Vec<ScalarPoint>, EventsError> {
-    let files = if path.is_dir() { event_files(path)? } else { vec![path.to_path_buf()] };
+    let files = if path.is_dir() {
+        event_files(path)?
+    } else {
+        vec![path.to_path_buf()]
+    };
     let mut out = Vec::new();
     for f in files {
         out.extend(scalars(&read_events(&f)?));
@@ -476,7 +543,9 @@ pub fn write_scalars_csv<W: Write>(points: &[ScalarPoint], mut w: W) -> io::Resu
 }
 
 fn wall_time_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The host name for file names: `/proc/sys/kernel/hostname`, `$HOSTNAME`, `$COMPUTERNAME`, or
@@ -490,9 +559,19 @@ fn hostname() -> String {
     let clean: String = raw
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if clean.is_empty() { "localhost".to_string() } else { clean }
+    if clean.is_empty() {
+        "localhost".to_string()
+    } else {
+        clean
+    }
 }
 
 #[cfg(test)]
@@ -501,7 +580,10 @@ mod tests {
     use crate::tfrecord::masked_crc32c;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -555,9 +637,11 @@ mod tests {
         let name = w.path().file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with(FILE_PREFIX), "{name}");
         for step in 0..5 {
-            w.add_scalar("loss/train", 1.0 / (step + 1) as f32, step).unwrap();
+            w.add_scalar("loss/train", 1.0 / (step + 1) as f32, step)
+                .unwrap();
         }
-        w.add_scalars(&[("acc/train", 0.5), ("acc/val", 0.25)], 5).unwrap();
+        w.add_scalars(&[("acc/train", 0.5), ("acc/val", 0.25)], 5)
+            .unwrap();
         let pixels: Vec<u8> = (0..12 * 8).map(|i| (i * 3) as u8).collect();
         w.add_png_gray("samples/0", &pixels, 12, 8, 3).unwrap();
         let values: Vec<f32> = (0..1000).map(|i| (i as f32 - 300.0) / 100.0).collect();
@@ -569,7 +653,10 @@ mod tests {
         drop(w);
 
         let events = read_events(&path).unwrap();
-        assert_eq!(events[0].what, Some(What::FileVersion("brain.Event:2".into())));
+        assert_eq!(
+            events[0].what,
+            Some(What::FileVersion("brain.Event:2".into()))
+        );
         assert!(events[0].wall_time > 1.5e9);
         let sc = scalars(&events);
         assert_eq!(sc.len(), 7);
@@ -582,15 +669,20 @@ mod tests {
                 value: 0.25
             }
         );
-        assert_eq!((sc[6].tag.as_str(), sc[6].step, sc[6].value), ("acc/val", 5, 0.25));
+        assert_eq!(
+            (sc[6].tag.as_str(), sc[6].step, sc[6].value),
+            ("acc/val", 5, 0.25)
+        );
 
         let value = |tag: &str| {
             events
                 .iter()
                 .filter_map(|e| match &e.what {
-                    Some(What::Summary(s)) => {
-                        s.value.iter().find(|v| v.tag == tag).map(|v| (e.step, v.clone()))
-                    }
+                    Some(What::Summary(s)) => s
+                        .value
+                        .iter()
+                        .find(|v| v.tag == tag)
+                        .map(|v| (e.step, v.clone())),
                     _ => None,
                 })
                 .next()
@@ -598,18 +690,25 @@ mod tests {
         };
         let (step, img) = value("samples/0");
         assert_eq!(step, 3);
-        let Some(Kind::Image(img)) = img.value else { panic!("not an image") };
+        let Some(Kind::Image(img)) = img.value else {
+            panic!("not an image")
+        };
         assert_eq!((img.width, img.height, img.colorspace), (12, 8, 1));
         let dec = png::Decoder::new(std::io::Cursor::new(img.encoded_image_string));
         let mut reader = dec.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!((info.width, info.height, info.color_type), (12, 8, png::ColorType::Grayscale));
+        assert_eq!(
+            (info.width, info.height, info.color_type),
+            (12, 8, png::ColorType::Grayscale)
+        );
         assert_eq!(&buf[..info.buffer_size()], &pixels[..]);
 
         let (step, h) = value("weights/conv1");
         assert_eq!(step, 4);
-        let Some(Kind::Histo(h)) = h.value else { panic!("not a histogram") };
+        let Some(Kind::Histo(h)) = h.value else {
+            panic!("not a histogram")
+        };
         assert_eq!((h.min, h.max, h.num), (-3.0, values[999] as f64, 1000.0));
         assert_eq!(h.bucket.iter().sum::<f64>(), 1000.0);
         let exact: f64 = values.iter().map(|&v| v as f64).sum();
@@ -622,7 +721,10 @@ mod tests {
         let mut csv = Vec::new();
         write_scalars_csv(&sc[..1], &mut csv).unwrap();
         let csv = String::from_utf8(csv).unwrap();
-        assert!(csv.starts_with("tag,step,wall_time,value\nloss/train,0,"), "{csv}");
+        assert!(
+            csv.starts_with("tag,step,wall_time,value\nloss/train,0,"),
+            "{csv}"
+        );
         assert!(csv.ends_with(",1\n"), "{csv}");
     }
 
@@ -635,17 +737,28 @@ mod tests {
         assert_eq!((limits[0], *limits.last().unwrap()), (-f64::MAX, f64::MAX));
 
         let h = histogram([0.0, 1.0, 1.0, 50.0, -2.0, f64::NAN]);
-        assert_eq!((h.num, h.min, h.max, h.sum, h.sum_squares), (5.0, -2.0, 50.0, 50.0, 2506.0));
+        assert_eq!(
+            (h.num, h.min, h.max, h.sum, h.sum_squares),
+            (5.0, -2.0, 50.0, 50.0, 2506.0)
+        );
         // Non-empty buckets keep their limits; interior empty runs collapse into one bucket.
         assert_eq!(h.bucket.iter().sum::<f64>(), 5.0);
         assert_eq!(h.bucket[0], 1.0);
         assert_eq!(*h.bucket.last().unwrap(), 1.0);
-        assert!(h.bucket.windows(2).all(|w| w[0] > 0.0 || w[1] > 0.0), "{:?}", h.bucket);
+        assert!(
+            h.bucket.windows(2).all(|w| w[0] > 0.0 || w[1] > 0.0),
+            "{:?}",
+            h.bucket
+        );
         assert!(h.bucket_limit.windows(2).all(|w| w[0] < w[1]));
         assert!(*h.bucket_limit.last().unwrap() > 50.0 && *h.bucket_limit.last().unwrap() < 55.1);
         // The bucket of 1.0 is [1.1^k * 1e-12, 1.1^(k+1) * 1e-12) around 1.
         let i = h.bucket.iter().position(|&c| c == 2.0).unwrap();
-        assert!(h.bucket_limit[i] > 1.0 && h.bucket_limit[i] <= 1.1, "{}", h.bucket_limit[i]);
+        assert!(
+            h.bucket_limit[i] > 1.0 && h.bucket_limit[i] <= 1.1,
+            "{}",
+            h.bucket_limit[i]
+        );
 
         let empty = histogram(std::iter::empty());
         assert_eq!((empty.num, empty.bucket.len()), (0.0, 1));
@@ -678,7 +791,10 @@ mod tests {
         // Invalid input is reported with the path and tag.
         let mut w = EventWriter::create(dir.path()).unwrap();
         let err = w.add_png_gray("img", &[0; 5], 2, 2, 0).unwrap_err();
-        assert!(err.to_string().contains("img") && err.to_string().contains("events.out"), "{err}");
+        assert!(
+            err.to_string().contains("img") && err.to_string().contains("events.out"),
+            "{err}"
+        );
         let err = EventWriter::create(&path.join("sub")).err().unwrap();
         assert!(err.to_string().contains("sub"), "{err}");
     }

@@ -58,16 +58,22 @@ pub struct Int64List {
 
 impl Feature {
     pub fn int64s(v: Vec<i64>) -> Self {
-        Feature { kind: Some(Kind::Int64List(Int64List { value: v })) }
+        Feature {
+            kind: Some(Kind::Int64List(Int64List { value: v })),
+        }
     }
     pub fn int64(v: i64) -> Self {
         Self::int64s(vec![v])
     }
     pub fn floats(v: Vec<f32>) -> Self {
-        Feature { kind: Some(Kind::FloatList(FloatList { value: v })) }
+        Feature {
+            kind: Some(Kind::FloatList(FloatList { value: v })),
+        }
     }
     pub fn bytes(v: Vec<u8>) -> Self {
-        Feature { kind: Some(Kind::BytesList(BytesList { value: vec![v] })) }
+        Feature {
+            kind: Some(Kind::BytesList(BytesList { value: vec![v] })),
+        }
     }
     /// The feature's type name, as TensorFlow calls it, for error messages.
     pub fn kind_name(&self) -> &'static str {
@@ -82,7 +88,9 @@ impl Feature {
 
 impl Example {
     pub fn from_features(feature: BTreeMap<String, Feature>) -> Self {
-        Example { features: Some(Features { feature }) }
+        Example {
+            features: Some(Features { feature }),
+        }
     }
     pub fn get(&self, key: &str) -> Option<&Feature> {
         self.features.as_ref()?.feature.get(key)
@@ -108,8 +116,8 @@ mod tests {
         m.insert("a".to_string(), Feature::int64s(vec![1, 300]));
         let bytes = Example::from_features(m).to_bytes();
         let want = [
-            0x0a, 0x0e, 0x0a, 0x0c, 0x0a, 0x01, b'a', 0x12, 0x07, 0x1a, 0x05, 0x0a, 0x03, 0x01, 0xac,
-            0x02,
+            0x0a, 0x0e, 0x0a, 0x0c, 0x0a, 0x01, b'a', 0x12, 0x07, 0x1a, 0x05, 0x0a, 0x03, 0x01,
+            0xac, 0x02,
         ];
         assert_eq!(bytes, want);
         let back = Example::from_bytes(&bytes).unwrap();

@@ -54,7 +54,9 @@ impl std::str::FromStr for ImageEncoding {
             "int64" => Ok(ImageEncoding::Int64),
             "bytes" => Ok(ImageEncoding::Bytes),
             "png" => Ok(ImageEncoding::Png),
-            _ => Err(format!("unknown image encoding {s:?} (expected int64, bytes or png)")),
+            _ => Err(format!(
+                "unknown image encoding {s:?} (expected int64, bytes or png)"
+            )),
         }
     }
 }
@@ -102,9 +104,17 @@ pub enum FeatureError {
     #[error("feature {0:?} is missing")]
     Missing(String),
     #[error("feature {key:?} is {found}, expected {expected}")]
-    WrongType { key: String, expected: &'static str, found: &'static str },
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("feature {key:?} has {found} values, expected {expected}")]
-    WrongLength { key: String, expected: usize, found: usize },
+    WrongLength {
+        key: String,
+        expected: usize,
+        found: usize,
+    },
     #[error("feature {key:?}: {what}")]
     BadValue { key: String, what: String },
 }
@@ -113,7 +123,10 @@ pub enum FeatureError {
 pub fn is_raw(strokes: &[Stroke]) -> bool {
     strokes.iter().any(|s| {
         s.t.is_some()
-            || s.x.iter().chain(&s.y).any(|&v| v.fract() != 0.0 || !(0.0..=255.0).contains(&v))
+            || s.x
+                .iter()
+                .chain(&s.y)
+                .any(|&v| v.fract() != 0.0 || !(0.0..=255.0).contains(&v))
     })
 }
 
@@ -138,7 +151,10 @@ pub fn preprocess(ink: &Ink, spec: &FeatureSpec) -> Result<Preprocessed, Feature
             if spec.strokes.is_some() {
                 return Err(FeatureError::NoStrokes);
             }
-            Ok(Preprocessed { image: rasterize(ink, &spec.raster)?, strokes: None })
+            Ok(Preprocessed {
+                image: rasterize(ink, &spec.raster)?,
+                strokes: None,
+            })
         }
     }
 }
@@ -158,7 +174,12 @@ pub fn encode_example(d: &Drawing, label: i64, p: &Preprocessed, spec: &FeatureS
         // Feature { <kind> = List }, List already in `scratch`.
         let list_len = scratch.len();
         let feature_len = 1 + varint_len(list_len as u64) + list_len;
-        let entry_len = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(feature_len as u64) + feature_len;
+        let entry_len = 1
+            + varint_len(key.len() as u64)
+            + key.len()
+            + 1
+            + varint_len(feature_len as u64)
+            + feature_len;
         features.push(0x0a);
         put_varint(&mut features, entry_len as u64);
         features.push(0x0a);
@@ -176,21 +197,36 @@ pub fn encode_example(d: &Drawing, label: i64, p: &Preprocessed, spec: &FeatureS
     let img_key = image_key(spec.raster.size);
     // Sorted keys: countrycode, img_<n>, key_id, label, recognized, stroke_len, stroke_x,
     // stroke_y, stroke_z, timestamp, word.
-    let mut keys: Vec<&str> = vec![COUNTRYCODE, &img_key, KEY_ID, LABEL, RECOGNIZED, TIMESTAMP, WORD];
+    let mut keys: Vec<&str> = vec![
+        COUNTRYCODE,
+        &img_key,
+        KEY_ID,
+        LABEL,
+        RECOGNIZED,
+        TIMESTAMP,
+        WORD,
+    ];
     if p.strokes.is_some() {
         keys.extend([STROKE_LEN, STROKE_X, STROKE_Y, STROKE_Z]);
     }
     keys.sort_unstable();
     for key in keys {
         match key {
-            COUNTRYCODE => put(key, BYTES, &mut |b| put_bytes_list(b, d.countrycode.as_bytes())),
+            COUNTRYCODE => put(key, BYTES, &mut |b| {
+                put_bytes_list(b, d.countrycode.as_bytes())
+            }),
             KEY_ID => put(key, INT64S, &mut |b| put_int64_list(b, &[d.key_id as i64])),
             LABEL => put(key, INT64S, &mut |b| put_int64_list(b, &[label])),
-            RECOGNIZED => put(key, INT64S, &mut |b| put_int64_list(b, &[d.recognized as i64])),
+            RECOGNIZED => put(key, INT64S, &mut |b| {
+                put_int64_list(b, &[d.recognized as i64])
+            }),
             TIMESTAMP => put(key, INT64S, &mut |b| put_int64_list(b, &[d.timestamp])),
             WORD => put(key, BYTES, &mut |b| put_bytes_list(b, d.word.as_bytes())),
             STROKE_LEN | STROKE_X | STROKE_Y | STROKE_Z => {
-                let s = p.strokes.as_ref().expect("keys include strokes only when present");
+                let s = p
+                    .strokes
+                    .as_ref()
+                    .expect("keys include strokes only when present");
                 match key {
                     STROKE_LEN => put(key, INT64S, &mut |b| put_int64_list(b, &[s.len as i64])),
                     STROKE_X => put(key, FLOATS, &mut |b| put_float_list(b, &s.dx)),
@@ -270,7 +306,12 @@ fn put_float_list(b: &mut Vec<u8>, v: &[f32]) {
 }
 
 /// The same example built as a prost message: the reference [`encode_example`] is tested against.
-pub fn encode_example_prost(d: &Drawing, label: i64, p: &Preprocessed, spec: &FeatureSpec) -> Vec<u8> {
+pub fn encode_example_prost(
+    d: &Drawing,
+    label: i64,
+    p: &Preprocessed,
+    spec: &FeatureSpec,
+) -> Vec<u8> {
     let mut f = BTreeMap::new();
     f.insert(LABEL.to_string(), Feature::int64(label));
     let img = match spec.image_encoding {
@@ -280,7 +321,10 @@ pub fn encode_example_prost(d: &Drawing, label: i64, p: &Preprocessed, spec: &Fe
     };
     f.insert(image_key(spec.raster.size), img);
     f.insert(WORD.to_string(), Feature::bytes(d.word.as_bytes().to_vec()));
-    f.insert(COUNTRYCODE.to_string(), Feature::bytes(d.countrycode.as_bytes().to_vec()));
+    f.insert(
+        COUNTRYCODE.to_string(),
+        Feature::bytes(d.countrycode.as_bytes().to_vec()),
+    );
     f.insert(RECOGNIZED.to_string(), Feature::int64(d.recognized as i64));
     f.insert(TIMESTAMP.to_string(), Feature::int64(d.timestamp));
     f.insert(KEY_ID.to_string(), Feature::int64(d.key_id as i64));
@@ -351,7 +395,11 @@ fn int64s<'a>(ex: &'a Example, key: &str) -> Result<&'a [i64], FeatureError> {
 fn int64(ex: &Example, key: &str) -> Result<i64, FeatureError> {
     match int64s(ex, key)? {
         [v] => Ok(*v),
-        v => Err(FeatureError::WrongLength { key: key.into(), expected: 1, found: v.len() }),
+        v => Err(FeatureError::WrongLength {
+            key: key.into(),
+            expected: 1,
+            found: v.len(),
+        }),
     }
 }
 
@@ -359,7 +407,11 @@ fn bytes<'a>(ex: &'a Example, key: &str) -> Result<&'a [u8], FeatureError> {
     match ex.get(key).map(|f| (&f.kind, f)) {
         Some((Some(Kind::BytesList(l)), _)) => match &l.value[..] {
             [v] => Ok(v),
-            v => Err(FeatureError::WrongLength { key: key.into(), expected: 1, found: v.len() }),
+            v => Err(FeatureError::WrongLength {
+                key: key.into(),
+                expected: 1,
+                found: v.len(),
+            }),
         },
         Some((_, f)) => Err(FeatureError::WrongType {
             key: key.into(),
@@ -390,17 +442,27 @@ pub fn decode_image(ex: &Example, spec: &FeatureSpec) -> Result<Vec<u8>, Feature
         ImageEncoding::Int64 => {
             let v = int64s(ex, &key)?;
             if let Some(bad) = v.iter().find(|&&p| !(0..=255).contains(&p)) {
-                return Err(FeatureError::BadValue { key, what: format!("pixel value {bad} outside 0..=255") });
+                return Err(FeatureError::BadValue {
+                    key,
+                    what: format!("pixel value {bad} outside 0..=255"),
+                });
             }
             v.iter().map(|&p| p as u8).collect()
         }
         ImageEncoding::Bytes => bytes(ex, &key)?.to_vec(),
-        ImageEncoding::Png => {
-            decode_png(bytes(ex, &key)?, spec.raster.size).map_err(|what| FeatureError::BadValue { key: key.clone(), what })?
-        }
+        ImageEncoding::Png => decode_png(bytes(ex, &key)?, spec.raster.size).map_err(|what| {
+            FeatureError::BadValue {
+                key: key.clone(),
+                what,
+            }
+        })?,
     };
     if image.len() != n {
-        return Err(FeatureError::WrongLength { key, expected: n, found: image.len() });
+        return Err(FeatureError::WrongLength {
+            key,
+            expected: n,
+            found: image.len(),
+        });
     }
     Ok(image)
 }
@@ -418,15 +480,27 @@ pub fn decode_example(bytes_: &[u8], spec: &FeatureSpec) -> Result<DecodedExampl
             let len = int64(&ex, STROKE_LEN)?;
             for (k, v) in [(STROKE_X, &dx), (STROKE_Y, &dy), (STROKE_Z, &pen)] {
                 if v.len() as i64 != len {
-                    return Err(FeatureError::WrongLength { key: k.into(), expected: len.max(0) as usize, found: v.len() });
+                    return Err(FeatureError::WrongLength {
+                        key: k.into(),
+                        expected: len.max(0) as usize,
+                        found: v.len(),
+                    });
                 }
             }
-            Some(StrokeFeatures { dx, dy, pen, len: len as usize, truncated: false })
+            Some(StrokeFeatures {
+                dx,
+                dy,
+                pen,
+                len: len as usize,
+                truncated: false,
+            })
         }
     };
     let text = |k: &str| -> Result<String, FeatureError> {
-        String::from_utf8(bytes(&ex, k)?.to_vec())
-            .map_err(|_| FeatureError::BadValue { key: k.into(), what: "not UTF-8".into() })
+        String::from_utf8(bytes(&ex, k)?.to_vec()).map_err(|_| FeatureError::BadValue {
+            key: k.into(),
+            what: "not UTF-8".into(),
+        })
     };
     Ok(DecodedExample {
         label: int64(&ex, LABEL)?,
@@ -461,7 +535,11 @@ mod tests {
 
     #[test]
     fn round_trip_every_encoding() {
-        for enc in [ImageEncoding::Int64, ImageEncoding::Bytes, ImageEncoding::Png] {
+        for enc in [
+            ImageEncoding::Int64,
+            ImageEncoding::Bytes,
+            ImageEncoding::Png,
+        ] {
             let spec = FeatureSpec {
                 raster: RasterSpec::new(RasterMode::Amld, 32, None),
                 image_encoding: enc,
@@ -483,18 +561,53 @@ mod tests {
 
     #[test]
     fn hand_written_encoding_equals_prost() {
-        for enc in [ImageEncoding::Int64, ImageEncoding::Bytes, ImageEncoding::Png] {
+        for enc in [
+            ImageEncoding::Int64,
+            ImageEncoding::Bytes,
+            ImageEncoding::Png,
+        ] {
             for strokes in [None, Some(StrokeSpec::default())] {
-                let spec = FeatureSpec { raster: RasterSpec::new(RasterMode::Default, 64, None), image_encoding: enc, strokes, simplify_raw: true };
-                for (i, mut d) in [drawing(), Drawing { countrycode: String::new(), timestamp: -5, key_id: u64::MAX, ..drawing() }].into_iter().enumerate() {
+                let spec = FeatureSpec {
+                    raster: RasterSpec::new(RasterMode::Default, 64, None),
+                    image_encoding: enc,
+                    strokes,
+                    simplify_raw: true,
+                };
+                for (i, mut d) in [
+                    drawing(),
+                    Drawing {
+                        countrycode: String::new(),
+                        timestamp: -5,
+                        key_id: u64::MAX,
+                        ..drawing()
+                    },
+                ]
+                .into_iter()
+                .enumerate()
+                {
                     d.recognized = i == 0;
                     let p = preprocess(&d.ink, &spec).unwrap();
-                    assert!(p.image.iter().any(|&v| v > 128) && p.image.iter().any(|&v| v > 0 && v < 128));
-                    assert_eq!(encode_example(&d, 300, &p, &spec), encode_example_prost(&d, 300, &p, &spec), "{enc:?} {strokes:?}");
+                    assert!(
+                        p.image.iter().any(|&v| v > 128)
+                            && p.image.iter().any(|&v| v > 0 && v < 128)
+                    );
+                    assert_eq!(
+                        encode_example(&d, 300, &p, &spec),
+                        encode_example_prost(&d, 300, &p, &spec),
+                        "{enc:?} {strokes:?}"
+                    );
                 }
             }
         }
-        assert_eq!((varint_len(0), varint_len(127), varint_len(128), varint_len(u64::MAX)), (1, 1, 2, 10));
+        assert_eq!(
+            (
+                varint_len(0),
+                varint_len(127),
+                varint_len(128),
+                varint_len(u64::MAX)
+            ),
+            (1, 1, 2, 10)
+        );
     }
 
     #[test]
@@ -507,7 +620,10 @@ mod tests {
         let mut f = BTreeMap::new();
         f.insert("img_64".to_string(), Feature::int64s(vec![0; 10]));
         let err = decode_example(&Example::from_features(f).to_bytes(), &spec).unwrap_err();
-        assert!(err.to_string().contains("10 values, expected 4096"), "{err}");
+        assert!(
+            err.to_string().contains("10 values, expected 4096"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -104,22 +104,43 @@ pub struct DatasetManifest {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid dataset manifest: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
-    #[error("{path}: manifest version {found} is newer than this tool understands ({MANIFEST_VERSION})")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path}: manifest version {found} is newer than this tool understands ({MANIFEST_VERSION})"
+    )]
     Version { path: PathBuf, found: u32 },
 }
 
 impl DatasetManifest {
     /// Reads `manifest.json` from a dataset directory (or from the given file path).
     pub fn load(dir_or_file: &Path) -> Result<Self, ManifestError> {
-        let path = if dir_or_file.is_dir() { dir_or_file.join(MANIFEST_FILE) } else { dir_or_file.to_path_buf() };
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Io { path: path.clone(), source })?;
+        let path = if dir_or_file.is_dir() {
+            dir_or_file.join(MANIFEST_FILE)
+        } else {
+            dir_or_file.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let m: DatasetManifest =
-            serde_json::from_str(&text).map_err(|source| ManifestError::Json { path: path.clone(), source })?;
+            serde_json::from_str(&text).map_err(|source| ManifestError::Json {
+                path: path.clone(),
+                source,
+            })?;
         if m.manifest_version > MANIFEST_VERSION {
-            return Err(ManifestError::Version { path, found: m.manifest_version });
+            return Err(ManifestError::Version {
+                path,
+                found: m.manifest_version,
+            });
         }
         Ok(m)
     }
@@ -131,8 +152,15 @@ impl DatasetManifest {
 
 /// Reads `labels.txt`: one class name per line, label = line index.
 pub fn read_labels(path: &Path) -> Result<Vec<String>, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })?;
-    Ok(text.lines().map(|l| l.trim_end_matches('\r').to_string()).filter(|l| !l.is_empty()).collect())
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 pub fn labels_text(classes: &[String]) -> String {

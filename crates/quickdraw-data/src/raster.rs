@@ -40,7 +40,9 @@ impl std::str::FromStr for RasterMode {
         match s {
             "amld" => Ok(RasterMode::Amld),
             "default" => Ok(RasterMode::Default),
-            _ => Err(format!("unknown raster mode {s:?} (expected amld or default)")),
+            _ => Err(format!(
+                "unknown raster mode {s:?} (expected amld or default)"
+            )),
         }
     }
 }
@@ -60,7 +62,9 @@ pub struct RasterSpec {
 #[cfg(test)]
 pub fn rasterize_reference(strokes: &[Stroke], spec: &RasterSpec) -> Vec<u8> {
     use tiny_skia::{LineCap, LineJoin, Paint, PathBuilder, Pixmap, Transform};
-    let Some(m) = mapping(strokes, spec) else { return vec![0; spec.pixels()] };
+    let Some(m) = mapping(strokes, spec) else {
+        return vec![0; spec.pixels()];
+    };
     let mut pixmap = Pixmap::new(spec.size, spec.size).expect("valid size");
     let mut paint = Paint::default();
     paint.set_color_rgba8(255, 255, 255, 255);
@@ -74,7 +78,11 @@ pub fn rasterize_reference(strokes: &[Stroke], spec: &RasterSpec) -> Vec<u8> {
     };
     let mut pb = PathBuilder::new();
     for s in strokes {
-        let pts: Vec<(f32, f32)> = s.x.iter().zip(&s.y).map(|(&x, &y)| (x * m.sx + m.ox, y * m.sy + m.oy)).collect();
+        let pts: Vec<(f32, f32)> =
+            s.x.iter()
+                .zip(&s.y)
+                .map(|(&x, &y)| (x * m.sx + m.ox, y * m.sy + m.oy))
+                .collect();
         for (i, w) in pts.windows(2).enumerate() {
             if amld || i == 0 {
                 pb.move_to(w[0].0, w[0].1);
@@ -95,7 +103,12 @@ impl RasterSpec {
             RasterMode::Amld => AMLD_LINE_WIDTH,
             RasterMode::Default => DEFAULT_LINE_WIDTH_AT_64 * size as f32 / 64.0,
         });
-        RasterSpec { mode, size, line_width: lw, anti_alias: mode == RasterMode::Default }
+        RasterSpec {
+            mode,
+            size,
+            line_width: lw,
+            anti_alias: mode == RasterMode::Default,
+        }
     }
     pub fn pixels(&self) -> usize {
         (self.size * self.size) as usize
@@ -147,7 +160,9 @@ struct Mapping {
 fn bounds(strokes: &[Stroke]) -> Option<(f32, f32, f32, f32)> {
     let mut it = strokes.iter().flat_map(|s| s.x.iter().zip(&s.y));
     let (&x0, &y0) = it.next()?;
-    Some(it.fold((x0, y0, x0, y0), |(a, b, c, d), (&x, &y)| (a.min(x), b.min(y), c.max(x), d.max(y))))
+    Some(it.fold((x0, y0, x0, y0), |(a, b, c, d), (&x, &y)| {
+        (a.min(x), b.min(y), c.max(x), d.max(y))
+    }))
 }
 
 fn mapping(strokes: &[Stroke], spec: &RasterSpec) -> Option<Mapping> {
@@ -160,7 +175,12 @@ fn mapping(strokes: &[Stroke], spec: &RasterSpec) -> Option<Mapping> {
             let (ly, hy) = (miny * AMLD_MIN_FACTOR, maxy * AMLD_MAX_FACTOR);
             let sx = size / (hx - lx).max(1.0);
             let sy = size / (hy - ly).max(1.0);
-            Mapping { sx, sy, ox: -lx * sx, oy: -ly * sy }
+            Mapping {
+                sx,
+                sy,
+                ox: -lx * sx,
+                oy: -ly * sy,
+            }
         }
         RasterMode::Default => {
             let margin = size * DEFAULT_MARGIN_SHARE + spec.line_width / 2.0;
@@ -169,7 +189,12 @@ fn mapping(strokes: &[Stroke], spec: &RasterSpec) -> Option<Mapping> {
             let s = if extent > 0.0 { avail / extent } else { 1.0 };
             let ox = (size - (maxx - minx) * s) / 2.0 - minx * s;
             let oy = (size - (maxy - miny) * s) / 2.0 - miny * s;
-            Mapping { sx: s, sy: s, ox, oy }
+            Mapping {
+                sx: s,
+                sy: s,
+                ox,
+                oy,
+            }
         }
     })
 }
@@ -178,7 +203,9 @@ fn mapping(strokes: &[Stroke], spec: &RasterSpec) -> Option<Mapping> {
 pub fn rasterize_strokes(strokes: &[Stroke], spec: &RasterSpec) -> Vec<u8> {
     let n = spec.pixels();
     let mut img = vec![0u8; n];
-    let Some(m) = mapping(strokes, spec) else { return img };
+    let Some(m) = mapping(strokes, spec) else {
+        return img;
+    };
     let size = spec.size as usize;
     let r = spec.line_width / 2.0;
     for s in strokes {
@@ -222,7 +249,11 @@ fn segment(img: &mut [u8], size: usize, a: (f32, f32), b: (f32, f32), r: f32, mo
     let x_hi = (a.0.max(b.0) + pad).ceil().clamp(0.0, lim) as usize;
     let y_lo = (a.1.min(b.1) - pad).floor().clamp(0.0, lim) as usize;
     let y_hi = (a.1.max(b.1) + pad).ceil().clamp(0.0, lim) as usize;
-    if a.0.min(b.0) - pad > lim || a.0.max(b.0) + pad < 0.0 || a.1.min(b.1) - pad > lim || a.1.max(b.1) + pad < 0.0 {
+    if a.0.min(b.0) - pad > lim
+        || a.0.max(b.0) + pad < 0.0
+        || a.1.min(b.1) - pad > lim
+        || a.1.max(b.1) + pad < 0.0
+    {
         return;
     }
     let (dx, dy) = (b.0 - a.0, b.1 - a.1);
@@ -266,12 +297,20 @@ fn segment(img: &mut [u8], size: usize, a: (f32, f32), b: (f32, f32), r: f32, mo
                     if d2 >= outer2 {
                         continue;
                     }
-                    if d2 <= inner2 { 1.0 } else { (r + 0.5 - d2.sqrt()).clamp(0.0, 1.0) }
+                    if d2 <= inner2 {
+                        1.0
+                    } else {
+                        (r + 0.5 - d2.sqrt()).clamp(0.0, 1.0)
+                    }
                 }
                 RasterMode::Amld => {
                     // Perpendicular distance to the line, and the foot inside the segment.
                     let perp = ((here - a.0) * dy - dcy * dx).abs() * inv.sqrt();
-                    if (0.0..=1.0).contains(&t) && perp <= r { 1.0 } else { continue }
+                    if (0.0..=1.0).contains(&t) && perp <= r {
+                        1.0
+                    } else {
+                        continue;
+                    }
                 }
             };
             let g = (cov * 255.0 + 0.5) as u8;
@@ -316,12 +355,22 @@ mod tests {
     use super::*;
 
     fn ink(strokes: &[(&[f32], &[f32])]) -> Ink {
-        Ink::Strokes(strokes.iter().map(|(x, y)| Stroke::new(x.to_vec(), y.to_vec())).collect())
+        Ink::Strokes(
+            strokes
+                .iter()
+                .map(|(x, y)| Stroke::new(x.to_vec(), y.to_vec()))
+                .collect(),
+        )
     }
 
     fn show(img: &[u8], size: usize) -> String {
         img.chunks(size)
-            .map(|r| r.iter().map(|&v| if v > 127 { '#' } else { '.' }).collect::<String>() + "\n")
+            .map(|r| {
+                r.iter()
+                    .map(|&v| if v > 127 { '#' } else { '.' })
+                    .collect::<String>()
+                    + "\n"
+            })
             .collect()
     }
 
@@ -333,8 +382,15 @@ mod tests {
         // pixel columns 0 and 1 (centres 0.5, 1.5; 2.5 as well since 2.5 < 2.7).
         // Horizontal line at y = 200*16/210 = 15.24, width 4 -> y in [13.24, 17.24]: rows 13..=15.
         let spec = RasterSpec::new(RasterMode::Amld, 16, None);
-        let img = rasterize(&ink(&[(&[100.0, 100.0, 200.0], &[0.0, 200.0, 200.0])]), &spec).unwrap();
-        assert!(img.iter().all(|&v| v == 0 || v == 255), "amld must be 0/255");
+        let img = rasterize(
+            &ink(&[(&[100.0, 100.0, 200.0], &[0.0, 200.0, 200.0])]),
+            &spec,
+        )
+        .unwrap();
+        assert!(
+            img.iter().all(|&v| v == 0 || v == 255),
+            "amld must be 0/255"
+        );
         let pic = show(&img, 16);
         let rows: Vec<&str> = pic.lines().collect();
         // Rows 0..=12: only the vertical bar, columns 0..=2.
@@ -353,8 +409,9 @@ mod tests {
         // A horizontal line: aspect preserved means it stays one line in the middle row band.
         let spec = RasterSpec::new(RasterMode::Default, 32, Some(2.0));
         let img = rasterize(&ink(&[(&[0.0, 255.0], &[10.0, 10.0])]), &spec).unwrap();
-        let ink_rows: Vec<usize> =
-            (0..32).filter(|&r| img[r * 32..(r + 1) * 32].iter().any(|&v| v > 0)).collect();
+        let ink_rows: Vec<usize> = (0..32)
+            .filter(|&r| img[r * 32..(r + 1) * 32].iter().any(|&v| v > 0))
+            .collect();
         assert_eq!(ink_rows, vec![15, 16], "line centred vertically");
         // Margin: first and last columns stay blank.
         assert!((0..32).all(|r| img[r * 32] == 0 && img[r * 32 + 31] == 0));
@@ -367,25 +424,45 @@ mod tests {
     #[test]
     fn close_to_tiny_skia_on_real_shapes() {
         // Doodle-like strokes: a wobbly closed loop, a zigzag, a short tick.
-        let loop_x: Vec<f32> = (0..40).map(|i| 128.0 + 100.0 * (i as f32 * 0.16).cos() + (i % 3) as f32).collect();
-        let loop_y: Vec<f32> = (0..40).map(|i| 128.0 + 80.0 * (i as f32 * 0.16).sin()).collect();
+        let loop_x: Vec<f32> = (0..40)
+            .map(|i| 128.0 + 100.0 * (i as f32 * 0.16).cos() + (i % 3) as f32)
+            .collect();
+        let loop_y: Vec<f32> = (0..40)
+            .map(|i| 128.0 + 80.0 * (i as f32 * 0.16).sin())
+            .collect();
         let strokes = vec![
             Stroke::new(loop_x, loop_y),
-            Stroke::new(vec![10., 60., 110., 160., 210.], vec![240., 180., 240., 180., 240.]),
+            Stroke::new(
+                vec![10., 60., 110., 160., 210.],
+                vec![240., 180., 240., 180., 240.],
+            ),
             Stroke::new(vec![200., 230.], vec![20., 60.]),
         ];
         for mode in [RasterMode::Default, RasterMode::Amld] {
             let spec = RasterSpec::new(mode, 64, None);
             let ours = rasterize(&Ink::Strokes(strokes.clone()), &spec).unwrap();
             let skia = rasterize_reference(&strokes, &spec);
-            let diff: f64 = ours.iter().zip(&skia).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>() / ours.len() as f64;
+            let diff: f64 = ours
+                .iter()
+                .zip(&skia)
+                .map(|(&a, &b)| (a as f64 - b as f64).abs())
+                .sum::<f64>()
+                / ours.len() as f64;
             let ink = |img: &[u8]| img.iter().filter(|&&v| v >= 128).count() as f64;
             let (a, b) = (ink(&ours), ink(&skia));
-            let both = ours.iter().zip(&skia).filter(|(x, y)| **x >= 128 && **y >= 128).count() as f64;
+            let both = ours
+                .iter()
+                .zip(&skia)
+                .filter(|(x, y)| **x >= 128 && **y >= 128)
+                .count() as f64;
             // Mean absolute difference under 3 grey levels (of 255) and ink masks agreeing on
             // more than 90% of their union.
             assert!(diff < 3.0, "{mode:?}: mean abs diff {diff}");
-            assert!(both / (a + b - both) > 0.9, "{mode:?}: IoU {}", both / (a + b - both));
+            assert!(
+                both / (a + b - both) > 0.9,
+                "{mode:?}: IoU {}",
+                both / (a + b - both)
+            );
         }
     }
 
@@ -404,12 +481,21 @@ mod tests {
 
     #[test]
     fn bitmap_resize_keeps_constant_images_and_sizes() {
-        let b = Bitmap { side: 28, pixels: vec![200; 784] };
+        let b = Bitmap {
+            side: 28,
+            pixels: vec![200; 784],
+        };
         assert_eq!(resize_bitmap(&b, 64), vec![200; 4096]);
         assert_eq!(resize_bitmap(&b, 28), b.pixels);
         let mut px = vec![0; 4];
         px[0] = 255;
-        let up = resize_bitmap(&Bitmap { side: 2, pixels: px }, 4);
+        let up = resize_bitmap(
+            &Bitmap {
+                side: 2,
+                pixels: px,
+            },
+            4,
+        );
         assert_eq!(up[0], 255);
         assert_eq!(up[15], 0);
     }

@@ -90,7 +90,11 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn new(name: &str, dtype: DType, shape: &[i64]) -> Self {
-        TensorSpec { name: name.to_string(), dtype, shape: shape.to_vec() }
+        TensorSpec {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+        }
     }
     /// `[-1, 1, 64, 64]`-style text.
     pub fn shape_text(&self) -> String {
@@ -165,9 +169,18 @@ pub enum InputKind {
 fn outputs(classes: usize) -> BTreeMap<String, TensorSpec> {
     let c = classes as i64;
     BTreeMap::from([
-        (LOGITS.to_string(), TensorSpec::new(LOGITS, DType::Float, &[-1, c])),
-        (PROBABILITIES.to_string(), TensorSpec::new(PROBABILITIES, DType::Float, &[-1, c])),
-        (CLASSES.to_string(), TensorSpec::new(CLASSES, DType::Int64, &[-1])),
+        (
+            LOGITS.to_string(),
+            TensorSpec::new(LOGITS, DType::Float, &[-1, c]),
+        ),
+        (
+            PROBABILITIES.to_string(),
+            TensorSpec::new(PROBABILITIES, DType::Float, &[-1, c]),
+        ),
+        (
+            CLASSES.to_string(),
+            TensorSpec::new(CLASSES, DType::Int64, &[-1]),
+        ),
     ])
 }
 
@@ -180,7 +193,10 @@ impl Signature {
             format_version: EXPORT_FORMAT_VERSION,
             signature_name: DEFAULT_SIGNATURE.into(),
             method_name: PREDICT_METHOD.into(),
-            inputs: BTreeMap::from([(key.clone(), TensorSpec::new(&key, DType::Float, &[-1, 1, s, s]))]),
+            inputs: BTreeMap::from([(
+                key.clone(),
+                TensorSpec::new(&key, DType::Float, &[-1, 1, s, s]),
+            )]),
             outputs: outputs(classes),
             model,
             classes,
@@ -194,8 +210,14 @@ impl Signature {
             signature_name: DEFAULT_SIGNATURE.into(),
             method_name: PREDICT_METHOD.into(),
             inputs: BTreeMap::from([
-                (STROKES.to_string(), TensorSpec::new(STROKES, DType::Float, &[-1, -1, 3])),
-                (LENGTHS.to_string(), TensorSpec::new(LENGTHS, DType::Int64, &[-1])),
+                (
+                    STROKES.to_string(),
+                    TensorSpec::new(STROKES, DType::Float, &[-1, -1, 3]),
+                ),
+                (
+                    LENGTHS.to_string(),
+                    TensorSpec::new(LENGTHS, DType::Int64, &[-1]),
+                ),
             ]),
             outputs: outputs(classes),
             model,
@@ -207,19 +229,33 @@ impl Signature {
     pub fn input_kind(&self) -> Result<InputKind, String> {
         if self.model.kind.uses_strokes() {
             for (k, dt, rank) in [(STROKES, DType::Float, 3), (LENGTHS, DType::Int64, 1)] {
-                let t = self.inputs.get(k).ok_or_else(|| format!("rnn model without input {k:?}"))?;
+                let t = self
+                    .inputs
+                    .get(k)
+                    .ok_or_else(|| format!("rnn model without input {k:?}"))?;
                 if t.dtype != dt || t.shape.len() != rank {
-                    return Err(format!("input {k:?} is {} {}, expected {} of rank {rank}", t.dtype.as_str(), t.shape_text(), dt.as_str()));
+                    return Err(format!(
+                        "input {k:?} is {} {}, expected {} of rank {rank}",
+                        t.dtype.as_str(),
+                        t.shape_text(),
+                        dt.as_str()
+                    ));
                 }
             }
             if self.inputs.len() != 2 || self.inputs[STROKES].shape[2] != 3 {
-                return Err("rnn inputs must be exactly strokes [-1, -1, 3] and lengths [-1]".into());
+                return Err(
+                    "rnn inputs must be exactly strokes [-1, -1, 3] and lengths [-1]".into(),
+                );
             }
             return Ok(InputKind::Strokes);
         }
         let mut it = self.inputs.iter();
         let (Some((key, t)), None) = (it.next(), it.next()) else {
-            return Err(format!("{} model needs exactly one img_<size> input, found {}", self.model.kind.as_str(), self.inputs.len()));
+            return Err(format!(
+                "{} model needs exactly one img_<size> input, found {}",
+                self.model.kind.as_str(),
+                self.inputs.len()
+            ));
         };
         let size = key
             .strip_prefix("img_")
@@ -227,29 +263,59 @@ impl Signature {
             .ok_or_else(|| format!("input {key:?} is not named img_<size>"))?;
         let s = size as i64;
         if t.dtype != DType::Float || t.shape.len() != 4 || t.shape[1..] != [1, s, s] {
-            return Err(format!("input {key:?} is {} {}, expected DT_FLOAT [-1, 1, {s}, {s}]", t.dtype.as_str(), t.shape_text()));
+            return Err(format!(
+                "input {key:?} is {} {}, expected DT_FLOAT [-1, 1, {s}, {s}]",
+                t.dtype.as_str(),
+                t.shape_text()
+            ));
         }
-        Ok(InputKind::Image { key: key.clone(), size })
+        Ok(InputKind::Image {
+            key: key.clone(),
+            size,
+        })
     }
 
     /// Checks the whole signature against the contract (inputs, outputs, class count).
     pub fn check(&self) -> Result<InputKind, String> {
         if self.format_version > EXPORT_FORMAT_VERSION {
-            return Err(format!("export format {} is newer than this tool understands ({EXPORT_FORMAT_VERSION})", self.format_version));
+            return Err(format!(
+                "export format {} is newer than this tool understands ({EXPORT_FORMAT_VERSION})",
+                self.format_version
+            ));
         }
         if self.classes == 0 {
             return Err("classes is 0".into());
         }
         let kind = self.input_kind()?;
         let c = self.classes as i64;
-        for (k, dt, shape) in [(LOGITS, DType::Float, vec![-1, c]), (PROBABILITIES, DType::Float, vec![-1, c])] {
-            let t = self.outputs.get(k).ok_or_else(|| format!("output {k:?} is missing"))?;
+        for (k, dt, shape) in [
+            (LOGITS, DType::Float, vec![-1, c]),
+            (PROBABILITIES, DType::Float, vec![-1, c]),
+        ] {
+            let t = self
+                .outputs
+                .get(k)
+                .ok_or_else(|| format!("output {k:?} is missing"))?;
             if t.dtype != dt || t.shape.len() != 2 || (t.shape[1] != c) {
-                return Err(format!("output {k:?} is {} {}, expected {} {:?}", t.dtype.as_str(), t.shape_text(), dt.as_str(), shape));
+                return Err(format!(
+                    "output {k:?} is {} {}, expected {} {:?}",
+                    t.dtype.as_str(),
+                    t.shape_text(),
+                    dt.as_str(),
+                    shape
+                ));
             }
         }
-        if let Some(t) = self.outputs.get(CLASSES).filter(|t| t.dtype != DType::Int64 || t.shape.len() != 1) {
-            return Err(format!("output \"classes\" is {} {}, expected DT_INT64 [-1]", t.dtype.as_str(), t.shape_text()));
+        if let Some(t) = self
+            .outputs
+            .get(CLASSES)
+            .filter(|t| t.dtype != DType::Int64 || t.shape.len() != 1)
+        {
+            return Err(format!(
+                "output \"classes\" is {} {}, expected DT_INT64 [-1]",
+                t.dtype.as_str(),
+                t.shape_text()
+            ));
         }
         Ok(kind)
     }
@@ -283,20 +349,32 @@ impl ExportInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SignatureError + '_ {
-    move |source| SignatureError::Io { path: path.to_path_buf(), source }
+    move |source| SignatureError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SignatureError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    serde_json::from_str(&text).map_err(|source| SignatureError::Json { path: path.to_path_buf(), source })
+    serde_json::from_str(&text).map_err(|source| SignatureError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Reads and checks an export version folder (`<base>/<version>/`). `model.onnx` must exist; it
@@ -305,31 +383,65 @@ pub fn load_export_dir(dir: &Path) -> Result<ExportInfo, SignatureError> {
     let invalid = |path: PathBuf, what: String| SignatureError::Invalid { path, what };
     let sig_path = dir.join(SIGNATURE_FILE);
     let signature: Signature = read_json(&sig_path)?;
-    let input = signature.check().map_err(|w| invalid(sig_path.clone(), w))?;
+    let input = signature
+        .check()
+        .map_err(|w| invalid(sig_path.clone(), w))?;
     let labels_path = dir.join(ASSETS_DIR).join(LABELS_FILE);
-    let labels = read_labels(&labels_path).map_err(|e| invalid(labels_path.clone(), e.to_string()))?;
+    let labels =
+        read_labels(&labels_path).map_err(|e| invalid(labels_path.clone(), e.to_string()))?;
     if labels.len() != signature.classes {
-        return Err(invalid(labels_path, format!("{} labels, but signature.json says {} classes", labels.len(), signature.classes)));
+        return Err(invalid(
+            labels_path,
+            format!(
+                "{} labels, but signature.json says {} classes",
+                labels.len(),
+                signature.classes
+            ),
+        ));
     }
     let pre_path = dir.join(ASSETS_DIR).join(PREPROCESSING_FILE);
     let pre: Preprocessing = read_json(&pre_path)?;
     match &input {
         InputKind::Image { size, key } if *size != pre.features.raster.size => {
-            return Err(invalid(pre_path, format!("raster size {} does not match the model input {key}", pre.features.raster.size)));
+            return Err(invalid(
+                pre_path,
+                format!(
+                    "raster size {} does not match the model input {key}",
+                    pre.features.raster.size
+                ),
+            ));
         }
         InputKind::Strokes if pre.features.strokes.is_none() => {
-            return Err(invalid(pre_path, "an rnn export needs stroke features (features.strokes is null)".into()));
+            return Err(invalid(
+                pre_path,
+                "an rnn export needs stroke features (features.strokes is null)".into(),
+            ));
         }
         _ => {}
     }
     let metrics_path = dir.join(METRICS_FILE);
-    let metrics = if metrics_path.exists() { read_json(&metrics_path)? } else { serde_json::Value::Null };
+    let metrics = if metrics_path.exists() {
+        read_json(&metrics_path)?
+    } else {
+        serde_json::Value::Null
+    };
     let model = dir.join(MODEL_FILE);
     if !model.is_file() {
         return Err(invalid(model, "missing".into()));
     }
-    let version = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
-    Ok(ExportInfo { dir: dir.to_path_buf(), version, signature, input, labels, features: pre.features, metrics })
+    let version = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse::<u64>().ok());
+    Ok(ExportInfo {
+        dir: dir.to_path_buf(),
+        version,
+        signature,
+        input,
+        labels,
+        features: pre.features,
+        metrics,
+    })
 }
 
 /// Integer version folders of a base path, ascending. Other entries are ignored.
@@ -338,7 +450,11 @@ pub fn list_versions(base: &Path) -> Result<Vec<(u64, PathBuf)>, SignatureError>
     for e in std::fs::read_dir(base).map_err(io(base))? {
         let e = e.map_err(io(base))?;
         let name = e.file_name();
-        let Some(v) = name.to_str().filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(v) = name
+            .to_str()
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
             continue;
         };
         if e.path().is_dir() {
@@ -358,7 +474,9 @@ pub fn resolve_export_dir(dir: &Path) -> Result<PathBuf, SignatureError> {
         Some((_, p)) => Ok(p),
         None => Err(SignatureError::Invalid {
             path: dir.to_path_buf(),
-            what: format!("no {SIGNATURE_FILE} and no integer version folder (expected <base>/<version>/{SIGNATURE_FILE})"),
+            what: format!(
+                "no {SIGNATURE_FILE} and no integer version folder (expected <base>/<version>/{SIGNATURE_FILE})"
+            ),
         }),
     }
 }
@@ -379,11 +497,19 @@ pub fn write_signature(dir: &Path, sig: &Signature) -> Result<(), SignatureError
 }
 
 pub fn write_labels(dir: &Path, labels: &[String]) -> Result<(), SignatureError> {
-    write_file(&dir.join(ASSETS_DIR).join(LABELS_FILE), &labels_text(labels))
+    write_file(
+        &dir.join(ASSETS_DIR).join(LABELS_FILE),
+        &labels_text(labels),
+    )
 }
 
 pub fn write_preprocessing(dir: &Path, features: &FeatureSpec) -> Result<(), SignatureError> {
-    write_file(&dir.join(ASSETS_DIR).join(PREPROCESSING_FILE), &pretty(&Preprocessing { features: *features }))
+    write_file(
+        &dir.join(ASSETS_DIR).join(PREPROCESSING_FILE),
+        &pretty(&Preprocessing {
+            features: *features,
+        }),
+    )
 }
 
 pub fn write_metrics(dir: &Path, metrics: &serde_json::Value) -> Result<(), SignatureError> {
@@ -399,17 +525,29 @@ pub fn write_export_metadata(
     features: &FeatureSpec,
     metrics: &serde_json::Value,
 ) -> Result<(), SignatureError> {
-    let invalid = |what: String| SignatureError::Invalid { path: dir.to_path_buf(), what };
+    let invalid = |what: String| SignatureError::Invalid {
+        path: dir.to_path_buf(),
+        what,
+    };
     let kind = sig.check().map_err(invalid)?;
     if labels.len() != sig.classes {
-        return Err(invalid(format!("{} labels for {} classes", labels.len(), sig.classes)));
+        return Err(invalid(format!(
+            "{} labels for {} classes",
+            labels.len(),
+            sig.classes
+        )));
     }
     match kind {
         InputKind::Image { size, .. } if size != features.raster.size => {
-            return Err(invalid(format!("raster size {} but model input img_{size}", features.raster.size)));
+            return Err(invalid(format!(
+                "raster size {} but model input img_{size}",
+                features.raster.size
+            )));
         }
         InputKind::Strokes if features.strokes.is_none() => {
-            return Err(invalid("an rnn export needs stroke features (features.strokes is null)".into()));
+            return Err(invalid(
+                "an rnn export needs stroke features (features.strokes is null)".into(),
+            ));
         }
         _ => {}
     }
@@ -425,7 +563,10 @@ mod tests {
     use crate::raster::{RasterMode, RasterSpec};
 
     fn spec(size: u32) -> FeatureSpec {
-        FeatureSpec { raster: RasterSpec::new(RasterMode::Default, size, None), ..FeatureSpec::default() }
+        FeatureSpec {
+            raster: RasterSpec::new(RasterMode::Default, size, None),
+            ..FeatureSpec::default()
+        }
     }
 
     #[test]
@@ -433,38 +574,92 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("3");
         let labels: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
-        let sig = Signature::image(ModelInfo { kind: ModelType::Cnn, config: serde_json::json!({"dense": 256}) }, 16, 2);
-        write_export_metadata(&dir, &sig, &labels, &spec(16), &serde_json::json!({"accuracy": 0.5})).unwrap();
+        let sig = Signature::image(
+            ModelInfo {
+                kind: ModelType::Cnn,
+                config: serde_json::json!({"dense": 256}),
+            },
+            16,
+            2,
+        );
+        write_export_metadata(
+            &dir,
+            &sig,
+            &labels,
+            &spec(16),
+            &serde_json::json!({"accuracy": 0.5}),
+        )
+        .unwrap();
         let err = load_export_dir(&dir).unwrap_err();
         assert!(err.to_string().contains("model.onnx"), "{err}");
         std::fs::write(dir.join(MODEL_FILE), b"x").unwrap();
         let info = load_export_dir(&dir).unwrap();
         assert_eq!(info.version, Some(3));
         assert_eq!(info.signature, sig);
-        assert_eq!(info.input, InputKind::Image { key: "img_16".into(), size: 16 });
+        assert_eq!(
+            info.input,
+            InputKind::Image {
+                key: "img_16".into(),
+                size: 16
+            }
+        );
         assert_eq!(info.labels, labels);
         assert_eq!(info.metrics["accuracy"], 0.5);
         let text = std::fs::read_to_string(dir.join(SIGNATURE_FILE)).unwrap();
-        assert!(text.contains("\"DT_FLOAT\"") && text.contains("\"type\": \"cnn\"") && text.contains("serving_default"), "{text}");
+        assert!(
+            text.contains("\"DT_FLOAT\"")
+                && text.contains("\"type\": \"cnn\"")
+                && text.contains("serving_default"),
+            "{text}"
+        );
 
         // Mismatched raster size and label count are refused by the writer.
-        assert!(write_export_metadata(&dir, &sig, &labels, &spec(28), &serde_json::Value::Null).is_err());
-        assert!(write_export_metadata(&dir, &sig, &labels[..1], &spec(16), &serde_json::Value::Null).is_err());
+        assert!(
+            write_export_metadata(&dir, &sig, &labels, &spec(28), &serde_json::Value::Null)
+                .is_err()
+        );
+        assert!(
+            write_export_metadata(
+                &dir,
+                &sig,
+                &labels[..1],
+                &spec(16),
+                &serde_json::Value::Null
+            )
+            .is_err()
+        );
         assert_eq!(resolve_export_dir(tmp.path()).unwrap(), dir);
         std::fs::create_dir(tmp.path().join("notaversion")).unwrap();
         std::fs::create_dir(tmp.path().join("10")).unwrap();
-        let v: Vec<u64> = list_versions(tmp.path()).unwrap().into_iter().map(|v| v.0).collect();
+        let v: Vec<u64> = list_versions(tmp.path())
+            .unwrap()
+            .into_iter()
+            .map(|v| v.0)
+            .collect();
         assert_eq!(v, vec![3, 10]);
     }
 
     #[test]
     fn stroke_signature() {
-        let sig = Signature::strokes(ModelInfo { kind: ModelType::Rnn, config: serde_json::Value::Null }, 5);
+        let sig = Signature::strokes(
+            ModelInfo {
+                kind: ModelType::Rnn,
+                config: serde_json::Value::Null,
+            },
+            5,
+        );
         assert_eq!(sig.check(), Ok(InputKind::Strokes));
         let mut bad = sig.clone();
         bad.inputs.remove(LENGTHS);
         assert!(bad.check().unwrap_err().contains("lengths"));
-        let img = Signature::image(ModelInfo { kind: ModelType::Rnn, config: serde_json::Value::Null }, 8, 5);
+        let img = Signature::image(
+            ModelInfo {
+                kind: ModelType::Rnn,
+                config: serde_json::Value::Null,
+            },
+            8,
+            5,
+        );
         assert!(img.check().is_err(), "an rnn must take strokes");
     }
 }

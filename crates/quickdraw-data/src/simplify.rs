@@ -146,7 +146,12 @@ pub fn simplify(strokes: &[Stroke]) -> Vec<Stroke> {
 pub fn simplify_with(strokes: &[Stroke], opts: &SimplifyOptions) -> Vec<Stroke> {
     let wide: Vec<Vec<Pt>> = strokes
         .iter()
-        .map(|s| s.x.iter().zip(&s.y).map(|(&x, &y)| (f64::from(x), f64::from(y))).collect())
+        .map(|s| {
+            s.x.iter()
+                .zip(&s.y)
+                .map(|(&x, &y)| (f64::from(x), f64::from(y)))
+                .collect()
+        })
         .collect();
     simplify_points(&wide, opts)
 }
@@ -161,7 +166,10 @@ pub fn simplify_points(strokes: &[Vec<(f64, f64)>], opts: &SimplifyOptions) -> V
     let finite: Vec<Vec<Pt>> = strokes
         .iter()
         .map(|s| {
-            s.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect::<Vec<Pt>>()
+            s.iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect::<Vec<Pt>>()
         })
         .filter(|pts| !pts.is_empty())
         .collect();
@@ -191,8 +199,10 @@ pub fn simplify_points(strokes: &[Vec<(f64, f64)>], opts: &SimplifyOptions) -> V
     finite
         .iter()
         .map(|pts| {
-            let aligned: Vec<Pt> =
-                pts.iter().map(|&(x, y)| (to_frame(x, min.0), to_frame(y, min.1))).collect();
+            let aligned: Vec<Pt> = pts
+                .iter()
+                .map(|&(x, y)| (to_frame(x, min.0), to_frame(y, min.1)))
+                .collect();
             // Step 3.
             let resampled = match opts.resampling {
                 Resampling::ArcLength => resample_arc_length(&aligned, spacing, false),
@@ -202,8 +212,12 @@ pub fn simplify_points(strokes: &[Vec<(f64, f64)>], opts: &SimplifyOptions) -> V
             };
             // Step 4, on floats.
             let keep = rdp_mask(&resampled, epsilon, opts.distance);
-            let mut kept: Vec<Pt> =
-                resampled.iter().zip(&keep).filter(|(_, k)| **k).map(|(p, _)| *p).collect();
+            let mut kept: Vec<Pt> = resampled
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(p, _)| *p)
+                .collect();
             if kept.len() == 1 {
                 // The recursive `rdp` package returns both end points of a one-point input.
                 kept.push(kept[0]);
@@ -306,7 +320,11 @@ fn resample_per_segment(points: &[Pt], spacing: f64) -> Vec<Pt> {
 /// rounding for `x * x + y * y`, as a BLAS dot product with fused multiply-add gives), or the
 /// plain `sqrt(x * x + y * y)` when `fused` is false.
 fn norm(x: f64, y: f64, fused: bool) -> f64 {
-    if fused { x.mul_add(x, y * y).sqrt() } else { (x * x + y * y).sqrt() }
+    if fused {
+        x.mul_add(x, y * y).sqrt()
+    } else {
+        (x * x + y * y).sqrt()
+    }
 }
 
 /// Distance of `p` from the line through `a` and `b`, written as the `rdp` Python package does:
@@ -332,8 +350,11 @@ fn line_distance_unfused(p: Pt, a: Pt, b: Pt) -> f64 {
 fn segment_distance(p: Pt, a: Pt, b: Pt) -> f64 {
     let (ex, ey) = (b.0 - a.0, b.1 - a.1);
     let l2 = ex * ex + ey * ey;
-    let t =
-        if l2 > 0.0 { (((p.0 - a.0) * ex + (p.1 - a.1) * ey) / l2).clamp(0.0, 1.0) } else { 0.0 };
+    let t = if l2 > 0.0 {
+        (((p.0 - a.0) * ex + (p.1 - a.1) * ey) / l2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let (dx, dy) = (p.0 - (a.0 + t * ex), p.1 - (a.1 + t * ey));
     (dx * dx + dy * dy).sqrt()
 }
@@ -385,9 +406,17 @@ fn rdp_mask(points: &[Pt], epsilon: f64, distance: Distance) -> Vec<bool> {
 /// three points come back unchanged. Computed in `f64`; the returned points are input points.
 /// Non-finite distances are never "greater", so NaN input does not panic.
 pub fn rdp(points: &[(f32, f32)], epsilon: f32) -> Vec<(f32, f32)> {
-    let wide: Vec<Pt> = points.iter().map(|&(x, y)| (f64::from(x), f64::from(y))).collect();
+    let wide: Vec<Pt> = points
+        .iter()
+        .map(|&(x, y)| (f64::from(x), f64::from(y)))
+        .collect();
     let keep = rdp_mask(&wide, f64::from(epsilon), Distance::Line);
-    points.iter().zip(keep).filter(|(_, k)| *k).map(|(p, _)| *p).collect()
+    points
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(p, _)| *p)
+        .collect()
 }
 
 /// How one of our simplified drawings compares with Google's for the same `key_id`.
@@ -483,7 +512,11 @@ impl MatchReport {
     }
     /// `count` as a share of the drawings compared (0 when none were).
     pub fn share(&self, count: usize) -> f64 {
-        if self.drawings == 0 { 0.0 } else { count as f64 / self.drawings as f64 }
+        if self.drawings == 0 {
+            0.0
+        } else {
+            count as f64 / self.drawings as f64
+        }
     }
     /// Mean absolute coordinate error over the drawings with the same point counts, in pixels.
     pub fn mean_abs_error(&self) -> f64 {
@@ -549,7 +582,9 @@ type RawTwin = (Vec<Stroke>, Vec<Vec<Pt>>);
 /// decides RDP ties). `None` when the text is not laid out as expected.
 fn exact_drawing(line: &str) -> Option<Vec<Vec<Vec<f64>>>> {
     const KEY: &str = "\"drawing\"";
-    let rest = line[line.find(KEY)? + KEY.len()..].trim_start().strip_prefix(':')?;
+    let rest = line[line.find(KEY)? + KEY.len()..]
+        .trim_start()
+        .strip_prefix(':')?;
     let bytes = rest.as_bytes();
     let (mut strokes, mut stroke, mut array) = (Vec::new(), Vec::new(), Vec::new());
     let (mut depth, mut i) = (0usize, 0usize);
@@ -567,7 +602,9 @@ fn exact_drawing(line: &str) -> Option<Vec<Vec<Vec<f64>>>> {
             }
             b',' | b' ' | b'\t' | b'\r' | b'\n' => {}
             _ if depth == 3 => {
-                let len = bytes[i..].iter().position(|c| matches!(c, b',' | b']' | b' '))?;
+                let len = bytes[i..]
+                    .iter()
+                    .position(|c| matches!(c, b',' | b']' | b' '))?;
                 array.push(rest.get(i..i + len)?.parse::<f64>().ok()?);
                 i += len;
                 continue;
@@ -603,7 +640,10 @@ fn parse_line(line: &str) -> Result<Parsed, String> {
         .into_iter()
         .map(|mut arrays| {
             if arrays.len() < 2 || arrays.len() > 3 {
-                return Err(format!("a stroke has {} arrays, expected 2 or 3", arrays.len()));
+                return Err(format!(
+                    "a stroke has {} arrays, expected 2 or 3",
+                    arrays.len()
+                ));
             }
             let t = (arrays.len() == 3).then(|| arrays.pop().unwrap_or_default());
             let y = arrays.pop().unwrap_or_default();
@@ -612,7 +652,11 @@ fn parse_line(line: &str) -> Result<Parsed, String> {
                 return Err("stroke arrays of different lengths".to_string());
             }
             let f = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
-            Ok(Stroke { x: f(x), y: f(y), t: t.map(f) })
+            Ok(Stroke {
+                x: f(x),
+                y: f(y),
+                t: t.map(f),
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((rec.key_id, strokes, wide))
@@ -647,13 +691,20 @@ pub fn load_match_pairs(dir: &Path) -> io::Result<MatchSet> {
     files.sort();
     let mut set = MatchSet::default();
     for simplified in files {
-        let Some(name) = simplified.file_name() else { continue };
-        let class =
-            simplified.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(name) = simplified.file_name() else {
+            continue;
+        };
+        let class = simplified
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut google: Vec<(String, Vec<Stroke>)> = Vec::new();
         read_ndjson(&simplified, |(k, s, _)| google.push((k, s)))?;
-        let wanted: HashMap<&str, usize> =
-            google.iter().enumerate().map(|(i, (k, _))| (k.as_str(), i)).collect();
+        let wanted: HashMap<&str, usize> = google
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.as_str(), i))
+            .collect();
         let mut raw: Vec<Option<RawTwin>> = vec![None; google.len()];
         let raw_path = dir.join("raw").join(name);
         if raw_path.exists() {
@@ -665,9 +716,13 @@ pub fn load_match_pairs(dir: &Path) -> io::Result<MatchSet> {
         }
         for ((key_id, google), r) in google.into_iter().zip(raw) {
             match r {
-                Some((raw, raw_f64)) => {
-                    set.pairs.push(MatchPair { class: class.clone(), key_id, raw, raw_f64, google })
-                }
+                Some((raw, raw_f64)) => set.pairs.push(MatchPair {
+                    class: class.clone(),
+                    key_id,
+                    raw,
+                    raw_f64,
+                    google,
+                }),
                 None => set.missing_raw += 1,
             }
         }
@@ -700,7 +755,10 @@ mod tests {
     }
 
     fn stroke(p: &[(f32, f32)]) -> Stroke {
-        Stroke::new(p.iter().map(|q| q.0).collect(), p.iter().map(|q| q.1).collect())
+        Stroke::new(
+            p.iter().map(|q| q.0).collect(),
+            p.iter().map(|q| q.1).collect(),
+        )
     }
 
     fn points_of(s: &Stroke) -> Vec<(f32, f32)> {
@@ -715,7 +773,13 @@ mod tests {
 
     #[test]
     fn rdp_keeps_a_right_angle_corner() {
-        let l = pts(&[(0.0, 0.0), (5.0, 0.0), (10.0, 0.0), (10.0, 5.0), (10.0, 10.0)]);
+        let l = pts(&[
+            (0.0, 0.0),
+            (5.0, 0.0),
+            (10.0, 0.0),
+            (10.0, 5.0),
+            (10.0, 10.0),
+        ]);
         assert_eq!(rdp(&l, 2.0), pts(&[(0.0, 0.0), (10.0, 0.0), (10.0, 10.0)]));
     }
 
@@ -755,7 +819,10 @@ mod tests {
     fn rdp_short_and_degenerate_inputs() {
         assert!(rdp(&[], 2.0).is_empty());
         assert_eq!(rdp(&[(1.0, 1.0)], 2.0), pts(&[(1.0, 1.0)]));
-        assert_eq!(rdp(&[(1.0, 1.0), (5.0, 5.0)], 2.0), pts(&[(1.0, 1.0), (5.0, 5.0)]));
+        assert_eq!(
+            rdp(&[(1.0, 1.0), (5.0, 5.0)], 2.0),
+            pts(&[(1.0, 1.0), (5.0, 5.0)])
+        );
         assert_eq!(rdp(&[(1.0, 1.0); 5], 2.0), pts(&[(1.0, 1.0), (1.0, 1.0)]));
         let nan = rdp(&[(0.0, 0.0), (f32::NAN, 1.0), (2.0, 0.0)], 2.0);
         assert_eq!(nan.len(), 2);
@@ -764,7 +831,10 @@ mod tests {
     #[test]
     fn align_and_scale_use_one_factor_for_both_axes() {
         // Width 100, height 50: the factor is 255 / 100 on both axes, x spans 0..=255.
-        let d = [stroke(&[(100.0, 20.0), (200.0, 20.0)]), stroke(&[(150.0, 70.0), (150.0, 70.0)])];
+        let d = [
+            stroke(&[(100.0, 20.0), (200.0, 20.0)]),
+            stroke(&[(150.0, 70.0), (150.0, 70.0)]),
+        ];
         let out = simplify(&d);
         assert_eq!(out.len(), 2);
         assert_eq!(points_of(&out[0]), pts(&[(0.0, 0.0), (255.0, 0.0)]));
@@ -802,8 +872,15 @@ mod tests {
                     .all(|(p, q)| (p.0 - q.0).abs() < 1e-9 && (p.1 - q.1).abs() < 1e-9)
         };
         let r = resample_arc_length(&[(0.0, 0.0), (3.0, 0.0), (3.0, 2.5)], 1.0, false);
-        let want =
-            [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (3.0, 1.0), (3.0, 2.0), (3.0, 2.5)];
+        let want = [
+            (0.0, 0.0),
+            (1.0, 0.0),
+            (2.0, 0.0),
+            (3.0, 0.0),
+            (3.0, 1.0),
+            (3.0, 2.0),
+            (3.0, 2.5),
+        ];
         assert!(close(&r, &want), "{r:?}");
         // Spacing is measured along the path, across vertices: the corner (3.5, 0) is not kept.
         let r = resample_arc_length(&[(0.0, 0.0), (3.5, 0.0), (3.5, 3.0)], 1.0, false);
@@ -822,14 +899,20 @@ mod tests {
         // The original vertices are kept by the per-segment variant only.
         let r = resample_per_segment(&[(0.0, 0.0), (3.5, 0.0), (3.5, 3.0)], 1.0);
         assert!(r.contains(&(3.5, 0.0)) && r.len() == 8, "{r:?}");
-        assert_eq!(resample_arc_length(&[(2.0, 2.0)], 1.0, false), vec![(2.0, 2.0), (2.0, 2.0)]);
+        assert_eq!(
+            resample_arc_length(&[(2.0, 2.0)], 1.0, false),
+            vec![(2.0, 2.0), (2.0, 2.0)]
+        );
         assert!(resample_arc_length(&[], 1.0, false).is_empty());
     }
 
     #[test]
     fn long_straight_stroke_simplifies_to_its_end_points() {
         let d = [stroke(&[(0.0, 0.0), (40.0, 40.0), (100.0, 100.0)])];
-        assert_eq!(points_of(&simplify(&d)[0]), pts(&[(0.0, 0.0), (255.0, 255.0)]));
+        assert_eq!(
+            points_of(&simplify(&d)[0]),
+            pts(&[(0.0, 0.0), (255.0, 255.0)])
+        );
     }
 
     #[test]
@@ -841,9 +924,17 @@ mod tests {
         assert_eq!(points_of(&one[0]), pts(&[(0.0, 0.0), (0.0, 0.0)]));
         let same = simplify(&[stroke(&[(5.0, 5.0); 4]), stroke(&[(5.0, 5.0)])]);
         assert_eq!(same.len(), 2);
-        assert!(same.iter().all(|s| s.x.iter().chain(&s.y).all(|&v| v == 0.0)));
+        assert!(
+            same.iter()
+                .all(|s| s.x.iter().chain(&s.y).all(|&v| v == 0.0))
+        );
         let nan = simplify(&[
-            stroke(&[(f32::NAN, 1.0), (0.0, 0.0), (f32::INFINITY, 3.0), (10.0, 0.0)]),
+            stroke(&[
+                (f32::NAN, 1.0),
+                (0.0, 0.0),
+                (f32::INFINITY, 3.0),
+                (10.0, 0.0),
+            ]),
             stroke(&[(f32::NAN, f32::NAN)]),
         ]);
         assert_eq!(nan.len(), 1);
@@ -851,7 +942,11 @@ mod tests {
         let huge = simplify(&[stroke(&[(f32::MIN, 0.0), (f32::MAX, 0.0), (0.0, f32::MAX)])]);
         assert_eq!(huge.len(), 1);
         // Mismatched x / y lengths: the extra coordinates are ignored.
-        let ragged = simplify(&[Stroke { x: vec![0.0, 1.0, 2.0], y: vec![0.0], t: None }]);
+        let ragged = simplify(&[Stroke {
+            x: vec![0.0, 1.0, 2.0],
+            y: vec![0.0],
+            t: None,
+        }]);
         assert_eq!(ragged.len(), 1);
     }
 
@@ -873,20 +968,33 @@ mod tests {
         r.add(&compare(&a, &a));
         r.add(&compare(&a, &b));
         r.add(&compare(&a, &[]));
-        assert_eq!((r.drawings, r.same_point_count, r.within_1px, r.exact), (3, 2, 2, 1));
+        assert_eq!(
+            (r.drawings, r.same_point_count, r.within_1px, r.exact),
+            (3, 2, 2, 1)
+        );
         assert!((r.mean_abs_error() - 0.25).abs() < 1e-12);
     }
 
     /// Agreement with Google's own simplified files, when the shared data folder is present.
     #[test]
     fn matches_google_simplified_files() {
-        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/quickdraw"));
+        let dir = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/quickdraw"
+        ));
         if !dir.join("simplified").is_dir() || !dir.join("raw").is_dir() {
-            eprintln!("SKIP matches_google_simplified_files: {} not found", dir.display());
+            eprintln!(
+                "SKIP matches_google_simplified_files: {} not found",
+                dir.display()
+            );
             return;
         }
         let set = load_match_pairs(dir).expect("shared QuickDraw data should parse");
-        assert!(set.pairs.len() >= 100, "only {} pairs found", set.pairs.len());
+        assert!(
+            set.pairs.len() >= 100,
+            "only {} pairs found",
+            set.pairs.len()
+        );
         // Measured on the 1220 shared pairs: f32 input 99.84% same point counts, 99.67% within
         // 1 px, 99.43% exact; f64 input 100% on all three.
         let r = measure(&set.pairs, &SimplifyOptions::default(), false);

@@ -18,18 +18,26 @@ pub enum SplitPolicy {
     Fractions { fractions: [f64; 3] },
     /// Drawings made before `eval_after` (UTC seconds) are train; later ones are split between
     /// eval and test by hash in the proportions of `eval_test`; optional per-class quotas.
-    ByTime { eval_after: i64, eval_test: [f64; 2], counts: Option<[u64; 3]> },
+    ByTime {
+        eval_after: i64,
+        eval_test: [f64; 2],
+        counts: Option<[u64; 3]>,
+    },
 }
 
 impl Default for SplitPolicy {
     fn default() -> Self {
-        SplitPolicy::Counts { counts: DEFAULT_COUNTS }
+        SplitPolicy::Counts {
+            counts: DEFAULT_COUNTS,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SplitError {
-    #[error("bad --split {0:?}: expected e.g. train=5000,eval=1000,test=1000 or train=0.8,eval=0.1,test=0.1")]
+    #[error(
+        "bad --split {0:?}: expected e.g. train=5000,eval=1000,test=1000 or train=0.8,eval=0.1,test=0.1"
+    )]
     Syntax(String),
     #[error("bad --split {0:?}: unknown split {1:?} (train, eval, test)")]
     UnknownSplit(String, String),
@@ -44,8 +52,13 @@ pub enum SplitError {
 pub fn parse_split(spec: &str) -> Result<SplitPolicy, SplitError> {
     let mut vals = [None::<&str>; 3];
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| SplitError::Syntax(spec.into()))?;
-        let i = SPLITS.iter().position(|s| *s == k.trim()).ok_or_else(|| SplitError::UnknownSplit(spec.into(), k.into()))?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| SplitError::Syntax(spec.into()))?;
+        let i = SPLITS
+            .iter()
+            .position(|s| *s == k.trim())
+            .ok_or_else(|| SplitError::UnknownSplit(spec.into(), k.into()))?;
         vals[i] = Some(v.trim());
     }
     if vals.iter().all(Option::is_none) {
@@ -56,7 +69,11 @@ pub fn parse_split(spec: &str) -> Result<SplitPolicy, SplitError> {
         let mut f = [0.0; 3];
         for (i, v) in vals.iter().enumerate() {
             if let Some(v) = v {
-                f[i] = v.parse::<f64>().ok().filter(|x| (0.0..=1.0).contains(x)).ok_or_else(|| SplitError::Syntax(spec.into()))?;
+                f[i] = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| (0.0..=1.0).contains(x))
+                    .ok_or_else(|| SplitError::Syntax(spec.into()))?;
             }
         }
         let sum: f64 = f.iter().sum();
@@ -78,9 +95,15 @@ pub fn parse_split(spec: &str) -> Result<SplitPolicy, SplitError> {
 /// Parses `--eval-after`: `2017-03-15` (midnight UTC) or RFC 3339.
 pub fn parse_date(s: &str) -> Result<i64, SplitError> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp());
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp());
     }
-    chrono::DateTime::parse_from_rfc3339(s.trim()).map(|d| d.timestamp()).map_err(|_| SplitError::Date(s.into()))
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|d| d.timestamp())
+        .map_err(|_| SplitError::Date(s.into()))
 }
 
 /// splitmix64's finaliser (Steele, Lea, Flood 2014): a fast, well-mixed, stable 64-bit hash.
@@ -93,7 +116,9 @@ pub fn mix64(mut z: u64) -> u64 {
 
 /// FNV-1a of a string (stable across platforms and Rust versions, unlike `DefaultHasher`).
 pub fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Uniform number in [0, 1) from a drawing's class and key_id (class matters for numpy_bitmap,
@@ -121,7 +146,10 @@ pub struct Splitter {
 
 impl Splitter {
     pub fn new(policy: &SplitPolicy) -> Self {
-        Splitter { policy: policy.clone(), taken: [0; 3] }
+        Splitter {
+            policy: policy.clone(),
+            taken: [0; 3],
+        }
     }
 
     fn pick(shares: [f64; 3], u: f64) -> Option<usize> {
@@ -163,12 +191,18 @@ impl Splitter {
                 Some(i) => self.cap(i, None),
                 None => Assign::NotSelected,
             },
-            SplitPolicy::ByTime { eval_after, eval_test, counts } => {
+            SplitPolicy::ByTime {
+                eval_after,
+                eval_test,
+                counts,
+            } => {
                 let i = if timestamp < eval_after {
                     0
                 } else {
                     let s = eval_test[0] + eval_test[1];
-                    if s <= 0.0 { return Assign::NotSelected }
+                    if s <= 0.0 {
+                        return Assign::NotSelected;
+                    }
                     if u < eval_test[0] / s { 1 } else { 2 }
                 };
                 self.cap(i, counts)
@@ -180,7 +214,9 @@ impl Splitter {
     pub fn all_full(&self) -> bool {
         match &self.policy {
             SplitPolicy::Counts { counts } => (0..3).all(|i| self.taken[i] >= counts[i]),
-            SplitPolicy::ByTime { counts: Some(c), .. } => (0..3).all(|i| self.taken[i] >= c[i]),
+            SplitPolicy::ByTime {
+                counts: Some(c), ..
+            } => (0..3).all(|i| self.taken[i] >= c[i]),
             _ => false,
         }
     }
@@ -192,10 +228,24 @@ mod tests {
 
     #[test]
     fn parse_specs() {
-        assert_eq!(parse_split("train=5000,eval=1000,test=1000").unwrap(), SplitPolicy::default());
-        assert_eq!(parse_split("train=0.9,eval=0.1").unwrap(), SplitPolicy::Fractions { fractions: [0.9, 0.1, 0.0] });
-        assert!(matches!(parse_split("train=0.9,eval=0.2"), Err(SplitError::TooMuch(..))));
-        assert!(matches!(parse_split("valid=3"), Err(SplitError::UnknownSplit(..))));
+        assert_eq!(
+            parse_split("train=5000,eval=1000,test=1000").unwrap(),
+            SplitPolicy::default()
+        );
+        assert_eq!(
+            parse_split("train=0.9,eval=0.1").unwrap(),
+            SplitPolicy::Fractions {
+                fractions: [0.9, 0.1, 0.0]
+            }
+        );
+        assert!(matches!(
+            parse_split("train=0.9,eval=0.2"),
+            Err(SplitError::TooMuch(..))
+        ));
+        assert!(matches!(
+            parse_split("valid=3"),
+            Err(SplitError::UnknownSplit(..))
+        ));
         assert_eq!(parse_date("2017-03-15").unwrap(), 1489536000);
     }
 
@@ -211,7 +261,9 @@ mod tests {
 
     #[test]
     fn quotas_fill_in_proportion_and_stop() {
-        let mut s = Splitter::new(&SplitPolicy::Counts { counts: [50, 10, 10] });
+        let mut s = Splitter::new(&SplitPolicy::Counts {
+            counts: [50, 10, 10],
+        });
         let mut got = [0; 3];
         let mut full = 0;
         for k in 0..1000 {
@@ -226,8 +278,15 @@ mod tests {
         }
         assert_eq!(got, [50, 10, 10]);
         assert!(full > 0);
-        let mut t = Splitter::new(&SplitPolicy::ByTime { eval_after: 100, eval_test: [1.0, 1.0], counts: None });
+        let mut t = Splitter::new(&SplitPolicy::ByTime {
+            eval_after: 100,
+            eval_test: [1.0, 1.0],
+            counts: None,
+        });
         assert_eq!(t.assign("cat", 1, 99), Assign::Split(0));
-        assert!(matches!(t.assign("cat", 1, 100), Assign::Split(1) | Assign::Split(2)));
+        assert!(matches!(
+            t.assign("cat", 1, 100),
+            Assign::Split(1) | Assign::Split(2)
+        ));
     }
 }

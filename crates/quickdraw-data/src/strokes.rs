@@ -21,7 +21,9 @@ pub struct StrokeSpec {
 
 impl Default for StrokeSpec {
     fn default() -> Self {
-        StrokeSpec { max_points: DEFAULT_MAX_POINTS }
+        StrokeSpec {
+            max_points: DEFAULT_MAX_POINTS,
+        }
     }
 }
 
@@ -79,7 +81,10 @@ mod tests {
     #[test]
     fn hand_checked_deltas() {
         // Two strokes: (0,0)->(10,0) and (10,10)->(0,10). Box 10x10.
-        let s = vec![Stroke::new(vec![0., 10.], vec![0., 0.]), Stroke::new(vec![10., 0.], vec![10., 10.])];
+        let s = vec![
+            Stroke::new(vec![0., 10.], vec![0., 0.]),
+            Stroke::new(vec![10., 0.], vec![10., 10.]),
+        ];
         let f = stroke_features(&s, &StrokeSpec::default());
         assert_eq!(f.len, 3);
         assert_eq!(f.dx, vec![1.0, 0.0, -1.0]);
@@ -91,10 +96,17 @@ mod tests {
 
     #[test]
     fn truncation_and_degenerate() {
-        let s = vec![Stroke::new((0..10).map(|v| v as f32).collect(), vec![3.0; 10])];
+        let s = vec![Stroke::new(
+            (0..10).map(|v| v as f32).collect(),
+            vec![3.0; 10],
+        )];
         let f = stroke_features(&s, &StrokeSpec { max_points: 4 });
         assert_eq!((f.len, f.truncated), (4, true));
-        assert_eq!(f.dy, vec![0.0; 4], "zero-extent axis is not divided by zero");
+        assert_eq!(
+            f.dy,
+            vec![0.0; 4],
+            "zero-extent axis is not divided by zero"
+        );
         assert_eq!(stroke_features(&[], &StrokeSpec::default()).len, 0);
     }
 }

@@ -117,8 +117,16 @@ pub fn class_name(class: usize) -> &'static str {
 ///
 /// Panics when `class_idx >= SHAPES.len()`.
 pub fn synth_class(class_idx: usize, cfg: &SynthConfig) -> impl Iterator<Item = Drawing> + use<> {
-    assert!(class_idx < SHAPES.len(), "synthetic class {class_idx} out of range");
-    let SynthConfig { per_class, seed, unrecognized_share, .. } = *cfg;
+    assert!(
+        class_idx < SHAPES.len(),
+        "synthetic class {class_idx} out of range"
+    );
+    let SynthConfig {
+        per_class,
+        seed,
+        unrecognized_share,
+        ..
+    } = *cfg;
     (0..per_class as u64).map(move |index| {
         let rec = synth_drawing(class_idx, index, seed);
         let mut d = rec.drawing;
@@ -187,8 +195,17 @@ pub fn synth_drawing(class: usize, index: u64, seed: u64) -> SynthRecord {
 pub fn to_ndjson_line(d: &Drawing, simplified: bool) -> String {
     match (&d.ink, simplified) {
         (Ink::Strokes(strokes), true) if strokes.iter().any(|s| s.t.is_some()) => {
-            let strokes = strokes.iter().map(|s| Stroke { t: None, ..s.clone() }).collect();
-            crate::ingest::ndjson::to_line(&Drawing { ink: Ink::Strokes(strokes), ..d.clone() })
+            let strokes = strokes
+                .iter()
+                .map(|s| Stroke {
+                    t: None,
+                    ..s.clone()
+                })
+                .collect();
+            crate::ingest::ndjson::to_line(&Drawing {
+                ink: Ink::Strokes(strokes),
+                ..d.clone()
+            })
         }
         _ => crate::ingest::ndjson::to_line(d),
     }
@@ -271,12 +288,16 @@ fn arc(c: Pt, rx: f64, ry: f64, a0: f64, sweep: f64, n: usize) -> Poly {
 /// ending with an overshoot or a gap of up to ~`slop` along the last side.
 fn polygon_stroke(v: &[Pt], start: usize, dir: isize, slop: f64) -> Poly {
     let n = v.len() as isize;
-    let mut out: Poly =
-        (0..=n).map(|k| v[((start as isize + dir * k) % n + n) as usize % n as usize]).collect();
+    let mut out: Poly = (0..=n)
+        .map(|k| v[((start as isize + dir * k) % n + n) as usize % n as usize])
+        .collect();
     // Adjust the closing point: overshoot past the start or stop short of it.
     let last = out[out.len() - 1];
     let prev = out[out.len() - 2];
-    let end = (last.0 + (last.0 - prev.0) * slop, last.1 + (last.1 - prev.1) * slop);
+    let end = (
+        last.0 + (last.0 - prev.0) * slop,
+        last.1 + (last.1 - prev.1) * slop,
+    );
     *out.last_mut().unwrap() = end;
     out
 }
@@ -292,7 +313,11 @@ fn template(class: usize, rng: &mut ChaCha8Rng) -> (&'static str, Vec<Poly>, Rot
                 // One stroke, usually starting near the top, closing with a small overlap or gap.
                 let a0 = -PI / 2.0 + normal(rng) * 0.9;
                 let sweep = dir * 2.0 * PI * uni(rng, 0.93, 1.1);
-                ("one-stroke", vec![arc((0.0, 0.0), rx, ry, a0, sweep, 72)], Rotation::Any)
+                (
+                    "one-stroke",
+                    vec![arc((0.0, 0.0), rx, ry, a0, sweep, 72)],
+                    Rotation::Any,
+                )
             } else {
                 // Two halves, both from the top down.
                 let a0 = -PI / 2.0 + normal(rng) * 0.1;
@@ -307,13 +332,25 @@ fn template(class: usize, rng: &mut ChaCha8Rng) -> (&'static str, Vec<Poly>, Rot
             let c = [(-w, -h), (w, -h), (w, h), (-w, h)].map(|p| jit(rng, p, 0.035));
             let r = rng.random::<f64>();
             if r < 0.55 {
-                let start = if chance(rng, 0.75) { 0 } else { rng.random_range(0..4) };
+                let start = if chance(rng, 0.75) {
+                    0
+                } else {
+                    rng.random_range(0..4)
+                };
                 let dir = if chance(rng, 0.6) { 1 } else { -1 };
                 let slop = uni(rng, -0.08, 0.1);
-                ("one-stroke", vec![polygon_stroke(&c, start, dir, slop)], tilt)
+                (
+                    "one-stroke",
+                    vec![polygon_stroke(&c, start, dir, slop)],
+                    tilt,
+                )
             } else if r < 0.8 {
-                let mut sides =
-                    vec![vec![c[0], c[1]], vec![c[1], c[2]], vec![c[3], c[2]], vec![c[0], c[3]]];
+                let mut sides = vec![
+                    vec![c[0], c[1]],
+                    vec![c[1], c[2]],
+                    vec![c[3], c[2]],
+                    vec![c[0], c[3]],
+                ];
                 if chance(rng, 0.4) {
                     sides.rotate_right(1); // left side first
                 }
@@ -321,7 +358,11 @@ fn template(class: usize, rng: &mut ChaCha8Rng) -> (&'static str, Vec<Poly>, Rot
             } else {
                 let a = vec![c[0], c[3], c[2]];
                 let b = vec![c[0], c[1], c[2]];
-                let strokes = if chance(rng, 0.5) { vec![a, b] } else { vec![b, a] };
+                let strokes = if chance(rng, 0.5) {
+                    vec![a, b]
+                } else {
+                    vec![b, a]
+                };
                 ("two-corners", strokes, tilt)
             }
         }
@@ -334,13 +375,29 @@ fn template(class: usize, rng: &mut ChaCha8Rng) -> (&'static str, Vec<Poly>, Rot
             if r < 0.65 {
                 let v = [apex, br, bl];
                 let dir = if chance(rng, 0.55) { -1 } else { 1 };
-                let start = if chance(rng, 0.8) { 0 } else { rng.random_range(0..3) };
+                let start = if chance(rng, 0.8) {
+                    0
+                } else {
+                    rng.random_range(0..3)
+                };
                 let slop = uni(rng, -0.06, 0.1);
-                ("one-stroke", vec![polygon_stroke(&v, start, dir, slop)], tilt)
+                (
+                    "one-stroke",
+                    vec![polygon_stroke(&v, start, dir, slop)],
+                    tilt,
+                )
             } else if r < 0.85 {
-                ("three-sides", vec![vec![apex, bl], vec![apex, br], vec![bl, br]], tilt)
+                (
+                    "three-sides",
+                    vec![vec![apex, bl], vec![apex, br], vec![bl, br]],
+                    tilt,
+                )
             } else {
-                ("roof-and-base", vec![vec![bl, apex, br], vec![bl, br]], tilt)
+                (
+                    "roof-and-base",
+                    vec![vec![bl, apex, br], vec![bl, br]],
+                    tilt,
+                )
             }
         }
         "star" => {
@@ -353,7 +410,11 @@ fn template(class: usize, rng: &mut ChaCha8Rng) -> (&'static str, Vec<Poly>, Rot
             let r = rng.random::<f64>();
             if r < 0.5 {
                 // Pentagram in one stroke, usually from the bottom-left point.
-                let start = if chance(rng, 0.6) { 3 } else { rng.random_range(0..5) };
+                let start = if chance(rng, 0.6) {
+                    3
+                } else {
+                    rng.random_range(0..5)
+                };
                 let step = if chance(rng, 0.5) { 2 } else { 3 };
                 let mut p: Poly = (0..=5).map(|k| outer[(start + step * k) % 5]).collect();
                 let last = p.len() - 1;
@@ -401,7 +462,11 @@ fn template(class: usize, rng: &mut ChaCha8Rng) -> (&'static str, Vec<Poly>, Rot
                     (u - 0.5, sag * 4.0 * u * (1.0 - u))
                 })
                 .collect();
-            ("one-stroke", vec![if chance(rng, 0.35) { reversed(p) } else { p }], Rotation::Any)
+            (
+                "one-stroke",
+                vec![if chance(rng, 0.35) { reversed(p) } else { p }],
+                Rotation::Any,
+            )
         }
         "spiral" => {
             let turns = uni(rng, 2.0, 4.0);
@@ -444,7 +509,10 @@ fn template(class: usize, rng: &mut ChaCha8Rng) -> (&'static str, Vec<Poly>, Rot
             let peak = (uni(rng, -0.08, 0.08), -0.5 + uni(rng, -0.03, 0.03));
             let roof = vec![(c[0].0 - eave, c[0].1), peak, (c[1].0 + eave, c[1].1)];
             let (variant, body) = if chance(rng, 0.5) {
-                ("closed-body", vec![polygon_stroke(&c, 0, -1, uni(rng, -0.05, 0.05))])
+                (
+                    "closed-body",
+                    vec![polygon_stroke(&c, 0, -1, uni(rng, -0.05, 0.05))],
+                )
             } else if chance(rng, 0.7) {
                 ("open-body", vec![vec![c[0], c[3], c[2], c[1]]])
             } else {
@@ -463,12 +531,21 @@ fn template(class: usize, rng: &mut ChaCha8Rng) -> (&'static str, Vec<Poly>, Rot
                 let dx = uni(rng, -0.5, 0.5) * w;
                 let dw = uni(rng, 0.08, 0.14);
                 let dt = 0.5 - uni(rng, 0.25, 0.4);
-                strokes.push(vec![(dx - dw, 0.5), (dx - dw, dt), (dx + dw, dt), (dx + dw, 0.5)]);
+                strokes.push(vec![
+                    (dx - dw, 0.5),
+                    (dx - dw, dt),
+                    (dx + dw, dt),
+                    (dx + dw, 0.5),
+                ]);
             }
             if chance(rng, 0.25) {
                 let (wx, wy, s) = (uni(rng, -0.6, 0.6) * w, top + 0.12, uni(rng, 0.05, 0.09));
-                let win =
-                    [(wx - s, wy), (wx + s, wy), (wx + s, wy + 2.0 * s), (wx - s, wy + 2.0 * s)];
+                let win = [
+                    (wx - s, wy),
+                    (wx + s, wy),
+                    (wx + s, wy + 2.0 * s),
+                    (wx - s, wy + 2.0 * s),
+                ];
                 strokes.push(polygon_stroke(&win, 0, 1, 0.0));
             }
             (variant, strokes, tilt)
@@ -503,7 +580,9 @@ fn template(class: usize, rng: &mut ChaCha8Rng) -> (&'static str, Vec<Poly>, Rot
             // t = 0 is the top cusp, t = pi the bottom point.
             if chance(rng, 0.6) {
                 let dir = if chance(rng, 0.6) { -1.0 } else { 1.0 };
-                let p: Poly = (0..=80).map(|i| h(dir * 2.0 * PI * i as f64 / 80.0)).collect();
+                let p: Poly = (0..=80)
+                    .map(|i| h(dir * 2.0 * PI * i as f64 / 80.0))
+                    .collect();
                 ("one-stroke", vec![p], tilt)
             } else {
                 let l: Poly = (0..=40).map(|i| h(-PI * i as f64 / 40.0)).collect();
@@ -582,13 +661,20 @@ impl Wobble {
         let terms = (0..3)
             .map(|k| {
                 let f = uni(rng, 0.4, 1.2) * (k as f64 + 1.0);
-                (amp * uni(rng, 0.4, 1.0) / (k as f64 + 1.0), f, uni(rng, 0.0, 2.0 * PI))
+                (
+                    amp * uni(rng, 0.4, 1.0) / (k as f64 + 1.0),
+                    f,
+                    uni(rng, 0.0, 2.0 * PI),
+                )
             })
             .collect();
         Wobble { terms }
     }
     fn at(&self, s: f64) -> f64 {
-        self.terms.iter().map(|&(a, f, ph)| a * (2.0 * PI * f * s + ph).sin()).sum()
+        self.terms
+            .iter()
+            .map(|&(a, f, ph)| a * (2.0 * PI * f * s + ph).sin())
+            .sum()
     }
 }
 
@@ -618,8 +704,13 @@ fn render(template: Vec<Poly>, rotation: Rotation, rng: &mut ChaCha8Rng) -> Vec<
         .collect();
 
     // 2. A smooth warp of the whole drawing (proportion errors).
-    let warp =
-        [(); 4].map(|_| (uni(rng, -0.035, 0.035), uni(rng, 0.5, 1.5), uni(rng, 0.0, 2.0 * PI)));
+    let warp = [(); 4].map(|_| {
+        (
+            uni(rng, -0.035, 0.035),
+            uni(rng, 0.5, 1.5),
+            uni(rng, 0.0, 2.0 * PI),
+        )
+    });
     for p in strokes.iter_mut().flatten() {
         let (x, y) = *p;
         p.0 = x
@@ -697,7 +788,11 @@ fn render(template: Vec<Poly>, rotation: Rotation, rng: &mut ChaCha8Rng) -> Vec<
             let dt = rng.random_range(10..=22) as f64;
             let u = if len > 0.0 { pos / len } else { 1.0 };
             let near = stops[next_stop] - pos;
-            let since = if next_stop > 0 { pos - stops[next_stop - 1] } else { f64::MAX };
+            let since = if next_stop > 0 {
+                pos - stops[next_stop - 1]
+            } else {
+                f64::MAX
+            };
             let brake = (0.35 + 0.65 * (near.min(since) / 40.0)).min(1.0);
             let local = v * (0.35 + 0.65 * (PI * u).sin().sqrt()) * brake;
             if pos + local * dt >= stops[next_stop] {
@@ -710,11 +805,19 @@ fn render(template: Vec<Poly>, rotation: Rotation, rng: &mut ChaCha8Rng) -> Vec<
                 pos += local * dt;
                 t_ms += dt;
             }
-            let p = if pos >= len { *poly.last().unwrap() } else { at(pos, &mut seg) };
+            let p = if pos >= len {
+                *poly.last().unwrap()
+            } else {
+                at(pos, &mut seg)
+            };
             push(p, t_ms, rng);
         }
         prev_end = poly.last().copied();
-        out.push(Stroke { x: xs, y: ys, t: Some(ts) });
+        out.push(Stroke {
+            x: xs,
+            y: ys,
+            t: Some(ts),
+        });
     }
     out
 }
@@ -729,7 +832,12 @@ mod tests {
     use std::collections::HashSet;
 
     fn cfg(per_class: usize, seed: u64) -> SynthConfig {
-        SynthConfig { classes: SHAPES.len(), per_class, seed, unrecognized_share: 0.05 }
+        SynthConfig {
+            classes: SHAPES.len(),
+            per_class,
+            seed,
+            unrecognized_share: 0.05,
+        }
     }
 
     #[test]
@@ -741,13 +849,22 @@ mod tests {
 
     #[test]
     fn synth_is_deterministic() {
-        let a: Vec<String> = synth_all(&cfg(5, 7)).map(|d| to_ndjson_line(&d, false)).collect();
-        let b: Vec<String> = synth_all(&cfg(5, 7)).map(|d| to_ndjson_line(&d, false)).collect();
+        let a: Vec<String> = synth_all(&cfg(5, 7))
+            .map(|d| to_ndjson_line(&d, false))
+            .collect();
+        let b: Vec<String> = synth_all(&cfg(5, 7))
+            .map(|d| to_ndjson_line(&d, false))
+            .collect();
         assert_eq!(a, b);
-        let c: Vec<String> = synth_all(&cfg(5, 8)).map(|d| to_ndjson_line(&d, false)).collect();
+        let c: Vec<String> = synth_all(&cfg(5, 8))
+            .map(|d| to_ndjson_line(&d, false))
+            .collect();
         assert_ne!(a, c);
         // A drawing does not depend on how many others were made.
-        assert_eq!(synth_drawing(3, 4, 7).drawing, synth_class(3, &cfg(5, 7)).nth(4).unwrap());
+        assert_eq!(
+            synth_drawing(3, 4, 7).drawing,
+            synth_class(3, &cfg(5, 7)).nth(4).unwrap()
+        );
     }
 
     #[test]
@@ -771,7 +888,10 @@ mod tests {
                     last_t = tt;
                 }
                 for (&x, &y) in st.x.iter().zip(&st.y) {
-                    assert!((0.0..=1000.0).contains(&x) && (0.0..=1000.0).contains(&y), "{x},{y}");
+                    assert!(
+                        (0.0..=1000.0).contains(&x) && (0.0..=1000.0).contains(&y),
+                        "{x},{y}"
+                    );
                 }
             }
             assert_eq!(strokes[0].t.as_ref().unwrap()[0], 0.0);
@@ -792,7 +912,11 @@ mod tests {
                 }
             }
             let v = dist / time;
-            assert!((0.15..=2.6).contains(&v), "{}: mean speed {v} px/ms", d.word);
+            assert!(
+                (0.15..=2.6).contains(&v),
+                "{}: mean speed {v} px/ms",
+                d.word
+            );
         }
     }
 
@@ -809,16 +933,24 @@ mod tests {
 
     #[test]
     fn synth_recognized_share() {
-        let c = SynthConfig { unrecognized_share: 0.1, ..cfg(500, 4) };
+        let c = SynthConfig {
+            unrecognized_share: 0.1,
+            ..cfg(500, 4)
+        };
         let n = synth_class(0, &c).filter(|d| !d.recognized).count();
         assert!((25..=80).contains(&n), "{n} unrecognised of 500");
-        let none = SynthConfig { unrecognized_share: 0.0, ..c };
+        let none = SynthConfig {
+            unrecognized_share: 0.0,
+            ..c
+        };
         assert!(synth_class(0, &none).all(|d| d.recognized));
     }
 
     #[test]
     fn synth_variants_vary() {
-        let multi = ["square", "triangle", "star", "house", "heart", "arrow", "circle"];
+        let multi = [
+            "square", "triangle", "star", "house", "heart", "arrow", "circle",
+        ];
         for (class, name) in SHAPES.iter().enumerate() {
             let counts: HashSet<usize> = (0..60)
                 .map(|i| synth_drawing(class, i, 5).drawing.strokes().unwrap().len())
@@ -826,8 +958,9 @@ mod tests {
             if multi.contains(name) {
                 assert!(counts.len() > 1, "{name}: {counts:?}");
             }
-            let variants: HashSet<&str> =
-                (0..60).map(|i| synth_drawing(class, i, 5).variant).collect();
+            let variants: HashSet<&str> = (0..60)
+                .map(|i| synth_drawing(class, i, 5).variant)
+                .collect();
             if *name == "cross" {
                 assert_eq!(variants.len(), 2, "{variants:?}");
             }
@@ -856,12 +989,24 @@ mod tests {
             for (js, st) in strokes.iter().zip(d.strokes().unwrap()) {
                 let arr = js.as_array().unwrap();
                 assert_eq!(arr.len(), 3);
-                let xs: Vec<f32> =
-                    arr[0].as_array().unwrap().iter().map(|n| n.as_f64().unwrap() as f32).collect();
-                let ys: Vec<f32> =
-                    arr[1].as_array().unwrap().iter().map(|n| n.as_f64().unwrap() as f32).collect();
-                let ts: Vec<f32> =
-                    arr[2].as_array().unwrap().iter().map(|n| n.as_f64().unwrap() as f32).collect();
+                let xs: Vec<f32> = arr[0]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_f64().unwrap() as f32)
+                    .collect();
+                let ys: Vec<f32> = arr[1]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_f64().unwrap() as f32)
+                    .collect();
+                let ts: Vec<f32> = arr[2]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_f64().unwrap() as f32)
+                    .collect();
                 assert_eq!(xs, st.x);
                 assert_eq!(ys, st.y);
                 assert_eq!(&ts, st.t.as_ref().unwrap());
@@ -878,7 +1023,11 @@ mod tests {
             timestamp: 1488497110,
             recognized: true,
             ink: Ink::Strokes(vec![
-                Stroke { x: vec![0.0, 255.0], y: vec![12.0, 3.0], t: Some(vec![0.0, 10.0]) },
+                Stroke {
+                    x: vec![0.0, 255.0],
+                    y: vec![12.0, 3.0],
+                    t: Some(vec![0.0, 10.0]),
+                },
                 Stroke::new(vec![7.0], vec![8.0]),
             ]),
         };

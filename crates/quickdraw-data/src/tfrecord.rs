@@ -40,7 +40,10 @@ pub struct TfRecordWriter<W: Write> {
 
 impl<W: Write> TfRecordWriter<W> {
     pub fn new(inner: W) -> Self {
-        TfRecordWriter { inner, buf: Vec::new() }
+        TfRecordWriter {
+            inner,
+            buf: Vec::new(),
+        }
     }
     pub fn write_record(&mut self, data: &[u8]) -> io::Result<()> {
         self.buf.clear();
@@ -64,7 +67,10 @@ impl<W: Write> TfRecordWriter<W> {
 
 impl TfRecordWriter<BufWriter<File>> {
     pub fn create(path: &Path) -> io::Result<Self> {
-        Ok(TfRecordWriter::new(BufWriter::with_capacity(1 << 20, File::create(path)?)))
+        Ok(TfRecordWriter::new(BufWriter::with_capacity(
+            1 << 20,
+            File::create(path)?,
+        )))
     }
 }
 
@@ -72,11 +78,23 @@ impl TfRecordWriter<BufWriter<File>> {
 #[derive(Debug, thiserror::Error)]
 pub enum TfRecordError {
     #[error("{path}: I/O error at byte {offset}: {source}")]
-    Io { path: PathBuf, offset: u64, source: io::Error },
+    Io {
+        path: PathBuf,
+        offset: u64,
+        source: io::Error,
+    },
     #[error("{path}: corrupt record at byte {offset}: {what}")]
-    Corrupt { path: PathBuf, offset: u64, what: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
     #[error("{path}: truncated record at byte {offset}: {what} (interrupted write?)")]
-    Truncated { path: PathBuf, offset: u64, what: String },
+    Truncated {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
 }
 
 impl TfRecordError {
@@ -104,14 +122,22 @@ impl TfRecordReader<BufReader<File>> {
             offset: 0,
             source,
         })?;
-        Ok(TfRecordReader::new(BufReader::with_capacity(1 << 20, f), path))
+        Ok(TfRecordReader::new(
+            BufReader::with_capacity(1 << 20, f),
+            path,
+        ))
     }
 }
 
 impl<R: Read> TfRecordReader<R> {
     /// `path` is only used in error messages.
     pub fn new(inner: R, path: &Path) -> Self {
-        TfRecordReader { inner, path: path.to_path_buf(), offset: 0, failed: false }
+        TfRecordReader {
+            inner,
+            path: path.to_path_buf(),
+            offset: 0,
+            failed: false,
+        }
     }
 
     /// Byte offset of the next record.
@@ -137,7 +163,10 @@ impl<R: Read> TfRecordReader<R> {
         }
         let len = u64::from_le_bytes(len_bytes);
         if len > MAX_RECORD_BYTES {
-            return Err(self.corrupt(start, format!("record length {len} exceeds {MAX_RECORD_BYTES}")));
+            return Err(self.corrupt(
+                start,
+                format!("record length {len} exceeds {MAX_RECORD_BYTES}"),
+            ));
         }
         buf.clear();
         buf.resize(len as usize + 4, 0);
@@ -156,15 +185,27 @@ impl<R: Read> TfRecordReader<R> {
 
     fn io(&mut self, offset: u64, source: io::Error) -> TfRecordError {
         self.failed = true;
-        TfRecordError::Io { path: self.path.clone(), offset, source }
+        TfRecordError::Io {
+            path: self.path.clone(),
+            offset,
+            source,
+        }
     }
     fn corrupt(&mut self, offset: u64, what: String) -> TfRecordError {
         self.failed = true;
-        TfRecordError::Corrupt { path: self.path.clone(), offset, what }
+        TfRecordError::Corrupt {
+            path: self.path.clone(),
+            offset,
+            what,
+        }
     }
     fn truncated(&mut self, offset: u64, what: String) -> TfRecordError {
         self.failed = true;
-        TfRecordError::Truncated { path: self.path.clone(), offset, what }
+        TfRecordError::Truncated {
+            path: self.path.clone(),
+            offset,
+            what,
+        }
     }
 }
 
@@ -230,7 +271,10 @@ mod tests {
         let mut bytes2 = bytes.clone();
         bytes2[second + 12 + 2] ^= 1; // repair
         bytes2[second] ^= 1; // corrupt the length
-        let err = TfRecordReader::new(&bytes2[..], Path::new("y")).nth(1).unwrap().unwrap_err();
+        let err = TfRecordReader::new(&bytes2[..], Path::new("y"))
+            .nth(1)
+            .unwrap()
+            .unwrap_err();
         assert!(err.to_string().contains("length CRC"), "{err}");
     }
 
@@ -244,6 +288,9 @@ mod tests {
         let mut r = TfRecordReader::new(cut, Path::new("z"));
         assert!(r.next().unwrap().is_ok());
         let err = r.next().unwrap().unwrap_err();
-        assert!(matches!(err, TfRecordError::Truncated { offset: 24, .. }), "{err}");
+        assert!(
+            matches!(err, TfRecordError::Truncated { offset: 24, .. }),
+            "{err}"
+        );
     }
 }

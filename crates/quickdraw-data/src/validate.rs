@@ -85,7 +85,10 @@ pub struct Reject {
 
 impl Reject {
     pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Reject { reason, detail: detail.into() }
+        Reject {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -107,7 +110,10 @@ pub enum CoordRange {
 /// Checks stroke geometry: lengths, finiteness, ranges, sizes, emptiness.
 pub fn check_strokes(strokes: &[Stroke], range: CoordRange) -> Result<(), Reject> {
     if strokes.is_empty() {
-        return Err(Reject::new(RejectReason::EmptyDrawing, "drawing has no strokes"));
+        return Err(Reject::new(
+            RejectReason::EmptyDrawing,
+            "drawing has no strokes",
+        ));
     }
     if strokes.len() > MAX_STROKES {
         return Err(Reject::new(
@@ -118,22 +124,39 @@ pub fn check_strokes(strokes: &[Stroke], range: CoordRange) -> Result<(), Reject
     let mut points = 0usize;
     for (i, s) in strokes.iter().enumerate() {
         if s.x.len() != s.y.len() || s.t.as_ref().is_some_and(|t| t.len() != s.x.len()) {
-            let t = s.t.as_ref().map(|t| format!(", t has {}", t.len())).unwrap_or_default();
+            let t =
+                s.t.as_ref()
+                    .map(|t| format!(", t has {}", t.len()))
+                    .unwrap_or_default();
             return Err(Reject::new(
                 RejectReason::LengthMismatch,
-                format!("stroke {i}: x has {} values, y has {}{t}", s.x.len(), s.y.len()),
+                format!(
+                    "stroke {i}: x has {} values, y has {}{t}",
+                    s.x.len(),
+                    s.y.len()
+                ),
             ));
         }
         if s.x.is_empty() {
-            return Err(Reject::new(RejectReason::EmptyDrawing, format!("stroke {i} has no points")));
+            return Err(Reject::new(
+                RejectReason::EmptyDrawing,
+                format!("stroke {i} has no points"),
+            ));
         }
         points += s.x.len();
         let all = s.x.iter().chain(&s.y).chain(s.t.iter().flatten());
         if let Some(v) = all.clone().find(|v| !v.is_finite()) {
-            return Err(Reject::new(RejectReason::NonFinite, format!("stroke {i}: value {v}")));
+            return Err(Reject::new(
+                RejectReason::NonFinite,
+                format!("stroke {i}: value {v}"),
+            ));
         }
         let bad = match range {
-            CoordRange::Simplified => s.x.iter().chain(&s.y).find(|&&v| !(0.0..=255.0).contains(&v)),
+            CoordRange::Simplified => {
+                s.x.iter()
+                    .chain(&s.y)
+                    .find(|&&v| !(0.0..=255.0).contains(&v))
+            }
             CoordRange::Raw => s.x.iter().chain(&s.y).find(|&&v| v.abs() > MAX_ABS_COORD),
         };
         if let Some(v) = bad {
@@ -141,11 +164,17 @@ pub fn check_strokes(strokes: &[Stroke], range: CoordRange) -> Result<(), Reject
                 CoordRange::Simplified => "0..=255".to_string(),
                 CoordRange::Raw => format!("+-{MAX_ABS_COORD}"),
             };
-            return Err(Reject::new(RejectReason::OutOfRange, format!("stroke {i}: coordinate {v} outside {lim}")));
+            return Err(Reject::new(
+                RejectReason::OutOfRange,
+                format!("stroke {i}: coordinate {v} outside {lim}"),
+            ));
         }
     }
     if points > MAX_POINTS {
-        return Err(Reject::new(RejectReason::TooLarge, format!("{points} points (limit {MAX_POINTS})")));
+        return Err(Reject::new(
+            RejectReason::TooLarge,
+            format!("{points} points (limit {MAX_POINTS})"),
+        ));
     }
     Ok(())
 }
@@ -162,7 +191,11 @@ pub fn check_drawing(d: &Drawing, expected_word: Option<&str>) -> Result<(), Rej
     }
     match &d.ink {
         Ink::Strokes(s) => {
-            let range = if crate::features::is_raw(s) { CoordRange::Raw } else { CoordRange::Simplified };
+            let range = if crate::features::is_raw(s) {
+                CoordRange::Raw
+            } else {
+                CoordRange::Simplified
+            };
             check_strokes(s, range)
         }
         Ink::Bitmap(b) if b.pixels.len() != b.side * b.side => Err(Reject::new(
@@ -185,14 +218,29 @@ mod tests {
     fn each_geometry_reason() {
         let r = |st: &[Stroke], range| check_strokes(st, range).unwrap_err().reason;
         assert_eq!(r(&[], CoordRange::Raw), RejectReason::EmptyDrawing);
-        assert_eq!(r(&[s(&[], &[])], CoordRange::Raw), RejectReason::EmptyDrawing);
-        assert_eq!(r(&[s(&[1., 2.], &[1.])], CoordRange::Raw), RejectReason::LengthMismatch);
+        assert_eq!(
+            r(&[s(&[], &[])], CoordRange::Raw),
+            RejectReason::EmptyDrawing
+        );
+        assert_eq!(
+            r(&[s(&[1., 2.], &[1.])], CoordRange::Raw),
+            RejectReason::LengthMismatch
+        );
         let mut t = s(&[1.], &[1.]);
         t.t = Some(vec![0., 1.]);
         assert_eq!(r(&[t], CoordRange::Raw), RejectReason::LengthMismatch);
-        assert_eq!(r(&[s(&[f32::NAN], &[1.])], CoordRange::Raw), RejectReason::NonFinite);
-        assert_eq!(r(&[s(&[300.], &[1.])], CoordRange::Simplified), RejectReason::OutOfRange);
-        assert_eq!(r(&[s(&[2e6], &[1.])], CoordRange::Raw), RejectReason::OutOfRange);
+        assert_eq!(
+            r(&[s(&[f32::NAN], &[1.])], CoordRange::Raw),
+            RejectReason::NonFinite
+        );
+        assert_eq!(
+            r(&[s(&[300.], &[1.])], CoordRange::Simplified),
+            RejectReason::OutOfRange
+        );
+        assert_eq!(
+            r(&[s(&[2e6], &[1.])], CoordRange::Raw),
+            RejectReason::OutOfRange
+        );
         let many = vec![s(&[1.], &[1.]); MAX_STROKES + 1];
         assert_eq!(r(&many, CoordRange::Raw), RejectReason::TooLarge);
         assert!(check_strokes(&[s(&[300.], &[1.])], CoordRange::Raw).is_ok());

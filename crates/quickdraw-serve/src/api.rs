@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 
 use crate::predictor::{Predictor, Probabilities};
 use crate::reqlog::{RequestLog, Served};
-use crate::request::{Instance, Limits, ModelInput, RequestError, parse_classify, parse_predict, to_model_input};
+use crate::request::{
+    Instance, Limits, ModelInput, RequestError, parse_classify, parse_predict, to_model_input,
+};
 use crate::store::ModelStore;
 
 /// Response header naming the model version that answered.
@@ -40,28 +42,49 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(m: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, message: m.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: m.into(),
+        }
     }
     pub fn not_found(m: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::NOT_FOUND, message: m.into() }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: m.into(),
+        }
     }
     pub fn too_large(m: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, message: m.into() }
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: m.into(),
+        }
     }
     pub fn internal(m: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: m.into() }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: m.into(),
+        }
     }
 }
 
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
-        if e.too_large { ApiError::too_large(e.message) } else { ApiError::bad_request(e.message) }
+        if e.too_large {
+            ApiError::too_large(e.message)
+        } else {
+            ApiError::bad_request(e.message)
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, [(header::CONTENT_TYPE, "application/json")], json!({"error": self.message}).to_string()).into_response()
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"error": self.message}).to_string(),
+        )
+            .into_response()
     }
 }
 
@@ -86,7 +109,13 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(model_name: &str, store: Arc<ModelStore>, limits: Limits, log: Option<RequestLog>, quiet: bool) -> Self {
+    pub fn new(
+        model_name: &str,
+        store: Arc<ModelStore>,
+        limits: Limits,
+        log: Option<RequestLog>,
+        quiet: bool,
+    ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         AppState {
             inner: Arc::new(Inner {
@@ -116,8 +145,14 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/models/{spec}", get(model_get).post(model_post))
         .route("/v1/models/{name}/metadata", get(metadata_latest))
-        .route("/v1/models/{name}/versions/{vspec}", get(version_get).post(version_post))
-        .route("/v1/models/{name}/versions/{version}/metadata", get(metadata_version))
+        .route(
+            "/v1/models/{name}/versions/{vspec}",
+            get(version_get).post(version_post),
+        )
+        .route(
+            "/v1/models/{name}/versions/{version}/metadata",
+            get(metadata_version),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), access_log))
@@ -129,22 +164,37 @@ async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Res
     let t0 = Instant::now();
     let resp = next.run(req).await;
     if !st.inner.quiet {
-        let v = resp.headers().get(VERSION_HEADER).and_then(|v| v.to_str().ok()).map(|v| format!(" version {v}")).unwrap_or_default();
-        eprintln!("{method} {uri} -> {}{v} ({:.1} ms)", resp.status().as_u16(), t0.elapsed().as_secs_f64() * 1e3);
+        let v = resp
+            .headers()
+            .get(VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!(" version {v}"))
+            .unwrap_or_default();
+        eprintln!(
+            "{method} {uri} -> {}{v} ({:.1} ms)",
+            resp.status().as_u16(),
+            t0.elapsed().as_secs_f64() * 1e3
+        );
     }
     resp
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found(format!("Malformed request: {method} {uri} (see /v1/models/<name>[/versions/<v>][/metadata|:predict|:classify])"))
+    ApiError::not_found(format!(
+        "Malformed request: {method} {uri} (see /v1/models/<name>[/versions/<v>][/metadata|:predict|:classify])"
+    ))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message: format!("Malformed request: {method} {uri}: method not allowed") }
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("Malformed request: {method} {uri}: method not allowed"),
+    }
 }
 
 async fn page(State(st): State<AppState>) -> Html<String> {
-    let name = serde_json::to_string(&st.inner.model_name).unwrap_or_else(|_| "\"quickdraw\"".into());
+    let name =
+        serde_json::to_string(&st.inner.model_name).unwrap_or_else(|_| "\"quickdraw\"".into());
     Html(PAGE_HTML.replace("\"__MODEL_NAME__\"", &name))
 }
 
@@ -156,7 +206,11 @@ async fn healthz(State(st): State<AppState>) -> Response {
         "version": cur.as_ref().and_then(|c| c.version()),
         "requests": st.requests(),
     });
-    let code = if cur.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if cur.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(body)).into_response()
 }
 
@@ -177,32 +231,55 @@ fn check_name(st: &AppState, name: &str, version: Option<u64>) -> Result<(), Api
 
 fn servable_not_found(name: &str, version: Option<u64>) -> ApiError {
     match version {
-        Some(v) => ApiError::not_found(format!("Servable not found for request: Specific({name}, {v})")),
+        Some(v) => ApiError::not_found(format!(
+            "Servable not found for request: Specific({name}, {v})"
+        )),
         None => ApiError::not_found(format!("Servable not found for request: Latest({name})")),
     }
 }
 
 fn parse_version(s: &str) -> Result<u64, ApiError> {
-    s.parse().map_err(|_| ApiError::bad_request(format!("version {s:?} is not a non-negative integer")))
+    s.parse()
+        .map_err(|_| ApiError::bad_request(format!("version {s:?} is not a non-negative integer")))
 }
 
 async fn model_get(State(st): State<AppState>, Path(spec): Path<String>) -> ApiResult {
     match split_verb(&spec) {
         (name, None) => status(&st, name, None),
-        (_, Some(verb)) => Err(ApiError::bad_request(format!("Malformed request: GET with :{verb} (predict and classify are POST)"))),
+        (_, Some(verb)) => Err(ApiError::bad_request(format!(
+            "Malformed request: GET with :{verb} (predict and classify are POST)"
+        ))),
     }
 }
 
-async fn version_get(State(st): State<AppState>, Path((name, vspec)): Path<(String, String)>) -> ApiResult {
+async fn version_get(
+    State(st): State<AppState>,
+    Path((name, vspec)): Path<(String, String)>,
+) -> ApiResult {
     match split_verb(&vspec) {
         (v, None) => status(&st, &name, Some(parse_version(v)?)),
-        (_, Some(verb)) => Err(ApiError::bad_request(format!("Malformed request: GET with :{verb} (predict and classify are POST)"))),
+        (_, Some(verb)) => Err(ApiError::bad_request(format!(
+            "Malformed request: GET with :{verb} (predict and classify are POST)"
+        ))),
     }
 }
 
-async fn model_post(State(st): State<AppState>, Path(spec): Path<String>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn model_post(
+    State(st): State<AppState>,
+    Path(spec): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let (name, verb) = split_verb(&spec);
-    infer(st, name.to_string(), None, verb.map(str::to_string), headers, body).await
+    infer(
+        st,
+        name.to_string(),
+        None,
+        verb.map(str::to_string),
+        headers,
+        body,
+    )
+    .await
 }
 
 async fn version_post(
@@ -240,7 +317,11 @@ fn status(st: &AppState, name: &str, version: Option<u64>) -> ApiResult {
 }
 
 fn tensor_info(t: &TensorSpec) -> Value {
-    let dims: Vec<Value> = t.shape.iter().map(|d| json!({"size": d.to_string(), "name": ""})).collect();
+    let dims: Vec<Value> = t
+        .shape
+        .iter()
+        .map(|d| json!({"size": d.to_string(), "name": ""}))
+        .collect();
     json!({
         "dtype": match t.dtype { DType::Float => "DT_FLOAT", DType::Int64 => "DT_INT64" },
         "tensor_shape": {"dim": dims, "unknown_rank": false},
@@ -272,7 +353,11 @@ pub fn metadata_json(model_name: &str, p: &Predictor) -> Value {
 
 fn metadata(st: &AppState, name: &str, version: Option<u64>) -> ApiResult {
     check_name(st, name, version)?;
-    let p = st.inner.store.get(version).ok_or_else(|| servable_not_found(name, version))?;
+    let p = st
+        .inner
+        .store
+        .get(version)
+        .ok_or_else(|| servable_not_found(name, version))?;
     Ok(axum::Json(metadata_json(&st.inner.model_name, &p)).into_response())
 }
 
@@ -280,19 +365,28 @@ async fn metadata_latest(State(st): State<AppState>, Path(name): Path<String>) -
     metadata(&st, &name, None)
 }
 
-async fn metadata_version(State(st): State<AppState>, Path((name, v)): Path<(String, String)>) -> ApiResult {
+async fn metadata_version(
+    State(st): State<AppState>,
+    Path((name, v)): Path<(String, String)>,
+) -> ApiResult {
     metadata(&st, &name, Some(parse_version(&v)?))
 }
 
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::too_large(format!("request body larger than {limit} bytes"));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let inner = e.into_inner();
-        if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        if inner
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
             too_large()
         } else {
             ApiError::bad_request(format!("reading the request body: {inner}"))
@@ -306,18 +400,42 @@ enum Verb {
     Classify,
 }
 
-async fn infer(st: AppState, name: String, version: Option<u64>, verb: Option<String>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn infer(
+    st: AppState,
+    name: String,
+    version: Option<u64>,
+    verb: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let verb = match verb.as_deref() {
         Some("predict") => Verb::Predict,
         Some("classify") => Verb::Classify,
-        Some("regress") => return Err(ApiError::bad_request("this model has no regression signature (use :predict or :classify)")),
-        Some(v) => return Err(ApiError::bad_request(format!("Malformed request: unknown verb :{v} (expected :predict or :classify)"))),
-        None => return Err(ApiError::bad_request("Malformed request: POST needs a verb, e.g. /v1/models/<name>:predict")),
+        Some("regress") => {
+            return Err(ApiError::bad_request(
+                "this model has no regression signature (use :predict or :classify)",
+            ));
+        }
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Malformed request: unknown verb :{v} (expected :predict or :classify)"
+            )));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "Malformed request: POST needs a verb, e.g. /v1/models/<name>:predict",
+            ));
+        }
     };
     check_name(&st, &name, version)?;
-    let predictor = st.inner.store.get(version).ok_or_else(|| servable_not_found(&name, version))?;
+    let predictor = st
+        .inner
+        .store
+        .get(version)
+        .ok_or_else(|| servable_not_found(&name, version))?;
     let bytes = read_body(&headers, body, st.inner.limits.max_body_bytes).await?;
-    let json: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("JSON Parse error: {e}")))?;
+    let json: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("JSON Parse error: {e}")))?;
     let input = predictor.input().clone();
     let (instances, columnar) = match verb {
         Verb::Predict => {
@@ -327,32 +445,52 @@ async fn infer(st: AppState, name: String, version: Option<u64>, verb: Option<St
         Verb::Classify => (parse_classify(&json, &input, &st.inner.limits)?, false),
     };
     let request_id = st.inner.requests.fetch_add(1, Ordering::Relaxed) + 1;
-    let _permit = st.inner.inference.acquire().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let _permit = st
+        .inner
+        .inference
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let st2 = st.clone();
     let p2 = predictor.clone();
-    let answer = tokio::task::spawn_blocking(move || run(&st2, &p2, &instances, verb, columnar, request_id))
-        .await
-        .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))??;
+    let answer =
+        tokio::task::spawn_blocking(move || run(&st2, &p2, &instances, verb, columnar, request_id))
+            .await
+            .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))??;
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], answer).into_response();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&predictor.version().unwrap_or(0).to_string()) {
         h.insert(HeaderName::from_static(VERSION_HEADER), v);
     }
-    h.insert(HeaderName::from_static(REQUEST_ID_HEADER), HeaderValue::from(request_id));
+    h.insert(
+        HeaderName::from_static(REQUEST_ID_HEADER),
+        HeaderValue::from(request_id),
+    );
     Ok(resp)
 }
 
 /// Preprocessing, inference, request log and the answer; runs on a blocking thread.
-fn run(st: &AppState, p: &Predictor, instances: &[Instance], verb: Verb, columnar: bool, request_id: u64) -> Result<Vec<u8>, ApiError> {
+fn run(
+    st: &AppState,
+    p: &Predictor,
+    instances: &[Instance],
+    verb: Verb,
+    columnar: bool,
+    request_id: u64,
+) -> Result<Vec<u8>, ApiError> {
     let input = p.input();
     let spec = &p.info().features;
-    let inputs: Vec<ModelInput> =
-        instances.iter().enumerate().map(|(i, inst)| to_model_input(inst, i, input, spec)).collect::<Result<_, _>>()?;
+    let inputs: Vec<ModelInput> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, inst)| to_model_input(inst, i, input, spec))
+        .collect::<Result<_, _>>()?;
     let probs = predict_inputs(p, inputs)?;
     if let Some(log) = &st.inner.log {
         log_drawings(st, log, p, instances, &probs, verb, request_id);
     }
-    answer_json(p, &probs, verb, columnar).map_err(|e| ApiError::internal(format!("serialising the answer: {e}")))
+    answer_json(p, &probs, verb, columnar)
+        .map_err(|e| ApiError::internal(format!("serialising the answer: {e}")))
 }
 
 fn predict_inputs(p: &Predictor, inputs: Vec<ModelInput>) -> Result<Probabilities, ApiError> {
@@ -364,11 +502,23 @@ fn predict_inputs(p: &Predictor, inputs: Vec<ModelInput>) -> Result<Probabilitie
             ModelInput::Sequence(s) => seqs.push(s),
         }
     }
-    let r = if seqs.is_empty() { p.predict_pixels(&pixels) } else { p.predict_strokes(&seqs) };
+    let r = if seqs.is_empty() {
+        p.predict_pixels(&pixels)
+    } else {
+        p.predict_strokes(&seqs)
+    };
     r.map_err(|e| ApiError::internal(e.to_string()))
 }
 
-fn log_drawings(st: &AppState, log: &RequestLog, p: &Predictor, instances: &[Instance], probs: &Probabilities, verb: Verb, request_id: u64) {
+fn log_drawings(
+    st: &AppState,
+    log: &RequestLog,
+    p: &Predictor,
+    instances: &[Instance],
+    probs: &Probabilities,
+    verb: Verb,
+    request_id: u64,
+) {
     for (i, inst) in instances.iter().enumerate() {
         let Instance::Drawing(d) = inst else { continue };
         let top = probs.top_k(i, 3);
@@ -376,12 +526,19 @@ fn log_drawings(st: &AppState, log: &RequestLog, p: &Predictor, instances: &[Ins
             model: &st.inner.model_name,
             version: p.version().unwrap_or(0),
             request_id,
-            verb: if verb == Verb::Predict { "predict" } else { "classify" },
+            verb: if verb == Verb::Predict {
+                "predict"
+            } else {
+                "classify"
+            },
             labels: p.labels(),
             top: &top,
         };
         if let Err(e) = log.log(d as &Drawing, &served, i) {
-            eprintln!("warning: cannot write the request log in {}: {e}", log.dir().display());
+            eprintln!(
+                "warning: cannot write the request log in {}: {e}",
+                log.dir().display()
+            );
         }
     }
 }
@@ -423,7 +580,12 @@ fn label(p: &Predictor, c: i64) -> &str {
 }
 
 /// The answer body, serialised straight from the `f32`s (shortest round-trip decimals).
-fn answer_json(p: &Predictor, probs: &Probabilities, verb: Verb, columnar: bool) -> Result<Vec<u8>, serde_json::Error> {
+fn answer_json(
+    p: &Predictor,
+    probs: &Probabilities,
+    verb: Verb,
+    columnar: bool,
+) -> Result<Vec<u8>, serde_json::Error> {
     let n = probs.len();
     match verb {
         Verb::Predict if columnar => serde_json::to_vec(&Columnar {
@@ -447,9 +609,19 @@ fn answer_json(p: &Predictor, probs: &Probabilities, verb: Verb, columnar: bool)
         // TF Serving's classify answer: per example, [label, score] for every class, best
         // first; under `result` (TF Serving's key) and `results` (an alias).
         Verb::Classify => {
-            let res: Vec<Vec<(&str, f32)>> =
-                (0..n).map(|i| probs.top_k(i, probs.n_classes).into_iter().map(|(c, s)| (p.labels()[c].as_str(), s)).collect()).collect();
-            serde_json::to_vec(&Classified { result: &res, results: &res })
+            let res: Vec<Vec<(&str, f32)>> = (0..n)
+                .map(|i| {
+                    probs
+                        .top_k(i, probs.n_classes)
+                        .into_iter()
+                        .map(|(c, s)| (p.labels()[c].as_str(), s))
+                        .collect()
+                })
+                .collect();
+            serde_json::to_vec(&Classified {
+                result: &res,
+                results: &res,
+            })
         }
     }
 }

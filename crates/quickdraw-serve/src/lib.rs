@@ -49,9 +49,15 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("request log {path}: {source}")]
-    Log { path: PathBuf, source: std::io::Error },
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CORS origin {0:?} is not a valid header value")]
     Cors(String),
     #[error("server: {0}")]
@@ -73,7 +79,10 @@ pub fn cors(origins: &[String]) -> Result<CorsLayer, ServeError> {
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([header::CONTENT_TYPE])
-        .expose_headers([HeaderName::from_static(api::VERSION_HEADER), HeaderName::from_static(api::REQUEST_ID_HEADER)]))
+        .expose_headers([
+            HeaderName::from_static(api::VERSION_HEADER),
+            HeaderName::from_static(api::REQUEST_ID_HEADER),
+        ]))
 }
 
 /// Runs the server until ctrl-c (or SIGTERM): loads the newest version, polls the base path for
@@ -88,7 +97,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         );
     }
     let log = match &cfg.log_dir {
-        Some(d) => Some(reqlog::RequestLog::open(d).map_err(|source| ServeError::Log { path: d.clone(), source })?),
+        Some(d) => Some(
+            reqlog::RequestLog::open(d).map_err(|source| ServeError::Log {
+                path: d.clone(),
+                source,
+            })?,
+        ),
         None => None,
     };
     let state = AppState::new(&cfg.model_name, store.clone(), cfg.limits, log, cfg.quiet);
@@ -108,9 +122,18 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     });
 
     let addr = format!("{}:{}", cfg.host, cfg.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
     let local: SocketAddr = listener.local_addr()?;
-    let version = store.current().and_then(|p| p.version()).map(|v| v.to_string()).unwrap_or_else(|| "none yet".into());
+    let version = store
+        .current()
+        .and_then(|p| p.version())
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "none yet".into());
     // Always printed (also with --quiet): scripts read the address from it.
     eprintln!(
         "quickdraw serve: model {:?} version {version} from {}; listening on http://{local}/ (REST API http://{local}/v1/models/{})",
@@ -118,7 +141,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         cfg.base.display(),
         cfg.model_name
     );
-    let res = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await;
+    let res = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
     poller.abort();
     if !cfg.quiet {
         eprintln!("quickdraw serve: stopped");
@@ -128,7 +153,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
 
 /// [`serve`] on a new multi-threaded tokio runtime (for the synchronous CLI).
 pub fn serve_blocking(cfg: ServeConfig) -> Result<(), ServeError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(serve(cfg))
 }
 

@@ -55,8 +55,10 @@ impl Probabilities {
         idx
     }
     fn extend(&mut self, o: Probabilities, keep: usize) {
-        self.probabilities.extend_from_slice(&o.probabilities[..keep * self.n_classes]);
-        self.logits.extend_from_slice(&o.logits[..keep * self.n_classes]);
+        self.probabilities
+            .extend_from_slice(&o.probabilities[..keep * self.n_classes]);
+        self.logits
+            .extend_from_slice(&o.logits[..keep * self.n_classes]);
         self.classes.extend_from_slice(&o.classes[..keep]);
     }
 }
@@ -81,7 +83,10 @@ pub struct Predictor {
 }
 
 fn load_err(path: &Path) -> impl Fn(TractError) -> PredictError + '_ {
-    move |e| PredictError::Load { path: path.display().to_string(), what: format!("{e:#}") }
+    move |e| PredictError::Load {
+        path: path.display().to_string(),
+        what: format!("{e:#}"),
+    }
 }
 
 impl Predictor {
@@ -93,40 +98,59 @@ impl Predictor {
         let sig = &info.signature;
         let input_names: Vec<String> = match &info.input {
             InputKind::Image { key, .. } => vec![sig.inputs[key].name.clone()],
-            InputKind::Strokes => vec![sig.inputs[signature::STROKES].name.clone(), sig.inputs[signature::LENGTHS].name.clone()],
+            InputKind::Strokes => vec![
+                sig.inputs[signature::STROKES].name.clone(),
+                sig.inputs[signature::LENGTHS].name.clone(),
+            ],
         };
-        let mut output_names = vec![sig.outputs[signature::LOGITS].name.clone(), sig.outputs[signature::PROBABILITIES].name.clone()];
+        let mut output_names = vec![
+            sig.outputs[signature::LOGITS].name.clone(),
+            sig.outputs[signature::PROBABILITIES].name.clone(),
+        ];
         let has_classes_output = sig.outputs.contains_key(signature::CLASSES);
         if has_classes_output {
             output_names.push(sig.outputs[signature::CLASSES].name.clone());
         }
-        let proto = tract_onnx::onnx().model_for_path(&path).map_err(load_err(&path))?;
+        let proto = tract_onnx::onnx()
+            .model_for_path(&path)
+            .map_err(load_err(&path))?;
         let proto = proto
             .with_input_names(&input_names)
             .and_then(|m| m.with_outputs_by_name(&output_names))
             .map_err(load_err(&path))?;
         // First try a symbolic batch (the contract's -1), then the graph's own shapes.
-        let symbolic = Self::with_facts(proto.clone(), &info, None).and_then(|m| m.into_optimized());
+        let symbolic =
+            Self::with_facts(proto.clone(), &info, None).and_then(|m| m.into_optimized());
         let (model, batch) = match symbolic {
             Ok(m) => (m, Batch::Any),
             Err(sym_err) => {
-                let fixed = Self::with_facts(proto, &info, Some(1)).and_then(|m| m.into_optimized()).map_err(|e| {
-                    PredictError::Load {
+                let fixed = Self::with_facts(proto, &info, Some(1))
+                    .and_then(|m| m.into_optimized())
+                    .map_err(|e| PredictError::Load {
                         path: path.display().to_string(),
                         what: format!("with a symbolic batch: {sym_err:#}; with batch 1: {e:#}"),
-                    }
-                })?;
+                    })?;
                 (fixed, Batch::Fixed(1))
             }
         };
         let nodes = model.nodes().len();
         let plan = model.into_runnable().map_err(load_err(&path))?;
-        let p = Predictor { info, plan, batch, has_classes_output, nodes };
+        let p = Predictor {
+            info,
+            plan,
+            batch,
+            has_classes_output,
+            nodes,
+        };
         p.smoke_test()?;
         Ok(p)
     }
 
-    fn with_facts(m: InferenceModel, info: &ExportInfo, fixed_batch: Option<usize>) -> TractResult<InferenceModel> {
+    fn with_facts(
+        m: InferenceModel,
+        info: &ExportInfo,
+        fixed_batch: Option<usize>,
+    ) -> TractResult<InferenceModel> {
         let n: TDim = match fixed_batch {
             Some(b) => b.to_dim(),
             None => m.sym("N").into(),
@@ -134,22 +158,40 @@ impl Predictor {
         match &info.input {
             InputKind::Image { size, .. } => {
                 let s = *size as usize;
-                m.with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), tvec![n, 1usize.to_dim(), s.to_dim(), s.to_dim()]))
+                m.with_input_fact(
+                    0,
+                    InferenceFact::dt_shape(
+                        f32::datum_type(),
+                        tvec![n, 1usize.to_dim(), s.to_dim(), s.to_dim()],
+                    ),
+                )
             }
             InputKind::Strokes => {
                 let t: TDim = m.sym("T").into();
-                m.with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), tvec![n.clone(), t, 3usize.to_dim()]))?
-                    .with_input_fact(1, InferenceFact::dt_shape(i64::datum_type(), tvec![n]))
+                m.with_input_fact(
+                    0,
+                    InferenceFact::dt_shape(
+                        f32::datum_type(),
+                        tvec![n.clone(), t, 3usize.to_dim()],
+                    ),
+                )?
+                .with_input_fact(1, InferenceFact::dt_shape(i64::datum_type(), tvec![n]))
             }
         }
     }
 
     fn smoke_test(&self) -> Result<(), PredictError> {
         let out = match &self.info.input {
-            InputKind::Image { size, .. } => self.predict_pixels(&[vec![0.0; (*size * *size) as usize]]),
-            InputKind::Strokes => {
-                self.predict_strokes(&[StrokeFeatures { dx: vec![0.0], dy: vec![0.0], pen: vec![1.0], len: 1, truncated: false }])
+            InputKind::Image { size, .. } => {
+                self.predict_pixels(&[vec![0.0; (*size * *size) as usize]])
             }
+            InputKind::Strokes => self.predict_strokes(&[StrokeFeatures {
+                dx: vec![0.0],
+                dy: vec![0.0],
+                pen: vec![1.0],
+                len: 1,
+                truncated: false,
+            }]),
         };
         out.map(|_| ()).map_err(|e| PredictError::Load {
             path: self.info.model_path().display().to_string(),
@@ -195,7 +237,10 @@ impl Predictor {
     }
 
     /// Predicts preprocessed drawings (image or strokes, whichever the model reads).
-    pub fn predict_preprocessed(&self, items: &[Preprocessed]) -> Result<Probabilities, PredictError> {
+    pub fn predict_preprocessed(
+        &self,
+        items: &[Preprocessed],
+    ) -> Result<Probabilities, PredictError> {
         match &self.info.input {
             InputKind::Image { .. } => {
                 let images: Vec<&[u8]> = items.iter().map(|p| &p.image[..]).collect();
@@ -206,7 +251,10 @@ impl Predictor {
                     .iter()
                     .enumerate()
                     .map(|(index, p)| {
-                        p.strokes.clone().ok_or_else(|| PredictError::BadInput { index, what: "no stroke features".into() })
+                        p.strokes.clone().ok_or_else(|| PredictError::BadInput {
+                            index,
+                            what: "no stroke features".into(),
+                        })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 self.predict_strokes(&seqs)
@@ -221,19 +269,28 @@ impl Predictor {
     }
 
     fn predict_image_slices(&self, images: &[&[u8]]) -> Result<Probabilities, PredictError> {
-        let px: Vec<Vec<f32>> = images.iter().map(|i| i.iter().map(|&v| v as f32 * PIXEL_SCALE).collect()).collect();
+        let px: Vec<Vec<f32>> = images
+            .iter()
+            .map(|i| i.iter().map(|&v| v as f32 * PIXEL_SCALE).collect())
+            .collect();
         self.predict_pixels(&px)
     }
 
     /// Predicts model-input images: `size*size` floats each, already `pixel * PIXEL_SCALE`.
     pub fn predict_pixels(&self, images: &[Vec<f32>]) -> Result<Probabilities, PredictError> {
         let InputKind::Image { size, key } = &self.info.input else {
-            return Err(PredictError::WrongInput { expected: "strokes and lengths".into(), got: "images" });
+            return Err(PredictError::WrongInput {
+                expected: "strokes and lengths".into(),
+                got: "images",
+            });
         };
         let s = *size as usize;
         for (index, im) in images.iter().enumerate() {
             if im.len() != s * s {
-                return Err(PredictError::BadInput { index, what: format!("{} values, {key} needs {}", im.len(), s * s) });
+                return Err(PredictError::BadInput {
+                    index,
+                    what: format!("{} values, {key} needs {}", im.len(), s * s),
+                });
             }
         }
         self.run_chunked(images.len(), |rows: std::ops::Range<usize>, n: usize| {
@@ -241,7 +298,8 @@ impl Predictor {
             for (j, i) in rows.enumerate() {
                 data[j * s * s..(j + 1) * s * s].copy_from_slice(&images[i]);
             }
-            let t = Tensor::from_shape(&[n, 1, s, s], &data).map_err(|e| PredictError::Run(e.to_string()))?;
+            let t = Tensor::from_shape(&[n, 1, s, s], &data)
+                .map_err(|e| PredictError::Run(e.to_string()))?;
             Ok(tvec![t.into_tvalue()])
         })
     }
@@ -250,11 +308,17 @@ impl Predictor {
     /// An empty sequence is fed as one zero step.
     pub fn predict_strokes(&self, seqs: &[StrokeFeatures]) -> Result<Probabilities, PredictError> {
         if self.info.input != InputKind::Strokes {
-            return Err(PredictError::WrongInput { expected: self.input_description(), got: "stroke sequences" });
+            return Err(PredictError::WrongInput {
+                expected: self.input_description(),
+                got: "stroke sequences",
+            });
         }
         for (index, s) in seqs.iter().enumerate() {
             if s.dx.len() != s.len || s.dy.len() != s.len || s.pen.len() != s.len {
-                return Err(PredictError::BadInput { index, what: "dx, dy and pen must all have len values".into() });
+                return Err(PredictError::BadInput {
+                    index,
+                    what: "dx, dy and pen must all have len values".into(),
+                });
             }
         }
         self.run_chunked(seqs.len(), |rows, n| {
@@ -271,8 +335,10 @@ impl Predictor {
                 }
                 lengths[j] = s.len.max(1) as i64;
             }
-            let st = Tensor::from_shape(&[n, t, 3], &data).map_err(|e| PredictError::Run(e.to_string()))?;
-            let lt = Tensor::from_shape(&[n], &lengths).map_err(|e| PredictError::Run(e.to_string()))?;
+            let st = Tensor::from_shape(&[n, t, 3], &data)
+                .map_err(|e| PredictError::Run(e.to_string()))?;
+            let lt =
+                Tensor::from_shape(&[n], &lengths).map_err(|e| PredictError::Run(e.to_string()))?;
             Ok(tvec![st.into_tvalue(), lt.into_tvalue()])
         })
     }
@@ -280,8 +346,12 @@ impl Predictor {
     /// What the model's input looks like, for error messages.
     pub fn input_description(&self) -> String {
         match &self.info.input {
-            InputKind::Image { key, size } => format!("{key}: DT_FLOAT [-1, 1, {size}, {size}] (pixel / 255)"),
-            InputKind::Strokes => "strokes: DT_FLOAT [-1, -1, 3] (dx, dy, pen) and lengths: DT_INT64 [-1]".into(),
+            InputKind::Image { key, size } => {
+                format!("{key}: DT_FLOAT [-1, 1, {size}, {size}] (pixel / 255)")
+            }
+            InputKind::Strokes => {
+                "strokes: DT_FLOAT [-1, -1, 3] (dx, dy, pen) and lengths: DT_INT64 [-1]".into()
+            }
         }
     }
 
@@ -291,7 +361,12 @@ impl Predictor {
         F: Fn(std::ops::Range<usize>, usize) -> Result<TVec<TValue>, PredictError>,
     {
         let c = self.n_classes();
-        let mut out = Probabilities { n_classes: c, probabilities: Vec::new(), logits: Vec::new(), classes: Vec::new() };
+        let mut out = Probabilities {
+            n_classes: c,
+            probabilities: Vec::new(),
+            logits: Vec::new(),
+            classes: Vec::new(),
+        };
         if rows == 0 {
             return Ok(out);
         }
@@ -316,33 +391,62 @@ impl Predictor {
 
     fn run_once(&self, inputs: TVec<TValue>, n: usize) -> Result<Probabilities, PredictError> {
         let c = self.n_classes();
-        let outs = self.plan.run(inputs).map_err(|e| PredictError::Run(format!("{e:#}")))?;
+        let outs = self
+            .plan
+            .run(inputs)
+            .map_err(|e| PredictError::Run(format!("{e:#}")))?;
         let floats = |ix: usize, what: &str| -> Result<Vec<f32>, PredictError> {
             let t = &outs[ix];
-            let v: Vec<f32> =
-                t.to_plain_array_view::<f32>().map_err(|e| PredictError::Run(format!("output {what}: {e}")))?.iter().copied().collect();
+            let v: Vec<f32> = t
+                .to_plain_array_view::<f32>()
+                .map_err(|e| PredictError::Run(format!("output {what}: {e}")))?
+                .iter()
+                .copied()
+                .collect();
             if t.shape() != [n, c] {
-                return Err(PredictError::Run(format!("output {what} has shape {:?}, the signature says [{n}, {c}]", t.shape())));
+                return Err(PredictError::Run(format!(
+                    "output {what} has shape {:?}, the signature says [{n}, {c}]",
+                    t.shape()
+                )));
             }
             Ok(v)
         };
         let logits = floats(0, signature::LOGITS)?;
         let probabilities = floats(1, signature::PROBABILITIES)?;
         let classes = if self.has_classes_output {
-            let t = outs[2].cast_to::<i64>().map_err(|e| PredictError::Run(format!("output classes: {e}")))?;
-            let v: Vec<i64> =
-                t.to_plain_array_view::<i64>().map_err(|e| PredictError::Run(format!("output classes: {e}")))?.iter().copied().collect();
+            let t = outs[2]
+                .cast_to::<i64>()
+                .map_err(|e| PredictError::Run(format!("output classes: {e}")))?;
+            let v: Vec<i64> = t
+                .to_plain_array_view::<i64>()
+                .map_err(|e| PredictError::Run(format!("output classes: {e}")))?
+                .iter()
+                .copied()
+                .collect();
             if v.len() != n {
-                return Err(PredictError::Run(format!("output classes has {} values for {n} inputs", v.len())));
+                return Err(PredictError::Run(format!(
+                    "output classes has {} values for {n} inputs",
+                    v.len()
+                )));
             }
             v
         } else {
             probabilities
                 .chunks_exact(c)
-                .map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0))).map_or(0, |m| m.0 as i64))
+                .map(|r| {
+                    r.iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+                        .map_or(0, |m| m.0 as i64)
+                })
                 .collect()
         };
-        Ok(Probabilities { n_classes: c, probabilities, logits, classes })
+        Ok(Probabilities {
+            n_classes: c,
+            probabilities,
+            logits,
+            classes,
+        })
     }
 }
 
@@ -371,12 +475,28 @@ mod tests {
         let out = p.predict_images(&[blank, left, right]).unwrap();
         assert_eq!(out.classes, vec![0, 1, 2]);
         let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
-        assert!(close(out.logits_row(0), &[0.25, 0.0, 0.0]), "{:?}", out.logits_row(0));
-        assert!(close(out.logits_row(1), &[0.25, 16.0, 0.0]), "{:?}", out.logits_row(1));
-        assert!(close(out.logits_row(2), &[0.25, 0.0, 0.5]), "{:?}", out.logits_row(2));
+        assert!(
+            close(out.logits_row(0), &[0.25, 0.0, 0.0]),
+            "{:?}",
+            out.logits_row(0)
+        );
+        assert!(
+            close(out.logits_row(1), &[0.25, 16.0, 0.0]),
+            "{:?}",
+            out.logits_row(1)
+        );
+        assert!(
+            close(out.logits_row(2), &[0.25, 0.0, 0.5]),
+            "{:?}",
+            out.logits_row(2)
+        );
         let e = 0.25f32.exp();
         let z = e + 2.0;
-        assert!(close(out.row(0), &[e / z, 1.0 / z, 1.0 / z]), "{:?}", out.row(0));
+        assert!(
+            close(out.row(0), &[e / z, 1.0 / z, 1.0 / z]),
+            "{:?}",
+            out.row(0)
+        );
         assert_eq!(out.top_k(1, 2)[0].0, 1);
         assert!(p.predict_images(&[]).unwrap().is_empty());
         let err = p.predict_pixels(&[vec![0.0; 10]]).unwrap_err();
@@ -390,8 +510,16 @@ mod tests {
         let w = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
         let dir = testing::write_stroke_export(tmp.path(), 2, &w, &[0.0, 0.0]).unwrap();
         let p = Predictor::load(&dir).unwrap();
-        let seq = |dx: Vec<f32>| StrokeFeatures { dy: vec![0.0; dx.len()], pen: vec![0.0; dx.len()], len: dx.len(), dx, truncated: false };
-        let out = p.predict_strokes(&[seq(vec![5.0, 4.0]), seq(vec![0.5])]).unwrap();
+        let seq = |dx: Vec<f32>| StrokeFeatures {
+            dy: vec![0.0; dx.len()],
+            pen: vec![0.0; dx.len()],
+            len: dx.len(),
+            dx,
+            truncated: false,
+        };
+        let out = p
+            .predict_strokes(&[seq(vec![5.0, 4.0]), seq(vec![0.5])])
+            .unwrap();
         assert_eq!(out.logits_row(0), &[9.0, 2.0]);
         assert_eq!(out.logits_row(1), &[0.5, 1.0]);
         assert_eq!(out.classes, vec![0, 1]);
@@ -404,7 +532,10 @@ mod tests {
         let dir = testing::write_demo_export(tmp.path(), 1, 8).unwrap();
         std::fs::write(dir.join("model.onnx"), b"not a protobuf").unwrap();
         let err = Predictor::load(&dir).unwrap_err();
-        assert!(err.to_string().contains("cannot load the ONNX model"), "{err}");
+        assert!(
+            err.to_string().contains("cannot load the ONNX model"),
+            "{err}"
+        );
         // A model whose outputs disagree with the signature's class count.
         let (w, b) = testing::demo_weights(8);
         let onnx = testing::linear_image_model(8, &w[..2 * 64], &b[..2]);

@@ -44,7 +44,16 @@ pub struct Served<'a> {
 
 /// A file name for a class: path separators and control characters replaced.
 pub fn file_name_for(word: &str) -> String {
-    let mut s: String = word.chars().map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c }).collect();
+    let mut s: String = word
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
     if s.is_empty() || s.starts_with('.') {
         s.insert(0, '_');
     }
@@ -52,7 +61,9 @@ pub fn file_name_for(word: &str) -> String {
 }
 
 fn now() -> (i64, u128) {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (d.as_secs() as i64, d.as_nanos())
 }
 
@@ -69,7 +80,11 @@ pub fn logged(d: &Drawing, s: &Served<'_>, index: usize) -> (Drawing, Value) {
     let (secs, nanos) = now();
     let best = s.top[0].0;
     let client_is_class = !d.word.is_empty() && s.labels.contains(&d.word);
-    let word = if client_is_class { d.word.clone() } else { s.labels[best].clone() };
+    let word = if client_is_class {
+        d.word.clone()
+    } else {
+        s.labels[best].clone()
+    };
     let mut out = d.clone();
     out.recognized = s.labels[best] == word;
     out.timestamp = secs;
@@ -109,7 +124,10 @@ pub fn line(d: &Drawing, sidecar: &Value) -> String {
 impl RequestLog {
     pub fn open(dir: &Path) -> io::Result<RequestLog> {
         std::fs::create_dir_all(dir)?;
-        Ok(RequestLog { dir: dir.to_path_buf(), files: Mutex::new(HashMap::new()) })
+        Ok(RequestLog {
+            dir: dir.to_path_buf(),
+            files: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -124,7 +142,10 @@ impl RequestLog {
         let name = file_name_for(&d.word);
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if !files.contains_key(&name) {
-            let f = OpenOptions::new().create(true).append(true).open(self.dir.join(&name))?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(&name))?;
             files.insert(name.clone(), f);
         }
         let f = files.get_mut(&name).expect("just inserted");
@@ -146,8 +167,22 @@ mod tests {
         let labels: Vec<String> = vec!["cat".into(), "dog/wolf".into()];
         let mut s = Stroke::new(vec![0.5, 10.0], vec![1.0, 2.0]);
         s.t = Some(vec![0.0, 16.0]);
-        let d = Drawing { key_id: 0, word: "unicorn".into(), countrycode: String::new(), timestamp: 0, recognized: false, ink: Ink::Strokes(vec![s]) };
-        let served = Served { model: "quickdraw", version: 3, request_id: 7, verb: "predict", labels: &labels, top: &[(1, 0.75), (0, 0.25)] };
+        let d = Drawing {
+            key_id: 0,
+            word: "unicorn".into(),
+            countrycode: String::new(),
+            timestamp: 0,
+            recognized: false,
+            ink: Ink::Strokes(vec![s]),
+        };
+        let served = Served {
+            model: "quickdraw",
+            version: 3,
+            request_id: 7,
+            verb: "predict",
+            labels: &labels,
+            top: &[(1, 0.75), (0, 0.25)],
+        };
         log.log(&d, &served, 0).unwrap();
         let mut cat = d.clone();
         cat.word = "cat".into();

@@ -36,7 +36,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 4 << 20, max_batch: 64, max_strokes: validate::MAX_STROKES, max_points: validate::MAX_POINTS }
+        Limits {
+            max_body_bytes: 4 << 20,
+            max_batch: 64,
+            max_strokes: validate::MAX_STROKES,
+            max_points: validate::MAX_POINTS,
+        }
     }
 }
 
@@ -49,10 +54,16 @@ pub struct RequestError {
 
 impl RequestError {
     pub fn bad(message: impl Into<String>) -> Self {
-        RequestError { too_large: false, message: message.into() }
+        RequestError {
+            too_large: false,
+            message: message.into(),
+        }
     }
     pub fn too_large(message: impl Into<String>) -> Self {
-        RequestError { too_large: true, message: message.into() }
+        RequestError {
+            too_large: true,
+            message: message.into(),
+        }
     }
 }
 
@@ -97,11 +108,18 @@ pub fn expected_inputs(input: &InputKind) -> String {
 fn check_signature_name(body: &serde_json::Map<String, Value>) -> Result<(), RequestError> {
     match body.get("signature_name") {
         None | Some(Value::Null) => Ok(()),
-        Some(Value::String(s)) if s.is_empty() || s == quickdraw_data::signature::DEFAULT_SIGNATURE => Ok(()),
+        Some(Value::String(s))
+            if s.is_empty() || s == quickdraw_data::signature::DEFAULT_SIGNATURE =>
+        {
+            Ok(())
+        }
         Some(Value::String(s)) => Err(RequestError::bad(format!(
             "Serving signature name: \"{s}\" not found in signature def (this model has \"serving_default\")"
         ))),
-        Some(v) => Err(RequestError::bad(format!("signature_name must be a string, got {}", short(v)))),
+        Some(v) => Err(RequestError::bad(format!(
+            "signature_name must be a string, got {}",
+            short(v)
+        ))),
     }
 }
 
@@ -110,49 +128,95 @@ fn check_batch(n: usize, limits: &Limits) -> Result<(), RequestError> {
         return Err(RequestError::bad("the request has no instances"));
     }
     if n > limits.max_batch {
-        return Err(RequestError::too_large(format!("{n} instances in one request (limit {})", limits.max_batch)));
+        return Err(RequestError::too_large(format!(
+            "{n} instances in one request (limit {})",
+            limits.max_batch
+        )));
     }
     Ok(())
 }
 
 fn as_object(body: &Value) -> Result<&serde_json::Map<String, Value>, RequestError> {
-    body.as_object().ok_or_else(|| RequestError::bad(format!("the request body must be a JSON object, got {}", short(body))))
+    body.as_object().ok_or_else(|| {
+        RequestError::bad(format!(
+            "the request body must be a JSON object, got {}",
+            short(body)
+        ))
+    })
 }
 
 /// Parses a `:predict` body: `{"instances": [...]}` or `{"inputs": ...}`.
-pub fn parse_predict(body: &Value, input: &InputKind, limits: &Limits) -> Result<Predict, RequestError> {
+pub fn parse_predict(
+    body: &Value,
+    input: &InputKind,
+    limits: &Limits,
+) -> Result<Predict, RequestError> {
     let obj = as_object(body)?;
     check_signature_name(obj)?;
     match (obj.get("instances"), obj.get("inputs")) {
-        (Some(_), Some(_)) => Err(RequestError::bad("a request can have either \"instances\" or \"inputs\", not both")),
-        (None, None) => Err(RequestError::bad(format!("missing \"instances\" or \"inputs\"; {}", expected_inputs(input)))),
+        (Some(_), Some(_)) => Err(RequestError::bad(
+            "a request can have either \"instances\" or \"inputs\", not both",
+        )),
+        (None, None) => Err(RequestError::bad(format!(
+            "missing \"instances\" or \"inputs\"; {}",
+            expected_inputs(input)
+        ))),
         (Some(inst), None) => {
-            let list = inst.as_array().ok_or_else(|| RequestError::bad(format!("\"instances\" must be a list; {}", expected_inputs(input))))?;
+            let list = inst.as_array().ok_or_else(|| {
+                RequestError::bad(format!(
+                    "\"instances\" must be a list; {}",
+                    expected_inputs(input)
+                ))
+            })?;
             check_batch(list.len(), limits)?;
-            let instances = list.iter().enumerate().map(|(i, v)| parse_instance(v, i, input, limits)).collect::<Result<_, _>>()?;
-            Ok(Predict { instances, columnar: false })
+            let instances = list
+                .iter()
+                .enumerate()
+                .map(|(i, v)| parse_instance(v, i, input, limits))
+                .collect::<Result<_, _>>()?;
+            Ok(Predict {
+                instances,
+                columnar: false,
+            })
         }
-        (None, Some(inputs)) => Ok(Predict { instances: parse_columnar(inputs, input, limits)?, columnar: true }),
+        (None, Some(inputs)) => Ok(Predict {
+            instances: parse_columnar(inputs, input, limits)?,
+            columnar: true,
+        }),
     }
 }
 
-fn parse_columnar(inputs: &Value, input: &InputKind, limits: &Limits) -> Result<Vec<Instance>, RequestError> {
+fn parse_columnar(
+    inputs: &Value,
+    input: &InputKind,
+    limits: &Limits,
+) -> Result<Vec<Instance>, RequestError> {
     let batch = |v: &Value, name: &str| -> Result<Vec<Value>, RequestError> {
-        let list = v.as_array().ok_or_else(|| RequestError::bad(format!("inputs[\"{name}\"] must be a list (one entry per instance)")))?;
+        let list = v.as_array().ok_or_else(|| {
+            RequestError::bad(format!(
+                "inputs[\"{name}\"] must be a list (one entry per instance)"
+            ))
+        })?;
         check_batch(list.len(), limits)?;
         Ok(list.clone())
     };
     match inputs {
         Value::Array(list) => {
             check_batch(list.len(), limits)?;
-            list.iter().enumerate().map(|(i, v)| parse_instance(v, i, input, limits)).collect()
+            list.iter()
+                .enumerate()
+                .map(|(i, v)| parse_instance(v, i, input, limits))
+                .collect()
         }
         Value::Object(map) => {
             if let Some(d) = map.get("drawing") {
                 return batch(d, "drawing")?
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| parse_drawing(&serde_json::json!({"drawing": v}), i, limits).map(Instance::Drawing))
+                    .map(|(i, v)| {
+                        parse_drawing(&serde_json::json!({"drawing": v}), i, limits)
+                            .map(Instance::Drawing)
+                    })
                     .collect();
             }
             match input {
@@ -163,7 +227,11 @@ fn parse_columnar(inputs: &Value, input: &InputKind, limits: &Limits) -> Result<
                             map.keys().collect::<Vec<_>>()
                         )));
                     };
-                    batch(v, key)?.iter().enumerate().map(|(i, v)| parse_image(v, i, input)).collect()
+                    batch(v, key)?
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| parse_image(v, i, input))
+                        .collect()
                 }
                 InputKind::Strokes => {
                     let (Some(s), Some(l)) = (map.get(STROKES), map.get(LENGTHS)) else {
@@ -174,32 +242,55 @@ fn parse_columnar(inputs: &Value, input: &InputKind, limits: &Limits) -> Result<
                     };
                     let (s, l) = (batch(s, STROKES)?, batch(l, LENGTHS)?);
                     if s.len() != l.len() {
-                        return Err(RequestError::bad(format!("{} strokes sequences but {} lengths", s.len(), l.len())));
+                        return Err(RequestError::bad(format!(
+                            "{} strokes sequences but {} lengths",
+                            s.len(),
+                            l.len()
+                        )));
                     }
-                    s.iter().zip(&l).enumerate().map(|(i, (s, l))| parse_sequence(s, Some(l), i)).collect()
+                    s.iter()
+                        .zip(&l)
+                        .enumerate()
+                        .map(|(i, (s, l))| parse_sequence(s, Some(l), i))
+                        .collect()
                 }
             }
         }
-        other => Err(RequestError::bad(format!("\"inputs\" must be a list or an object, got {}; {}", short(other), expected_inputs(input)))),
+        other => Err(RequestError::bad(format!(
+            "\"inputs\" must be a list or an object, got {}; {}",
+            short(other),
+            expected_inputs(input)
+        ))),
     }
 }
 
 /// Parses a `:classify` body: `{"examples": [...], "context": {...}}` (TF Serving's format;
 /// each example is an instance object, context keys are added to every example).
-pub fn parse_classify(body: &Value, input: &InputKind, limits: &Limits) -> Result<Vec<Instance>, RequestError> {
+pub fn parse_classify(
+    body: &Value,
+    input: &InputKind,
+    limits: &Limits,
+) -> Result<Vec<Instance>, RequestError> {
     let obj = as_object(body)?;
     check_signature_name(obj)?;
     let list = obj
         .get("examples")
         .or_else(|| obj.get("instances"))
-        .ok_or_else(|| RequestError::bad(format!("missing \"examples\"; {}", expected_inputs(input))))?
+        .ok_or_else(|| {
+            RequestError::bad(format!("missing \"examples\"; {}", expected_inputs(input)))
+        })?
         .as_array()
         .ok_or_else(|| RequestError::bad("\"examples\" must be a list"))?;
     check_batch(list.len(), limits)?;
     let context = match obj.get("context") {
         None | Some(Value::Null) => None,
         Some(Value::Object(c)) => Some(c),
-        Some(v) => return Err(RequestError::bad(format!("\"context\" must be an object, got {}", short(v)))),
+        Some(v) => {
+            return Err(RequestError::bad(format!(
+                "\"context\" must be an object, got {}",
+                short(v)
+            )));
+        }
     };
     list.iter()
         .enumerate()
@@ -225,22 +316,35 @@ pub fn parse_classify(body: &Value, input: &InputKind, limits: &Limits) -> Resul
 }
 
 /// Parses one row-format instance.
-pub fn parse_instance(v: &Value, index: usize, input: &InputKind, limits: &Limits) -> Result<Instance, RequestError> {
+pub fn parse_instance(
+    v: &Value,
+    index: usize,
+    input: &InputKind,
+    limits: &Limits,
+) -> Result<Instance, RequestError> {
     match v {
         Value::Object(m) => {
             if m.contains_key("drawing") {
                 return parse_drawing(v, index, limits).map(Instance::Drawing);
             }
             if let Some(b) = m.get("b64") {
-                let s = b.as_str().ok_or_else(|| RequestError::bad(format!("instance {index}: \"b64\" must be a string")))?;
+                let s = b.as_str().ok_or_else(|| {
+                    RequestError::bad(format!("instance {index}: \"b64\" must be a string"))
+                })?;
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(s.trim())
-                    .map_err(|e| RequestError::bad(format!("instance {index}: \"b64\" is not base64: {e}")))?;
+                    .map_err(|e| {
+                        RequestError::bad(format!("instance {index}: \"b64\" is not base64: {e}"))
+                    })?;
                 return Ok(Instance::Example(bytes));
             }
             match input {
-                InputKind::Image { key, .. } if m.contains_key(key) => parse_image(&m[key], index, input),
-                InputKind::Strokes if m.contains_key(STROKES) => parse_sequence(&m[STROKES], m.get(LENGTHS), index),
+                InputKind::Image { key, .. } if m.contains_key(key) => {
+                    parse_image(&m[key], index, input)
+                }
+                InputKind::Strokes if m.contains_key(STROKES) => {
+                    parse_sequence(&m[STROKES], m.get(LENGTHS), index)
+                }
                 _ => Err(RequestError::bad(format!(
                     "instance {index}: object with keys {:?}; {}",
                     m.keys().collect::<Vec<_>>(),
@@ -252,7 +356,11 @@ pub fn parse_instance(v: &Value, index: usize, input: &InputKind, limits: &Limit
             InputKind::Image { .. } => parse_image(v, index, input),
             InputKind::Strokes => parse_sequence(v, None, index),
         },
-        other => Err(RequestError::bad(format!("instance {index} is {}; {}", short(other), expected_inputs(input)))),
+        other => Err(RequestError::bad(format!(
+            "instance {index} is {}; {}",
+            short(other),
+            expected_inputs(input)
+        ))),
     }
 }
 
@@ -283,7 +391,9 @@ pub fn tensor(v: &Value) -> Result<(Vec<usize>, Vec<f32>), String> {
                 out.push(f);
                 Ok(())
             }
-            (Value::Array(a), [n, rest @ ..]) if a.len() == *n => a.iter().try_for_each(|x| fill(x, rest, out)),
+            (Value::Array(a), [n, rest @ ..]) if a.len() == *n => {
+                a.iter().try_for_each(|x| fill(x, rest, out))
+            }
             _ => Err("the nested lists are not rectangular".into()),
         }
     }
@@ -295,10 +405,15 @@ pub fn tensor(v: &Value) -> Result<(Vec<usize>, Vec<f32>), String> {
 
 fn parse_image(v: &Value, index: usize, input: &InputKind) -> Result<Instance, RequestError> {
     let InputKind::Image { key, size } = input else {
-        return Err(RequestError::bad(format!("instance {index}: an image, but {}", expected_inputs(input))));
+        return Err(RequestError::bad(format!(
+            "instance {index}: an image, but {}",
+            expected_inputs(input)
+        )));
     };
     let s = *size as usize;
-    let (shape, values) = tensor(v).map_err(|e| RequestError::bad(format!("instance {index}: {e}; {}", expected_inputs(input))))?;
+    let (shape, values) = tensor(v).map_err(|e| {
+        RequestError::bad(format!("instance {index}: {e}; {}", expected_inputs(input)))
+    })?;
     let ok = shape == [1, s, s] || shape == [s, s] || shape == [s * s];
     if !ok {
         return Err(RequestError::bad(format!(
@@ -309,10 +424,17 @@ fn parse_image(v: &Value, index: usize, input: &InputKind) -> Result<Instance, R
     Ok(Instance::Pixels(values))
 }
 
-fn parse_sequence(v: &Value, lengths: Option<&Value>, index: usize) -> Result<Instance, RequestError> {
-    let (shape, values) = tensor(v).map_err(|e| RequestError::bad(format!("instance {index}: strokes: {e}")))?;
+fn parse_sequence(
+    v: &Value,
+    lengths: Option<&Value>,
+    index: usize,
+) -> Result<Instance, RequestError> {
+    let (shape, values) =
+        tensor(v).map_err(|e| RequestError::bad(format!("instance {index}: strokes: {e}")))?;
     if shape.len() != 2 || shape[1] != 3 {
-        return Err(RequestError::bad(format!("instance {index}: strokes tensor of shape {shape:?}; expected [T, 3] rows of (dx, dy, pen)")));
+        return Err(RequestError::bad(format!(
+            "instance {index}: strokes tensor of shape {shape:?}; expected [T, 3] rows of (dx, dy, pen)"
+        )));
     }
     let t = shape[0];
     let len = match lengths {
@@ -324,40 +446,73 @@ fn parse_sequence(v: &Value, lengths: Option<&Value>, index: usize) -> Result<In
             };
             match n {
                 Some(n) if n as usize <= t => n as usize,
-                _ => return Err(RequestError::bad(format!("instance {index}: lengths must be an integer in 0..={t}, got {}", short(l)))),
+                _ => {
+                    return Err(RequestError::bad(format!(
+                        "instance {index}: lengths must be an integer in 0..={t}, got {}",
+                        short(l)
+                    )));
+                }
             }
         }
     };
     let col = |c: usize| (0..len).map(|k| values[k * 3 + c]).collect::<Vec<f32>>();
-    Ok(Instance::Sequence(StrokeFeatures { dx: col(0), dy: col(1), pen: col(2), len, truncated: false }))
+    Ok(Instance::Sequence(StrokeFeatures {
+        dx: col(0),
+        dy: col(1),
+        pen: col(2),
+        len,
+        truncated: false,
+    }))
 }
 
 /// Parses and validates a drawing instance (`check_drawing`, then the server's limits).
 pub fn parse_drawing(v: &Value, index: usize, limits: &Limits) -> Result<Drawing, RequestError> {
     let bad = |what: String| RequestError::bad(format!("instance {index}: {what}"));
-    let m = v.as_object().ok_or_else(|| bad("a drawing must be an object".into()))?;
+    let m = v
+        .as_object()
+        .ok_or_else(|| bad("a drawing must be an object".into()))?;
     let strokes_v = m.get("drawing").and_then(Value::as_array).ok_or_else(|| {
         bad("\"drawing\" must be a list of strokes [[x, ...], [y, ...]] or [[x, ...], [y, ...], [t, ...]]".into())
     })?;
     if strokes_v.len() > limits.max_strokes {
-        return Err(RequestError::too_large(format!("instance {index}: {} strokes (limit {})", strokes_v.len(), limits.max_strokes)));
+        return Err(RequestError::too_large(format!(
+            "instance {index}: {} strokes (limit {})",
+            strokes_v.len(),
+            limits.max_strokes
+        )));
     }
     let mut strokes = Vec::with_capacity(strokes_v.len());
     let mut points = 0usize;
     for (i, s) in strokes_v.iter().enumerate() {
-        let arrays = s.as_array().ok_or_else(|| bad(format!("stroke {i} must be a list of 2 or 3 lists of numbers")))?;
+        let arrays = s.as_array().ok_or_else(|| {
+            bad(format!(
+                "stroke {i} must be a list of 2 or 3 lists of numbers"
+            ))
+        })?;
         if arrays.len() != 2 && arrays.len() != 3 {
-            return Err(bad(format!("stroke {i} has {} arrays, expected [x, y] or [x, y, t]", arrays.len())));
+            return Err(bad(format!(
+                "stroke {i} has {} arrays, expected [x, y] or [x, y, t]",
+                arrays.len()
+            )));
         }
         let mut vals = Vec::with_capacity(3);
         for (j, a) in arrays.iter().enumerate() {
-            let nums = a.as_array().ok_or_else(|| bad(format!("stroke {i} array {j} must be a list of numbers")))?;
+            let nums = a
+                .as_array()
+                .ok_or_else(|| bad(format!("stroke {i} array {j} must be a list of numbers")))?;
             let v: Option<Vec<f32>> = nums.iter().map(|x| x.as_f64().map(|f| f as f32)).collect();
-            vals.push(v.ok_or_else(|| bad(format!("stroke {i} array {j} holds a value that is not a number")))?);
+            vals.push(v.ok_or_else(|| {
+                bad(format!(
+                    "stroke {i} array {j} holds a value that is not a number"
+                ))
+            })?);
         }
         points += vals[0].len();
         if points > limits.max_points {
-            return Err(RequestError::too_large(format!("instance {index}: more than {} points", limits.max_points)));
+            return Err(RequestError::too_large(format!(
+                "instance {index}: more than {} points",
+                limits.max_points
+            )));
         }
         let t = if vals.len() == 3 { vals.pop() } else { None };
         let y = vals.pop().unwrap_or_default();
@@ -368,25 +523,51 @@ pub fn parse_drawing(v: &Value, index: usize, limits: &Limits) -> Result<Drawing
         match m.get(k) {
             None | Some(Value::Null) => Ok(String::new()),
             Some(Value::String(s)) if s.len() <= 256 => Ok(s.clone()),
-            Some(v) => Err(bad(format!("{k:?} must be a string of at most 256 bytes, got {}", short(v)))),
+            Some(v) => Err(bad(format!(
+                "{k:?} must be a string of at most 256 bytes, got {}",
+                short(v)
+            ))),
         }
     };
     let key_id = match m.get("key_id") {
         None | Some(Value::Null) => 0,
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| bad(format!("key_id {n} is not an unsigned integer")))?,
-        Some(Value::String(s)) => s.parse().map_err(|_| bad(format!("key_id {s:?} is not an unsigned integer")))?,
-        Some(v) => return Err(bad(format!("key_id must be a number or a string of digits, got {}", short(v)))),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| bad(format!("key_id {n} is not an unsigned integer")))?,
+        Some(Value::String(s)) => s
+            .parse()
+            .map_err(|_| bad(format!("key_id {s:?} is not an unsigned integer")))?,
+        Some(v) => {
+            return Err(bad(format!(
+                "key_id must be a number or a string of digits, got {}",
+                short(v)
+            )));
+        }
     };
     let timestamp = match m.get("timestamp") {
         None | Some(Value::Null) => 0,
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| bad(format!("timestamp {n} is not an integer (seconds)")))?,
-        Some(Value::String(s)) => parse_timestamp(s).ok_or_else(|| bad(format!("timestamp {s:?} is not a date")))?,
-        Some(v) => return Err(bad(format!("timestamp must be seconds or a date string, got {}", short(v)))),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| bad(format!("timestamp {n} is not an integer (seconds)")))?,
+        Some(Value::String(s)) => {
+            parse_timestamp(s).ok_or_else(|| bad(format!("timestamp {s:?} is not a date")))?
+        }
+        Some(v) => {
+            return Err(bad(format!(
+                "timestamp must be seconds or a date string, got {}",
+                short(v)
+            )));
+        }
     };
     let recognized = match m.get("recognized") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(bad(format!("recognized must be a boolean, got {}", short(v)))),
+        Some(v) => {
+            return Err(bad(format!(
+                "recognized must be a boolean, got {}",
+                short(v)
+            )));
+        }
     };
     let d = Drawing {
         key_id,
@@ -398,7 +579,11 @@ pub fn parse_drawing(v: &Value, index: usize, limits: &Limits) -> Result<Drawing
     };
     check_drawing(&d, None).map_err(|r| {
         let msg = format!("instance {index}: {}: {}", r.reason, r.detail);
-        if r.reason == RejectReason::TooLarge { RequestError::too_large(msg) } else { RequestError::bad(msg) }
+        if r.reason == RejectReason::TooLarge {
+            RequestError::too_large(msg)
+        } else {
+            RequestError::bad(msg)
+        }
     })?;
     Ok(d)
 }
@@ -420,25 +605,48 @@ fn floats<'a>(ex: &'a Example, key: &str) -> Result<&'a [f32], String> {
 
 /// Turns an instance into the model's input with the export's preprocessing (drawings) or
 /// feature decoding (`tf.Example`s: only the features the model reads are required).
-pub fn to_model_input(inst: &Instance, index: usize, input: &InputKind, spec: &FeatureSpec) -> Result<ModelInput, RequestError> {
+pub fn to_model_input(
+    inst: &Instance,
+    index: usize,
+    input: &InputKind,
+    spec: &FeatureSpec,
+) -> Result<ModelInput, RequestError> {
     let bad = |what: String| RequestError::bad(format!("instance {index}: {what}"));
     match (inst, input) {
         (Instance::Drawing(d), _) => {
             let p = features::preprocess(&d.ink, spec).map_err(|e| bad(e.to_string()))?;
             match input {
-                InputKind::Image { .. } => Ok(ModelInput::Pixels(p.image.iter().map(|&v| v as f32 * features::PIXEL_SCALE).collect())),
-                InputKind::Strokes => p.strokes.map(ModelInput::Sequence).ok_or_else(|| bad("no stroke features".into())),
+                InputKind::Image { .. } => Ok(ModelInput::Pixels(
+                    p.image
+                        .iter()
+                        .map(|&v| v as f32 * features::PIXEL_SCALE)
+                        .collect(),
+                )),
+                InputKind::Strokes => p
+                    .strokes
+                    .map(ModelInput::Sequence)
+                    .ok_or_else(|| bad("no stroke features".into())),
             }
         }
         (Instance::Example(bytes), InputKind::Image { key, size }) => {
-            let ex = Example::from_bytes(bytes).map_err(|e| bad(format!("not a tf.Example: {e}")))?;
+            let ex =
+                Example::from_bytes(bytes).map_err(|e| bad(format!("not a tf.Example: {e}")))?;
             let img = decode_image(&ex, spec).map_err(|e| {
-                bad(format!("{e} (this model reads {key}: {} values 0..=255, encoded {:?})", size * size, spec.image_encoding))
+                bad(format!(
+                    "{e} (this model reads {key}: {} values 0..=255, encoded {:?})",
+                    size * size,
+                    spec.image_encoding
+                ))
             })?;
-            Ok(ModelInput::Pixels(img.iter().map(|&v| v as f32 * features::PIXEL_SCALE).collect()))
+            Ok(ModelInput::Pixels(
+                img.iter()
+                    .map(|&v| v as f32 * features::PIXEL_SCALE)
+                    .collect(),
+            ))
         }
         (Instance::Example(bytes), InputKind::Strokes) => {
-            let ex = Example::from_bytes(bytes).map_err(|e| bad(format!("not a tf.Example: {e}")))?;
+            let ex =
+                Example::from_bytes(bytes).map_err(|e| bad(format!("not a tf.Example: {e}")))?;
             let hint = "this model reads stroke_x, stroke_y, stroke_z (float_list) and stroke_len";
             let (dx, dy, pen) = (
                 floats(&ex, features::STROKE_X).map_err(|e| bad(format!("{e} ({hint})")))?,
@@ -446,20 +654,41 @@ pub fn to_model_input(inst: &Instance, index: usize, input: &InputKind, spec: &F
                 floats(&ex, features::STROKE_Z).map_err(|e| bad(format!("{e} ({hint})")))?,
             );
             if dx.len() != dy.len() || dx.len() != pen.len() {
-                return Err(bad(format!("stroke_x, stroke_y, stroke_z have {}, {}, {} values", dx.len(), dy.len(), pen.len())));
+                return Err(bad(format!(
+                    "stroke_x, stroke_y, stroke_z have {}, {}, {} values",
+                    dx.len(),
+                    dy.len(),
+                    pen.len()
+                )));
             }
             let len = dx.len();
-            Ok(ModelInput::Sequence(StrokeFeatures { dx: dx.to_vec(), dy: dy.to_vec(), pen: pen.to_vec(), len, truncated: false }))
+            Ok(ModelInput::Sequence(StrokeFeatures {
+                dx: dx.to_vec(),
+                dy: dy.to_vec(),
+                pen: pen.to_vec(),
+                len,
+                truncated: false,
+            }))
         }
         (Instance::Pixels(p), InputKind::Image { .. }) => Ok(ModelInput::Pixels(p.clone())),
         (Instance::Sequence(s), InputKind::Strokes) => Ok(ModelInput::Sequence(s.clone())),
-        (_, _) => Err(bad(format!("this instance does not fit the model; {}", expected_inputs(input)))),
+        (_, _) => Err(bad(format!(
+            "this instance does not fit the model; {}",
+            expected_inputs(input)
+        ))),
     }
 }
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 60 { format!("{}...", &s[..s.char_indices().nth(57).map_or(s.len(), |c| c.0)]) } else { s }
+    if s.len() > 60 {
+        format!(
+            "{}...",
+            &s[..s.char_indices().nth(57).map_or(s.len(), |c| c.0)]
+        )
+    } else {
+        s
+    }
 }
 
 #[cfg(test)]
@@ -468,22 +697,46 @@ mod tests {
     use serde_json::json;
 
     fn img(size: u32) -> InputKind {
-        InputKind::Image { key: format!("img_{size}"), size }
+        InputKind::Image {
+            key: format!("img_{size}"),
+            size,
+        }
     }
 
     #[test]
     fn row_and_columnar_images() {
         let l = Limits::default();
-        let p = parse_predict(&json!({"instances": [[[0.5, 0], [0, 1]], [0, 0, 0, 0.25], [[[1, 1], [1, 1]]]]}), &img(2), &l).unwrap();
+        let p = parse_predict(
+            &json!({"instances": [[[0.5, 0], [0, 1]], [0, 0, 0, 0.25], [[[1, 1], [1, 1]]]]}),
+            &img(2),
+            &l,
+        )
+        .unwrap();
         assert!(!p.columnar);
         assert_eq!(p.instances[0], Instance::Pixels(vec![0.5, 0.0, 0.0, 1.0]));
         assert_eq!(p.instances[1], Instance::Pixels(vec![0.0, 0.0, 0.0, 0.25]));
         assert_eq!(p.instances[2], Instance::Pixels(vec![1.0; 4]));
-        let p = parse_predict(&json!({"inputs": {"img_2": [[[[0, 0], [0, 1]]]]}}), &img(2), &l).unwrap();
+        let p = parse_predict(
+            &json!({"inputs": {"img_2": [[[[0, 0], [0, 1]]]]}}),
+            &img(2),
+            &l,
+        )
+        .unwrap();
         assert!(p.columnar);
-        assert_eq!(p.instances, vec![Instance::Pixels(vec![0.0, 0.0, 0.0, 1.0])]);
-        let p = parse_predict(&json!({"instances": [{"img_2": [1, 2, 3, 4]}]}), &img(2), &l).unwrap();
-        assert_eq!(p.instances, vec![Instance::Pixels(vec![1.0, 2.0, 3.0, 4.0])]);
+        assert_eq!(
+            p.instances,
+            vec![Instance::Pixels(vec![0.0, 0.0, 0.0, 1.0])]
+        );
+        let p = parse_predict(
+            &json!({"instances": [{"img_2": [1, 2, 3, 4]}]}),
+            &img(2),
+            &l,
+        )
+        .unwrap();
+        assert_eq!(
+            p.instances,
+            vec![Instance::Pixels(vec![1.0, 2.0, 3.0, 4.0])]
+        );
     }
 
     #[test]
@@ -491,16 +744,29 @@ mod tests {
         let l = Limits::default();
         let e = parse_predict(&json!({"instances": [[1, 2, 3]]}), &img(2), &l).unwrap_err();
         assert!(!e.too_large);
-        assert!(e.message.contains("shape [3]") && e.message.contains("img_2"), "{}", e.message);
+        assert!(
+            e.message.contains("shape [3]") && e.message.contains("img_2"),
+            "{}",
+            e.message
+        );
         let e = parse_predict(&json!({"instances": [[[1, 2], [3]]]}), &img(2), &l).unwrap_err();
         assert!(e.message.contains("rectangular"), "{}", e.message);
         let e = parse_predict(&json!({"instances": [{"pixels": 1}]}), &img(2), &l).unwrap_err();
-        assert!(e.message.contains("\"pixels\"") && e.message.contains("{\"drawing\""), "{}", e.message);
+        assert!(
+            e.message.contains("\"pixels\"") && e.message.contains("{\"drawing\""),
+            "{}",
+            e.message
+        );
         let e = parse_predict(&json!({"nothing": 1}), &img(2), &l).unwrap_err();
         assert!(e.message.contains("missing \"instances\""), "{}", e.message);
         let e = parse_predict(&json!({"instances": [], "inputs": []}), &img(2), &l).unwrap_err();
         assert!(e.message.contains("not both"), "{}", e.message);
-        let e = parse_predict(&json!({"signature_name": "other", "instances": [[0, 0, 0, 0]]}), &img(2), &l).unwrap_err();
+        let e = parse_predict(
+            &json!({"signature_name": "other", "instances": [[0, 0, 0, 0]]}),
+            &img(2),
+            &l,
+        )
+        .unwrap_err();
         assert!(e.message.contains("\"other\" not found"), "{}", e.message);
         let e = parse_predict(&json!([1]), &img(2), &l).unwrap_err();
         assert!(e.message.contains("JSON object"), "{}", e.message);
@@ -510,13 +776,21 @@ mod tests {
 
     #[test]
     fn drawings_are_validated_with_limits() {
-        let l = Limits { max_batch: 2, max_strokes: 3, max_points: 10, ..Limits::default() };
+        let l = Limits {
+            max_batch: 2,
+            max_strokes: 3,
+            max_points: 10,
+            ..Limits::default()
+        };
         let d = json!({"drawing": [[[0, 10, 20], [0, 5, 0]], [[1.5, 2], [3, 4], [0, 16]]], "key_id": "12", "word": "cat"});
         let p = parse_predict(&json!({"instances": [d]}), &img(8), &l).unwrap();
-        let Instance::Drawing(dr) = &p.instances[0] else { panic!() };
+        let Instance::Drawing(dr) = &p.instances[0] else {
+            panic!()
+        };
         assert_eq!((dr.key_id, dr.word.as_str(), dr.n_points()), (12, "cat", 5));
         assert_eq!(dr.strokes().unwrap()[1].t, Some(vec![0.0, 16.0]));
-        let e = parse_predict(&json!({"instances": [[0, 0], [0, 0], [0, 0]]}), &img(8), &l).unwrap_err();
+        let e = parse_predict(&json!({"instances": [[0, 0], [0, 0], [0, 0]]}), &img(8), &l)
+            .unwrap_err();
         assert!(e.too_large && e.message.contains("limit 2"), "{e:?}");
         let many = json!({"drawing": vec![json!([[1], [1]]); 4]});
         let e = parse_instance(&many, 0, &img(8), &l).unwrap_err();
@@ -525,9 +799,17 @@ mod tests {
         assert!(parse_instance(&long, 0, &img(8), &l).unwrap_err().too_large);
         let mismatch = json!({"drawing": [[[1, 2], [1]]]});
         let e = parse_instance(&mismatch, 4, &img(8), &l).unwrap_err();
-        assert!(!e.too_large && e.message.contains("instance 4: length_mismatch"), "{e:?}");
+        assert!(
+            !e.too_large && e.message.contains("instance 4: length_mismatch"),
+            "{e:?}"
+        );
         let empty = json!({"drawing": []});
-        assert!(parse_instance(&empty, 0, &img(8), &l).unwrap_err().message.contains("empty_drawing"));
+        assert!(
+            parse_instance(&empty, 0, &img(8), &l)
+                .unwrap_err()
+                .message
+                .contains("empty_drawing")
+        );
         let e = parse_instance(&json!({"drawing": [[[1], ["a"]]]}), 0, &img(8), &l).unwrap_err();
         assert!(e.message.contains("stroke 0 array 1"), "{e:?}");
     }
@@ -541,28 +823,64 @@ mod tests {
             &l,
         )
         .unwrap();
-        let Instance::Drawing(d) = &got[0] else { panic!() };
+        let Instance::Drawing(d) = &got[0] else {
+            panic!()
+        };
         assert_eq!(d.word, "cat");
-        let seq = parse_instance(&json!({"strokes": [[1, 2, 0], [3, 4, 1], [0, 0, 0]], "lengths": 2}), 0, &InputKind::Strokes, &l).unwrap();
-        assert_eq!(seq, Instance::Sequence(StrokeFeatures { dx: vec![1.0, 3.0], dy: vec![2.0, 4.0], pen: vec![0.0, 1.0], len: 2, truncated: false }));
+        let seq = parse_instance(
+            &json!({"strokes": [[1, 2, 0], [3, 4, 1], [0, 0, 0]], "lengths": 2}),
+            0,
+            &InputKind::Strokes,
+            &l,
+        )
+        .unwrap();
+        assert_eq!(
+            seq,
+            Instance::Sequence(StrokeFeatures {
+                dx: vec![1.0, 3.0],
+                dy: vec![2.0, 4.0],
+                pen: vec![0.0, 1.0],
+                len: 2,
+                truncated: false
+            })
+        );
         let e = parse_instance(&json!([[1, 2]]), 0, &InputKind::Strokes, &l).unwrap_err();
         assert!(e.message.contains("[T, 3]"), "{e:?}");
-        let p = parse_predict(&json!({"inputs": {"strokes": [[[1, 1, 1]]], "lengths": [1]}}), &InputKind::Strokes, &l).unwrap();
+        let p = parse_predict(
+            &json!({"inputs": {"strokes": [[[1, 1, 1]]], "lengths": [1]}}),
+            &InputKind::Strokes,
+            &l,
+        )
+        .unwrap();
         assert_eq!(p.instances.len(), 1);
     }
 
     #[test]
     fn examples_decode_only_what_the_model_reads() {
         use quickdraw_data::example::Feature;
-        let spec = FeatureSpec { raster: quickdraw_data::raster::RasterSpec::new(quickdraw_data::raster::RasterMode::Default, 2, None), ..FeatureSpec::default() };
+        let spec = FeatureSpec {
+            raster: quickdraw_data::raster::RasterSpec::new(
+                quickdraw_data::raster::RasterMode::Default,
+                2,
+                None,
+            ),
+            ..FeatureSpec::default()
+        };
         let mut f = std::collections::BTreeMap::new();
         f.insert("img_2".to_string(), Feature::int64s(vec![0, 255, 0, 51]));
         let bytes = Example::from_features(f).to_bytes();
         let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
         let inst = parse_instance(&json!({"b64": b64}), 0, &img(2), &Limits::default()).unwrap();
-        let expected = [0.0, 255.0, 0.0, 51.0].iter().map(|p| p * features::PIXEL_SCALE).collect();
-        assert_eq!(to_model_input(&inst, 0, &img(2), &spec).unwrap(), ModelInput::Pixels(expected));
-        let e = to_model_input(&Instance::Example(vec![0xff, 0xff]), 1, &img(2), &spec).unwrap_err();
+        let expected = [0.0, 255.0, 0.0, 51.0]
+            .iter()
+            .map(|p| p * features::PIXEL_SCALE)
+            .collect();
+        assert_eq!(
+            to_model_input(&inst, 0, &img(2), &spec).unwrap(),
+            ModelInput::Pixels(expected)
+        );
+        let e =
+            to_model_input(&Instance::Example(vec![0xff, 0xff]), 1, &img(2), &spec).unwrap_err();
         assert!(e.message.contains("instance 1: not a tf.Example"), "{e:?}");
         let empty = Example::from_features(Default::default()).to_bytes();
         let e = to_model_input(&Instance::Example(empty), 0, &img(2), &spec).unwrap_err();

@@ -39,8 +39,14 @@ pub struct DrawingStats {
 }
 
 pub fn drawing_stats(d: &Drawing, spec: &FeatureSpec) -> DrawingStats {
-    let image = preprocess(&d.ink, spec).map(|p| p.image).unwrap_or_default();
-    let ink = if image.is_empty() { None } else { Some(image.iter().filter(|&&v| v > 0).count() as f64 / image.len() as f64) };
+    let image = preprocess(&d.ink, spec)
+        .map(|p| p.image)
+        .unwrap_or_default();
+    let ink = if image.is_empty() {
+        None
+    } else {
+        Some(image.iter().filter(|&&v| v > 0).count() as f64 / image.len() as f64)
+    };
     let (strokes, points, aspect) = match d.strokes() {
         None => (None, None, None),
         Some(s) => {
@@ -54,14 +60,24 @@ pub fn drawing_stats(d: &Drawing, spec: &FeatureSpec) -> DrawingStats {
             let pts: usize = s.iter().map(|s| s.len()).sum();
             let mut it = s.iter().flat_map(|s| s.x.iter().zip(&s.y));
             let aspect = it.next().map(|(&x0, &y0)| {
-                let (a, b, c, e) = it.fold((x0, y0, x0, y0), |(a, b, c, e), (&x, &y)| (a.min(x), b.min(y), c.max(x), e.max(y)));
+                let (a, b, c, e) = it.fold((x0, y0, x0, y0), |(a, b, c, e), (&x, &y)| {
+                    (a.min(x), b.min(y), c.max(x), e.max(y))
+                });
                 ((c - a).max(1.0) / (e - b).max(1.0)) as f64
             });
             (Some(s.len() as f64), Some(pts as f64), aspect)
         }
     };
-    let country = if d.countrycode.is_empty() { "(none)".to_string() } else { d.countrycode.clone() };
-    DrawingStats { numeric: [strokes, points, ink, aspect], country, predicted: None }
+    let country = if d.countrycode.is_empty() {
+        "(none)".to_string()
+    } else {
+        d.countrycode.clone()
+    };
+    DrawingStats {
+        numeric: [strokes, points, ink, aspect],
+        country,
+        predicted: None,
+    }
 }
 
 /// Statistics of many drawings and what happened while reading them.
@@ -147,7 +163,9 @@ pub fn psi(train: &[f64], serve: &[f64], bins: usize) -> f64 {
     }
     let mut t = train.to_vec();
     t.sort_by(f64::total_cmp);
-    let mut edges: Vec<f64> = (1..bins).map(|i| t[(i * t.len() / bins).min(t.len() - 1)]).collect();
+    let mut edges: Vec<f64> = (1..bins)
+        .map(|i| t[(i * t.len() / bins).min(t.len() - 1)])
+        .collect();
     edges.dedup();
     // Bin k holds values in [edge k-1, edge k): with integer-valued features each value whose
     // share reaches a decile gets its own bin.
@@ -158,7 +176,9 @@ pub fn psi(train: &[f64], serve: &[f64], bins: usize) -> f64 {
         for &x in xs {
             c[bin(x)] += 1.0;
         }
-        c.iter().map(|n| (n / xs.len() as f64).max(1e-4)).collect::<Vec<_>>()
+        c.iter()
+            .map(|n| (n / xs.len() as f64).max(1e-4))
+            .collect::<Vec<_>>()
     };
     psi_of(&share(train), &share(serve))
 }
@@ -174,7 +194,11 @@ pub fn psi_categorical(train: &[&str], serve: &[&str]) -> f64 {
     }
     let (ct, cs) = (counts(train), counts(serve));
     let cats: std::collections::BTreeSet<&str> = ct.keys().chain(cs.keys()).copied().collect();
-    let share = |c: &BTreeMap<&str, usize>, n: usize| cats.iter().map(|k| (*c.get(k).unwrap_or(&0) as f64 / n as f64).max(1e-4)).collect::<Vec<_>>();
+    let share = |c: &BTreeMap<&str, usize>, n: usize| {
+        cats.iter()
+            .map(|k| (*c.get(k).unwrap_or(&0) as f64 / n as f64).max(1e-4))
+            .collect::<Vec<_>>()
+    };
     psi_of(&share(&ct, train.len()), &share(&cs, serve.len()))
 }
 
@@ -253,7 +277,11 @@ pub struct SkewReport {
 }
 
 fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -268,13 +296,26 @@ fn median(v: &[f64]) -> f64 {
 fn top_shares(xs: &[&str], k: usize) -> Vec<(String, f64)> {
     let mut c: Vec<(&str, usize)> = counts(xs).into_iter().collect();
     c.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    c.into_iter().take(k).map(|(s, n)| (s.to_string(), n as f64 / xs.len().max(1) as f64)).collect()
+    c.into_iter()
+        .take(k)
+        .map(|(s, n)| (s.to_string(), n as f64 / xs.len().max(1) as f64))
+        .collect()
 }
 
 /// Compares serving statistics with training ones. `train_classes`, when given, is the class
 /// mix of the training split (class name -> examples), compared with the predicted classes.
-pub fn compare(train: Sample, serve: Sample, bins: usize, train_classes: Option<&BTreeMap<String, u64>>) -> SkewReport {
-    let col = |s: &Sample, i: usize| s.stats.iter().filter_map(|d| d.numeric[i]).collect::<Vec<f64>>();
+pub fn compare(
+    train: Sample,
+    serve: Sample,
+    bins: usize,
+    train_classes: Option<&BTreeMap<String, u64>>,
+) -> SkewReport {
+    let col = |s: &Sample, i: usize| {
+        s.stats
+            .iter()
+            .filter_map(|d| d.numeric[i])
+            .collect::<Vec<f64>>()
+    };
     let numeric = NUMERIC
         .iter()
         .enumerate()
@@ -298,18 +339,40 @@ pub fn compare(train: Sample, serve: Sample, bins: usize, train_classes: Option<
     let ct: Vec<&str> = train.stats.iter().map(|d| d.country.as_str()).collect();
     let cs: Vec<&str> = serve.stats.iter().map(|d| d.country.as_str()).collect();
     let p = psi_categorical(&ct, &cs);
-    let mut categorical =
-        vec![CategoricalDrift { feature: "country", train_top: top_shares(&ct, 5), serve_top: top_shares(&cs, 5), psi: p, drift: drift_level(p) }];
-    let predicted: Vec<&str> = serve.stats.iter().filter_map(|d| d.predicted.as_deref()).collect();
+    let mut categorical = vec![CategoricalDrift {
+        feature: "country",
+        train_top: top_shares(&ct, 5),
+        serve_top: top_shares(&cs, 5),
+        psi: p,
+        drift: drift_level(p),
+    }];
+    let predicted: Vec<&str> = serve
+        .stats
+        .iter()
+        .filter_map(|d| d.predicted.as_deref())
+        .collect();
     if let (Some(tc), false) = (train_classes, predicted.is_empty()) {
         // Expand the class counts into shares directly (no need to materialise examples).
         let total: u64 = tc.values().sum();
-        let cats: std::collections::BTreeSet<&str> = tc.keys().map(String::as_str).chain(predicted.iter().copied()).collect();
+        let cats: std::collections::BTreeSet<&str> = tc
+            .keys()
+            .map(String::as_str)
+            .chain(predicted.iter().copied())
+            .collect();
         let pc = counts(&predicted);
-        let pshare: Vec<f64> = cats.iter().map(|c| (*tc.get(*c).unwrap_or(&0) as f64 / total.max(1) as f64).max(1e-4)).collect();
-        let qshare: Vec<f64> = cats.iter().map(|c| (*pc.get(c).unwrap_or(&0) as f64 / predicted.len() as f64).max(1e-4)).collect();
+        let pshare: Vec<f64> = cats
+            .iter()
+            .map(|c| (*tc.get(*c).unwrap_or(&0) as f64 / total.max(1) as f64).max(1e-4))
+            .collect();
+        let qshare: Vec<f64> = cats
+            .iter()
+            .map(|c| (*pc.get(c).unwrap_or(&0) as f64 / predicted.len() as f64).max(1e-4))
+            .collect();
         let p = psi_of(&pshare, &qshare);
-        let mut train_top: Vec<(String, f64)> = tc.iter().map(|(k, v)| (k.clone(), *v as f64 / total.max(1) as f64)).collect();
+        let mut train_top: Vec<(String, f64)> = tc
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as f64 / total.max(1) as f64))
+            .collect();
         train_top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         train_top.truncate(5);
         categorical.push(CategoricalDrift {
@@ -320,7 +383,12 @@ pub fn compare(train: Sample, serve: Sample, bins: usize, train_classes: Option<
             drift: drift_level(p),
         });
     }
-    SkewReport { train, serve, numeric, categorical }
+    SkewReport {
+        train,
+        serve,
+        numeric,
+        categorical,
+    }
 }
 
 /// The QuickDraw files of a request log folder (or the file itself).
@@ -351,7 +419,11 @@ mod tests {
         assert!(psi(&a, &a, 10).abs() < 1e-12);
         assert_eq!(ks(&a, &a), 0.0);
         let shifted: Vec<f64> = (0..1000).map(|i| i as f64 + 500.0).collect();
-        assert!((ks(&a, &shifted) - 0.5).abs() < 1e-9, "{}", ks(&a, &shifted));
+        assert!(
+            (ks(&a, &shifted) - 0.5).abs() < 1e-9,
+            "{}",
+            ks(&a, &shifted)
+        );
         assert!(psi(&a, &shifted, 10) > 0.25);
         // Half the serving mass in the top decile: p = 0.1 everywhere, q = 0.5 in the last
         // bin and 0.5/9 in the others.
@@ -375,7 +447,10 @@ mod tests {
             countrycode: String::new(),
             timestamp: 0,
             recognized: true,
-            ink: Ink::Strokes(vec![Stroke::new(vec![0.0, 100.0, 200.0], vec![0.0, 0.0, 50.0])]),
+            ink: Ink::Strokes(vec![Stroke::new(
+                vec![0.0, 100.0, 200.0],
+                vec![0.0, 0.0, 50.0],
+            )]),
         };
         let s = drawing_stats(&d, &spec);
         assert_eq!(s.numeric[0], Some(1.0));

@@ -50,7 +50,14 @@ fn fingerprint(dir: &Path) -> Fingerprint {
         Path::new(signature::ASSETS_DIR).join(signature::PREPROCESSING_FILE),
         PathBuf::from(signature::METRICS_FILE),
     ];
-    files.iter().map(|f| std::fs::metadata(dir.join(f)).ok().map(|m| (m.len(), m.modified().ok()))).collect()
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(dir.join(f))
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()))
+        })
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -72,7 +79,9 @@ pub struct ModelStore {
 pub enum StoreError {
     #[error("model base path {0}: not a directory (expected <base>/<version>/model.onnx)")]
     NoBase(PathBuf),
-    #[error("{0} is a version folder; pass its parent as the model base path (TensorFlow Serving's layout <base>/<version>/)")]
+    #[error(
+        "{0} is a version folder; pass its parent as the model base path (TensorFlow Serving's layout <base>/<version>/)"
+    )]
     VersionDir(PathBuf),
 }
 
@@ -85,7 +94,12 @@ impl ModelStore {
         if base.join(signature::SIGNATURE_FILE).exists() {
             return Err(StoreError::VersionDir(base.to_path_buf()));
         }
-        let s = ModelStore { base: base.to_path_buf(), state: RwLock::default(), refreshing: Mutex::new(()), quiet };
+        let s = ModelStore {
+            base: base.to_path_buf(),
+            state: RwLock::default(),
+            refreshing: Mutex::new(()),
+            quiet,
+        };
         s.refresh();
         Ok(s)
     }
@@ -96,7 +110,11 @@ impl ModelStore {
 
     /// The version being served.
     pub fn current(&self) -> Option<Arc<Predictor>> {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).current.clone()
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .clone()
     }
 
     /// The predictor for a request: the current one, or a specific version when it is the
@@ -117,10 +135,20 @@ impl ModelStore {
         let mut out: Vec<VersionStatus> = st
             .broken
             .iter()
-            .map(|(v, b)| VersionStatus { version: *v, state: "END", error_code: "UNKNOWN", error_message: b.error.clone() })
+            .map(|(v, b)| VersionStatus {
+                version: *v,
+                state: "END",
+                error_code: "UNKNOWN",
+                error_message: b.error.clone(),
+            })
             .collect();
         if let Some(v) = st.current.as_ref().and_then(|c| c.version()) {
-            out.push(VersionStatus { version: v, state: "AVAILABLE", error_code: "OK", error_message: String::new() });
+            out.push(VersionStatus {
+                version: v,
+                state: "AVAILABLE",
+                error_code: "OK",
+                error_message: String::new(),
+            });
         }
         out.sort_by_key(|s| std::cmp::Reverse(s.version));
         out
@@ -141,13 +169,19 @@ impl ModelStore {
         let versions = match list_versions(&self.base) {
             Ok(v) => v,
             Err(e) => {
-                self.log(&format!("warning: cannot list {}: {e}", self.base.display()));
+                self.log(&format!(
+                    "warning: cannot list {}: {e}",
+                    self.base.display()
+                ));
                 return report;
             }
         };
         let (cur_v, broken) = {
             let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-            (st.current.as_ref().and_then(|c| c.version()), st.broken.clone())
+            (
+                st.current.as_ref().and_then(|c| c.version()),
+                st.broken.clone(),
+            )
         };
         let cur_present = cur_v.is_some_and(|c| versions.iter().any(|(v, _)| *v == c));
         let mut new_broken = BTreeMap::new();
@@ -173,15 +207,28 @@ impl ModelStore {
                         Some(c) => format!("; still serving version {c}"),
                         None => String::new(),
                     };
-                    self.log(&format!("warning: version {v} of {} failed to load, skipped: {error}{still}", self.base.display()));
+                    self.log(&format!(
+                        "warning: version {v} of {} failed to load, skipped: {error}{still}",
+                        self.base.display()
+                    ));
                     report.failed.push((*v, error.clone()));
-                    new_broken.insert(*v, Broken { fingerprint: fp, error });
+                    new_broken.insert(
+                        *v,
+                        Broken {
+                            fingerprint: fp,
+                            error,
+                        },
+                    );
                 }
             }
         }
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = loaded {
-            self.log(&format!("serving version {} from {}", p.version().unwrap_or(0), p.info().dir.display()));
+            self.log(&format!(
+                "serving version {} from {}",
+                p.version().unwrap_or(0),
+                p.info().dir.display()
+            ));
             st.current = Some(p);
         } else if !cur_present && cur_v.is_some() {
             self.log(&format!(

@@ -20,8 +20,8 @@ use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
 use tract_onnx::pb::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
-    ValueInfoProto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto, type_proto,
 };
 
 /// ONNX opset the builders target (the exporter should use at least this).
@@ -43,7 +43,12 @@ pub struct GraphBuilder {
 
 impl GraphBuilder {
     pub fn new(name: &str) -> Self {
-        GraphBuilder { graph: GraphProto { name: name.into(), ..Default::default() } }
+        GraphBuilder {
+            graph: GraphProto {
+                name: name.into(),
+                ..Default::default()
+            },
+        }
     }
 
     fn value_info(name: &str, elem: DataType, dims: &[Dim]) -> ValueInfoProto {
@@ -81,7 +86,11 @@ impl GraphBuilder {
     }
 
     pub fn init_f32(&mut self, name: &str, dims: &[i64], data: Vec<f32>) -> &mut Self {
-        assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "initializer {name}");
+        assert_eq!(
+            dims.iter().product::<i64>() as usize,
+            data.len(),
+            "initializer {name}"
+        );
         self.graph.initializer.push(TensorProto {
             name: name.into(),
             dims: dims.to_vec(),
@@ -103,7 +112,13 @@ impl GraphBuilder {
         self
     }
 
-    pub fn node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> &mut Self {
+    pub fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) -> &mut Self {
         let n = self.graph.node.len();
         self.graph.node.push(NodeProto {
             name: format!("{op}_{n}"),
@@ -121,10 +136,28 @@ impl GraphBuilder {
     pub fn classifier_head(&mut self, logits_in: &str, classes: i64) -> &mut Self {
         let n = Dim::Sym("N");
         self.node("Identity", &[logits_in], &[signature::LOGITS], vec![])
-            .node("Softmax", &[signature::LOGITS], &[signature::PROBABILITIES], vec![attr_int("axis", 1)])
-            .node("ArgMax", &[signature::LOGITS], &[signature::CLASSES], vec![attr_int("axis", 1), attr_int("keepdims", 0)])
-            .output(signature::LOGITS, DataType::Float, &[n.clone(), Dim::Fixed(classes)])
-            .output(signature::PROBABILITIES, DataType::Float, &[n.clone(), Dim::Fixed(classes)])
+            .node(
+                "Softmax",
+                &[signature::LOGITS],
+                &[signature::PROBABILITIES],
+                vec![attr_int("axis", 1)],
+            )
+            .node(
+                "ArgMax",
+                &[signature::LOGITS],
+                &[signature::CLASSES],
+                vec![attr_int("axis", 1), attr_int("keepdims", 0)],
+            )
+            .output(
+                signature::LOGITS,
+                DataType::Float,
+                &[n.clone(), Dim::Fixed(classes)],
+            )
+            .output(
+                signature::PROBABILITIES,
+                DataType::Float,
+                &[n.clone(), Dim::Fixed(classes)],
+            )
             .output(signature::CLASSES, DataType::Int64, &[n])
     }
 
@@ -132,7 +165,10 @@ impl GraphBuilder {
     pub fn finish(self) -> Vec<u8> {
         let model = ModelProto {
             ir_version: 8,
-            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
             producer_name: "quickdraw-serve testing".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(self.graph),
@@ -143,15 +179,30 @@ impl GraphBuilder {
 }
 
 pub fn attr_int(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    }
 }
 
 pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: ints.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
 }
 
 pub fn attr_string(name: &str, s: &str) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::String as i32, s: s.as_bytes().to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: s.as_bytes().to_vec(),
+        ..Default::default()
+    }
 }
 
 /// `logits = flatten(img) @ W^T + b` with `W` row-major `[classes, size*size]`.
@@ -161,12 +212,21 @@ pub fn linear_image_model(size: u32, weights: &[f32], bias: &[f32]) -> Vec<u8> {
     let key = quickdraw_data::features::image_key(size);
     let s = size as i64;
     let mut g = GraphBuilder::new("linear_image");
-    g.input(&key, DataType::Float, &[Dim::Sym("N"), Dim::Fixed(1), Dim::Fixed(s), Dim::Fixed(s)])
-        .init_f32("W", &[c, px], weights.to_vec())
-        .init_f32("b", &[c], bias.to_vec())
-        .node("Flatten", &[&key], &["flat"], vec![attr_int("axis", 1)])
-        .node("Gemm", &["flat", "W", "b"], &["z"], vec![attr_int("transB", 1)])
-        .classifier_head("z", c);
+    g.input(
+        &key,
+        DataType::Float,
+        &[Dim::Sym("N"), Dim::Fixed(1), Dim::Fixed(s), Dim::Fixed(s)],
+    )
+    .init_f32("W", &[c, px], weights.to_vec())
+    .init_f32("b", &[c], bias.to_vec())
+    .node("Flatten", &[&key], &["flat"], vec![attr_int("axis", 1)])
+    .node(
+        "Gemm",
+        &["flat", "W", "b"],
+        &["z"],
+        vec![attr_int("transB", 1)],
+    )
+    .classifier_head("z", c);
     g.finish()
 }
 
@@ -174,17 +234,41 @@ pub fn linear_image_model(size: u32, weights: &[f32], bias: &[f32]) -> Vec<u8> {
 pub fn stroke_model(weights: &[f32], bias: &[f32]) -> Vec<u8> {
     let c = bias.len() as i64;
     let mut g = GraphBuilder::new("stroke_sum");
-    g.input(signature::STROKES, DataType::Float, &[Dim::Sym("N"), Dim::Sym("T"), Dim::Fixed(3)])
-        .input(signature::LENGTHS, DataType::Int64, &[Dim::Sym("N")])
-        .init_f32("W", &[c, 4], weights.to_vec())
-        .init_f32("b", &[c], bias.to_vec())
-        .init_i64("axis_t", &[1], vec![1])
-        .node("ReduceSum", &[signature::STROKES, "axis_t"], &["sums"], vec![attr_int("keepdims", 0)])
-        .node("Cast", &[signature::LENGTHS], &["len_f"], vec![attr_int("to", DataType::Float as i64)])
-        .node("Unsqueeze", &["len_f", "axis_t"], &["len_col"], vec![])
-        .node("Concat", &["sums", "len_col"], &["feats"], vec![attr_int("axis", 1)])
-        .node("Gemm", &["feats", "W", "b"], &["z"], vec![attr_int("transB", 1)])
-        .classifier_head("z", c);
+    g.input(
+        signature::STROKES,
+        DataType::Float,
+        &[Dim::Sym("N"), Dim::Sym("T"), Dim::Fixed(3)],
+    )
+    .input(signature::LENGTHS, DataType::Int64, &[Dim::Sym("N")])
+    .init_f32("W", &[c, 4], weights.to_vec())
+    .init_f32("b", &[c], bias.to_vec())
+    .init_i64("axis_t", &[1], vec![1])
+    .node(
+        "ReduceSum",
+        &[signature::STROKES, "axis_t"],
+        &["sums"],
+        vec![attr_int("keepdims", 0)],
+    )
+    .node(
+        "Cast",
+        &[signature::LENGTHS],
+        &["len_f"],
+        vec![attr_int("to", DataType::Float as i64)],
+    )
+    .node("Unsqueeze", &["len_f", "axis_t"], &["len_col"], vec![])
+    .node(
+        "Concat",
+        &["sums", "len_col"],
+        &["feats"],
+        vec![attr_int("axis", 1)],
+    )
+    .node(
+        "Gemm",
+        &["feats", "W", "b"],
+        &["z"],
+        vec![attr_int("transB", 1)],
+    )
+    .classifier_head("z", c);
     g.finish()
 }
 
@@ -210,26 +294,84 @@ pub fn lecture_cnn_model(size: u32, classes: usize, seed: u64) -> Vec<u8> {
     let side = s / 4 / 4;
     let flat = 64 * side * side;
     let mut g = GraphBuilder::new("lecture_cnn");
-    g.input(&key, DataType::Float, &[Dim::Sym("N"), Dim::Fixed(1), Dim::Fixed(s), Dim::Fixed(s)])
-        .init_f32("k1", &[32, 1, 10, 10], pseudo_random(32 * 100, seed, 0.1))
-        .init_f32("b1", &[32], pseudo_random(32, seed + 1, 0.01))
-        .init_f32("k2", &[64, 32, 5, 5], pseudo_random(64 * 32 * 25, seed + 2, 0.035))
-        .init_f32("b2", &[64], pseudo_random(64, seed + 3, 0.01))
-        .init_f32("w3", &[256, flat], pseudo_random((256 * flat) as usize, seed + 4, 0.03))
-        .init_f32("b3", &[256], pseudo_random(256, seed + 5, 0.01))
-        .init_f32("w4", &[c, 256], pseudo_random((c * 256) as usize, seed + 6, 0.06))
-        .init_f32("b4", &[c], pseudo_random(classes, seed + 7, 0.01))
-        .node("Conv", &[&key, "k1", "b1"], &["c1"], vec![attr_ints("kernel_shape", &[10, 10]), attr_string("auto_pad", "SAME_UPPER")])
-        .node("Relu", &["c1"], &["r1"], vec![])
-        .node("MaxPool", &["r1"], &["p1"], vec![attr_ints("kernel_shape", &[4, 4]), attr_ints("strides", &[4, 4])])
-        .node("Conv", &["p1", "k2", "b2"], &["c2"], vec![attr_ints("kernel_shape", &[5, 5]), attr_string("auto_pad", "SAME_UPPER")])
-        .node("Relu", &["c2"], &["r2"], vec![])
-        .node("MaxPool", &["r2"], &["p2"], vec![attr_ints("kernel_shape", &[4, 4]), attr_ints("strides", &[4, 4])])
-        .node("Flatten", &["p2"], &["f"], vec![attr_int("axis", 1)])
-        .node("Gemm", &["f", "w3", "b3"], &["d3"], vec![attr_int("transB", 1)])
-        .node("Relu", &["d3"], &["r3"], vec![])
-        .node("Gemm", &["r3", "w4", "b4"], &["z"], vec![attr_int("transB", 1)])
-        .classifier_head("z", c);
+    g.input(
+        &key,
+        DataType::Float,
+        &[Dim::Sym("N"), Dim::Fixed(1), Dim::Fixed(s), Dim::Fixed(s)],
+    )
+    .init_f32("k1", &[32, 1, 10, 10], pseudo_random(32 * 100, seed, 0.1))
+    .init_f32("b1", &[32], pseudo_random(32, seed + 1, 0.01))
+    .init_f32(
+        "k2",
+        &[64, 32, 5, 5],
+        pseudo_random(64 * 32 * 25, seed + 2, 0.035),
+    )
+    .init_f32("b2", &[64], pseudo_random(64, seed + 3, 0.01))
+    .init_f32(
+        "w3",
+        &[256, flat],
+        pseudo_random((256 * flat) as usize, seed + 4, 0.03),
+    )
+    .init_f32("b3", &[256], pseudo_random(256, seed + 5, 0.01))
+    .init_f32(
+        "w4",
+        &[c, 256],
+        pseudo_random((c * 256) as usize, seed + 6, 0.06),
+    )
+    .init_f32("b4", &[c], pseudo_random(classes, seed + 7, 0.01))
+    .node(
+        "Conv",
+        &[&key, "k1", "b1"],
+        &["c1"],
+        vec![
+            attr_ints("kernel_shape", &[10, 10]),
+            attr_string("auto_pad", "SAME_UPPER"),
+        ],
+    )
+    .node("Relu", &["c1"], &["r1"], vec![])
+    .node(
+        "MaxPool",
+        &["r1"],
+        &["p1"],
+        vec![
+            attr_ints("kernel_shape", &[4, 4]),
+            attr_ints("strides", &[4, 4]),
+        ],
+    )
+    .node(
+        "Conv",
+        &["p1", "k2", "b2"],
+        &["c2"],
+        vec![
+            attr_ints("kernel_shape", &[5, 5]),
+            attr_string("auto_pad", "SAME_UPPER"),
+        ],
+    )
+    .node("Relu", &["c2"], &["r2"], vec![])
+    .node(
+        "MaxPool",
+        &["r2"],
+        &["p2"],
+        vec![
+            attr_ints("kernel_shape", &[4, 4]),
+            attr_ints("strides", &[4, 4]),
+        ],
+    )
+    .node("Flatten", &["p2"], &["f"], vec![attr_int("axis", 1)])
+    .node(
+        "Gemm",
+        &["f", "w3", "b3"],
+        &["d3"],
+        vec![attr_int("transB", 1)],
+    )
+    .node("Relu", &["d3"], &["r3"], vec![])
+    .node(
+        "Gemm",
+        &["r3", "w4", "b4"],
+        &["z"],
+        vec![attr_int("transB", 1)],
+    )
+    .classifier_head("z", c);
     g.finish()
 }
 
@@ -240,7 +382,10 @@ pub fn labels(n: usize) -> Vec<String> {
 
 /// The feature spec of an image export at `size` pixels (`default` raster mode).
 pub fn image_features(size: u32) -> FeatureSpec {
-    FeatureSpec { raster: RasterSpec::new(RasterMode::Default, size, None), ..FeatureSpec::default() }
+    FeatureSpec {
+        raster: RasterSpec::new(RasterMode::Default, size, None),
+        ..FeatureSpec::default()
+    }
 }
 
 /// Writes a complete export folder: `model.onnx` plus the metadata files of the contract.
@@ -253,8 +398,10 @@ pub fn write_export(
     metrics: &serde_json::Value,
 ) -> Result<(), SignatureError> {
     signature::write_export_metadata(dir, sig, labels, features, metrics)?;
-    std::fs::write(dir.join(signature::MODEL_FILE), onnx)
-        .map_err(|source| SignatureError::Io { path: dir.join(signature::MODEL_FILE), source })
+    std::fs::write(dir.join(signature::MODEL_FILE), onnx).map_err(|source| SignatureError::Io {
+        path: dir.join(signature::MODEL_FILE),
+        source,
+    })
 }
 
 /// The hand-checkable demo image model: 3 classes on `size` pixels.
@@ -285,27 +432,84 @@ pub fn demo_labels() -> Vec<String> {
 pub fn write_demo_export(base: &Path, version: u64, size: u32) -> Result<PathBuf, SignatureError> {
     let dir = base.join(version.to_string());
     let (w, b) = demo_weights(size);
-    let sig = Signature::image(ModelInfo { kind: ModelType::Linear, config: serde_json::json!({"demo": true}) }, size, 3);
+    let sig = Signature::image(
+        ModelInfo {
+            kind: ModelType::Linear,
+            config: serde_json::json!({"demo": true}),
+        },
+        size,
+        3,
+    );
     let metrics = serde_json::json!({"accuracy": 0.9, "baseline": {"accuracy": 0.33}});
-    write_export(&dir, &linear_image_model(size, &w, &b), &sig, &demo_labels(), &image_features(size), &metrics)?;
+    write_export(
+        &dir,
+        &linear_image_model(size, &w, &b),
+        &sig,
+        &demo_labels(),
+        &image_features(size),
+        &metrics,
+    )?;
     Ok(dir)
 }
 
 /// Writes a stroke (rnn-shaped) export with [`stroke_model`] weights `w` `[classes, 4]`.
-pub fn write_stroke_export(base: &Path, version: u64, w: &[f32], b: &[f32]) -> Result<PathBuf, SignatureError> {
+pub fn write_stroke_export(
+    base: &Path,
+    version: u64,
+    w: &[f32],
+    b: &[f32],
+) -> Result<PathBuf, SignatureError> {
     let dir = base.join(version.to_string());
-    let sig = Signature::strokes(ModelInfo { kind: ModelType::Rnn, config: serde_json::Value::Null }, b.len());
-    let features = FeatureSpec { strokes: Some(StrokeSpec::default()), ..image_features(16) };
-    write_export(&dir, &stroke_model(w, b), &sig, &labels(b.len()), &features, &serde_json::json!({"accuracy": 0.5}))?;
+    let sig = Signature::strokes(
+        ModelInfo {
+            kind: ModelType::Rnn,
+            config: serde_json::Value::Null,
+        },
+        b.len(),
+    );
+    let features = FeatureSpec {
+        strokes: Some(StrokeSpec::default()),
+        ..image_features(16)
+    };
+    write_export(
+        &dir,
+        &stroke_model(w, b),
+        &sig,
+        &labels(b.len()),
+        &features,
+        &serde_json::json!({"accuracy": 0.5}),
+    )?;
     Ok(dir)
 }
 
 /// Writes the lecture-CNN-shaped export (random weights).
-pub fn write_lecture_cnn_export(base: &Path, version: u64, size: u32, classes: usize) -> Result<PathBuf, SignatureError> {
+pub fn write_lecture_cnn_export(
+    base: &Path,
+    version: u64,
+    size: u32,
+    classes: usize,
+) -> Result<PathBuf, SignatureError> {
     let dir = base.join(version.to_string());
     let config = serde_json::json!({"conv": [[10, 4, 32], [5, 4, 64]], "dense": 256, "random_weights": true});
-    let sig = Signature::image(ModelInfo { kind: ModelType::Cnn, config }, size, classes);
-    let features = FeatureSpec { raster: RasterSpec::new(RasterMode::Amld, size, None), ..FeatureSpec::default() };
-    write_export(&dir, &lecture_cnn_model(size, classes, 7), &sig, &labels(classes), &features, &serde_json::json!({"accuracy": null}))?;
+    let sig = Signature::image(
+        ModelInfo {
+            kind: ModelType::Cnn,
+            config,
+        },
+        size,
+        classes,
+    );
+    let features = FeatureSpec {
+        raster: RasterSpec::new(RasterMode::Amld, size, None),
+        ..FeatureSpec::default()
+    };
+    write_export(
+        &dir,
+        &lecture_cnn_model(size, classes, 7),
+        &sig,
+        &labels(classes),
+        &features,
+        &serde_json::json!({"accuracy": null}),
+    )?;
     Ok(dir)
 }

@@ -18,7 +18,12 @@ use tower::ServiceExt;
 const SIZE: u32 = 8;
 
 fn limits() -> Limits {
-    Limits { max_body_bytes: 64 << 10, max_batch: 4, max_strokes: 50, max_points: 500 }
+    Limits {
+        max_body_bytes: 64 << 10,
+        max_batch: 4,
+        max_strokes: 50,
+        max_points: 500,
+    }
 }
 
 fn state(base: &Path, log: Option<&Path>) -> AppState {
@@ -34,24 +39,44 @@ fn setup() -> (tempfile::TempDir, AppState) {
     (tmp, st)
 }
 
-async fn call(st: &AppState, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, HeaderMap, Value) {
+async fn call(
+    st: &AppState,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, HeaderMap, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     call_raw(st, method, uri, body).await
 }
 
-async fn call_raw(st: &AppState, method: &str, uri: &str, body: String) -> (StatusCode, HeaderMap, Value) {
-    let req = Request::builder().method(method).uri(uri).header("content-type", "application/json").body(Body::from(body)).unwrap();
+async fn call_raw(
+    st: &AppState,
+    method: &str,
+    uri: &str,
+    body: String,
+) -> (StatusCode, HeaderMap, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
     let resp = app(st.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, headers, v)
 }
 
 fn left_half() -> Vec<f32> {
     let s = SIZE as usize;
-    (0..s * s).map(|i| if i % s < s / 2 { 1.0 } else { 0.0 }).collect()
+    (0..s * s)
+        .map(|i| if i % s < s / 2 { 1.0 } else { 0.0 })
+        .collect()
 }
 
 /// A "Γ" drawing: a long vertical stroke with a short bar to its right, so once centred most
@@ -62,7 +87,11 @@ fn gamma(mirrored: bool) -> Value {
 }
 
 fn close(a: &Value, b: &[f32]) -> bool {
-    a.as_array().unwrap().iter().zip(b).all(|(x, y)| (x.as_f64().unwrap() as f32 - y).abs() < 1e-5)
+    a.as_array()
+        .unwrap()
+        .iter()
+        .zip(b)
+        .all(|(x, y)| (x.as_f64().unwrap() as f32 - y).abs() < 1e-5)
 }
 
 #[tokio::test]
@@ -75,22 +104,42 @@ async fn status_and_metadata_have_tf_serving_shapes() {
     assert_eq!((code, &v), (StatusCode::OK, &expected));
     let (code, _, v) = call(&st, "GET", "/v1/models/quickdraw/versions/2", None).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
-    assert!(v["error"].as_str().unwrap().contains("Specific(quickdraw, 2)"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("Specific(quickdraw, 2)"),
+        "{v}"
+    );
     let (code, _, v) = call(&st, "GET", "/v1/models/other", None).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
-    assert!(v["error"].as_str().unwrap().contains("Latest(other)"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("Latest(other)"),
+        "{v}"
+    );
 
     let (code, _, v) = call(&st, "GET", "/v1/models/quickdraw/metadata", None).await;
     assert_eq!(code, StatusCode::OK);
-    assert_eq!(v["model_spec"], json!({"name": "quickdraw", "signature_name": "", "version": "1"}));
+    assert_eq!(
+        v["model_spec"],
+        json!({"name": "quickdraw", "signature_name": "", "version": "1"})
+    );
     let sig = &v["metadata"]["signature_def"]["signature_def"]["serving_default"];
     assert_eq!(sig["method_name"], "tensorflow/serving/predict");
     let img = &sig["inputs"]["img_8"];
     assert_eq!(img["dtype"], "DT_FLOAT");
-    let dims: Vec<&str> = img["tensor_shape"]["dim"].as_array().unwrap().iter().map(|d| d["size"].as_str().unwrap()).collect();
+    let dims: Vec<&str> = img["tensor_shape"]["dim"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["size"].as_str().unwrap())
+        .collect();
     assert_eq!(dims, ["-1", "1", "8", "8"]);
     assert_eq!(sig["outputs"]["classes"]["dtype"], "DT_INT64");
-    assert_eq!(sig["outputs"]["probabilities"]["tensor_shape"]["dim"][1]["size"], "3");
+    assert_eq!(
+        sig["outputs"]["probabilities"]["tensor_shape"]["dim"][1]["size"],
+        "3"
+    );
     let (code, _, _) = call(&st, "GET", "/v1/models/quickdraw/versions/1/metadata", None).await;
     assert_eq!(code, StatusCode::OK);
     let (code, _, _) = call(&st, "GET", "/v1/models/quickdraw/versions/9/metadata", None).await;
@@ -101,40 +150,80 @@ async fn status_and_metadata_have_tf_serving_shapes() {
 async fn predict_rows_columns_drawings_and_examples() {
     let (tmp, st) = setup();
     // Image tensors (hand-checked logits: see testing::demo_weights).
-    let (code, h, v) = call(&st, "POST", "/v1/models/quickdraw:predict", Some(json!({"instances": [left_half(), vec![0.0; 64]]}))).await;
+    let (code, h, v) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        Some(json!({"instances": [left_half(), vec![0.0; 64]]})),
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(h["x-quickdraw-model-version"], "1");
     let p = &v["predictions"];
     assert_eq!(p[0]["classes"], 1);
     assert_eq!(p[0]["class_name"], "left");
-    assert!(close(&p[0]["logits"], &[0.25, 16.0, 0.0]), "{}", p[0]["logits"]);
+    assert!(
+        close(&p[0]["logits"], &[0.25, 16.0, 0.0]),
+        "{}",
+        p[0]["logits"]
+    );
     assert_eq!(p[1]["class_name"], "blank");
-    let probs: f64 = p[1]["probabilities"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).sum();
+    let probs: f64 = p[1]["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
     assert!((probs - 1.0).abs() < 1e-5);
 
     // The same through /versions/1, columnar.
-    let (code, _, v) = call(&st, "POST", "/v1/models/quickdraw/versions/1:predict", Some(json!({"inputs": {"img_8": [left_half()]}}))).await;
+    let (code, _, v) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw/versions/1:predict",
+        Some(json!({"inputs": {"img_8": [left_half()]}})),
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["outputs"]["classes"], json!([1]));
     assert_eq!(v["outputs"]["class_name"], json!(["left"]));
     assert!(close(&v["outputs"]["logits"][0], &[0.25, 16.0, 0.0]));
 
     // Drawings: the server's preprocessing is the export's (compare with the Predictor path).
-    let (code, _, v) = call(&st, "POST", "/v1/models/quickdraw:predict", Some(json!({"instances": [gamma(false), gamma(true)]}))).await;
+    let (code, _, v) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        Some(json!({"instances": [gamma(false), gamma(true)]})),
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["predictions"][0]["class_name"], "left");
     assert_eq!(v["predictions"][1]["class_name"], "right");
     let pr = Predictor::load(&tmp.path().join("1")).unwrap();
-    let ink = Ink::Strokes(vec![Stroke::new(vec![0.0, 0.0], vec![0.0, 255.0]), Stroke::new(vec![0.0, 60.0], vec![0.0, 0.0])]);
+    let ink = Ink::Strokes(vec![
+        Stroke::new(vec![0.0, 0.0], vec![0.0, 255.0]),
+        Stroke::new(vec![0.0, 60.0], vec![0.0, 0.0]),
+    ]);
     let img = pr.preprocess(&ink).unwrap().image;
     let direct = pr.predict_images(std::slice::from_ref(&img)).unwrap();
     assert!(close(&v["predictions"][0]["logits"], direct.logits_row(0)));
 
     // A serialized tf.Example with only the image feature.
     let mut f = std::collections::BTreeMap::new();
-    f.insert("img_8".to_string(), Feature::int64s(img.iter().map(|&p| p as i64).collect()));
-    let b64 = base64::engine::general_purpose::STANDARD.encode(Example::from_features(f).to_bytes());
-    let (code, _, v) = call(&st, "POST", "/v1/models/quickdraw:predict", Some(json!({"instances": [{"b64": b64}]}))).await;
+    f.insert(
+        "img_8".to_string(),
+        Feature::int64s(img.iter().map(|&p| p as i64).collect()),
+    );
+    let b64 =
+        base64::engine::general_purpose::STANDARD.encode(Example::from_features(f).to_bytes());
+    let (code, _, v) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        Some(json!({"instances": [{"b64": b64}]})),
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert!(close(&v["predictions"][0]["logits"], direct.logits_row(0)));
 }
@@ -150,8 +239,16 @@ async fn classify_answers_label_score_pairs() {
     assert_eq!(r[0].as_array().unwrap().len(), 3);
     assert_eq!(r[0][0][0], "right");
     assert_eq!(r[1][0][0], "left");
-    let scores: Vec<f64> = r[1].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    let scores: Vec<f64> = r[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {scores:?}"
+    );
     assert_eq!(v["results"], v["result"]);
 }
 
@@ -159,26 +256,109 @@ async fn classify_answers_label_score_pairs() {
 async fn errors_have_codes_and_name_the_inputs() {
     let (_tmp, st) = setup();
     let cases: Vec<(&str, &str, String, StatusCode, &str)> = vec![
-        ("POST", "/v1/models/quickdraw:predict", "{not json".into(), StatusCode::BAD_REQUEST, "JSON Parse error"),
-        ("POST", "/v1/models/quickdraw:predict", json!({"instances": [[1, 2, 3]]}).to_string(), StatusCode::BAD_REQUEST, "img_8"),
-        ("POST", "/v1/models/quickdraw:predict", json!({"instances": [{"pixels": []}]}).to_string(), StatusCode::BAD_REQUEST, "{\"drawing\""),
-        ("POST", "/v1/models/quickdraw:predict", json!({"instances": [{"drawing": [[[1, 2], [3]]]}]}).to_string(), StatusCode::BAD_REQUEST, "length_mismatch"),
-        ("POST", "/v1/models/quickdraw:predict", json!({"signature_name": "x", "instances": [[0]]}).to_string(), StatusCode::BAD_REQUEST, "\"x\" not found"),
-        ("POST", "/v1/models/quickdraw:frobnicate", "{}".into(), StatusCode::BAD_REQUEST, "unknown verb"),
-        ("POST", "/v1/models/quickdraw", "{}".into(), StatusCode::BAD_REQUEST, "needs a verb"),
-        ("GET", "/v1/models/quickdraw:predict", String::new(), StatusCode::BAD_REQUEST, "POST"),
-        ("POST", "/v1/models/other:predict", json!({"instances": [[0]]}).to_string(), StatusCode::NOT_FOUND, "Latest(other)"),
-        ("POST", "/v1/models/quickdraw/versions/7:predict", json!({"instances": [[0]]}).to_string(), StatusCode::NOT_FOUND, "Specific(quickdraw, 7)"),
-        ("POST", "/v1/models/quickdraw/versions/x:predict", "{}".into(), StatusCode::BAD_REQUEST, "not a non-negative integer"),
-        ("GET", "/v1/nothing", String::new(), StatusCode::NOT_FOUND, "Malformed request"),
-        ("DELETE", "/v1/models/quickdraw", String::new(), StatusCode::METHOD_NOT_ALLOWED, "not allowed"),
+        (
+            "POST",
+            "/v1/models/quickdraw:predict",
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "JSON Parse error",
+        ),
+        (
+            "POST",
+            "/v1/models/quickdraw:predict",
+            json!({"instances": [[1, 2, 3]]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "img_8",
+        ),
+        (
+            "POST",
+            "/v1/models/quickdraw:predict",
+            json!({"instances": [{"pixels": []}]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "{\"drawing\"",
+        ),
+        (
+            "POST",
+            "/v1/models/quickdraw:predict",
+            json!({"instances": [{"drawing": [[[1, 2], [3]]]}]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "length_mismatch",
+        ),
+        (
+            "POST",
+            "/v1/models/quickdraw:predict",
+            json!({"signature_name": "x", "instances": [[0]]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "\"x\" not found",
+        ),
+        (
+            "POST",
+            "/v1/models/quickdraw:frobnicate",
+            "{}".into(),
+            StatusCode::BAD_REQUEST,
+            "unknown verb",
+        ),
+        (
+            "POST",
+            "/v1/models/quickdraw",
+            "{}".into(),
+            StatusCode::BAD_REQUEST,
+            "needs a verb",
+        ),
+        (
+            "GET",
+            "/v1/models/quickdraw:predict",
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "POST",
+        ),
+        (
+            "POST",
+            "/v1/models/other:predict",
+            json!({"instances": [[0]]}).to_string(),
+            StatusCode::NOT_FOUND,
+            "Latest(other)",
+        ),
+        (
+            "POST",
+            "/v1/models/quickdraw/versions/7:predict",
+            json!({"instances": [[0]]}).to_string(),
+            StatusCode::NOT_FOUND,
+            "Specific(quickdraw, 7)",
+        ),
+        (
+            "POST",
+            "/v1/models/quickdraw/versions/x:predict",
+            "{}".into(),
+            StatusCode::BAD_REQUEST,
+            "not a non-negative integer",
+        ),
+        (
+            "GET",
+            "/v1/nothing",
+            String::new(),
+            StatusCode::NOT_FOUND,
+            "Malformed request",
+        ),
+        (
+            "DELETE",
+            "/v1/models/quickdraw",
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not allowed",
+        ),
     ];
     for (method, uri, body, code, needle) in cases {
         let (got, h, v) = call_raw(&st, method, uri, body.clone()).await;
         assert_eq!(got, code, "{method} {uri} {body}: {v}");
         assert_eq!(h["content-type"], "application/json", "{method} {uri}");
-        let msg = v["error"].as_str().unwrap_or_else(|| panic!("{method} {uri}: no error field in {v}"));
-        assert!(msg.contains(needle), "{method} {uri}: {msg:?} should contain {needle:?}");
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {uri}: no error field in {v}"));
+        assert!(
+            msg.contains(needle),
+            "{method} {uri}: {msg:?} should contain {needle:?}"
+        );
     }
 }
 
@@ -186,18 +366,47 @@ async fn errors_have_codes_and_name_the_inputs() {
 async fn limits_answer_413() {
     let (_tmp, st) = setup();
     let big = "[".to_string() + &vec!["0"; 40_000].join(",") + "]";
-    let (code, _, v) = call_raw(&st, "POST", "/v1/models/quickdraw:predict", format!("{{\"instances\": [{big}]}}")).await;
+    let (code, _, v) = call_raw(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        format!("{{\"instances\": [{big}]}}"),
+    )
+    .await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("larger than 65536 bytes"));
-    let (code, _, v) = call(&st, "POST", "/v1/models/quickdraw:predict", Some(json!({"instances": vec![vec![0.0; 64]; 5]}))).await;
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 65536 bytes")
+    );
+    let (code, _, v) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        Some(json!({"instances": vec![vec![0.0; 64]; 5]})),
+    )
+    .await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(v["error"].as_str().unwrap().contains("5 instances"), "{v}");
     let strokes = vec![json!([[1], [1]]); 51];
-    let (code, _, v) = call(&st, "POST", "/v1/models/quickdraw:classify", Some(json!({"examples": [{"drawing": strokes}]}))).await;
+    let (code, _, v) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:classify",
+        Some(json!({"examples": [{"drawing": strokes}]})),
+    )
+    .await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(v["error"].as_str().unwrap().contains("51 strokes"), "{v}");
     let long: Vec<u32> = (0..501).collect();
-    let (code, _, _) = call(&st, "POST", "/v1/models/quickdraw:predict", Some(json!({"instances": [{"drawing": [[long.clone(), long]]}]}))).await;
+    let (code, _, _) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        Some(json!({"instances": [{"drawing": [[long.clone(), long]]}]})),
+    )
+    .await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
@@ -212,15 +421,35 @@ async fn new_versions_load_and_broken_ones_are_skipped() {
     swapped[n..2 * n].copy_from_slice(&w[2 * n..]);
     swapped[2 * n..].copy_from_slice(&w[n..2 * n]);
     let sig = quickdraw_data::signature::Signature::image(
-        quickdraw_data::signature::ModelInfo { kind: quickdraw_data::signature::ModelType::Linear, config: Value::Null },
+        quickdraw_data::signature::ModelInfo {
+            kind: quickdraw_data::signature::ModelType::Linear,
+            config: Value::Null,
+        },
         SIZE,
         3,
     );
-    testing::write_export(&d2, &testing::linear_image_model(SIZE, &swapped, &b), &sig, &testing::demo_labels(), &testing::image_features(SIZE), &json!({"accuracy": 0.1})).unwrap();
+    testing::write_export(
+        &d2,
+        &testing::linear_image_model(SIZE, &swapped, &b),
+        &sig,
+        &testing::demo_labels(),
+        &testing::image_features(SIZE),
+        &json!({"accuracy": 0.1}),
+    )
+    .unwrap();
     assert_eq!(st.store().refresh().loaded, Some(2));
-    let (_, h, v) = call(&st, "POST", "/v1/models/quickdraw:predict", Some(json!({"instances": [left_half()]}))).await;
+    let (_, h, v) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        Some(json!({"instances": [left_half()]})),
+    )
+    .await;
     assert_eq!(h["x-quickdraw-model-version"], "2");
-    assert_eq!(v["predictions"][0]["class_name"], "right", "version 2 answers");
+    assert_eq!(
+        v["predictions"][0]["class_name"], "right",
+        "version 2 answers"
+    );
 
     // A broken version 3 is skipped; 2 keeps serving; the status says why 3 is not.
     let d3 = testing::write_demo_export(tmp.path(), 3, SIZE).unwrap();
@@ -231,11 +460,31 @@ async fn new_versions_load_and_broken_ones_are_skipped() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(v["model_version_status"][0]["version"], "3");
     assert_eq!(v["model_version_status"][0]["state"], "END");
-    assert!(v["model_version_status"][0]["status"]["error_message"].as_str().unwrap().contains("model.onnx"));
+    assert!(
+        v["model_version_status"][0]["status"]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("model.onnx")
+    );
     assert_eq!(v["model_version_status"][1]["state"], "AVAILABLE");
-    let (code, h, _) = call(&st, "POST", "/v1/models/quickdraw:predict", Some(json!({"instances": [left_half()]}))).await;
-    assert_eq!((code, &h["x-quickdraw-model-version"]), (StatusCode::OK, &"2".parse().unwrap()));
-    let (code, _, _) = call(&st, "POST", "/v1/models/quickdraw/versions/3:predict", Some(json!({"instances": [left_half()]}))).await;
+    let (code, h, _) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        Some(json!({"instances": [left_half()]})),
+    )
+    .await;
+    assert_eq!(
+        (code, &h["x-quickdraw-model-version"]),
+        (StatusCode::OK, &"2".parse().unwrap())
+    );
+    let (code, _, _) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw/versions/3:predict",
+        Some(json!({"instances": [left_half()]})),
+    )
+    .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
 
@@ -246,17 +495,32 @@ async fn served_drawings_are_logged_as_quickdraw_ndjson() {
     let logs = tmp.path().join("logs");
     let st = state(tmp.path(), Some(&logs));
     let mut raw = gamma(false);
-    raw["drawing"] = json!([[[10.5, 10.5], [3, 500], [0, 120]], [[10.5, 80], [3, 3], [300, 420]]]);
-    let (code, h, _) = call(&st, "POST", "/v1/models/quickdraw:predict", Some(json!({"instances": [raw, left_half()]}))).await;
+    raw["drawing"] = json!([
+        [[10.5, 10.5], [3, 500], [0, 120]],
+        [[10.5, 80], [3, 3], [300, 420]]
+    ]);
+    let (code, h, _) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        Some(json!({"instances": [raw, left_half()]})),
+    )
+    .await;
     assert_eq!(code, StatusCode::OK);
     let text = std::fs::read_to_string(logs.join("left.ndjson")).unwrap();
     assert_eq!(text.lines().count(), 1, "tensors are not logged");
     let d = quickdraw_data::ingest::ndjson::parse_line(text.trim_end().as_bytes()).unwrap();
-    assert_eq!((d.key_id, d.word.as_str(), d.recognized), (42, "left", true));
+    assert_eq!(
+        (d.key_id, d.word.as_str(), d.recognized),
+        (42, "left", true)
+    );
     assert_eq!(d.strokes().unwrap()[1].t, Some(vec![300.0, 420.0]));
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["serving"]["version"], 1);
-    assert_eq!(v["serving"]["request_id"].to_string(), h["x-quickdraw-request-id"].to_str().unwrap());
+    assert_eq!(
+        v["serving"]["request_id"].to_string(),
+        h["x-quickdraw-request-id"].to_str().unwrap()
+    );
     assert_eq!(v["serving"]["class_name"], "left");
 }
 
@@ -304,8 +568,18 @@ async fn stroke_models_take_sequences_and_drawings() {
     assert_eq!(code, StatusCode::OK, "{v}");
     assert!(close(&v["predictions"][0]["logits"], &[9.0, 2.0]));
     // Drawing: points normalised to the box, deltas 0.5 + 0.5 in x, 2 steps.
-    assert!(close(&v["predictions"][1]["logits"], &[1.0, 2.0]), "{}", v["predictions"][1]["logits"]);
-    let (code, _, v) = call(&st, "POST", "/v1/models/quickdraw:predict", Some(json!({"instances": [[[1, 2]]]}))).await;
+    assert!(
+        close(&v["predictions"][1]["logits"], &[1.0, 2.0]),
+        "{}",
+        v["predictions"][1]["logits"]
+    );
+    let (code, _, v) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:predict",
+        Some(json!({"instances": [[[1, 2]]]})),
+    )
+    .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(v["error"].as_str().unwrap().contains("[T, 3]"), "{v}");
 }

@@ -26,7 +26,9 @@ use burn::nn::activation::Activation;
 use burn::nn::{Linear, Lstm};
 use burn::tensor::{Tensor, TensorData};
 use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
-use onnx_ir::{AttributeProto, AttributeType, Message, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+use onnx_ir::{
+    AttributeProto, AttributeType, Message, ModelProto, NodeProto, TensorProto, ValueInfoProto,
+};
 use quickdraw_data::manifest::DatasetManifest;
 use quickdraw_data::signature::{
     self, ModelInfo, ModelType, Signature, SignatureError, list_versions, write_export_metadata,
@@ -42,7 +44,9 @@ use crate::infer::TrainedModel;
 use crate::metrics::MetricsReport;
 use crate::model::{Model, ModelInput, ModelKind, Rnn};
 use crate::modeldir::CheckpointSel;
-use crate::pipeline::{Batch, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions, StreamPosition};
+use crate::pipeline::{
+    Batch, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions, StreamPosition,
+};
 
 /// Default base folder of the versions, inside the model dir.
 pub const EXPORT_DIR: &str = "export";
@@ -62,7 +66,10 @@ pub enum ExportError {
     #[error(transparent)]
     Signature(#[from] SignatureError),
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The export gate refused the model (`--force` overrides).
     #[error("refusing to export {}: {}; pass --force to export anyway", what, reasons.join("; "))]
     Refused { what: String, reasons: Vec<String> },
@@ -89,7 +96,10 @@ impl From<burn_onnx::export::ExportError> for ExportError {
 pub type Result<T, E = ExportError> = std::result::Result<T, E>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError::Io { path: path.to_path_buf(), source }
+    move |source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What to export and how.
@@ -166,23 +176,43 @@ pub struct CheckSample {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SampleInputs {
     /// `key` = `img_<size>`, `pixels` = `[n, 1, size, size]` floats (pixel * PIXEL_SCALE).
-    Images { key: String, size: usize, pixels: Vec<f32> },
+    Images {
+        key: String,
+        size: usize,
+        pixels: Vec<f32>,
+    },
     /// `strokes` `[n, steps, 3]` zero-padded, `lengths` `[n]`.
-    Strokes { steps: usize, strokes: Vec<f32>, lengths: Vec<i64> },
+    Strokes {
+        steps: usize,
+        strokes: Vec<f32>,
+        lengths: Vec<i64>,
+    },
 }
 
 impl CheckSample {
     /// Images as one `Vec` per example (what `Predictor::predict_pixels` takes).
     pub fn image_rows(&self) -> Option<Vec<Vec<f32>>> {
         match &self.inputs {
-            SampleInputs::Images { pixels, .. } => Some(pixels.chunks(pixels.len() / self.n.max(1)).map(<[f32]>::to_vec).collect()),
+            SampleInputs::Images { pixels, .. } => Some(
+                pixels
+                    .chunks(pixels.len() / self.n.max(1))
+                    .map(<[f32]>::to_vec)
+                    .collect(),
+            ),
             SampleInputs::Strokes { .. } => None,
         }
     }
 
     /// Stroke sequences, one per example (what `Predictor::predict_strokes` takes).
     pub fn stroke_rows(&self) -> Option<Vec<StrokeFeatures>> {
-        let SampleInputs::Strokes { steps, strokes, lengths } = &self.inputs else { return None };
+        let SampleInputs::Strokes {
+            steps,
+            strokes,
+            lengths,
+        } = &self.inputs
+        else {
+            return None;
+        };
         Some(
             lengths
                 .iter()
@@ -215,7 +245,11 @@ impl CheckSample {
             SampleInputs::Images { key, size, pixels } => {
                 json!({ key.clone(): t("float32", vec![self.n, 1, *size, *size], json!(pixels)) })
             }
-            SampleInputs::Strokes { steps, strokes, lengths } => json!({
+            SampleInputs::Strokes {
+                steps,
+                strokes,
+                lengths,
+            } => json!({
                 signature::STROKES: t("float32", vec![self.n, *steps, 3], json!(strokes)),
                 signature::LENGTHS: t("int64", vec![self.n], json!(lengths)),
             }),
@@ -324,7 +358,8 @@ pub fn non_finite_params(model: &Model) -> Vec<String> {
                 Err(_) => data.iter::<f64>().filter(|x| !x.is_finite()).count(),
             };
             if bad > 0 {
-                self.bad.push(format!("{} ({bad} values)", self.path.join(".")));
+                self.bad
+                    .push(format!("{} ({bad} values)", self.path.join(".")));
             }
         }
     }
@@ -346,12 +381,27 @@ pub fn previous_export(base: &Path) -> Result<Option<PreviousExport>> {
     if !base.exists() {
         return Ok(None);
     }
-    let Some((version, dir)) = list_versions(base)?.pop() else { return Ok(None) };
-    let metrics: Option<serde_json::Value> =
-        fs::read_to_string(dir.join(signature::METRICS_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let accuracy = metrics.as_ref().and_then(|m| m.get("accuracy")).and_then(|a| a.as_f64());
-    let eval_files = metrics.as_ref().and_then(|m| m.get("eval_files")).and_then(|a| a.as_str()).map(String::from);
-    Ok(Some(PreviousExport { version, dir, accuracy, eval_files }))
+    let Some((version, dir)) = list_versions(base)?.pop() else {
+        return Ok(None);
+    };
+    let metrics: Option<serde_json::Value> = fs::read_to_string(dir.join(signature::METRICS_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let accuracy = metrics
+        .as_ref()
+        .and_then(|m| m.get("accuracy"))
+        .and_then(|a| a.as_f64());
+    let eval_files = metrics
+        .as_ref()
+        .and_then(|m| m.get("eval_files"))
+        .and_then(|a| a.as_str())
+        .map(String::from);
+    Ok(Some(PreviousExport {
+        version,
+        dir,
+        accuracy,
+        eval_files,
+    }))
 }
 
 /// The class-prior baseline on an evaluation: the majority class of the training counts in the
@@ -361,19 +411,45 @@ pub fn baseline_of(tm: &TrainedModel, report: &MetricsReport) -> BaselineInfo {
     let train_counts: Option<(Vec<u64>, String)> = {
         let dir = PathBuf::from(&tm.config.data.dataset_dir);
         DatasetManifest::load(&dir).ok().and_then(|m| {
-            let counts: Vec<u64> =
-                classes.iter().map(|c| m.per_class.get(c).and_then(|cc| cc.splits.get("train")).copied().unwrap_or(0)).collect();
-            (counts.iter().sum::<u64>() > 0)
-                .then(|| (counts, format!("training counts of {}", dir.join(quickdraw_data::manifest::MANIFEST_FILE).display())))
+            let counts: Vec<u64> = classes
+                .iter()
+                .map(|c| {
+                    m.per_class
+                        .get(c)
+                        .and_then(|cc| cc.splits.get("train"))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .collect();
+            (counts.iter().sum::<u64>() > 0).then(|| {
+                (
+                    counts,
+                    format!(
+                        "training counts of {}",
+                        dir.join(quickdraw_data::manifest::MANIFEST_FILE).display()
+                    ),
+                )
+            })
         })
     };
-    let (counts, counts_from) = train_counts
-        .unwrap_or_else(|| (report.per_class.iter().map(|c| c.support).collect(), "class counts of the eval set".to_string()));
+    let (counts, counts_from) = train_counts.unwrap_or_else(|| {
+        (
+            report.per_class.iter().map(|c| c.support).collect(),
+            "class counts of the eval set".to_string(),
+        )
+    });
     // Most frequent class; ties go to the lower label (as an argmax would).
-    let label = counts.iter().enumerate().fold(0, |best, (i, &c)| if c > counts[best] { i } else { best });
+    let label = counts
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &c)| if c > counts[best] { i } else { best });
     let support = report.per_class.get(label).map(|c| c.support).unwrap_or(0);
     BaselineInfo {
-        accuracy: if report.examples > 0 { support as f64 / report.examples as f64 } else { 0.0 },
+        accuracy: if report.examples > 0 {
+            support as f64 / report.examples as f64
+        } else {
+            0.0
+        },
         majority_class: classes.get(label).cloned().unwrap_or_default(),
         label,
         counts_from,
@@ -381,11 +457,18 @@ pub fn baseline_of(tm: &TrainedModel, report: &MetricsReport) -> BaselineInfo {
 }
 
 /// The gate's objections (empty when the model may be exported).
-pub fn gate_problems(report: &MetricsReport, baseline: &BaselineInfo, previous: Option<&PreviousExport>) -> Vec<String> {
+pub fn gate_problems(
+    report: &MetricsReport,
+    baseline: &BaselineInfo,
+    previous: Option<&PreviousExport>,
+) -> Vec<String> {
     let mut p = Vec::new();
     let acc = report.accuracy;
     if !acc.is_finite() || !report.loss.is_finite() {
-        p.push(format!("its eval accuracy/loss is not finite (accuracy {acc}, loss {})", report.loss));
+        p.push(format!(
+            "its eval accuracy/loss is not finite (accuracy {acc}, loss {})",
+            report.loss
+        ));
     }
     if report.examples == 0 {
         p.push("the eval set is empty".into());
@@ -410,12 +493,21 @@ pub fn gate_problems(report: &MetricsReport, baseline: &BaselineInfo, previous: 
 }
 
 /// The first `n` examples of the eval stream as one batch.
-fn first_batch(src: &DataSource, kind: ModelKind, n_classes: usize, n: usize) -> Result<Option<Batch>> {
+fn first_batch(
+    src: &DataSource,
+    kind: ModelKind,
+    n_classes: usize,
+    n: usize,
+) -> Result<Option<Batch>> {
     let mut p = Pipeline::spawn(
         src,
         PipelineOptions {
             order: OrderOptions::eval(),
-            decode: DecodeOptions { spec: *src.spec(), n_classes, strokes: kind.uses_strokes() },
+            decode: DecodeOptions {
+                spec: *src.spec(),
+                n_classes,
+                strokes: kind.uses_strokes(),
+            },
             batch_size: n.max(1),
             start: StreamPosition::default(),
             prefetch: 1,
@@ -426,29 +518,58 @@ fn first_batch(src: &DataSource, kind: ModelKind, n_classes: usize, n: usize) ->
 }
 
 fn to_vec(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data")
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
 }
 
 fn check_sample(tm: &TrainedModel, batch: &Batch) -> Result<CheckSample> {
     let kind = tm.kind();
     let n = batch.size;
-    let logits = to_vec(tm.model().forward(ModelInput::from_batch(batch, kind, tm.device())?));
+    let logits = to_vec(
+        tm.model()
+            .forward(ModelInput::from_batch(batch, kind, tm.device())?),
+    );
     let probabilities = tm.predict_batch(batch)?;
     let inputs = if kind.uses_strokes() {
-        let s = batch.strokes.as_ref().ok_or_else(|| ExportError::Config("the eval shards have no stroke features".into()))?;
-        SampleInputs::Strokes { steps: s.steps, strokes: s.forward.clone(), lengths: s.lens.iter().map(|&l| l as i64).collect() }
+        let s = batch
+            .strokes
+            .as_ref()
+            .ok_or_else(|| ExportError::Config("the eval shards have no stroke features".into()))?;
+        SampleInputs::Strokes {
+            steps: s.steps,
+            strokes: s.forward.clone(),
+            lengths: s.lens.iter().map(|&l| l as i64).collect(),
+        }
     } else {
         let size = tm.image_size();
-        SampleInputs::Images { key: quickdraw_data::features::image_key(size as u32), size, pixels: batch.images.clone() }
+        SampleInputs::Images {
+            key: quickdraw_data::features::image_key(size as u32),
+            size,
+            pixels: batch.images.clone(),
+        }
     };
-    Ok(CheckSample { n, n_classes: tm.n_classes(), inputs, labels: batch.labels.clone(), logits, probabilities })
+    Ok(CheckSample {
+        n,
+        n_classes: tm.n_classes(),
+        inputs,
+        labels: batch.labels.clone(),
+        logits,
+        probabilities,
+    })
 }
 
 /// Loads, checks, evaluates, gates and writes a version to its temporary folder.
 pub fn stage(req: &ExportRequest) -> Result<StagedExport> {
     let tm = TrainedModel::load(&req.model_dir, req.checkpoint, req.device)?;
     let kind = tm.kind();
-    let what = format!("{} ({} model, checkpoint step {})", req.model_dir.display(), kind, tm.step());
+    let what = format!(
+        "{} ({} model, checkpoint step {})",
+        req.model_dir.display(),
+        kind,
+        tm.step()
+    );
     let bad = non_finite_params(tm.model());
     if !bad.is_empty() {
         return Err(ExportError::NonFinite { what, params: bad });
@@ -468,12 +589,23 @@ pub fn stage(req: &ExportRequest) -> Result<StagedExport> {
         max_batches: req.eval_steps,
         ..EvalOptions::default()
     };
-    let (evaluation, _) = evaluate_model(tm.model(), kind, tm.device(), &src, tm.labels(), &opts, false)?;
+    let (evaluation, _) = evaluate_model(
+        tm.model(),
+        kind,
+        tm.device(),
+        &src,
+        tm.labels(),
+        &opts,
+        false,
+    )?;
     let baseline = baseline_of(&tm, &evaluation);
     let previous = previous_export(&req.export_base)?;
     let problems = gate_problems(&evaluation, &baseline, previous.as_ref());
     if !problems.is_empty() && !req.force {
-        return Err(ExportError::Refused { what, reasons: problems });
+        return Err(ExportError::Refused {
+            what,
+            reasons: problems,
+        });
     }
 
     // The graph and the check sample.
@@ -483,13 +615,24 @@ pub fn stage(req: &ExportRequest) -> Result<StagedExport> {
     let sample = check_sample(&tm, &batch)?;
 
     let model_config = serde_json::to_value(&tm.config.model).unwrap_or(serde_json::Value::Null);
-    let info = ModelInfo { kind: model_type(kind), config: model_config };
+    let info = ModelInfo {
+        kind: model_type(kind),
+        config: model_config,
+    };
     let signature = if kind.uses_strokes() {
         Signature::strokes(info, tm.n_classes())
     } else {
         Signature::image(info, tm.image_size() as u32, tm.n_classes())
     };
-    let metrics = metrics_json(&tm, &eval_files, &evaluation, &baseline, previous.as_ref(), &problems, req.force);
+    let metrics = metrics_json(
+        &tm,
+        &eval_files,
+        &evaluation,
+        &baseline,
+        previous.as_ref(),
+        &problems,
+        req.force,
+    );
 
     // Write `<base>/.<version>.tmp/`.
     fs::create_dir_all(&req.export_base).map_err(io(&req.export_base))?;
@@ -518,11 +661,23 @@ pub fn stage(req: &ExportRequest) -> Result<StagedExport> {
         published: false,
     };
     fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
-    write_export_metadata(&tmp_dir, &staged.signature, tm.labels(), tm.feature_spec(), &metrics)?;
+    write_export_metadata(
+        &tmp_dir,
+        &staged.signature,
+        tm.labels(),
+        tm.feature_spec(),
+        &metrics,
+    )?;
     let model_path = tmp_dir.join(signature::MODEL_FILE);
     fs::write(&model_path, &onnx).map_err(io(&model_path))?;
-    for f in [model_path, tmp_dir.join(signature::SIGNATURE_FILE), tmp_dir.join(signature::METRICS_FILE)] {
-        fs::File::open(&f).and_then(|f| f.sync_all()).map_err(io(&f))?;
+    for f in [
+        model_path,
+        tmp_dir.join(signature::SIGNATURE_FILE),
+        tmp_dir.join(signature::METRICS_FILE),
+    ] {
+        fs::File::open(&f)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&f))?;
     }
     sync_dir(&tmp_dir);
     Ok(staged)
@@ -537,7 +692,10 @@ fn metrics_json(
     problems: &[String],
     force: bool,
 ) -> serde_json::Value {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let per_class: Vec<serde_json::Value> = m
         .per_class
         .iter()
@@ -580,30 +738,52 @@ pub fn build_onnx(tm: &TrainedModel) -> Result<Vec<u8>> {
         m => capture_image_model(m, tm.image_size(), tm.device())?,
     };
     finish_model(&mut model, kind, tm.n_classes());
-    let bytes = model.write_to_bytes().map_err(|e| ExportError::Onnx(e.to_string()))?;
+    let bytes = model
+        .write_to_bytes()
+        .map_err(|e| ExportError::Onnx(e.to_string()))?;
     Ok(bytes)
 }
 
 /// Captures an image model's forward pass with burn-onnx (batch axis `N` dynamic) and names
 /// its input `img_<S>` and its output `logits`.
-fn capture_image_model(model: &Model, size: usize, device: &burn::tensor::Device) -> Result<ModelProto> {
+fn capture_image_model(
+    model: &Model,
+    size: usize,
+    device: &burn::tensor::Device,
+) -> Result<ModelProto> {
     let sample = Tensor::<4>::zeros([2, 1, size, size], device);
     let validation = Tensor::<4>::zeros([3, 1, size, size], device);
-    let specs = [InputSpec::new([AxisSpec::dynamic("N"), AxisSpec::Static, AxisSpec::Static, AxisSpec::Static])];
-    let onnx = OnnxExporter::new().export_dynamic(model, sample, validation, &specs, |m: &Model, x: Tensor<4>| match m {
-        // The baseline's logits do not depend on the image; a graph output must, so they are
-        // written as `0 * sum(pixels) + log_prior` (batch-shaped, exactly the log prior).
-        Model::Baseline(b) => {
-            let c = b.log_prior.val().dims()[0];
-            let zero = x.flatten::<2>(1, 3).sum_dim(1).mul_scalar(0.0); // [N, 1]
-            zero + b.log_prior.val().reshape([1, c]) // [N, C]
-        }
-        m => m.forward(ModelInput::Images(x)),
-    })?;
-    let mut proto = ModelProto::parse_from_bytes(onnx.as_bytes()).map_err(|e| ExportError::Onnx(e.to_string()))?;
+    let specs = [InputSpec::new([
+        AxisSpec::dynamic("N"),
+        AxisSpec::Static,
+        AxisSpec::Static,
+        AxisSpec::Static,
+    ])];
+    let onnx = OnnxExporter::new().export_dynamic(
+        model,
+        sample,
+        validation,
+        &specs,
+        |m: &Model, x: Tensor<4>| match m {
+            // The baseline's logits do not depend on the image; a graph output must, so they are
+            // written as `0 * sum(pixels) + log_prior` (batch-shaped, exactly the log prior).
+            Model::Baseline(b) => {
+                let c = b.log_prior.val().dims()[0];
+                let zero = x.flatten::<2>(1, 3).sum_dim(1).mul_scalar(0.0); // [N, 1]
+                zero + b.log_prior.val().reshape([1, c]) // [N, C]
+            }
+            m => m.forward(ModelInput::Images(x)),
+        },
+    )?;
+    let mut proto = ModelProto::parse_from_bytes(onnx.as_bytes())
+        .map_err(|e| ExportError::Onnx(e.to_string()))?;
     let g = proto.graph.mut_or_insert_default();
     if g.input.len() != 1 || g.output.len() != 1 {
-        return Err(ExportError::Onnx(format!("captured graph has {} inputs and {} outputs, expected 1 and 1", g.input.len(), g.output.len())));
+        return Err(ExportError::Onnx(format!(
+            "captured graph has {} inputs and {} outputs, expected 1 and 1",
+            g.input.len(),
+            g.output.len()
+        )));
     }
     let key = quickdraw_data::features::image_key(size as u32);
     let old_in = std::mem::replace(&mut g.input[0].name, key.clone());
@@ -625,10 +805,17 @@ fn capture_image_model(model: &Model, size: usize, device: &burn::tensor::Device
 fn finish_model(model: &mut ModelProto, kind: ModelKind, n_classes: usize) {
     model.producer_name = "quickdraw".into();
     model.producer_version = env!("CARGO_PKG_VERSION").into();
-    model.doc_string = format!("QuickDraw {kind} classifier over {n_classes} classes (quickdraw export)");
+    model.doc_string =
+        format!("QuickDraw {kind} classifier over {n_classes} classes (quickdraw export)");
     let g = model.graph.mut_or_insert_default();
     g.name = format!("quickdraw_{kind}");
-    g.node.push(node("softmax", "Softmax", &[signature::LOGITS], &[signature::PROBABILITIES], vec![int_attr("axis", 1)]));
+    g.node.push(node(
+        "softmax",
+        "Softmax",
+        &[signature::LOGITS],
+        &[signature::PROBABILITIES],
+        vec![int_attr("axis", 1)],
+    ));
     g.node.push(node(
         "argmax",
         "ArgMax",
@@ -637,9 +824,18 @@ fn finish_model(model: &mut ModelProto, kind: ModelKind, n_classes: usize) {
         vec![int_attr("axis", 1), int_attr("keepdims", 0)],
     ));
     g.output.truncate(1);
-    g.output[0] = value_info(signature::LOGITS, ONNX_FLOAT, &[Dim::Sym("N"), Dim::Fixed(n_classes as i64)]);
-    g.output.push(value_info(signature::PROBABILITIES, ONNX_FLOAT, &[Dim::Sym("N"), Dim::Fixed(n_classes as i64)]));
-    g.output.push(value_info(signature::CLASSES, ONNX_INT64, &[Dim::Sym("N")]));
+    g.output[0] = value_info(
+        signature::LOGITS,
+        ONNX_FLOAT,
+        &[Dim::Sym("N"), Dim::Fixed(n_classes as i64)],
+    );
+    g.output.push(value_info(
+        signature::PROBABILITIES,
+        ONNX_FLOAT,
+        &[Dim::Sym("N"), Dim::Fixed(n_classes as i64)],
+    ));
+    g.output
+        .push(value_info(signature::CLASSES, ONNX_INT64, &[Dim::Sym("N")]));
 }
 
 enum Dim {
@@ -664,7 +860,13 @@ fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
     v
 }
 
-fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
+fn node(
+    name: &str,
+    op: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
     let mut n = NodeProto::new();
     n.name = name.to_string();
     n.op_type = op.to_string();
@@ -711,7 +913,11 @@ fn f32_init(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     t.name = name.to_string();
     t.data_type = ONNX_FLOAT;
     t.dims = dims.iter().map(|&d| d as i64).collect();
-    t.raw_data = data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into();
+    t.raw_data = data
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect::<Vec<u8>>()
+        .into();
     t
 }
 
@@ -720,7 +926,11 @@ fn i64_init(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
     t.name = name.to_string();
     t.data_type = ONNX_INT64;
     t.dims = dims.iter().map(|&d| d as i64).collect();
-    t.raw_data = data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into();
+    t.raw_data = data
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect::<Vec<u8>>()
+        .into();
     t
 }
 
@@ -733,7 +943,11 @@ fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 fn linear_parts(l: &Linear) -> (Vec<f32>, [usize; 2], Vec<f32>) {
     let w = l.weight.val();
     let dims = w.dims();
-    let bias = l.bias.as_ref().map(|b| floats(b.val())).unwrap_or_else(|| vec![0.0; dims[1]]);
+    let bias = l
+        .bias
+        .as_ref()
+        .map(|b| floats(b.val()))
+        .unwrap_or_else(|| vec![0.0; dims[1]]);
     (floats(w), dims, bias)
 }
 
@@ -761,14 +975,23 @@ struct OnnxLstm {
 /// The ONNX `LSTM` weights of a burn LSTM.
 fn lstm_weights(l: &Lstm) -> Result<OnnxLstm> {
     if l.input_forget || l.clip.is_some() {
-        return Err(ExportError::Unsupported(ModelKind::Rnn, "coupled input/forget gates or cell clipping".into()));
+        return Err(ExportError::Unsupported(
+            ModelKind::Rnn,
+            "coupled input/forget gates or cell clipping".into(),
+        ));
     }
-    let forget = l.forget_gate.as_ref().ok_or_else(|| ExportError::Unsupported(ModelKind::Rnn, "no forget gate".into()))?;
+    let forget = l
+        .forget_gate
+        .as_ref()
+        .ok_or_else(|| ExportError::Unsupported(ModelKind::Rnn, "no forget gate".into()))?;
     let standard = matches!(l.gate_activation, Activation::Sigmoid(_))
         && matches!(l.cell_activation, Activation::Tanh(_))
         && matches!(l.hidden_activation, Activation::Tanh(_));
     if !standard {
-        return Err(ExportError::Unsupported(ModelKind::Rnn, "LSTM activations other than sigmoid/tanh/tanh".into()));
+        return Err(ExportError::Unsupported(
+            ModelKind::Rnn,
+            "LSTM activations other than sigmoid/tanh/tanh".into(),
+        ));
     }
     let h = l.d_hidden;
     let (mut w, mut r, mut wb, mut rb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -783,7 +1006,13 @@ fn lstm_weights(l: &Lstm) -> Result<OnnxLstm> {
         rb.extend(hb);
     }
     wb.extend(rb);
-    Ok(OnnxLstm { w, r, b: wb, d_in, hidden: h })
+    Ok(OnnxLstm {
+        w,
+        r,
+        b: wb,
+        d_in,
+        hidden: h,
+    })
 }
 
 /// The bidirectional LSTM as an ONNX graph on `strokes [N, T, 3]`, `lengths [N]` -> `logits`.
@@ -792,14 +1021,22 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
     let bwd = lstm_weights(&rnn.backward)?;
     let (d_in, h) = (fwd.d_in, fwd.hidden);
     if (bwd.d_in, bwd.hidden) != (d_in, h) {
-        return Err(ExportError::Onnx("the two LSTM directions differ in size".into()));
+        return Err(ExportError::Onnx(
+            "the two LSTM directions differ in size".into(),
+        ));
     }
     if d_in != 3 {
-        return Err(ExportError::Unsupported(ModelKind::Rnn, format!("LSTM input width {d_in}, the strokes input has 3")));
+        return Err(ExportError::Unsupported(
+            ModelKind::Rnn,
+            format!("LSTM input width {d_in}, the strokes input has 3"),
+        ));
     }
     let (ow, odims, ob) = linear_parts(&rnn.output);
     if odims != [2 * h, n_classes] {
-        return Err(ExportError::Onnx(format!("output layer is {odims:?}, expected [{}, {n_classes}]", 2 * h)));
+        return Err(ExportError::Onnx(format!(
+            "output layer is {odims:?}, expected [{}, {n_classes}]",
+            2 * h
+        )));
     }
     let mut model = ModelProto::new();
     model.ir_version = IR_VERSION;
@@ -807,7 +1044,11 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
     model.opset_import[0].version = OPSET;
     let g = model.graph.mut_or_insert_default();
     let (s, l) = (signature::STROKES, signature::LENGTHS);
-    g.input.push(value_info(s, ONNX_FLOAT, &[Dim::Sym("N"), Dim::Sym("T"), Dim::Fixed(3)]));
+    g.input.push(value_info(
+        s,
+        ONNX_FLOAT,
+        &[Dim::Sym("N"), Dim::Sym("T"), Dim::Fixed(3)],
+    ));
     g.input.push(value_info(l, ONNX_INT64, &[Dim::Sym("N")]));
     g.initializer.extend([
         f32_init("forward.W", &[1, 4 * h, d_in], &fwd.w),
@@ -829,48 +1070,188 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
     let n = &mut g.node;
     // T = shape(strokes)[1]; t = [0, 1, .., T-1] as [1, T].
     n.push(node("shape", "Shape", &[s], &["shape"], vec![]));
-    n.push(node("steps", "Gather", &["shape", "c_one_scalar"], &["steps"], vec![int_attr("axis", 0)]));
-    n.push(node("range", "Range", &["c_zero", "steps", "c_one_scalar"], &["t"], vec![]));
-    n.push(node("t_row", "Unsqueeze", &["t", "c_axis0"], &["t_row"], vec![]));
+    n.push(node(
+        "steps",
+        "Gather",
+        &["shape", "c_one_scalar"],
+        &["steps"],
+        vec![int_attr("axis", 0)],
+    ));
+    n.push(node(
+        "range",
+        "Range",
+        &["c_zero", "steps", "c_one_scalar"],
+        &["t"],
+        vec![],
+    ));
+    n.push(node(
+        "t_row",
+        "Unsqueeze",
+        &["t", "c_axis0"],
+        &["t_row"],
+        vec![],
+    ));
     // len [N, 1]; valid = t < len; reversed index within the length: len - 1 - t.
-    n.push(node("len_col", "Unsqueeze", &[l, "c_axis1"], &["len_col"], vec![]));
-    n.push(node("valid", "Less", &["t_row", "len_col"], &["valid"], vec![]));
-    n.push(node("len_m1", "Sub", &["len_col", "c_one"], &["len_m1"], vec![]));
+    n.push(node(
+        "len_col",
+        "Unsqueeze",
+        &[l, "c_axis1"],
+        &["len_col"],
+        vec![],
+    ));
+    n.push(node(
+        "valid",
+        "Less",
+        &["t_row", "len_col"],
+        &["valid"],
+        vec![],
+    ));
+    n.push(node(
+        "len_m1",
+        "Sub",
+        &["len_col", "c_one"],
+        &["len_m1"],
+        vec![],
+    ));
     n.push(node("rev", "Sub", &["len_m1", "t_row"], &["rev"], vec![]));
-    n.push(node("rev_idx", "Where", &["valid", "rev", "t_row"], &["rev_idx"], vec![]));
-    n.push(node("rev_idx3", "Unsqueeze", &["rev_idx", "c_axis2"], &["rev_idx3"], vec![]));
-    n.push(node("rev_idx_x", "Expand", &["rev_idx3", "shape"], &["rev_idx_x"], vec![]));
-    n.push(node("reversed", "GatherElements", &[s, "rev_idx_x"], &["reversed"], vec![int_attr("axis", 1)]));
+    n.push(node(
+        "rev_idx",
+        "Where",
+        &["valid", "rev", "t_row"],
+        &["rev_idx"],
+        vec![],
+    ));
+    n.push(node(
+        "rev_idx3",
+        "Unsqueeze",
+        &["rev_idx", "c_axis2"],
+        &["rev_idx3"],
+        vec![],
+    ));
+    n.push(node(
+        "rev_idx_x",
+        "Expand",
+        &["rev_idx3", "shape"],
+        &["rev_idx_x"],
+        vec![],
+    ));
+    n.push(node(
+        "reversed",
+        "GatherElements",
+        &[s, "rev_idx_x"],
+        &["reversed"],
+        vec![int_attr("axis", 1)],
+    ));
     // mask [N, T, 1]
-    n.push(node("mask2", "Cast", &["valid"], &["mask2"], vec![int_attr("to", ONNX_FLOAT as i64)]));
-    n.push(node("mask", "Unsqueeze", &["mask2", "c_axis2"], &["mask"], vec![]));
+    n.push(node(
+        "mask2",
+        "Cast",
+        &["valid"],
+        &["mask2"],
+        vec![int_attr("to", ONNX_FLOAT as i64)],
+    ));
+    n.push(node(
+        "mask",
+        "Unsqueeze",
+        &["mask2", "c_axis2"],
+        &["mask"],
+        vec![],
+    ));
     // Zero initial states [1, N, H], given explicitly: tract needs them for a symbolic batch.
-    n.push(node("batch", "Gather", &["shape", "c_axis0"], &["batch"], vec![int_attr("axis", 0)]));
-    n.push(node("state_shape", "Concat", &["c_one", "batch", "c_hidden"], &["state_shape"], vec![int_attr("axis", 0)]));
-    n.push(node("state0", "ConstantOfShape", &["state_shape"], &["state0"], vec![tensor_attr("value", f32_init("", &[1], &[0.0]))]));
+    n.push(node(
+        "batch",
+        "Gather",
+        &["shape", "c_axis0"],
+        &["batch"],
+        vec![int_attr("axis", 0)],
+    ));
+    n.push(node(
+        "state_shape",
+        "Concat",
+        &["c_one", "batch", "c_hidden"],
+        &["state_shape"],
+        vec![int_attr("axis", 0)],
+    ));
+    n.push(node(
+        "state0",
+        "ConstantOfShape",
+        &["state_shape"],
+        &["state0"],
+        vec![tensor_attr("value", f32_init("", &[1], &[0.0]))],
+    ));
     for (dir, x) in [("forward", s), ("backward", "reversed")] {
         let names = |suffix: &str| format!("{dir}_{suffix}");
-        let (xt, y, y3, yb, ym, hsum) = (names("x"), names("y"), names("y3"), names("yb"), names("ym"), names("sum"));
+        let (xt, y, y3, yb, ym, hsum) = (
+            names("x"),
+            names("y"),
+            names("y3"),
+            names("yb"),
+            names("ym"),
+            names("sum"),
+        );
         let (w, r, b) = (format!("{dir}.W"), format!("{dir}.R"), format!("{dir}.B"));
         // [N, T, 3] -> [T, N, 3] -> LSTM Y [T, 1, N, H] -> [T, N, H] -> [N, T, H]
-        n.push(node(&xt, "Transpose", &[x], &[&xt], vec![ints_attr("perm", &[1, 0, 2])]));
+        n.push(node(
+            &xt,
+            "Transpose",
+            &[x],
+            &[&xt],
+            vec![ints_attr("perm", &[1, 0, 2])],
+        ));
         n.push(node(
             &y,
             "LSTM",
             &[&xt, &w, &r, &b, "", "state0", "state0"],
             &[&y],
-            vec![int_attr("hidden_size", h as i64), string_attr("direction", "forward")],
+            vec![
+                int_attr("hidden_size", h as i64),
+                string_attr("direction", "forward"),
+            ],
         ));
         n.push(node(&y3, "Squeeze", &[&y, "c_one"], &[&y3], vec![]));
-        n.push(node(&yb, "Transpose", &[&y3], &[&yb], vec![ints_attr("perm", &[1, 0, 2])]));
+        n.push(node(
+            &yb,
+            "Transpose",
+            &[&y3],
+            &[&yb],
+            vec![ints_attr("perm", &[1, 0, 2])],
+        ));
         // Outputs in the padding zeroed, summed over time -> [N, H]
         n.push(node(&ym, "Mul", &[&yb, "mask"], &[&ym], vec![]));
-        n.push(node(&hsum, "ReduceSum", &[&ym, "c_one"], &[&hsum], vec![int_attr("keepdims", 0)]));
+        n.push(node(
+            &hsum,
+            "ReduceSum",
+            &[&ym, "c_one"],
+            &[&hsum],
+            vec![int_attr("keepdims", 0)],
+        ));
     }
-    n.push(node("features", "Concat", &["forward_sum", "backward_sum"], &["features"], vec![int_attr("axis", 1)]));
-    n.push(node("matmul", "MatMul", &["features", "output.weight"], &["matmul"], vec![]));
-    n.push(node("logits", "Add", &["matmul", "output.bias"], &[signature::LOGITS], vec![]));
-    g.output.push(value_info(signature::LOGITS, ONNX_FLOAT, &[Dim::Sym("N"), Dim::Fixed(n_classes as i64)]));
+    n.push(node(
+        "features",
+        "Concat",
+        &["forward_sum", "backward_sum"],
+        &["features"],
+        vec![int_attr("axis", 1)],
+    ));
+    n.push(node(
+        "matmul",
+        "MatMul",
+        &["features", "output.weight"],
+        &["matmul"],
+        vec![],
+    ));
+    n.push(node(
+        "logits",
+        "Add",
+        &["matmul", "output.bias"],
+        &[signature::LOGITS],
+        vec![],
+    ));
+    g.output.push(value_info(
+        signature::LOGITS,
+        ONNX_FLOAT,
+        &[Dim::Sym("N"), Dim::Fixed(n_classes as i64)],
+    ));
     Ok(model)
 }
 
@@ -883,7 +1264,15 @@ mod tests {
         let per_class = supports
             .iter()
             .enumerate()
-            .map(|(i, &s)| ClassMetrics { label: i, class: format!("c{i}"), support: s, predicted: 0, precision: 0.0, recall: 0.0, f1: 0.0 })
+            .map(|(i, &s)| ClassMetrics {
+                label: i,
+                class: format!("c{i}"),
+                support: s,
+                predicted: 0,
+                precision: 0.0,
+                recall: 0.0,
+                f1: 0.0,
+            })
             .collect();
         MetricsReport {
             examples: supports.iter().sum(),
@@ -902,13 +1291,30 @@ mod tests {
 
     #[test]
     fn gate() {
-        let base = BaselineInfo { accuracy: 0.5, majority_class: "c0".into(), label: 0, counts_from: "x".into() };
+        let base = BaselineInfo {
+            accuracy: 0.5,
+            majority_class: "c0".into(),
+            label: 0,
+            counts_from: "x".into(),
+        };
         assert!(gate_problems(&report(0.6, &[5, 5]), &base, None).is_empty());
-        assert_eq!(gate_problems(&report(0.5, &[5, 5]), &base, None).len(), 1, "equal to the baseline is refused");
-        let prev = PreviousExport { version: 3, dir: "b/3".into(), accuracy: Some(0.7), eval_files: None };
+        assert_eq!(
+            gate_problems(&report(0.5, &[5, 5]), &base, None).len(),
+            1,
+            "equal to the baseline is refused"
+        );
+        let prev = PreviousExport {
+            version: 3,
+            dir: "b/3".into(),
+            accuracy: Some(0.7),
+            eval_files: None,
+        };
         let p = gate_problems(&report(0.6, &[5, 5]), &base, Some(&prev));
         assert!(p.len() == 1 && p[0].contains("version 3"), "{p:?}");
-        assert!(gate_problems(&report(0.7, &[5, 5]), &base, Some(&prev)).is_empty(), "equal to the previous is fine");
+        assert!(
+            gate_problems(&report(0.7, &[5, 5]), &base, Some(&prev)).is_empty(),
+            "equal to the previous is fine"
+        );
         assert!(!gate_problems(&report(f64::NAN, &[5, 5]), &base, None).is_empty());
     }
 
@@ -921,7 +1327,11 @@ mod tests {
             fs::create_dir(tmp.path().join(d)).unwrap();
         }
         assert_eq!(next_version(tmp.path()).unwrap(), 8);
-        fs::write(tmp.path().join("7").join(signature::METRICS_FILE), r#"{"accuracy": 0.25}"#).unwrap();
+        fs::write(
+            tmp.path().join("7").join(signature::METRICS_FILE),
+            r#"{"accuracy": 0.25}"#,
+        )
+        .unwrap();
         let p = previous_export(tmp.path()).unwrap().unwrap();
         assert_eq!((p.version, p.accuracy), (7, Some(0.25)));
     }
@@ -929,6 +1339,9 @@ mod tests {
     #[test]
     fn transpose_is_row_major() {
         // [[1, 2, 3], [4, 5, 6]] -> [[1, 4], [2, 5], [3, 6]]
-        assert_eq!(transpose(&[1., 2., 3., 4., 5., 6.], [2, 3]), vec![1., 4., 2., 5., 3., 6.]);
+        assert_eq!(
+            transpose(&[1., 2., 3., 4., 5., 6.], [2, 3]),
+            vec![1., 4., 2., 5., 3., 6.]
+        );
     }
 }

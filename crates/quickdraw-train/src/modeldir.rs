@@ -302,7 +302,10 @@ pub fn list_checkpoints(model_dir: &Path) -> Result<Vec<CheckpointInfo>> {
             continue;
         }
         let state_path = entry.path().join(STATE_FILE);
-        if [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE].iter().any(|f| !entry.path().join(f).is_file()) {
+        if [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE]
+            .iter()
+            .any(|f| !entry.path().join(f).is_file())
+        {
             continue; // not a complete checkpoint (never produced by this module)
         }
         let text = fs::read_to_string(&state_path).map_err(TrainError::io(&state_path))?;
@@ -452,8 +455,14 @@ pub fn apply_retention(model_dir: &Path, keep: usize) -> Result<Vec<u64>> {
         if Some(c.state.step) != best {
             // Renamed out of the way first (atomic), so a kill during the deletion never leaves
             // a half-deleted `step-*` directory behind; `clean_temporary` removes leftovers.
-            let name = c.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let doomed = c.dir.with_file_name(format!(".tmp-del-{name}-{}", std::process::id()));
+            let name = c
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let doomed = c
+                .dir
+                .with_file_name(format!(".tmp-del-{name}-{}", std::process::id()));
             fs::rename(&c.dir, &doomed).map_err(TrainError::io(&c.dir))?;
             fs::remove_dir_all(&doomed).map_err(TrainError::io(&doomed))?;
             removed.push(c.state.step);

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use crate::cmd;
 
 #[derive(Debug, Parser)]
-#[command(name = "quickdraw", version, about = "Quick, Draw! end to end: convert, train, evaluate, export and serve a sketch classifier")]
+#[command(
+    name = "quickdraw",
+    version,
+    about = "Quick, Draw! end to end: convert, train, evaluate, export and serve a sketch classifier"
+)]
 pub struct Cli {
     /// No progress bars or summaries on stderr (for scripts).
     #[arg(long, short, global = true)]

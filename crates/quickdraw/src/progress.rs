@@ -13,10 +13,16 @@ pub fn bar(quiet: bool, len: Option<u64>, unit: &str) -> ProgressBar {
         return pb;
     }
     let template = match len {
-        Some(_) => format!("{{spinner}} {{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, ETA {{eta}})"),
+        Some(_) => format!(
+            "{{spinner}} {{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, ETA {{eta}})"
+        ),
         None => format!("{{spinner}} {{msg}} {{human_pos}} {unit} ({{per_sec}}) {{elapsed}}"),
     };
-    pb.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     pb
 }
 
@@ -34,6 +40,10 @@ pub fn bytes_bar(quiet: bool, len: Option<u64>) -> ProgressBar {
         Some(_) => "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
         None => "{spinner} {msg} {bytes} ({bytes_per_sec})",
     };
-    pb.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     pb
 }

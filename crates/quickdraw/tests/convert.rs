@@ -23,17 +23,29 @@ mod common;
 const BIN: &str = env!("CARGO_BIN_EXE_quickdraw");
 
 fn qd(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run quickdraw")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run quickdraw")
 }
 
 fn ok(args: &[&str]) -> Output {
     let o = qd(args);
-    assert!(o.status.success(), "quickdraw {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "quickdraw {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
 fn drawings(class: usize, n: usize, seed: u64) -> Vec<Drawing> {
-    let cfg = SynthConfig { classes: 12, per_class: n, seed, unrecognized_share: 0.1 };
+    let cfg = SynthConfig {
+        classes: 12,
+        per_class: n,
+        seed,
+        unrecognized_share: 0.1,
+    };
     synth_class(class, &cfg).collect()
 }
 
@@ -54,7 +66,8 @@ fn write_ndjson(path: &Path, ds: &[Drawing], simplified_format: bool) {
 fn gzip(path: &Path) -> PathBuf {
     let data = fs::read(path).unwrap();
     let gz = PathBuf::from(format!("{}.gz", path.display()));
-    let mut e = flate2::write::GzEncoder::new(fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    let mut e =
+        flate2::write::GzEncoder::new(fs::File::create(&gz).unwrap(), flate2::Compression::fast());
     e.write_all(&data).unwrap();
     e.finish().unwrap();
     fs::remove_file(path).unwrap();
@@ -100,8 +113,14 @@ fn all_formats(dir: &Path) -> BTreeMap<String, Vec<Drawing>> {
     by_class.insert("triangle".to_string(), bin);
 
     // numpy_bitmap: 28x28 renderings, as Google's files.
-    let spec = FeatureSpec { raster: RasterSpec::new(RasterMode::Default, 28, None), ..Default::default() };
-    let imgs: Vec<Vec<u8>> = drawings(3, 30, 1).iter().map(|d| preprocess(&d.ink, &spec).unwrap().image).collect();
+    let spec = FeatureSpec {
+        raster: RasterSpec::new(RasterMode::Default, 28, None),
+        ..Default::default()
+    };
+    let imgs: Vec<Vec<u8>> = drawings(3, 30, 1)
+        .iter()
+        .map(|d| preprocess(&d.ink, &spec).unwrap().image)
+        .collect();
     let mut npy_bytes = Vec::new();
     npy::write_header(imgs.len() as u64, &mut npy_bytes);
     for i in &imgs {
@@ -117,7 +136,10 @@ fn all_formats(dir: &Path) -> BTreeMap<String, Vec<Drawing>> {
             countrycode: String::new(),
             timestamp: 0,
             recognized: true,
-            ink: Ink::Bitmap(quickdraw_data::Bitmap { side: 28, pixels: px }),
+            ink: Ink::Bitmap(quickdraw_data::Bitmap {
+                side: 28,
+                pixels: px,
+            }),
         })
         .collect();
     by_class.insert("star".to_string(), bitmaps);
@@ -144,10 +166,28 @@ fn every_input_format_is_read_and_preprocessed_by_the_shared_path() {
     let input = tmp.path().join("in");
     let out = tmp.path().join("out");
     let src = all_formats(&input);
-    ok(&["convert", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--split", "train=0.6,eval=0.2,test=0.2", "--shards", "2"]);
+    ok(&[
+        "convert",
+        "-q",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--split",
+        "train=0.6,eval=0.2,test=0.2",
+        "--shards",
+        "2",
+    ]);
     let m = DatasetManifest::load(&out).unwrap();
-    assert_eq!(m.classes, vec!["circle", "line", "square", "star", "triangle", "zigzag"]);
-    let formats: BTreeMap<&str, (&str, bool)> = m.inputs.iter().map(|i| (i.class.as_str(), (i.format.as_str(), i.gzip))).collect();
+    assert_eq!(
+        m.classes,
+        vec!["circle", "line", "square", "star", "triangle", "zigzag"]
+    );
+    let formats: BTreeMap<&str, (&str, bool)> = m
+        .inputs
+        .iter()
+        .map(|i| (i.class.as_str(), (i.format.as_str(), i.gzip)))
+        .collect();
     assert_eq!(formats["circle"], ("simplified_ndjson", false));
     assert_eq!(formats["square"], ("raw_ndjson", false));
     assert_eq!(formats["triangle"], ("binary", false));
@@ -165,14 +205,25 @@ fn every_input_format_is_read_and_preprocessed_by_the_shared_path() {
         let c = &m.per_class[class];
         assert_eq!(c.read, ds.len() as u64, "{class}");
         let unrecognized = ds.iter().filter(|d| !d.recognized).count() as u64;
-        assert_eq!(c.filtered.get("unrecognized").copied().unwrap_or(0), unrecognized, "{class}");
+        assert_eq!(
+            c.filtered.get("unrecognized").copied().unwrap_or(0),
+            unrecognized,
+            "{class}"
+        );
         assert_eq!(c.rejected_total(), 0, "{class}");
         assert_eq!(c.kept + unrecognized, c.read, "{class}: nothing vanishes");
         for d in ds.iter().filter(|d| d.recognized) {
             let want = preprocess(&d.ink, &m.features).unwrap().image;
-            let hit: Vec<_> = got.iter().filter(|((_, k, l), _)| *k == d.key_id && *l == label).collect();
+            let hit: Vec<_> = got
+                .iter()
+                .filter(|((_, k, l), _)| *k == d.key_id && *l == label)
+                .collect();
             assert_eq!(hit.len(), 1, "{class} key {} appears once", d.key_id);
-            assert_eq!(hit[0].1, &want, "{class} key {}: shard image = shared preprocessing", d.key_id);
+            assert_eq!(
+                hit[0].1, &want,
+                "{class} key {}: shard image = shared preprocessing",
+                d.key_id
+            );
             expected_kept += 1;
         }
     }
@@ -184,10 +235,13 @@ fn every_reject_reason_is_counted_and_listed() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     fs::create_dir_all(&input).unwrap();
-    let good: Vec<String> = drawings(0, 40, 2).into_iter().map(|mut d| {
-        d.recognized = true;
-        to_ndjson_line(&simplified(d), true)
-    }).collect();
+    let good: Vec<String> = drawings(0, 40, 2)
+        .into_iter()
+        .map(|mut d| {
+            d.recognized = true;
+            to_ndjson_line(&simplified(d), true)
+        })
+        .collect();
     let head = r#"{"word":"circle","countrycode":"CH","timestamp":"2017-03-02 23:25:10.07453 UTC","recognized":true,"key_id":"#;
     let many_strokes = vec!["[[1,2],[3,4]]"; 2049].join(",");
     let bad: Vec<(&str, String)> = vec![
@@ -226,48 +280,114 @@ fn every_reject_reason_is_counted_and_listed() {
     fs::write(&file, &text).unwrap();
 
     let out = tmp.path().join("out");
-    let o = ok(&["convert", "--input", file.to_str().unwrap(), "--output", out.to_str().unwrap(), "--split", "train=1.0", "--shards", "1", "--max-reject-rate", "0.5"]);
+    let o = ok(&[
+        "convert",
+        "--input",
+        file.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--split",
+        "train=1.0",
+        "--shards",
+        "1",
+        "--max-reject-rate",
+        "0.5",
+    ]);
     let summary = String::from_utf8_lossy(&o.stdout);
     assert!(summary.contains("rejected by reason:"), "{summary}");
     let m = DatasetManifest::load(&out).unwrap();
     assert_eq!(m.totals.read, line_no as u64);
     assert_eq!(m.totals.kept, good.len() as u64);
     for reason in expected_lines.values() {
-        assert_eq!(m.totals.rejected.get(*reason).copied(), Some(1), "{reason}: {:?}", m.totals.rejected);
+        assert_eq!(
+            m.totals.rejected.get(*reason).copied(),
+            Some(1),
+            "{reason}: {:?}",
+            m.totals.rejected
+        );
     }
-    let rejects: Vec<serde_json::Value> = fs::read_to_string(out.join("rejects.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rejects: Vec<serde_json::Value> = fs::read_to_string(out.join("rejects.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rejects.len(), expected_lines.len());
     for r in &rejects {
         let line = r["line"].as_u64().unwrap();
-        assert_eq!(r["reason"].as_str().unwrap(), expected_lines[&line], "line {line}: {r}");
+        assert_eq!(
+            r["reason"].as_str().unwrap(),
+            expected_lines[&line],
+            "line {line}: {r}"
+        );
         assert!(r["file"].as_str().unwrap().ends_with("circle.ndjson"));
         assert!(!r["detail"].as_str().unwrap().is_empty());
     }
     let trunc = rejects.iter().find(|r| r["reason"] == "truncated").unwrap();
-    assert!(trunc["detail"].as_str().unwrap().contains("interrupted"), "{trunc}");
+    assert!(
+        trunc["detail"].as_str().unwrap().contains("interrupted"),
+        "{trunc}"
+    );
 
     // The same data with a strict limit: a loud failure, and no dataset that looks finished.
     let strict = tmp.path().join("strict");
-    let o = qd(&["convert", "-q", "--input", file.to_str().unwrap(), "--output", strict.to_str().unwrap(), "--split", "train=1.0", "--shards", "1", "--max-reject-rate", "0.05"]);
+    let o = qd(&[
+        "convert",
+        "-q",
+        "--input",
+        file.to_str().unwrap(),
+        "--output",
+        strict.to_str().unwrap(),
+        "--split",
+        "train=1.0",
+        "--shards",
+        "1",
+        "--max-reject-rate",
+        "0.05",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("exceeds --max-reject-rate") && err.contains("rejects.jsonl"), "{err}");
+    assert!(
+        err.contains("exceeds --max-reject-rate") && err.contains("rejects.jsonl"),
+        "{err}"
+    );
     assert!(!strict.join("manifest.json").exists());
     assert!(!strict.join("train-00000-of-00001").exists());
-    assert_eq!(fs::read_to_string(strict.join("rejects.jsonl")).unwrap().lines().count(), expected_lines.len());
+    assert_eq!(
+        fs::read_to_string(strict.join("rejects.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        expected_lines.len()
+    );
 }
 
 fn shard_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| quickdraw_data::convert::is_shard_name(p.file_name().unwrap().to_str().unwrap()))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), fs::read(&p).unwrap()))
+        .filter(|p| {
+            quickdraw_data::convert::is_shard_name(p.file_name().unwrap().to_str().unwrap())
+        })
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().to_string(),
+                fs::read(&p).unwrap(),
+            )
+        })
         .collect()
 }
 
 fn synth_input(dir: &Path, classes: usize, per_class: usize) {
-    ok(&["synth", "-q", "--classes", &classes.to_string(), "--per-class", &per_class.to_string(), "--out", dir.to_str().unwrap()]);
+    ok(&[
+        "synth",
+        "-q",
+        "--classes",
+        &classes.to_string(),
+        "--per-class",
+        &per_class.to_string(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
 }
 
 #[test]
@@ -277,7 +397,20 @@ fn same_inputs_and_seed_give_byte_identical_shards() {
     synth_input(&input, 4, 150);
     let run = |name: &str, seed: &str| {
         let out = tmp.path().join(name);
-        ok(&["convert", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--split", "train=30,eval=10,test=10", "--shards", "3", "--seed", seed]);
+        ok(&[
+            "convert",
+            "-q",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--split",
+            "train=30,eval=10,test=10",
+            "--shards",
+            "3",
+            "--seed",
+            seed,
+        ]);
         out
     };
     let a = run("a", "7");
@@ -288,17 +421,25 @@ fn same_inputs_and_seed_give_byte_identical_shards() {
     assert_eq!(sa, sb, "same seed, same bytes");
     assert_ne!(sa, sc, "another seed shuffles differently");
     // The split depends on key_id only: the same drawings land in the same split.
-    let members = |d: &Path| -> BTreeSet<(String, u64)> { read_all(d).into_keys().map(|(s, k, _)| (s, k)).collect() };
+    let members = |d: &Path| -> BTreeSet<(String, u64)> {
+        read_all(d).into_keys().map(|(s, k, _)| (s, k)).collect()
+    };
     assert_eq!(members(&a), members(&c));
     let m = DatasetManifest::load(&a).unwrap();
     for (class, c) in &m.per_class {
         assert_eq!(c.splits.get("train").copied(), Some(30), "{class}: quota");
         assert_eq!(c.splits.get("eval").copied(), Some(10), "{class}");
         assert_eq!(c.splits.get("test").copied(), Some(10), "{class}");
-        assert!(c.quota_filled_early && c.filtered.get("split_full").copied().unwrap_or(0) > 0, "{class}: quotas stop the class early: {c:?}");
+        assert!(
+            c.quota_filled_early && c.filtered.get("split_full").copied().unwrap_or(0) > 0,
+            "{class}: quotas stop the class early: {c:?}"
+        );
     }
     // Shuffled across shards: the first shard is not in class order.
-    let first: Vec<i64> = TfRecordReader::open(&a.join("train-00000-of-00003")).unwrap().map(|r| decode_example(&r.unwrap(), &m.features).unwrap().label).collect();
+    let first: Vec<i64> = TfRecordReader::open(&a.join("train-00000-of-00003"))
+        .unwrap()
+        .map(|r| decode_example(&r.unwrap(), &m.features).unwrap().label)
+        .collect();
     let mut sorted = first.clone();
     sorted.sort();
     assert_ne!(first, sorted, "examples are interleaved across classes");
@@ -310,7 +451,21 @@ fn an_interrupted_run_never_looks_finished_and_a_rerun_repairs_it() {
     let input = tmp.path().join("in");
     synth_input(&input, 3, 40);
     let args = |out: &Path| -> Vec<String> {
-        ["convert", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--split", "train=0.5,eval=0.5", "--shards", "4"].iter().map(|s| s.to_string()).collect()
+        [
+            "convert",
+            "-q",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--split",
+            "train=0.5,eval=0.5",
+            "--shards",
+            "4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let clean = tmp.path().join("clean");
     let o = Command::new(BIN).args(args(&clean)).output().unwrap();
@@ -318,11 +473,21 @@ fn an_interrupted_run_never_looks_finished_and_a_rerun_repairs_it() {
 
     // Crash right after the first shard is renamed into place (the worst moment).
     let out = tmp.path().join("out");
-    let o = Command::new(BIN).args(args(&out)).env("QUICKDRAW_FAULT", "convert-after-first-shard").output().unwrap();
+    let o = Command::new(BIN)
+        .args(args(&out))
+        .env("QUICKDRAW_FAULT", "convert-after-first-shard")
+        .output()
+        .unwrap();
     assert!(!o.status.success(), "the fault hook aborts the process");
-    assert!(!out.join("manifest.json").exists(), "no manifest: the directory is not a finished dataset");
+    assert!(
+        !out.join("manifest.json").exists(),
+        "no manifest: the directory is not a finished dataset"
+    );
     let o = qd(&["stats", out.to_str().unwrap()]);
-    assert!(!o.status.success(), "stats refuses an unfinished dataset directory");
+    assert!(
+        !o.status.success(),
+        "stats refuses an unfinished dataset directory"
+    );
 
     // A real kill at an arbitrary moment, then the rerun.
     let mut child = Command::new(BIN).args(args(&out)).spawn().unwrap();
@@ -332,7 +497,11 @@ fn an_interrupted_run_never_looks_finished_and_a_rerun_repairs_it() {
     let o = Command::new(BIN).args(args(&out)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(shard_bytes(&out), shard_bytes(&clean));
-    let leftovers: Vec<String> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).filter(|n| n.starts_with('.') || n.ends_with(".tmp")).collect();
+    let leftovers: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.') || n.ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -342,14 +511,30 @@ fn time_split_trains_on_older_drawings() {
     let input = tmp.path().join("in");
     synth_input(&input, 2, 80);
     let out = tmp.path().join("out");
-    ok(&["convert", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--eval-after", "2017-07-01", "--shards", "1"]);
+    ok(&[
+        "convert",
+        "-q",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--eval-after",
+        "2017-07-01",
+        "--shards",
+        "1",
+    ]);
     let m = DatasetManifest::load(&out).unwrap();
     let cutoff = quickdraw_data::split::parse_date("2017-07-01").unwrap();
     for (split, files) in &m.shards {
         for f in files {
             for r in TfRecordReader::open(&out.join(&f.file)).unwrap() {
                 let ex = decode_example(&r.unwrap(), &m.features).unwrap();
-                assert_eq!(ex.timestamp < cutoff, split == "train", "{split}: {}", ex.timestamp);
+                assert_eq!(
+                    ex.timestamp < cutoff,
+                    split == "train",
+                    "{split}: {}",
+                    ex.timestamp
+                );
             }
         }
     }
@@ -362,7 +547,20 @@ fn amld_mode_writes_binary_pixels() {
     let input = tmp.path().join("in");
     synth_input(&input, 2, 20);
     let out = tmp.path().join("out");
-    ok(&["convert", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--raster", "amld", "--split", "train=1.0", "--shards", "1"]);
+    ok(&[
+        "convert",
+        "-q",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--raster",
+        "amld",
+        "--split",
+        "train=1.0",
+        "--shards",
+        "1",
+    ]);
     let m = DatasetManifest::load(&out).unwrap();
     assert_eq!(m.features.raster.line_width, 4.0);
     assert!(!m.features.raster.anti_alias);
@@ -378,15 +576,33 @@ fn tensorflow_rows(dir: &Path) -> Option<Vec<serde_json::Value>> {
     let python = common::verification_python()?;
     let required = std::env::var_os("QUICKDRAW_REQUIRE_PYTHON").is_some();
     let rows = dir.join("tf-rows.jsonl");
-    let o = Command::new(&python).arg(root.join("tests/python/check_shards.py")).arg(dir).arg(&rows).output().unwrap();
+    let o = Command::new(&python)
+        .arg(root.join("tests/python/check_shards.py"))
+        .arg(dir)
+        .arg(&rows)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     if !o.status.success() && !required && stderr.contains("No module named 'tensorflow'") {
         eprintln!("SKIP: tensorflow is not installed in the venv");
         return None;
     }
-    assert!(o.status.success(), "check_shards.py failed:\n{stderr}\n{}", String::from_utf8_lossy(&o.stdout));
-    assert!(stderr.contains("corruption detected by TensorFlow"), "{stderr}");
-    Some(fs::read_to_string(rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+    assert!(
+        o.status.success(),
+        "check_shards.py failed:\n{stderr}\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        stderr.contains("corruption detected by TensorFlow"),
+        "{stderr}"
+    );
+    Some(
+        fs::read_to_string(rows)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    )
 }
 
 #[test]
@@ -397,18 +613,49 @@ fn tensorflow_reads_every_image_encoding() {
     synth_input(&input, 3, 25);
     for enc in ["int64", "bytes", "png"] {
         let out = tmp.path().join(enc);
-        ok(&["convert", "-q", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--image-encoding", enc, "--strokes", "--size", "32", "--split", "train=0.8,eval=0.2", "--shards", "2"]);
+        ok(&[
+            "convert",
+            "-q",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--image-encoding",
+            enc,
+            "--strokes",
+            "--size",
+            "32",
+            "--split",
+            "train=0.8,eval=0.2",
+            "--shards",
+            "2",
+        ]);
         let m = DatasetManifest::load(&out).unwrap();
-        assert_eq!(m.features.image_encoding, enc.parse::<ImageEncoding>().unwrap());
+        assert_eq!(
+            m.features.image_encoding,
+            enc.parse::<ImageEncoding>().unwrap()
+        );
         assert_eq!(m.features.strokes, Some(StrokeSpec::default()));
         let ours = read_all(&out);
-        let Some(rows) = tensorflow_rows(&out) else { return };
+        let Some(rows) = tensorflow_rows(&out) else {
+            return;
+        };
         assert_eq!(rows.len(), ours.len(), "{enc}");
         for r in &rows {
             let key: u64 = r["key_id"].as_str().unwrap().parse().unwrap();
-            let k = (r["split"].as_str().unwrap().to_string(), key, r["label"].as_i64().unwrap());
-            let img = ours.get(&k).unwrap_or_else(|| panic!("{enc}: TensorFlow saw {k:?} which Rust did not"));
-            assert_eq!(r["image_sha256"].as_str().unwrap(), hex::encode(sha2::Sha256::digest(img)), "{enc} {k:?}: pixels differ");
+            let k = (
+                r["split"].as_str().unwrap().to_string(),
+                key,
+                r["label"].as_i64().unwrap(),
+            );
+            let img = ours
+                .get(&k)
+                .unwrap_or_else(|| panic!("{enc}: TensorFlow saw {k:?} which Rust did not"));
+            assert_eq!(
+                r["image_sha256"].as_str().unwrap(),
+                hex::encode(sha2::Sha256::digest(img)),
+                "{enc} {k:?}: pixels differ"
+            );
             assert_eq!(r["word"].as_str().unwrap(), m.classes[k.2 as usize]);
             assert!(r["stroke_len"].as_i64().unwrap() > 0);
         }
@@ -420,20 +667,45 @@ fn tensorflow_reads_every_image_encoding() {
 fn real_raw_and_simplified_twins_give_the_same_images() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/quickdraw");
     if !data.exists() {
-        eprintln!("SKIP: {} not found (real QuickDraw samples)", data.display());
+        eprintln!(
+            "SKIP: {} not found (real QuickDraw samples)",
+            data.display()
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let run = |sub: &str| {
         let out = tmp.path().join(sub);
-        ok(&["convert", "-q", "--input", data.join(sub).to_str().unwrap(), "--output", out.to_str().unwrap(), "--split", "train=1.0", "--shards", "2", "--include-unrecognized"]);
-        read_all(&out).into_iter().map(|((_, k, l), img)| ((k, l), img)).collect::<BTreeMap<_, _>>()
+        ok(&[
+            "convert",
+            "-q",
+            "--input",
+            data.join(sub).to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--split",
+            "train=1.0",
+            "--shards",
+            "2",
+            "--include-unrecognized",
+        ]);
+        read_all(&out)
+            .into_iter()
+            .map(|((_, k, l), img)| ((k, l), img))
+            .collect::<BTreeMap<_, _>>()
     };
     let simp = run("simplified");
     let raw = run("raw");
-    let same = simp.iter().filter(|(k, img)| raw.get(k) == Some(img)).count();
+    let same = simp
+        .iter()
+        .filter(|(k, img)| raw.get(k) == Some(img))
+        .count();
     let share = same as f64 / simp.len() as f64;
-    eprintln!("raw->simplify->raster equals simplified->raster for {same}/{} drawings ({:.2}%)", simp.len(), share * 100.0);
+    eprintln!(
+        "raw->simplify->raster equals simplified->raster for {same}/{} drawings ({:.2}%)",
+        simp.len(),
+        share * 100.0
+    );
     assert_eq!(simp.len(), 1220);
     assert!(share >= 0.99, "{share}");
 }

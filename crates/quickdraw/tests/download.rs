@@ -57,11 +57,22 @@ impl Server {
 
     /// Serves `data` at the URL path `path` (percent-encoded, as the client sends it).
     fn put(&self, path: &str, data: &[u8], mode: Mode) {
-        self.state.lock().unwrap().files.insert(path.to_string(), (data.to_vec(), mode));
+        self.state
+            .lock()
+            .unwrap()
+            .files
+            .insert(path.to_string(), (data.to_vec(), mode));
     }
 
     fn requests(&self, path: &str) -> Vec<Logged> {
-        self.state.lock().unwrap().log.iter().filter(|l| l.path == path).cloned().collect()
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|l| l.path == path)
+            .cloned()
+            .collect()
     }
 }
 
@@ -76,7 +87,10 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
             break;
         }
-        if let Some((_, v)) = line.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("range")) {
+        if let Some((_, v)) = line
+            .split_once(':')
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("range"))
+        {
             range = Some(v.trim().to_string());
         }
     }
@@ -85,7 +99,10 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let path = parts.next().unwrap_or_default().to_string();
     let entry = {
         let mut st = state.lock().unwrap();
-        st.log.push(Logged { path: path.clone(), range: range.clone() });
+        st.log.push(Logged {
+            path: path.clone(),
+            range: range.clone(),
+        });
         let e = st.files.get(&path).cloned();
         // A cut happens once: later requests are served normally.
         if let Some((data, Mode::CutOnce(_))) = &e {
@@ -102,7 +119,9 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     }
     let Some((data, mode)) = entry else {
         let body = b"not found";
-        conn.write_all(head("404 Not Found", "Content-Type: text/plain\r\n", body.len()).as_bytes())?;
+        conn.write_all(
+            head("404 Not Found", "Content-Type: text/plain\r\n", body.len()).as_bytes(),
+        )?;
         conn.write_all(body)?;
         return Ok(());
     };
@@ -120,10 +139,25 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             let (status, extra, body) = match start {
                 None => ("200 OK", String::new(), &data[..]),
                 Some(s) if s >= data.len() => {
-                    conn.write_all(head("416 Range Not Satisfiable", &format!("Content-Range: bytes */{}\r\n", data.len()), 0).as_bytes())?;
+                    conn.write_all(
+                        head(
+                            "416 Range Not Satisfiable",
+                            &format!("Content-Range: bytes */{}\r\n", data.len()),
+                            0,
+                        )
+                        .as_bytes(),
+                    )?;
                     return Ok(());
                 }
-                Some(s) => ("206 Partial Content", format!("Content-Range: bytes {s}-{}/{}\r\n", data.len() - 1, data.len()), &data[s..]),
+                Some(s) => (
+                    "206 Partial Content",
+                    format!(
+                        "Content-Range: bytes {s}-{}/{}\r\n",
+                        data.len() - 1,
+                        data.len()
+                    ),
+                    &data[s..],
+                ),
             };
             conn.write_all(head(status, &extra, body.len()).as_bytes())?;
             match mode {
@@ -150,8 +184,12 @@ fn ndjson(word: &str, n: usize) -> Vec<u8> {
     let countries = ["VE", "US", "GB", "DE", "FR"];
     let mut out = String::new();
     for i in 0..n {
-        let x: Vec<String> = (0..8).map(|j| ((i * 7 + j * 31) % 256).to_string()).collect();
-        let y: Vec<String> = (0..8).map(|j| ((i * 13 + j * 17) % 256).to_string()).collect();
+        let x: Vec<String> = (0..8)
+            .map(|j| ((i * 7 + j * 31) % 256).to_string())
+            .collect();
+        let y: Vec<String> = (0..8)
+            .map(|j| ((i * 13 + j * 17) % 256).to_string())
+            .collect();
         out.push_str(&format!(
             "{{\"word\":\"{word}\",\"countrycode\":\"{}\",\"timestamp\":\"2017-03-02 23:25:{:02}.07453 UTC\",\"recognized\":{},\"key_id\":\"{}\",\"drawing\":[[[{}],[{}]],[[130,113,99],[72,40,27]]]}}\n",
             countries[i % countries.len()],
@@ -174,18 +212,38 @@ fn npy(rows: usize) -> Vec<u8> {
 
 fn download(server: &Server, dest: &Path, extra: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quickdraw"));
-    cmd.arg("download").arg("--dest").arg(dest).args(["--base-url", &server.base, "--retry-wait", "0", "--timeout", "20"]);
+    cmd.arg("download").arg("--dest").arg(dest).args([
+        "--base-url",
+        &server.base,
+        "--retry-wait",
+        "0",
+        "--timeout",
+        "20",
+    ]);
     cmd.args(extra);
     // The server is local: never go through a proxy from the environment.
-    for v in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+    for v in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         cmd.env_remove(v);
     }
-    cmd.env("NO_PROXY", "127.0.0.1").env("no_proxy", "127.0.0.1");
+    cmd.env("NO_PROXY", "127.0.0.1")
+        .env("no_proxy", "127.0.0.1");
     cmd.output().expect("run quickdraw download")
 }
 
 fn text(o: &Output) -> String {
-    format!("status {}\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn no_part_files(dir: &Path) {
@@ -201,14 +259,26 @@ fn downloads_two_classes_byte_identical() {
     let cat = ndjson("cat", 40);
     let turtle = ndjson("sea turtle", 25);
     server.put("/full/simplified/cat.ndjson", &cat, Mode::Normal);
-    server.put("/full/simplified/sea%20turtle.ndjson", &turtle, Mode::Normal);
+    server.put(
+        "/full/simplified/sea%20turtle.ndjson",
+        &turtle,
+        Mode::Normal,
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("data");
     let out = download(&server, &dest, &["--classes", "cat, sea turtle"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read(dest.join("cat.ndjson")).unwrap(), cat);
-    assert_eq!(std::fs::read(dest.join("sea turtle.ndjson")).unwrap(), turtle);
-    assert_eq!(server.requests("/full/simplified/sea%20turtle.ndjson").len(), 1);
+    assert_eq!(
+        std::fs::read(dest.join("sea turtle.ndjson")).unwrap(),
+        turtle
+    );
+    assert_eq!(
+        server
+            .requests("/full/simplified/sea%20turtle.ndjson")
+            .len(),
+        1
+    );
     no_part_files(&dest);
 }
 
@@ -232,7 +302,11 @@ fn resumes_after_a_cut_connection_and_a_leftover_part_file() {
     let cat_reqs = server.requests("/full/simplified/cat.ndjson");
     assert_eq!(cat_reqs.len(), 2, "{cat_reqs:?}");
     assert_eq!(cat_reqs[0].range, None);
-    assert_eq!(cat_reqs[1].range.as_deref(), Some("bytes=3000-"), "{cat_reqs:?}");
+    assert_eq!(
+        cat_reqs[1].range.as_deref(),
+        Some("bytes=3000-"),
+        "{cat_reqs:?}"
+    );
     let dog_reqs = server.requests("/full/simplified/dog.ndjson");
     assert_eq!(dog_reqs.len(), 1, "{dog_reqs:?}");
     assert_eq!(dog_reqs[0].range.as_deref(), Some("bytes=1234-"));
@@ -255,10 +329,16 @@ fn complete_files_are_skipped_and_cut_ones_resumed() {
     assert!(out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already complete"), "{}", text(&out));
-    assert!(server.requests("/full/simplified/cat.ndjson").is_empty(), "a complete file was fetched again");
+    assert!(
+        server.requests("/full/simplified/cat.ndjson").is_empty(),
+        "a complete file was fetched again"
+    );
     assert_eq!(std::fs::read(dest.join("dog.ndjson")).unwrap(), dog);
     let dog_reqs = server.requests("/full/simplified/dog.ndjson");
-    assert_eq!(dog_reqs[0].range, Some(format!("bytes={}-", dog.len() / 2 + 7)));
+    assert_eq!(
+        dog_reqs[0].range,
+        Some(format!("bytes={}-", dog.len() / 2 + 7))
+    );
 
     // A second run does nothing at all.
     let out = download(&server, &dest, &["--classes", "cat,dog", "--quiet"]);
@@ -277,7 +357,11 @@ fn a_missing_class_fails_after_the_others_are_downloaded() {
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("404"), "{}", text(&out));
-    assert!(err.contains(&format!("{}/full/simplified/unicorn.ndjson", server.base)), "{}", text(&out));
+    assert!(
+        err.contains(&format!("{}/full/simplified/unicorn.ndjson", server.base)),
+        "{}",
+        text(&out)
+    );
     assert_eq!(std::fs::read(dest.join("cat.ndjson")).unwrap(), cat);
     assert!(!dest.join("unicorn.ndjson").exists());
     // A 404 is permanent: no retries.
@@ -295,21 +379,40 @@ fn a_body_shorter_than_its_content_length_is_incomplete() {
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("incomplete"), "{}", text(&out));
-    assert!(err.contains(&format!("received {} of {}", cat.len(), cat.len() + 100)), "{}", text(&out));
-    assert!(!dest.join("cat.ndjson").exists(), "an incomplete file got its final name");
-    assert_eq!(server.requests("/full/simplified/cat.ndjson").len(), 3, "1 attempt + 2 retries");
+    assert!(
+        err.contains(&format!("received {} of {}", cat.len(), cat.len() + 100)),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !dest.join("cat.ndjson").exists(),
+        "an incomplete file got its final name"
+    );
+    assert_eq!(
+        server.requests("/full/simplified/cat.ndjson").len(),
+        3,
+        "1 attempt + 2 retries"
+    );
 }
 
 #[test]
 fn ndjson_cut_mid_line_is_rejected_even_with_a_matching_length() {
     let server = Server::start();
     let cat = ndjson("cat", 20);
-    server.put("/full/simplified/cat.ndjson", &cat[..cat.len() - 10], Mode::Normal);
+    server.put(
+        "/full/simplified/cat.ndjson",
+        &cat[..cat.len() - 10],
+        Mode::Normal,
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().to_path_buf();
     let out = download(&server, &dest, &["--classes", "cat"]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("newline"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("newline"),
+        "{}",
+        text(&out)
+    );
     assert!(!dest.join("cat.ndjson").exists());
     no_part_files(&dest);
 }
@@ -325,9 +428,17 @@ fn numpy_bitmaps_and_other_formats_use_google_paths() {
     server.put("/full/raw/cat.ndjson", &ndjson("cat", 3), Mode::Normal);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().to_path_buf();
-    let out = download(&server, &dest, &["--classes", "cat,dog", "--format", "numpy_bitmap"]);
+    let out = download(
+        &server,
+        &dest,
+        &["--classes", "cat,dog", "--format", "numpy_bitmap"],
+    );
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("header announces 5 images"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("header announces 5 images"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(std::fs::read(dest.join("cat.npy")).unwrap(), good);
     assert!(!dest.join("dog.npy").exists());
 

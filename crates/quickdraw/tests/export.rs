@@ -9,27 +9,39 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use quickdraw_train::CheckpointSel;
+use quickdraw_train::burn::module::Module;
 use quickdraw_train::burn::module::Param;
 use quickdraw_train::burn::tensor::Tensor;
 use quickdraw_train::model::Model;
 use quickdraw_train::modeldir::{TrainConfig, load_model, select_checkpoint};
-use quickdraw_train::CheckpointSel;
-use quickdraw_train::burn::module::Module;
 use serde_json::Value;
 
 mod common;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quickdraw")).args(args).output().expect("run quickdraw")
+    Command::new(env!("CARGO_BIN_EXE_quickdraw"))
+        .args(args)
+        .output()
+        .expect("run quickdraw")
 }
 
 fn text(o: &Output) -> String {
-    format!("status {}\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn ok(args: &[&str]) -> Output {
     let o = run(args);
-    assert!(o.status.success(), "quickdraw {args:?} failed: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "quickdraw {args:?} failed: {}",
+        text(&o)
+    );
     o
 }
 
@@ -38,11 +50,16 @@ fn s(p: &Path) -> String {
 }
 
 fn last_line(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default().to_string()
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn read_json(p: &Path) -> Value {
-    serde_json::from_str(&fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_str(&fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
 }
 
 /// Every file under `dir`, relative, with `/` separators.
@@ -53,7 +70,12 @@ fn files(dir: &Path) -> BTreeSet<String> {
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
-                out.insert(p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/"));
+                out.insert(
+                    p.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace('\\', "/"),
+                );
             }
         }
     }
@@ -74,10 +96,34 @@ impl Data {
         let tmp = tempfile::tempdir().unwrap();
         let raw = tmp.path().join("raw");
         let shards = tmp.path().join("shards");
-        ok(&["--quiet", "synth", "--classes", "3", "--per-class", "60", "--out", &s(&raw), "--seed", "1"]);
         ok(&[
-            "--quiet", "convert", "--input", &s(&raw), "--output", &s(&shards), "--size", "16", "--split", "train=0.8,eval=0.2",
-            "--shards", "1", "--strokes", "--max-points", "64",
+            "--quiet",
+            "synth",
+            "--classes",
+            "3",
+            "--per-class",
+            "60",
+            "--out",
+            &s(&raw),
+            "--seed",
+            "1",
+        ]);
+        ok(&[
+            "--quiet",
+            "convert",
+            "--input",
+            &s(&raw),
+            "--output",
+            &s(&shards),
+            "--size",
+            "16",
+            "--split",
+            "train=0.8,eval=0.2",
+            "--shards",
+            "1",
+            "--strokes",
+            "--max-points",
+            "64",
         ]);
         Data { tmp, raw, shards }
     }
@@ -86,18 +132,40 @@ impl Data {
     }
     fn train(&self, model: &str, name: &str, steps: u64, extra: &[&str]) -> PathBuf {
         let dir = self.dir(name);
-        let (train, eval) = (format!("{}/train-*", s(&self.shards)), format!("{}/eval-*", s(&self.shards)));
+        let (train, eval) = (
+            format!("{}/train-*", s(&self.shards)),
+            format!("{}/eval-*", s(&self.shards)),
+        );
         let steps = steps.to_string();
         let mut args = vec![
-            "--quiet", "train", "--model", model, "--model-dir", dir.to_str().unwrap(), "--train-files", &train, "--eval-files", &eval,
-            "--train-steps", &steps, "--batch-size", "16", "--checkpoint-every", "10", "--eval-every", "10",
+            "--quiet",
+            "train",
+            "--model",
+            model,
+            "--model-dir",
+            dir.to_str().unwrap(),
+            "--train-files",
+            &train,
+            "--eval-files",
+            &eval,
+            "--train-steps",
+            &steps,
+            "--batch-size",
+            "16",
+            "--checkpoint-every",
+            "10",
+            "--eval-every",
+            "10",
         ];
         args.extend_from_slice(extra);
         ok(&args);
         dir
     }
     fn ndjson(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(&self.raw).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut v: Vec<PathBuf> = fs::read_dir(&self.raw)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         v.sort();
         v
     }
@@ -106,7 +174,13 @@ impl Data {
 /// `quickdraw export` with the check sample written next to the model dir; returns (output, check file).
 fn export(model_dir: &Path, extra: &[&str]) -> (Output, PathBuf) {
     let check = model_dir.with_extension(format!("check{}.json", extra.len()));
-    let mut args = vec!["export", "--model-dir", model_dir.to_str().unwrap(), "--write-check", check.to_str().unwrap()];
+    let mut args = vec![
+        "export",
+        "--model-dir",
+        model_dir.to_str().unwrap(),
+        "--write-check",
+        check.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     (run(&args), check)
 }
@@ -114,24 +188,47 @@ fn export(model_dir: &Path, extra: &[&str]) -> (Output, PathBuf) {
 /// Exports, expecting success; returns (version folder, check file).
 fn export_ok(model_dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
     let (o, check) = export(model_dir, extra);
-    assert!(o.status.success(), "export {} {extra:?} failed: {}", model_dir.display(), text(&o));
+    assert!(
+        o.status.success(),
+        "export {} {extra:?} failed: {}",
+        model_dir.display(),
+        text(&o)
+    );
     let dir = PathBuf::from(last_line(&o));
-    assert!(dir.is_dir(), "last stdout line {dir:?} is not the version folder: {}", text(&o));
+    assert!(
+        dir.is_dir(),
+        "last stdout line {dir:?} is not the version folder: {}",
+        text(&o)
+    );
     (dir, check)
 }
 
 /// Checks one version folder against the contract.
 fn check_layout(dir: &Path, kind: &str, version: u64) {
-    assert_eq!(dir.file_name().unwrap().to_str().unwrap(), version.to_string());
-    let expected: BTreeSet<String> =
-        ["model.onnx", "signature.json", "assets/labels.txt", "assets/preprocessing.json", "metrics.json"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        dir.file_name().unwrap().to_str().unwrap(),
+        version.to_string()
+    );
+    let expected: BTreeSet<String> = [
+        "model.onnx",
+        "signature.json",
+        "assets/labels.txt",
+        "assets/preprocessing.json",
+        "metrics.json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(files(dir), expected, "{}", dir.display());
     let info = quickdraw_data::signature::load_export_dir(dir).unwrap();
     assert_eq!(info.version, Some(version));
     assert_eq!(info.signature.model.kind.as_str(), kind);
     assert_eq!(info.labels.len(), 3);
     let m = &info.metrics;
-    assert!(m["accuracy"].as_f64().is_some() && m["baseline"]["accuracy"].as_f64().is_some(), "{m}");
+    assert!(
+        m["accuracy"].as_f64().is_some() && m["baseline"]["accuracy"].as_f64().is_some(),
+        "{m}"
+    );
     // No temporary folder is left in the base folder.
     let base = dir.parent().unwrap();
     for e in fs::read_dir(base).unwrap() {
@@ -142,27 +239,63 @@ fn check_layout(dir: &Path, kind: &str, version: u64) {
 
 /// `predict` (burn) and `model run` (tract) agree on raw drawings.
 fn burn_and_tract_agree(model_dir: &Path, version_dir: &Path, inputs: &[PathBuf]) {
-    let mut pa = vec!["predict", "--model-dir", model_dir.to_str().unwrap(), "--json", "-k", "3", "--limit", "12"];
-    let mut ra = vec!["model", "run", "--dir", version_dir.to_str().unwrap(), "--json", "-k", "3", "--limit", "12"];
+    let mut pa = vec![
+        "predict",
+        "--model-dir",
+        model_dir.to_str().unwrap(),
+        "--json",
+        "-k",
+        "3",
+        "--limit",
+        "12",
+    ];
+    let mut ra = vec![
+        "model",
+        "run",
+        "--dir",
+        version_dir.to_str().unwrap(),
+        "--json",
+        "-k",
+        "3",
+        "--limit",
+        "12",
+    ];
     for i in inputs {
         pa.push(i.to_str().unwrap());
         ra.push("--input-ndjson");
         ra.push(i.to_str().unwrap());
     }
     // `predict` uses the latest checkpoint by default: compare with the one exported.
-    let step = read_json(&version_dir.join("metrics.json"))["step"].as_u64().unwrap().to_string();
+    let step = read_json(&version_dir.join("metrics.json"))["step"]
+        .as_u64()
+        .unwrap()
+        .to_string();
     pa.extend(["--checkpoint", &step]);
     let (burn, tract) = (ok(&pa), ok(&ra));
-    let lines = |o: &Output| -> Vec<Value> { String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let lines = |o: &Output| -> Vec<Value> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
     let (b, t) = (lines(&burn), lines(&tract));
     assert_eq!(b.len(), 12);
     assert_eq!(b.len(), t.len());
     for (x, y) in b.iter().zip(&t) {
         assert_eq!((&x["key_id"], &x["index"]), (&y["key_id"], &y["index"]));
-        assert_eq!(x["top_k"][0]["label"], y["top_k"][0]["label"], "top class: burn {x} tract {y}");
+        assert_eq!(
+            x["top_k"][0]["label"], y["top_k"][0]["label"],
+            "top class: burn {x} tract {y}"
+        );
         for cx in x["top_k"].as_array().unwrap() {
-            let cy = y["top_k"].as_array().unwrap().iter().find(|c| c["label"] == cx["label"]).unwrap();
-            let d = (cx["probability"].as_f64().unwrap() - cy["probability"].as_f64().unwrap()).abs();
+            let cy = y["top_k"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["label"] == cx["label"])
+                .unwrap();
+            let d =
+                (cx["probability"].as_f64().unwrap() - cy["probability"].as_f64().unwrap()).abs();
             assert!(d <= 1e-4, "burn {cx} vs tract {cy}");
         }
     }
@@ -171,15 +304,27 @@ fn burn_and_tract_agree(model_dir: &Path, version_dir: &Path, inputs: &[PathBuf]
 /// Runs tests/python/check_onnx.py on check files (skips without the venv unless required).
 fn python_check(checks: &[PathBuf]) {
     let root = common::repo_root();
-    let Some(python) = common::verification_python() else { return };
+    let Some(python) = common::verification_python() else {
+        return;
+    };
     let required = std::env::var_os("QUICKDRAW_REQUIRE_PYTHON").is_some();
-    let o = Command::new(&python).arg(root.join("tests/python/check_onnx.py")).args(checks).output().unwrap();
+    let o = Command::new(&python)
+        .arg(root.join("tests/python/check_onnx.py"))
+        .args(checks)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     if !o.status.success() && !required && stderr.contains("No module named 'onnx") {
-        eprintln!("SKIP: onnx/onnxruntime are not installed in the venv (pip install -r tests/python/requirements.txt)");
+        eprintln!(
+            "SKIP: onnx/onnxruntime are not installed in the venv (pip install -r tests/python/requirements.txt)"
+        );
         return;
     }
-    assert!(o.status.success(), "check_onnx.py failed:\n{stderr}\n{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.status.success(),
+        "check_onnx.py failed:\n{stderr}\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     eprint!("{}", String::from_utf8_lossy(&o.stdout));
 }
 
@@ -189,15 +334,36 @@ fn export_every_model_kind_and_the_gate() {
     let mut checks = Vec::new();
 
     // The lecture's CNN, small: two conv blocks and a narrow dense layer.
-    let cnn = data.train("cnn", "cnn", 60, &["--conv", "3:2:4,3:2:8", "--dense", "16", "--dropout", "0.1", "--learning-rate", "0.01"]);
+    let cnn = data.train(
+        "cnn",
+        "cnn",
+        60,
+        &[
+            "--conv",
+            "3:2:4,3:2:8",
+            "--dense",
+            "16",
+            "--dropout",
+            "0.1",
+            "--learning-rate",
+            "0.01",
+        ],
+    );
     let (v1, check) = export_ok(&cnn, &[]);
     assert_eq!(v1, cnn.join("export").join("1"));
     check_layout(&v1, "cnn", 1);
     let m = read_json(&v1.join("metrics.json"));
     assert!(m["gate"]["passed"].as_bool().unwrap(), "{m}");
-    assert!(m["accuracy"].as_f64().unwrap() > m["baseline"]["accuracy"].as_f64().unwrap(), "{m}");
+    assert!(
+        m["accuracy"].as_f64().unwrap() > m["baseline"]["accuracy"].as_f64().unwrap(),
+        "{m}"
+    );
     let sig = read_json(&v1.join("signature.json"));
-    assert_eq!(sig["inputs"]["img_16"]["shape"], serde_json::json!([-1, 1, 16, 16]), "{sig}");
+    assert_eq!(
+        sig["inputs"]["img_16"]["shape"],
+        serde_json::json!([-1, 1, 16, 16]),
+        "{sig}"
+    );
     checks.push(check);
 
     // Same model again: not below the newest version, so version 2; with --quiet the path is
@@ -205,7 +371,12 @@ fn export_every_model_kind_and_the_gate() {
     let (o, _) = export(&cnn, &["--quiet"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(o.stderr.is_empty(), "{}", text(&o));
-    let v2 = PathBuf::from(String::from_utf8(o.stdout).unwrap().strip_suffix('\n').unwrap());
+    let v2 = PathBuf::from(
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .strip_suffix('\n')
+            .unwrap(),
+    );
     check_layout(&v2, "cnn", 2);
 
     // A newest version that claims a better accuracy makes the gate refuse, --force overrides.
@@ -216,10 +387,17 @@ fn export_every_model_kind_and_the_gate() {
     let (o, _) = export(&cnn, &[]);
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("below") && err.contains("version 2") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("below") && err.contains("version 2") && err.contains("--force"),
+        "{err}"
+    );
     let (v3, _) = export_ok(&cnn, &["--force"]);
     check_layout(&v3, "cnn", 3);
-    assert!(read_json(&v3.join("metrics.json"))["gate"]["forced"].as_bool().unwrap());
+    assert!(
+        read_json(&v3.join("metrics.json"))["gate"]["forced"]
+            .as_bool()
+            .unwrap()
+    );
     burn_and_tract_agree(&cnn, &v3, &data.ndjson());
 
     // The class prior is never better than itself: refused, exported with --force into the
@@ -230,7 +408,10 @@ fn export_every_model_kind_and_the_gate() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("not above the baseline"), "{err}");
-    let (v4, check) = export_ok(&baseline, &["--export-dir", base.to_str().unwrap(), "--force"]);
+    let (v4, check) = export_ok(
+        &baseline,
+        &["--export-dir", base.to_str().unwrap(), "--force"],
+    );
     check_layout(&v4, "baseline", 4);
     checks.push(check);
 
@@ -250,7 +431,11 @@ fn export_every_model_kind_and_the_gate() {
     let (v, check) = export_ok(&rnn, &["--force"]);
     check_layout(&v, "rnn", 1);
     let sig = read_json(&v.join("signature.json"));
-    assert_eq!(sig["inputs"]["strokes"]["shape"], serde_json::json!([-1, -1, 3]), "{sig}");
+    assert_eq!(
+        sig["inputs"]["strokes"]["shape"],
+        serde_json::json!([-1, -1, 3]),
+        "{sig}"
+    );
     checks.push(check);
     burn_and_tract_agree(&rnn, &v, &data.ndjson()[..1]);
 
@@ -264,15 +449,25 @@ fn non_finite_weights_are_never_exported() {
     // Poison the checkpoint's output bias.
     let cfg = TrainConfig::load(&dir).unwrap();
     let ck = select_checkpoint(&dir, CheckpointSel::Latest).unwrap();
-    let device = quickdraw_train::device::inference_device(quickdraw_train::DeviceChoice::Cpu).unwrap();
-    let Model::Linear(mut m) = load_model(&cfg.model, &ck, &device).unwrap() else { panic!("linear") };
-    m.output.bias = Some(Param::from_tensor(Tensor::<1>::full([3], f32::NAN, &device)));
+    let device =
+        quickdraw_train::device::inference_device(quickdraw_train::DeviceChoice::Cpu).unwrap();
+    let Model::Linear(mut m) = load_model(&cfg.model, &ck, &device).unwrap() else {
+        panic!("linear")
+    };
+    m.output.bias = Some(Param::from_tensor(Tensor::<1>::full(
+        [3],
+        f32::NAN,
+        &device,
+    )));
     Model::Linear(m).save_file(ck.model_file()).unwrap();
 
     let step = ck.state.step.to_string();
     let (o, _) = export(&dir, &["--checkpoint", &step, "--force"]);
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("non-finite") && err.contains("output.bias"), "{err}");
+    assert!(
+        err.contains("non-finite") && err.contains("output.bias"),
+        "{err}"
+    );
     assert!(!dir.join("export").join("1").exists());
 }

@@ -20,12 +20,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_quickdraw");
 const SIZE: u32 = 8;
 
 fn qd(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run quickdraw")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run quickdraw")
 }
 
 fn ok(args: &[&str]) -> String {
     let o = qd(args);
-    assert!(o.status.success(), "quickdraw {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "quickdraw {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -42,7 +49,10 @@ fn gamma(key_id: u64, mirrored: bool) -> Drawing {
         countrycode: "CH".into(),
         timestamp: 1_500_000_000,
         recognized: true,
-        ink: Ink::Strokes(vec![Stroke::new(vec![x(0.0), x(0.0)], vec![0.0, 255.0]), Stroke::new(vec![x(0.0), x(60.0)], vec![0.0, 0.0])]),
+        ink: Ink::Strokes(vec![
+            Stroke::new(vec![x(0.0), x(0.0)], vec![0.0, 255.0]),
+            Stroke::new(vec![x(0.0), x(60.0)], vec![0.0, 0.0]),
+        ]),
     }
 }
 
@@ -69,20 +79,33 @@ fn model_show_prints_the_signature() {
     }
     // A base folder shows its newest version; --all loads the ONNX graph with tract.
     let all = ok(&["model", "show", "--dir", s(tmp.path()), "--all"]);
-    assert!(all.contains("onnx:") && all.contains("symbolic batch") && all.contains("   2 right"), "{all}");
-    let v: Value = serde_json::from_str(&ok(&["model", "show", "--dir", s(&dir), "--all", "--json"])).unwrap();
+    assert!(
+        all.contains("onnx:") && all.contains("symbolic batch") && all.contains("   2 right"),
+        "{all}"
+    );
+    let v: Value =
+        serde_json::from_str(&ok(&["model", "show", "--dir", s(&dir), "--all", "--json"])).unwrap();
     assert_eq!(v["version"], 3);
-    assert_eq!(v["signature"]["inputs"]["img_8"]["shape"], json!([-1, 1, 8, 8]));
+    assert_eq!(
+        v["signature"]["inputs"]["img_8"]["shape"],
+        json!([-1, 1, 8, 8])
+    );
     assert_eq!(v["labels"], json!(["blank", "left", "right"]));
     assert_eq!(v["onnx"]["batch"], "symbolic");
     // A folder that is not an export.
     let o = qd(&["model", "show", "--dir", s(&tmp.path().join("3/assets"))]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("signature.json"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("signature.json"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn json_lines(out: &str) -> Vec<Value> {
-    out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 #[test]
@@ -91,11 +114,31 @@ fn model_run_json_on_drawings_examples_and_tensors() {
     let dir = testing::write_demo_export(tmp.path(), 1, SIZE).unwrap();
     let nd = tmp.path().join("drawings.ndjson");
     let mut f = std::fs::File::create(&nd).unwrap();
-    writeln!(f, "{}", quickdraw_data::ingest::ndjson::to_line(&gamma(11, false))).unwrap();
-    writeln!(f, "{}", quickdraw_data::ingest::ndjson::to_line(&gamma(12, true))).unwrap();
+    writeln!(
+        f,
+        "{}",
+        quickdraw_data::ingest::ndjson::to_line(&gamma(11, false))
+    )
+    .unwrap();
+    writeln!(
+        f,
+        "{}",
+        quickdraw_data::ingest::ndjson::to_line(&gamma(12, true))
+    )
+    .unwrap();
     writeln!(f, "{{\"broken\": true}}").unwrap();
     drop(f);
-    let out = ok(&["model", "run", "--dir", s(&dir), "--input-ndjson", s(&nd), "--json", "-k", "2"]);
+    let out = ok(&[
+        "model",
+        "run",
+        "--dir",
+        s(&dir),
+        "--input-ndjson",
+        s(&nd),
+        "--json",
+        "-k",
+        "2",
+    ]);
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 2, "the invalid record is skipped: {out}");
     assert_eq!(lines[0]["key_id"], 11);
@@ -114,34 +157,85 @@ fn model_run_json_on_drawings_examples_and_tensors() {
     let mut w = TfRecordWriter::create(&rec).unwrap();
     for (i, d) in [gamma(11, false), gamma(12, true)].iter().enumerate() {
         let p = preprocess(&d.ink, &spec).unwrap();
-        w.write_record(&encode_example(d, i as i64 + 1, &p, &spec)).unwrap();
+        w.write_record(&encode_example(d, i as i64 + 1, &p, &spec))
+            .unwrap();
     }
     w.flush().unwrap();
     drop(w);
-    let ex = json_lines(&ok(&["model", "run", "--dir", s(&dir), "--input-examples", s(&rec), "--json"]));
+    let ex = json_lines(&ok(&[
+        "model",
+        "run",
+        "--dir",
+        s(&dir),
+        "--input-examples",
+        s(&rec),
+        "--json",
+    ]));
     assert_eq!(ex.len(), 2);
     for (a, b) in ex.iter().zip(&lines) {
         assert_eq!(a["key_id"], b["key_id"]);
         assert_eq!(a["class"], b["class"]);
-        let (pa, pb) = (a["top_k"][0]["probability"].as_f64().unwrap(), b["top_k"][0]["probability"].as_f64().unwrap());
+        let (pa, pb) = (
+            a["top_k"][0]["probability"].as_f64().unwrap(),
+            b["top_k"][0]["probability"].as_f64().unwrap(),
+        );
         assert!((pa - pb).abs() < 1e-6, "same preprocessing, same answer");
     }
 
     // Tensors: np-style shorthand and nested JSON lists.
-    let t = json_lines(&ok(&["model", "run", "--dir", s(&dir), "--input-exprs", "img_8=np.zeros((2,1,8,8))", "--json"]));
+    let t = json_lines(&ok(&[
+        "model",
+        "run",
+        "--dir",
+        s(&dir),
+        "--input-exprs",
+        "img_8=np.zeros((2,1,8,8))",
+        "--json",
+    ]));
     assert_eq!(t.len(), 2);
     assert_eq!(t[0]["class"], "blank");
-    let left: Vec<Vec<f32>> = (0..8).map(|_| (0..8).map(|x| if x < 4 { 1.0 } else { 0.0 }).collect()).collect();
+    let left: Vec<Vec<f32>> = (0..8)
+        .map(|_| (0..8).map(|x| if x < 4 { 1.0 } else { 0.0 }).collect())
+        .collect();
     let expr = format!("img_8={}", serde_json::to_string(&left).unwrap());
-    let t = json_lines(&ok(&["model", "run", "--dir", s(&dir), "--input-exprs", &expr, "--json"]));
+    let t = json_lines(&ok(&[
+        "model",
+        "run",
+        "--dir",
+        s(&dir),
+        "--input-exprs",
+        &expr,
+        "--json",
+    ]));
     assert_eq!(t[0]["class"], "left");
     // Text output and errors naming the expected input.
-    let text = ok(&["model", "run", "--dir", s(&dir), "--input-ndjson", s(&nd), "--limit", "1", "-q"]);
+    let text = ok(&[
+        "model",
+        "run",
+        "--dir",
+        s(&dir),
+        "--input-ndjson",
+        s(&nd),
+        "--limit",
+        "1",
+        "-q",
+    ]);
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.contains("left 0."), "{text}");
-    let o = qd(&["model", "run", "--dir", s(&dir), "--input-exprs", "img_9=np.zeros((1,1,9,9))"]);
+    let o = qd(&[
+        "model",
+        "run",
+        "--dir",
+        s(&dir),
+        "--input-exprs",
+        "img_9=np.zeros((1,1,9,9))",
+    ]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("img_8"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("img_8"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A running `quickdraw serve`, killed on drop.
@@ -154,7 +248,15 @@ struct Server {
 impl Server {
     fn start(base: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args(["serve", "--model-base-path", s(base), "--port", "0", "--poll-seconds", "0.2"])
+            .args([
+                "serve",
+                "--model-base-path",
+                s(base),
+                "--port",
+                "0",
+                "--poll-seconds",
+                "0.2",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -174,8 +276,17 @@ impl Server {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on ").nth(1) {
-                        let url = rest.split_whitespace().next().unwrap().trim_end_matches('/').to_string();
-                        return Server { child, url, stderr: rx };
+                        let url = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap()
+                            .trim_end_matches('/')
+                            .to_string();
+                        return Server {
+                            child,
+                            url,
+                            stderr: rx,
+                        };
                     }
                 }
                 Err(e) => {
@@ -188,13 +299,23 @@ impl Server {
     }
 
     fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into()
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into()
     }
 
     fn get(&self, path: &str) -> (u16, Value) {
-        let mut r = Self::agent().get(&format!("{}{path}", self.url)).call().unwrap();
+        let mut r = Self::agent()
+            .get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap();
         let body = r.body_mut().read_to_string().unwrap();
-        (r.status().as_u16(), serde_json::from_str(&body).unwrap_or(Value::String(body)))
+        (
+            r.status().as_u16(),
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
     }
 
     fn post(&self, path: &str, body: &Value) -> (u16, String, Value) {
@@ -203,9 +324,17 @@ impl Server {
             .header("content-type", "application/json")
             .send(body.to_string())
             .unwrap();
-        let version = r.headers().get("x-quickdraw-model-version").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let version = r
+            .headers()
+            .get("x-quickdraw-model-version")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
         let text = r.body_mut().read_to_string().unwrap();
-        (r.status().as_u16(), version, serde_json::from_str(&text).unwrap())
+        (
+            r.status().as_u16(),
+            version,
+            serde_json::from_str(&text).unwrap(),
+        )
     }
 
     /// Sends SIGTERM and waits: the server shuts down gracefully.
@@ -217,7 +346,10 @@ impl Server {
             if let Some(st) = self.child.try_wait().unwrap() {
                 break st;
             }
-            assert!(Instant::now() < deadline, "the server did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         assert!(status.success(), "graceful shutdown exits 0, got {status}");
@@ -241,7 +373,12 @@ fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
 }
 
 fn drawing_json(d: &Drawing) -> Value {
-    let strokes: Vec<Value> = d.strokes().unwrap().iter().map(|s| json!([s.x, s.y])).collect();
+    let strokes: Vec<Value> = d
+        .strokes()
+        .unwrap()
+        .iter()
+        .map(|s| json!([s.x, s.y]))
+        .collect();
     json!({"drawing": strokes, "key_id": d.key_id.to_string(), "countrycode": d.countrycode})
 }
 
@@ -254,8 +391,12 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
     let server = Server::start(&base, &["--log-requests", s(&logs), "--max-batch", "8"]);
 
     let (code, v) = server.get("/v1/models/quickdraw");
-    assert_eq!((code, &v["model_version_status"][0]["version"]), (200, &json!("1")));
-    let body = json!({"instances": [drawing_json(&gamma(5, false)), drawing_json(&gamma(6, true))]});
+    assert_eq!(
+        (code, &v["model_version_status"][0]["version"]),
+        (200, &json!("1"))
+    );
+    let body =
+        json!({"instances": [drawing_json(&gamma(5, false)), drawing_json(&gamma(6, true))]});
     let (code, version, v) = server.post("/v1/models/quickdraw:predict", &body);
     assert_eq!((code, version.as_str()), (200, "1"), "{v}");
     assert_eq!(v["predictions"][0]["class_name"], "left");
@@ -265,7 +406,9 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
     // without a restart.
     testing::write_demo_export(&tmp.path().join("staging"), 2, SIZE).unwrap();
     std::fs::rename(tmp.path().join("staging/2"), base.join("2")).unwrap();
-    wait_for("version 2", || server.get("/v1/models/quickdraw").1["model_version_status"][0]["version"] == "2");
+    wait_for("version 2", || {
+        server.get("/v1/models/quickdraw").1["model_version_status"][0]["version"] == "2"
+    });
     let (_, version, _) = server.post("/v1/models/quickdraw:predict", &body);
     assert_eq!(version, "2");
 
@@ -273,14 +416,25 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
     let d3 = testing::write_demo_export(&tmp.path().join("staging"), 3, SIZE).unwrap();
     std::fs::write(d3.join("model.onnx"), b"not onnx").unwrap();
     std::fs::rename(&d3, base.join("3")).unwrap();
-    wait_for("version 3 marked broken", || server.get("/v1/models/quickdraw").1["model_version_status"][0]["state"] == "END");
-    let (code, version, _) = server.post("/v1/models/quickdraw:classify", &json!({"examples": [drawing_json(&gamma(7, false))]}));
+    wait_for("version 3 marked broken", || {
+        server.get("/v1/models/quickdraw").1["model_version_status"][0]["state"] == "END"
+    });
+    let (code, version, _) = server.post(
+        "/v1/models/quickdraw:classify",
+        &json!({"examples": [drawing_json(&gamma(7, false))]}),
+    );
     assert_eq!((code, version.as_str()), (200, "2"));
 
     // Errors over the wire.
-    let (code, _, v) = server.post("/v1/models/quickdraw:predict", &json!({"instances": vec![json!([0]); 9]}));
+    let (code, _, v) = server.post(
+        "/v1/models/quickdraw:predict",
+        &json!({"instances": vec![json!([0]); 9]}),
+    );
     assert_eq!(code, 413, "{v}");
-    let (code, _, v) = server.post("/v1/models/quickdraw:predict", &json!({"instances": [[1, 2]]}));
+    let (code, _, v) = server.post(
+        "/v1/models/quickdraw:predict",
+        &json!({"instances": [[1, 2]]}),
+    );
     assert_eq!(code, 400);
     assert!(v["error"].as_str().unwrap().contains("img_8"), "{v}");
     let (code, page) = server.get("/");
@@ -289,7 +443,10 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
 
     let stderr = server.stop();
     let all = stderr.join("\n");
-    assert!(all.contains("version 3") && all.contains("failed to load"), "the broken version is logged:\n{all}");
+    assert!(
+        all.contains("version 3") && all.contains("failed to load"),
+        "the broken version is logged:\n{all}"
+    );
     assert!(all.contains("serving version 2"), "{all}");
 
     // The request log is QuickDraw NDJSON: 5 drawings (2 + 2 predicted, 1 classified), one
@@ -298,41 +455,137 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
     assert_eq!(left.lines().count(), 3, "{left}");
     let right = std::fs::read_to_string(logs.join("right.ndjson")).unwrap();
     assert_eq!(right.lines().count(), 2, "{right}");
-    let d = quickdraw_data::ingest::ndjson::parse_line(right.lines().next().unwrap().as_bytes()).unwrap();
+    let d = quickdraw_data::ingest::ndjson::parse_line(right.lines().next().unwrap().as_bytes())
+        .unwrap();
     assert_eq!((d.key_id, d.countrycode.as_str()), (6, "CH"));
-    let versions: Vec<u64> = left.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["serving"]["version"].as_u64().unwrap()).collect();
+    let versions: Vec<u64> = left
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["serving"]["version"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
     assert_eq!(versions, vec![1, 2, 2]);
     let data = tmp.path().join("from-logs");
-    ok(&["convert", "-q", "--input", s(&logs.join("left.ndjson")), s(&logs.join("right.ndjson")), "--output", s(&data), "--split", "train=1.0", "--shards", "1", "--size", "8"]);
+    ok(&[
+        "convert",
+        "-q",
+        "--input",
+        s(&logs.join("left.ndjson")),
+        s(&logs.join("right.ndjson")),
+        "--output",
+        s(&data),
+        "--split",
+        "train=1.0",
+        "--shards",
+        "1",
+        "--size",
+        "8",
+    ]);
     let m = quickdraw_data::manifest::DatasetManifest::load(&data).unwrap();
     assert_eq!(m.totals.kept, 5, "every logged drawing converts back");
 
     // Skew of the log against a training set made by synth + convert.
     let raw = tmp.path().join("raw");
-    ok(&["synth", "-q", "--classes", "3", "--per-class", "60", "--out", s(&raw)]);
+    ok(&[
+        "synth",
+        "-q",
+        "--classes",
+        "3",
+        "--per-class",
+        "60",
+        "--out",
+        s(&raw),
+    ]);
     let train = tmp.path().join("train");
-    let raws: Vec<PathBuf> = std::fs::read_dir(&raw).unwrap().map(|e| e.unwrap().path()).collect();
-    let mut args = vec!["convert", "-q", "--output", s(&train), "--split", "train=1.0", "--shards", "1", "--size", "8", "--input"];
+    let raws: Vec<PathBuf> = std::fs::read_dir(&raw)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let mut args = vec![
+        "convert",
+        "-q",
+        "--output",
+        s(&train),
+        "--split",
+        "train=1.0",
+        "--shards",
+        "1",
+        "--size",
+        "8",
+        "--input",
+    ];
     args.extend(raws.iter().map(|p| s(p)));
     ok(&args);
-    let report: Value = serde_json::from_str(&ok(&["skew", "-q", "--log", s(&logs), "--manifest", s(&train.join("manifest.json")), "--json", "--sample", "30"])).unwrap();
-    let feats: Vec<&str> = report["numeric"].as_array().unwrap().iter().map(|f| f["feature"].as_str().unwrap()).collect();
+    let report: Value = serde_json::from_str(&ok(&[
+        "skew",
+        "-q",
+        "--log",
+        s(&logs),
+        "--manifest",
+        s(&train.join("manifest.json")),
+        "--json",
+        "--sample",
+        "30",
+    ]))
+    .unwrap();
+    let feats: Vec<&str> = report["numeric"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["feature"].as_str().unwrap())
+        .collect();
     assert_eq!(feats, ["strokes", "points", "ink_share", "aspect"]);
     assert_eq!(report["serve"]["read"], 5);
-    assert_eq!(report["serve"]["duplicates"], 2, "key_ids 5 and 6 were predicted twice");
+    assert_eq!(
+        report["serve"]["duplicates"], 2,
+        "key_ids 5 and 6 were predicted twice"
+    );
     assert_eq!(report["numeric"][0]["serve_n"], 3);
     assert!(report["train"]["read"].as_u64().unwrap() >= 60);
-    assert_eq!(report["numeric"][0]["serve_mean"], 2.0, "every logged drawing has 2 strokes");
-    let cats: Vec<&str> = report["categorical"].as_array().unwrap().iter().map(|c| c["feature"].as_str().unwrap()).collect();
+    assert_eq!(
+        report["numeric"][0]["serve_mean"], 2.0,
+        "every logged drawing has 2 strokes"
+    );
+    let cats: Vec<&str> = report["categorical"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["feature"].as_str().unwrap())
+        .collect();
     assert_eq!(cats, ["country", "predicted_class"]);
-    let text = ok(&["skew", "-q", "--log", s(&logs), "--manifest", s(&train), "--sample", "30"]);
+    let text = ok(&[
+        "skew",
+        "-q",
+        "--log",
+        s(&logs),
+        "--manifest",
+        s(&train),
+        "--sample",
+        "30",
+    ]);
     assert!(text.contains("ink_share") && text.contains("PSI"), "{text}");
-    let o = qd(&["skew", "-q", "--log", s(&logs), "--manifest", s(&train), "--sample", "30", "--fail-above", "0.0001"]);
+    let o = qd(&[
+        "skew",
+        "-q",
+        "--log",
+        s(&logs),
+        "--manifest",
+        s(&train),
+        "--sample",
+        "30",
+        "--fail-above",
+        "0.0001",
+    ]);
     assert!(!o.status.success(), "drift above the threshold fails");
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 #[test]
@@ -340,11 +593,18 @@ fn browser_draws_and_gets_live_predictions() {
     let root = repo_root();
     let script = root.join("tests/browser/draw.mjs");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let missing: Vec<String> = [
         (!node_ok).then(|| "node is not on PATH".to_string()),
-        (!root.join("tests/browser/node_modules/playwright-core").is_dir()).then(|| "tests/browser/node_modules (run `npm ci` in tests/browser)".to_string()),
-        (!Path::new(&chromium).exists()).then(|| format!("{chromium} (apt-get install -y chromium, or set CHROMIUM)")),
+        (!root
+            .join("tests/browser/node_modules/playwright-core")
+            .is_dir())
+        .then(|| "tests/browser/node_modules (run `npm ci` in tests/browser)".to_string()),
+        (!Path::new(&chromium).exists())
+            .then(|| format!("{chromium} (apt-get install -y chromium, or set CHROMIUM)")),
     ]
     .into_iter()
     .flatten()
@@ -363,7 +623,13 @@ fn browser_draws_and_gets_live_predictions() {
     let logs = tmp.path().join("logs");
     let server = Server::start(&base, &["--log-requests", s(&logs)]);
     let artifacts = root.join("target/test-artifacts");
-    let out = Command::new("node").arg(&script).arg(format!("{}/", server.url)).arg(&artifacts).env("CHROMIUM", &chromium).output().unwrap();
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(format!("{}/", server.url))
+        .arg(&artifacts)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "draw.mjs failed:\n{stdout}\n{stderr}");
@@ -373,16 +639,38 @@ fn browser_draws_and_gets_live_predictions() {
     assert_eq!(summary["version_shown"], "4");
     assert!(artifacts.join("draw.png").is_file());
     let server_log = server.stop().join("\n");
-    assert!(server_log.contains(":classify -> 200 version 4"), "the server saw the page's requests:\n{server_log}");
+    assert!(
+        server_log.contains(":classify -> 200 version 4"),
+        "the server saw the page's requests:\n{server_log}"
+    );
     // The page's drawings were logged with their timing (raw format).
     let logged: Vec<Drawing> = std::fs::read_dir(&logs)
         .unwrap()
-        .flat_map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .map(|l| quickdraw_data::ingest::ndjson::parse_line(l.as_bytes()).unwrap())
         .collect();
     assert!(!logged.is_empty());
-    assert!(logged.iter().all(|d| d.strokes().unwrap().iter().all(|s| s.t.is_some())), "strokes are sent with t");
+    assert!(
+        logged
+            .iter()
+            .all(|d| d.strokes().unwrap().iter().all(|s| s.t.is_some())),
+        "strokes are sent with t"
+    );
     let keys: std::collections::BTreeSet<u64> = logged.iter().map(|d| d.key_id).collect();
-    assert_eq!(keys.len(), 1, "one key_id for the drawing's live guesses and undo: {keys:?}");
-    assert!(logged.len() >= 3, "live guess, finished drawing, after undo: {} lines", logged.len());
+    assert_eq!(
+        keys.len(),
+        1,
+        "one key_id for the drawing's live guesses and undo: {keys:?}"
+    );
+    assert!(
+        logged.len() >= 3,
+        "live guess, finished drawing, after undo: {} lines",
+        logged.len()
+    );
 }

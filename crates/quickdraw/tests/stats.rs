@@ -8,7 +8,10 @@ use std::process::{Command, Output};
 use quickdraw_data::tfrecord::{TfRecordReader, TfRecordWriter};
 
 fn quickdraw(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quickdraw")).args(args).output().expect("run quickdraw")
+    Command::new(env!("CARGO_BIN_EXE_quickdraw"))
+        .args(args)
+        .output()
+        .expect("run quickdraw")
 }
 
 fn run(args: &[&str]) -> Output {
@@ -17,7 +20,12 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("status {}\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// `n` valid records of `word`: strokes of 8 + 3 points, countries cycling VE, US, GB, DE, FR,
@@ -26,8 +34,12 @@ fn ndjson(word: &str, n: usize) -> String {
     let countries = ["VE", "US", "GB", "DE", "FR"];
     let mut out = String::new();
     for i in 0..n {
-        let x: Vec<String> = (0..8).map(|j| ((i * 7 + j * 31) % 256).to_string()).collect();
-        let y: Vec<String> = (0..8).map(|j| ((i * 13 + j * 17) % 256).to_string()).collect();
+        let x: Vec<String> = (0..8)
+            .map(|j| ((i * 7 + j * 31) % 256).to_string())
+            .collect();
+        let y: Vec<String> = (0..8)
+            .map(|j| ((i * 13 + j * 17) % 256).to_string())
+            .collect();
         out.push_str(&format!(
             "{{\"word\":\"{word}\",\"countrycode\":\"{}\",\"timestamp\":\"2017-03-02 23:25:{:02}.07453 UTC\",\"recognized\":{},\"key_id\":\"{}\",\"drawing\":[[[{}],[{}]],[[130,113,99],[72,40,27]]]}}\n",
             countries[i % countries.len()],
@@ -54,7 +66,11 @@ fn fixture() -> Fixture {
     let input = root.join("in");
     std::fs::create_dir_all(&input).unwrap();
     // cat: 40 records + 1 invalid line; dog: 30 records.
-    std::fs::write(input.join("cat.ndjson"), ndjson("cat", 40) + "{\"word\": broken\n").unwrap();
+    std::fs::write(
+        input.join("cat.ndjson"),
+        ndjson("cat", 40) + "{\"word\": broken\n",
+    )
+    .unwrap();
     std::fs::write(input.join("dog.ndjson"), ndjson("dog", 30)).unwrap();
     let dataset = root.join("shards");
     let out = run(&[
@@ -73,7 +89,12 @@ fn fixture() -> Fixture {
         "--include-unrecognized",
     ]);
     assert!(out.status.success(), "convert failed: {}", text(&out));
-    Fixture { _tmp: tmp, root, input, dataset }
+    Fixture {
+        _tmp: tmp,
+        root,
+        input,
+        dataset,
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -99,7 +120,8 @@ fn input_statistics_per_class() {
     let f = fixture();
     let out = stats(&f.input, true);
     assert!(out.status.success(), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
     let cat = &v["inputs"]["classes"]["cat"];
     assert_eq!(cat["records"], 41, "{cat}");
     assert_eq!(cat["valid"], 40);
@@ -123,7 +145,12 @@ fn input_statistics_per_class() {
     let out = stats(&f.input.join("cat.ndjson"), false);
     assert!(out.status.success(), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("cat: 1 files") && s.contains("invalid_json=1") && s.contains("recognized:        75.0%"), "{s}");
+    assert!(
+        s.contains("cat: 1 files")
+            && s.contains("invalid_json=1")
+            && s.contains("recognized:        75.0%"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -141,8 +168,14 @@ fn a_healthy_dataset_passes() {
     let d = &v["datasets"][0];
     assert_eq!(d["ok"], true, "{d}");
     assert_eq!(d["examples_checked"], 70);
-    assert_eq!(d["found"]["train"]["cat"], d["manifest"]["per_class"]["cat"]["splits"]["train"]);
-    assert_eq!(d["found"]["eval"]["dog"], d["manifest"]["per_class"]["dog"]["splits"]["eval"]);
+    assert_eq!(
+        d["found"]["train"]["cat"],
+        d["manifest"]["per_class"]["cat"]["splits"]["train"]
+    );
+    assert_eq!(
+        d["found"]["eval"]["dog"],
+        d["manifest"]["per_class"]["dog"]["splits"]["eval"]
+    );
     assert_eq!(d["manifest"]["classes"][1], "dog");
 }
 
@@ -163,7 +196,10 @@ fn a_removed_record_is_found() {
     copy_dir(&f.dataset, &dir);
     let name = &shard_names(&dir)[0];
     let path = dir.join(name);
-    let records: Vec<Vec<u8>> = TfRecordReader::open(&path).unwrap().map(|r| r.unwrap()).collect();
+    let records: Vec<Vec<u8>> = TfRecordReader::open(&path)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
     assert!(records.len() > 1);
     let mut w = TfRecordWriter::create(&path).unwrap();
     for r in &records[..records.len() - 1] {
@@ -175,9 +211,21 @@ fn a_removed_record_is_found() {
     let out = stats(&dir, false);
     assert!(!out.status.success(), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains(&format!("{name}: manifest.json says {} examples, the file holds {}", records.len(), records.len() - 1)), "{}", text(&out));
+    assert!(
+        s.contains(&format!(
+            "{name}: manifest.json says {} examples, the file holds {}",
+            records.len(),
+            records.len() - 1
+        )),
+        "{}",
+        text(&out)
+    );
     assert!(s.contains("split \"train\", class"), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("dataset check failed"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dataset check failed"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -197,10 +245,16 @@ fn a_flipped_byte_is_located() {
     let out = stats(&dir, true);
     assert!(!out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let problems: Vec<String> =
-        v["datasets"][0]["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let problems: Vec<String> = v["datasets"][0]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
     assert!(
-        problems.iter().any(|p| p.contains(name.as_str()) && p.contains(&format!("at byte {second}")) && p.contains("CRC")),
+        problems.iter().any(|p| p.contains(name.as_str())
+            && p.contains(&format!("at byte {second}"))
+            && p.contains("CRC")),
         "{problems:#?}"
     );
 }
@@ -216,6 +270,9 @@ fn an_unlisted_shard_and_wrong_labels_are_reported() {
     let out = stats(&dir, false);
     assert!(!out.status.success(), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("test-00000-of-00001: shard file not listed in manifest.json"), "{s}");
+    assert!(
+        s.contains("test-00000-of-00001: shard file not listed in manifest.json"),
+        "{s}"
+    );
     assert!(s.contains("labels.txt: lists"), "{s}");
 }

@@ -14,7 +14,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_quickdraw");
 
 fn ok(args: &[&str]) {
     let o = Command::new(BIN).args(args).output().unwrap();
-    assert!(o.status.success(), "quickdraw {args:?}:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "quickdraw {args:?}:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// expected.json for check_events.py, from what our own reader finds in a log directory.
@@ -25,10 +29,14 @@ fn expected(dir: &Path) -> (serde_json::Value, Vec<String>) {
     let mut histos: BTreeMap<String, usize> = BTreeMap::new();
     for f in event_files(dir).unwrap() {
         for e in read_events(&f).unwrap() {
-            let Some(What::Summary(s)) = &e.what else { continue };
+            let Some(What::Summary(s)) = &e.what else {
+                continue;
+            };
             for v in &s.value {
                 match &v.value {
-                    Some(Kind::SimpleValue(x)) => scalars.entry(v.tag.clone()).or_default().push((e.step, *x)),
+                    Some(Kind::SimpleValue(x)) => {
+                        scalars.entry(v.tag.clone()).or_default().push((e.step, *x))
+                    }
                     Some(Kind::Image(_)) => *images.entry(v.tag.clone()).or_default() += 1,
                     Some(Kind::Histo(_)) => *histos.entry(v.tag.clone()).or_default() += 1,
                     _ => {}
@@ -43,28 +51,109 @@ fn expected(dir: &Path) -> (serde_json::Value, Vec<String>) {
     for t in histos.keys() {
         args.extend(["--histogram".to_string(), t.clone()]);
     }
-    let scalars: serde_json::Map<String, serde_json::Value> =
-        scalars.into_iter().map(|(k, v)| (k, serde_json::json!(v.iter().map(|(s, x)| serde_json::json!([s, x])).collect::<Vec<_>>()))).collect();
+    let scalars: serde_json::Map<String, serde_json::Value> = scalars
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                serde_json::json!(
+                    v.iter()
+                        .map(|(s, x)| serde_json::json!([s, x]))
+                        .collect::<Vec<_>>()
+                ),
+            )
+        })
+        .collect();
     (serde_json::json!({ "scalars": scalars }), args)
 }
 
 #[test]
 fn tensorboard_reads_training_and_eval_summaries() {
     let tmp = tempfile::tempdir().unwrap();
-    let (raw, data, model) = (tmp.path().join("raw"), tmp.path().join("data"), tmp.path().join("model"));
+    let (raw, data, model) = (
+        tmp.path().join("raw"),
+        tmp.path().join("data"),
+        tmp.path().join("model"),
+    );
     let p = |x: &Path| x.display().to_string();
-    ok(&["-q", "synth", "--classes", "3", "--per-class", "40", "--out", &p(&raw)]);
-    ok(&["-q", "convert", "--input", &p(&raw), "--output", &p(&data), "--size", "16", "--split", "train=0.8,eval=0.2", "--shards", "1"]);
-    let (train, eval) = (format!("{}/train-*", p(&data)), format!("{}/eval-*", p(&data)));
-    ok(&["-q", "train", "--model", "linear", "--model-dir", &p(&model), "--train-files", &train, "--eval-files", &eval,
-        "--train-steps", "12", "--batch-size", "16", "--eval-every", "6", "--log-every", "2", "--checkpoint-every", "6"]);
+    ok(&[
+        "-q",
+        "synth",
+        "--classes",
+        "3",
+        "--per-class",
+        "40",
+        "--out",
+        &p(&raw),
+    ]);
+    ok(&[
+        "-q",
+        "convert",
+        "--input",
+        &p(&raw),
+        "--output",
+        &p(&data),
+        "--size",
+        "16",
+        "--split",
+        "train=0.8,eval=0.2",
+        "--shards",
+        "1",
+    ]);
+    let (train, eval) = (
+        format!("{}/train-*", p(&data)),
+        format!("{}/eval-*", p(&data)),
+    );
+    ok(&[
+        "-q",
+        "train",
+        "--model",
+        "linear",
+        "--model-dir",
+        &p(&model),
+        "--train-files",
+        &train,
+        "--eval-files",
+        &eval,
+        "--train-steps",
+        "12",
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "6",
+        "--log-every",
+        "2",
+        "--checkpoint-every",
+        "6",
+    ]);
 
     let root = common::repo_root();
-    let Some(python) = common::verification_python() else { return };
-    for (dir, must) in [(model.clone(), vec!["loss", "accuracy", "top3_accuracy", "learning_rate", "examples_per_sec"]), (model.join("eval"), vec!["loss", "accuracy", "top3_accuracy", "map3"])] {
+    let Some(python) = common::verification_python() else {
+        return;
+    };
+    for (dir, must) in [
+        (
+            model.clone(),
+            vec![
+                "loss",
+                "accuracy",
+                "top3_accuracy",
+                "learning_rate",
+                "examples_per_sec",
+            ],
+        ),
+        (
+            model.join("eval"),
+            vec!["loss", "accuracy", "top3_accuracy", "map3"],
+        ),
+    ] {
         let (exp, extra) = expected(&dir);
         for tag in &must {
-            assert!(exp["scalars"].get(*tag).is_some(), "{}: scalar {tag} not written: {exp}", dir.display());
+            assert!(
+                exp["scalars"].get(*tag).is_some(),
+                "{}: scalar {tag} not written: {exp}",
+                dir.display()
+            );
         }
         let exp_path = tmp.path().join("expected.json");
         std::fs::write(&exp_path, exp.to_string()).unwrap();
@@ -84,10 +173,19 @@ fn tensorboard_reads_training_and_eval_summaries() {
             String::from_utf8_lossy(&o.stderr)
         );
         if dir.ends_with("eval") {
-            assert!(extra.iter().any(|a| a == "confusion_matrix"), "eval summaries carry the confusion matrix image: {extra:?}");
+            assert!(
+                extra.iter().any(|a| a == "confusion_matrix"),
+                "eval summaries carry the confusion matrix image: {extra:?}"
+            );
         } else {
-            assert!(extra.iter().any(|a| a == "inputs"), "train summaries carry a grid of inputs: {extra:?}");
-            assert!(extra.iter().any(|a| a.starts_with("weights/")), "weight histograms: {extra:?}");
+            assert!(
+                extra.iter().any(|a| a == "inputs"),
+                "train summaries carry a grid of inputs: {extra:?}"
+            );
+            assert!(
+                extra.iter().any(|a| a.starts_with("weights/")),
+                "weight histograms: {extra:?}"
+            );
         }
     }
 }

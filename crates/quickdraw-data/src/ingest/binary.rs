@@ -5,14 +5,16 @@
 
 use std::io::{self, BufRead};
 
-use crate::readfull::read_up_to;
 use crate::drawing::{Drawing, Ink, Stroke};
+use crate::readfull::read_up_to;
 use crate::validate::{Reject, RejectReason};
 
 const HEADER: usize = 8 + 2 + 1 + 4 + 2;
 
 /// Reads the bytes of one record; `truncated` when the file ends inside it.
-pub(crate) fn next_record<R: BufRead>(r: &mut R) -> io::Result<Option<(Vec<u8>, bool, Option<Reject>)>> {
+pub(crate) fn next_record<R: BufRead>(
+    r: &mut R,
+) -> io::Result<Option<(Vec<u8>, bool, Option<Reject>)>> {
     let mut buf = vec![0u8; HEADER];
     let n = read_up_to(r, &mut buf)?;
     if n == 0 {
@@ -43,17 +45,29 @@ pub(crate) fn next_record<R: BufRead>(r: &mut R) -> io::Result<Option<(Vec<u8>, 
 
 /// Decodes one record's bytes.
 pub fn parse_record(b: &[u8], class: &str) -> Result<Drawing, Reject> {
-    let short = || Reject::new(RejectReason::Truncated, format!("record has only {} bytes", b.len()));
+    let short = || {
+        Reject::new(
+            RejectReason::Truncated,
+            format!("record has only {} bytes", b.len()),
+        )
+    };
     if b.len() < HEADER {
         return Err(short());
     }
     let key_id = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
     let cc = &b[8..10];
-    let countrycode = String::from_utf8_lossy(cc).trim_end_matches('\0').to_string();
+    let countrycode = String::from_utf8_lossy(cc)
+        .trim_end_matches('\0')
+        .to_string();
     let recognized = match b[10] {
         0 => false,
         1 => true,
-        v => return Err(Reject::new(RejectReason::WrongType, format!("recognized byte is {v}, expected 0 or 1"))),
+        v => {
+            return Err(Reject::new(
+                RejectReason::WrongType,
+                format!("recognized byte is {v}, expected 0 or 1"),
+            ));
+        }
     };
     let timestamp = u32::from_le_bytes(b[11..15].try_into().expect("4 bytes")) as i64;
     let n_strokes = u16::from_le_bytes([b[15], b[16]]) as usize;
@@ -73,7 +87,14 @@ pub fn parse_record(b: &[u8], class: &str) -> Result<Drawing, Reject> {
         at += 2 * n;
         strokes.push(Stroke::new(x, y));
     }
-    Ok(Drawing { key_id, word: class.to_string(), countrycode, timestamp, recognized, ink: Ink::Strokes(strokes) })
+    Ok(Drawing {
+        key_id,
+        word: class.to_string(),
+        countrycode,
+        timestamp,
+        recognized,
+        ink: Ink::Strokes(strokes),
+    })
 }
 
 /// Encodes a drawing in the binary format (coordinates must already be simplified, 0..=255).
@@ -102,13 +123,21 @@ mod tests {
     #[test]
     fn hand_built_record() {
         // key_id 1, "CH", recognized, timestamp 2, one stroke of two points (3,4) (5,6).
-        let bytes = [1, 0, 0, 0, 0, 0, 0, 0, b'C', b'H', 1, 2, 0, 0, 0, 1, 0, 2, 0, 3, 5, 4, 6];
+        let bytes = [
+            1, 0, 0, 0, 0, 0, 0, 0, b'C', b'H', 1, 2, 0, 0, 0, 1, 0, 2, 0, 3, 5, 4, 6,
+        ];
         let mut r = &bytes[..];
         let (rec, truncated, _) = next_record(&mut r).unwrap().unwrap();
         assert!(!truncated);
         let d = parse_record(&rec, "cat").unwrap();
-        assert_eq!((d.key_id, d.countrycode.as_str(), d.recognized, d.timestamp), (1, "CH", true, 2));
-        assert_eq!(d.strokes().unwrap(), &[Stroke::new(vec![3., 5.], vec![4., 6.])]);
+        assert_eq!(
+            (d.key_id, d.countrycode.as_str(), d.recognized, d.timestamp),
+            (1, "CH", true, 2)
+        );
+        assert_eq!(
+            d.strokes().unwrap(),
+            &[Stroke::new(vec![3., 5.], vec![4., 6.])]
+        );
         let mut enc = vec![];
         encode_record(&d, &mut enc);
         assert_eq!(enc, bytes);
@@ -116,6 +145,9 @@ mod tests {
         let mut r = &bytes[..bytes.len() - 1];
         let (rec, truncated, _) = next_record(&mut r).unwrap().unwrap();
         assert!(truncated);
-        assert_eq!(parse_record(&rec, "cat").unwrap_err().reason, RejectReason::Truncated);
+        assert_eq!(
+            parse_record(&rec, "cat").unwrap_err().reason,
+            RejectReason::Truncated
+        );
     }
 }

@@ -54,7 +54,10 @@ pub enum IngestError {
 
 impl IngestError {
     fn io(path: &Path, source: io::Error) -> Self {
-        IngestError::Io { path: path.to_path_buf(), source }
+        IngestError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -64,7 +67,11 @@ pub const NDJSON_EXTENSIONS: &[&str] = &["ndjson", "jsonl", "json"];
 /// Format and compression of a file, from its name, or from its first bytes when the name
 /// does not tell.
 pub fn detect(path: &Path) -> Result<(Format, bool), IngestError> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let (base, gz_by_name) = match name.strip_suffix(".gz") {
         Some(b) => (b.to_string(), true),
         None => (name.clone(), false),
@@ -80,7 +87,9 @@ pub fn detect(path: &Path) -> Result<(Format, bool), IngestError> {
         None
     };
     let mut head = [0u8; 8];
-    let n = File::open(path).and_then(|mut f| read_up_to(&mut f, &mut head)).map_err(|e| IngestError::io(path, e))?;
+    let n = File::open(path)
+        .and_then(|mut f| read_up_to(&mut f, &mut head))
+        .map_err(|e| IngestError::io(path, e))?;
     let gz = gz_by_name || (n >= 2 && head[..2] == [0x1f, 0x8b]);
     if let Some(f) = by_ext {
         return Ok((f, gz));
@@ -106,13 +115,21 @@ pub fn detect(path: &Path) -> Result<(Format, bool), IngestError> {
 /// The class a file holds, from its name: `cat.ndjson.gz` -> `cat`, `full_simplified_cat.ndjson`
 /// -> `cat` (prefixes of Google's bucket paths flattened into file names are removed).
 pub fn class_from_path(path: &Path) -> String {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let name = name.strip_suffix(".gz").unwrap_or(name);
     let stem = match name.rsplit_once('.') {
         Some((s, e)) if NDJSON_EXTENSIONS.contains(&e) || e == "bin" || e == "npy" => s,
         _ => name,
     };
-    for p in ["full_simplified_", "full_raw_", "full_binary_", "full_numpy_bitmap_"] {
+    for p in [
+        "full_simplified_",
+        "full_raw_",
+        "full_binary_",
+        "full_numpy_bitmap_",
+    ] {
         if let Some(s) = stem.strip_prefix(p) {
             return s.to_string();
         }
@@ -183,10 +200,23 @@ impl Decoded {
 }
 
 /// Opens a file for reading, transparently gunzipping; `progress` counts bytes read from disk.
-pub fn open_decoded(path: &Path, gz: bool, progress: Option<Arc<AtomicU64>>) -> Result<Decoded, IngestError> {
+pub fn open_decoded(
+    path: &Path,
+    gz: bool,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<Decoded, IngestError> {
     let f = File::open(path).map_err(|e| IngestError::io(path, e))?;
-    let raw = HashingReader { inner: BufReader::with_capacity(1 << 16, f), hasher: Sha256::new(), bytes: 0, progress };
-    Ok(if gz { Decoded::Gzip(Box::new(MultiGzDecoder::new(raw))) } else { Decoded::Plain(raw) })
+    let raw = HashingReader {
+        inner: BufReader::with_capacity(1 << 16, f),
+        hasher: Sha256::new(),
+        bytes: 0,
+        progress,
+    };
+    Ok(if gz {
+        Decoded::Gzip(Box::new(MultiGzDecoder::new(raw)))
+    } else {
+        Decoded::Plain(raw)
+    })
 }
 
 /// One framed unit of a file: an NDJSON line, a binary record or an image row.
@@ -219,7 +249,12 @@ impl UnitReader {
         Self::open_as(path, format, gzip, progress)
     }
 
-    pub fn open_as(path: &Path, format: Format, gzip: bool, progress: Option<Arc<AtomicU64>>) -> Result<Self, IngestError> {
+    pub fn open_as(
+        path: &Path,
+        format: Format,
+        gzip: bool,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<Self, IngestError> {
         let dec = open_decoded(path, gzip, progress)?;
         let mut r = UnitReader {
             path: path.to_path_buf(),
@@ -231,7 +266,10 @@ impl UnitReader {
             npy_rows: None,
         };
         if format == Format::NumpyBitmap {
-            let rows = npy::read_header(&mut r.src).map_err(|what| IngestError::BadFile { path: path.to_path_buf(), what })?;
+            let rows = npy::read_header(&mut r.src).map_err(|what| IngestError::BadFile {
+                path: path.to_path_buf(),
+                what,
+            })?;
             r.npy_rows = Some(rows);
         }
         Ok(r)
@@ -264,7 +302,12 @@ impl UnitReader {
                 if truncated {
                     self.done = true;
                 }
-                Ok(Some(Unit { index, bytes, truncated, reject }))
+                Ok(Some(Unit {
+                    index,
+                    bytes,
+                    truncated,
+                    reject,
+                }))
             }
         }
     }
@@ -273,7 +316,13 @@ impl UnitReader {
     pub fn next_record(&mut self) -> Result<Option<Unit>, IngestError> {
         loop {
             match self.next_unit()? {
-                Some(u) if self.format == Format::Ndjson && u.reject.is_none() && u.bytes.iter().all(u8::is_ascii_whitespace) => continue,
+                Some(u)
+                    if self.format == Format::Ndjson
+                        && u.reject.is_none()
+                        && u.bytes.iter().all(u8::is_ascii_whitespace) =>
+                {
+                    continue;
+                }
                 other => return Ok(other),
             }
         }
@@ -282,7 +331,10 @@ impl UnitReader {
     /// Finishes the file: SHA-256 and size on disk (reads what was not read yet).
     pub fn finish(self) -> Result<(String, u64), IngestError> {
         let path = self.path.clone();
-        self.src.into_inner().finish().map_err(|e| IngestError::io(&path, e))
+        self.src
+            .into_inner()
+            .finish()
+            .map_err(|e| IngestError::io(&path, e))
     }
 }
 
@@ -302,7 +354,10 @@ pub fn parse_unit(format: Format, unit: &Unit, class: &str) -> Result<Drawing, R
         Err(e) if unit.truncated => {
             return Err(Reject::new(
                 RejectReason::Truncated,
-                format!("last record is incomplete ({}); was the download interrupted?", e.detail),
+                format!(
+                    "last record is incomplete ({}); was the download interrupted?",
+                    e.detail
+                ),
             ));
         }
         Err(e) => return Err(e),
@@ -313,7 +368,9 @@ pub fn parse_unit(format: Format, unit: &Unit, class: &str) -> Result<Drawing, R
 
 /// Reads a line of at most `MAX_LINE_BYTES` (+ newline). Returns the bytes without the newline,
 /// whether the file ended without one, and a reject for over-long lines (which are skipped).
-pub(crate) fn read_line_limited<R: BufRead>(r: &mut R) -> io::Result<Option<(Vec<u8>, bool, Option<Reject>)>> {
+pub(crate) fn read_line_limited<R: BufRead>(
+    r: &mut R,
+) -> io::Result<Option<(Vec<u8>, bool, Option<Reject>)>> {
     let mut buf = Vec::new();
     let mut too_long = false;
     loop {
@@ -349,7 +406,10 @@ pub(crate) fn read_line_limited<R: BufRead>(r: &mut R) -> io::Result<Option<(Vec
 
 fn finish_line(mut buf: Vec<u8>, at_eof: bool, too_long: bool) -> (Vec<u8>, bool, Option<Reject>) {
     if too_long {
-        let r = Reject::new(RejectReason::TooLarge, format!("line longer than {MAX_LINE_BYTES} bytes"));
+        let r = Reject::new(
+            RejectReason::TooLarge,
+            format!("line longer than {MAX_LINE_BYTES} bytes"),
+        );
         return (Vec::new(), at_eof, Some(r));
     }
     if buf.last() == Some(&b'\r') {
@@ -369,7 +429,10 @@ mod tests {
     #[test]
     fn class_names_from_paths() {
         assert_eq!(class_from_path(Path::new("a/cat.ndjson")), "cat");
-        assert_eq!(class_from_path(Path::new("The Eiffel Tower.ndjson.gz")), "The Eiffel Tower");
+        assert_eq!(
+            class_from_path(Path::new("The Eiffel Tower.ndjson.gz")),
+            "The Eiffel Tower"
+        );
         assert_eq!(class_from_path(Path::new("full_binary_dog.bin")), "dog");
         assert_eq!(class_from_path(Path::new("x/fish.npy")), "fish");
     }
@@ -384,7 +447,12 @@ mod tests {
         }
         assert_eq!(
             out,
-            vec![("one".into(), false), ("two".into(), false), ("".into(), false), ("last".into(), true)]
+            vec![
+                ("one".into(), false),
+                ("two".into(), false),
+                ("".into(), false),
+                ("last".into(), true)
+            ]
         );
     }
 }

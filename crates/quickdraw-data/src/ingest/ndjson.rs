@@ -12,7 +12,9 @@ use crate::validate::{Reject, RejectReason};
 /// Google's timestamp format: `2017-03-02 23:25:10.07453 UTC`.
 pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
 
-pub(crate) fn next_line<R: BufRead>(r: &mut R) -> io::Result<Option<(Vec<u8>, bool, Option<Reject>)>> {
+pub(crate) fn next_line<R: BufRead>(
+    r: &mut R,
+) -> io::Result<Option<(Vec<u8>, bool, Option<Reject>)>> {
     super::read_line_limited(r)
 }
 
@@ -43,7 +45,9 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(t, TIMESTAMP_FORMAT) {
         return Some(dt.and_utc().timestamp());
     }
-    chrono::DateTime::parse_from_rfc3339(s.trim()).ok().map(|d| d.timestamp())
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|d| d.timestamp())
 }
 
 /// Formats UTC seconds the way Google's files do (`2017-03-02 23:25:10.00000 UTC`; whole
@@ -61,19 +65,35 @@ pub fn parse_line(line: &[u8]) -> Result<Drawing, Reject> {
     };
     let key_id = match rec.key_id {
         KeyId::Num(n) => n,
-        KeyId::Str(s) => s.parse::<u64>().map_err(|_| Reject::new(RejectReason::BadKeyId, format!("key_id {s:?} is not an unsigned integer")))?,
+        KeyId::Str(s) => s.parse::<u64>().map_err(|_| {
+            Reject::new(
+                RejectReason::BadKeyId,
+                format!("key_id {s:?} is not an unsigned integer"),
+            )
+        })?,
     };
-    let timestamp = parse_timestamp(&rec.timestamp)
-        .ok_or_else(|| Reject::new(RejectReason::BadTimestamp, format!("timestamp {:?}", rec.timestamp)))?;
+    let timestamp = parse_timestamp(&rec.timestamp).ok_or_else(|| {
+        Reject::new(
+            RejectReason::BadTimestamp,
+            format!("timestamp {:?}", rec.timestamp),
+        )
+    })?;
     let mut strokes = Vec::with_capacity(rec.drawing.len());
     for (i, mut arrays) in rec.drawing.into_iter().enumerate() {
         if arrays.len() != 2 && arrays.len() != 3 {
             return Err(Reject::new(
                 RejectReason::LengthMismatch,
-                format!("stroke {i} has {} arrays, expected [x, y] or [x, y, t]", arrays.len()),
+                format!(
+                    "stroke {i} has {} arrays, expected [x, y] or [x, y, t]",
+                    arrays.len()
+                ),
             ));
         }
-        let t = if arrays.len() == 3 { arrays.pop() } else { None };
+        let t = if arrays.len() == 3 {
+            arrays.pop()
+        } else {
+            None
+        };
         let y = arrays.pop().unwrap_or_default();
         let x = arrays.pop().unwrap_or_default();
         strokes.push(Stroke { x, y, t });
@@ -108,7 +128,10 @@ fn diagnose(line: &[u8], err: serde_json::Error) -> Reject {
     };
     for (name, want) in FIELDS {
         let Some(f) = obj.get(name) else {
-            return Reject::new(RejectReason::MissingField, format!("field {name:?} is missing"));
+            return Reject::new(
+                RejectReason::MissingField,
+                format!("field {name:?} is missing"),
+            );
         };
         let ok = match name {
             "recognized" => f.is_boolean(),
@@ -117,21 +140,39 @@ fn diagnose(line: &[u8], err: serde_json::Error) -> Reject {
             _ => f.is_string(),
         };
         if !ok {
-            return Reject::new(RejectReason::WrongType, format!("field {name:?} should be a {want}, got {}", short(f)));
+            return Reject::new(
+                RejectReason::WrongType,
+                format!("field {name:?} should be a {want}, got {}", short(f)),
+            );
         }
     }
     // The drawing has the wrong shape somewhere: find the first bad element.
     if let Some(strokes) = obj.get("drawing").and_then(|d| d.as_array()) {
         for (i, s) in strokes.iter().enumerate() {
             let Some(arrays) = s.as_array() else {
-                return Reject::new(RejectReason::WrongType, format!("drawing stroke {i} should be an array, got {}", short(s)));
+                return Reject::new(
+                    RejectReason::WrongType,
+                    format!("drawing stroke {i} should be an array, got {}", short(s)),
+                );
             };
             for (j, a) in arrays.iter().enumerate() {
                 let Some(vals) = a.as_array() else {
-                    return Reject::new(RejectReason::WrongType, format!("drawing stroke {i} array {j} should be an array of numbers, got {}", short(a)));
+                    return Reject::new(
+                        RejectReason::WrongType,
+                        format!(
+                            "drawing stroke {i} array {j} should be an array of numbers, got {}",
+                            short(a)
+                        ),
+                    );
                 };
                 if let Some(bad) = vals.iter().find(|v| !v.is_number()) {
-                    return Reject::new(RejectReason::WrongType, format!("drawing stroke {i} array {j} holds {}, expected numbers", short(bad)));
+                    return Reject::new(
+                        RejectReason::WrongType,
+                        format!(
+                            "drawing stroke {i} array {j} holds {}, expected numbers",
+                            short(bad)
+                        ),
+                    );
                 }
             }
         }
@@ -141,7 +182,14 @@ fn diagnose(line: &[u8], err: serde_json::Error) -> Reject {
 
 fn short(v: &serde_json::Value) -> String {
     let s = v.to_string();
-    if s.len() > 40 { format!("{}...", &s[..s.char_indices().nth(37).map_or(s.len(), |c| c.0)]) } else { s }
+    if s.len() > 40 {
+        format!(
+            "{}...",
+            &s[..s.char_indices().nth(37).map_or(s.len(), |c| c.0)]
+        )
+    } else {
+        s
+    }
 }
 
 /// Serialises a drawing as one line of Google's NDJSON format (raw when strokes carry `t`).
@@ -152,7 +200,13 @@ pub fn to_line(d: &Drawing) -> String {
     out.push_str(&serde_json::to_string(&d.word).unwrap_or_default());
     out.push_str(",\"countrycode\":");
     out.push_str(&serde_json::to_string(&d.countrycode).unwrap_or_default());
-    let _ = write!(out, ",\"timestamp\":\"{}\",\"recognized\":{},\"key_id\":\"{}\",\"drawing\":[", format_timestamp(d.timestamp), d.recognized, d.key_id);
+    let _ = write!(
+        out,
+        ",\"timestamp\":\"{}\",\"recognized\":{},\"key_id\":\"{}\",\"drawing\":[",
+        format_timestamp(d.timestamp),
+        d.recognized,
+        d.key_id
+    );
     if let Ink::Strokes(strokes) = &d.ink {
         for (i, s) in strokes.iter().enumerate() {
             if i > 0 {
@@ -214,12 +268,36 @@ mod tests {
     fn rejects_name_the_field() {
         let cases = [
             ("{\"word\":", RejectReason::InvalidJson, "EOF"),
-            (r#"{"countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":true,"key_id":"1","drawing":[]}"#, RejectReason::MissingField, "\"word\""),
-            (r#"{"word":"cat","countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":"yes","key_id":"1","drawing":[]}"#, RejectReason::WrongType, "\"recognized\""),
-            (r#"{"word":"cat","countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":true,"key_id":"1","drawing":[[[1],["a"]]]}"#, RejectReason::WrongType, "stroke 0 array 1"),
-            (r#"{"word":"cat","countrycode":"VE","timestamp":"yesterday","recognized":true,"key_id":"1","drawing":[]}"#, RejectReason::BadTimestamp, "yesterday"),
-            (r#"{"word":"cat","countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":true,"key_id":"-4","drawing":[]}"#, RejectReason::BadKeyId, "-4"),
-            (r#"{"word":"cat","countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":true,"key_id":"1","drawing":[[[1]]]}"#, RejectReason::LengthMismatch, "1 arrays"),
+            (
+                r#"{"countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":true,"key_id":"1","drawing":[]}"#,
+                RejectReason::MissingField,
+                "\"word\"",
+            ),
+            (
+                r#"{"word":"cat","countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":"yes","key_id":"1","drawing":[]}"#,
+                RejectReason::WrongType,
+                "\"recognized\"",
+            ),
+            (
+                r#"{"word":"cat","countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":true,"key_id":"1","drawing":[[[1],["a"]]]}"#,
+                RejectReason::WrongType,
+                "stroke 0 array 1",
+            ),
+            (
+                r#"{"word":"cat","countrycode":"VE","timestamp":"yesterday","recognized":true,"key_id":"1","drawing":[]}"#,
+                RejectReason::BadTimestamp,
+                "yesterday",
+            ),
+            (
+                r#"{"word":"cat","countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":true,"key_id":"-4","drawing":[]}"#,
+                RejectReason::BadKeyId,
+                "-4",
+            ),
+            (
+                r#"{"word":"cat","countrycode":"VE","timestamp":"2017-03-02 23:25:10 UTC","recognized":true,"key_id":"1","drawing":[[[1]]]}"#,
+                RejectReason::LengthMismatch,
+                "1 arrays",
+            ),
             ("[1,2]", RejectReason::WrongType, "not a JSON object"),
         ];
         for (line, reason, needle) in cases {

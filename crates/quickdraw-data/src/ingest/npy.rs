@@ -14,7 +14,8 @@ const ROW: usize = NPY_SIDE * NPY_SIDE;
 /// Parses the header; returns the number of rows.
 pub(crate) fn read_header<R: Read>(r: &mut R) -> Result<u64, String> {
     let mut magic = [0u8; 8];
-    r.read_exact(&mut magic).map_err(|e| format!("cannot read .npy magic: {e}"))?;
+    r.read_exact(&mut magic)
+        .map_err(|e| format!("cannot read .npy magic: {e}"))?;
     if &magic[..6] != b"\x93NUMPY" {
         return Err("not a .npy file (bad magic)".into());
     }
@@ -35,11 +36,15 @@ pub(crate) fn read_header<R: Read>(r: &mut R) -> Result<u64, String> {
         return Err(format!(".npy header of {hlen} bytes is implausible"));
     }
     let mut h = vec![0u8; hlen];
-    r.read_exact(&mut h).map_err(|e| format!("truncated .npy header: {e}"))?;
+    r.read_exact(&mut h)
+        .map_err(|e| format!("truncated .npy header: {e}"))?;
     let h = String::from_utf8_lossy(&h);
     let compact: String = h.chars().filter(|c| !c.is_whitespace()).collect();
     if !(compact.contains("'descr':'|u1'") || compact.contains("'descr':'<u1'")) {
-        return Err(format!("dtype must be uint8 ('|u1'), header is {}", h.trim()));
+        return Err(format!(
+            "dtype must be uint8 ('|u1'), header is {}",
+            h.trim()
+        ));
     }
     if !compact.contains("'fortran_order':False") {
         return Err("fortran_order arrays are not supported".into());
@@ -49,7 +54,12 @@ pub(crate) fn read_header<R: Read>(r: &mut R) -> Result<u64, String> {
         .nth(1)
         .and_then(|s| s.split(')').next())
         .ok_or_else(|| format!("no shape in header {}", h.trim()))?;
-    let dims: Vec<u64> = shape.split(',').filter(|s| !s.is_empty()).map(|s| s.parse::<u64>()).collect::<Result<_, _>>().map_err(|_| format!("bad shape ({shape})"))?;
+    let dims: Vec<u64> = shape
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad shape ({shape})"))?;
     match dims[..] {
         [n, 784] => Ok(n),
         [n, 28, 28] => Ok(n),
@@ -57,7 +67,9 @@ pub(crate) fn read_header<R: Read>(r: &mut R) -> Result<u64, String> {
     }
 }
 
-pub(crate) fn next_row<R: BufRead>(r: &mut R) -> io::Result<Option<(Vec<u8>, bool, Option<Reject>)>> {
+pub(crate) fn next_row<R: BufRead>(
+    r: &mut R,
+) -> io::Result<Option<(Vec<u8>, bool, Option<Reject>)>> {
     let mut buf = vec![0u8; ROW];
     let n = crate::readfull::read_up_to(r, &mut buf)?;
     if n == 0 {
@@ -69,7 +81,10 @@ pub(crate) fn next_row<R: BufRead>(r: &mut R) -> io::Result<Option<(Vec<u8>, boo
 
 pub fn parse_row(b: &[u8], index: u64, class: &str) -> Result<Drawing, Reject> {
     if b.len() != ROW {
-        return Err(Reject::new(RejectReason::Truncated, format!("image row has {} of {ROW} bytes", b.len())));
+        return Err(Reject::new(
+            RejectReason::Truncated,
+            format!("image row has {} of {ROW} bytes", b.len()),
+        ));
     }
     Ok(Drawing {
         key_id: index - 1,
@@ -77,7 +92,10 @@ pub fn parse_row(b: &[u8], index: u64, class: &str) -> Result<Drawing, Reject> {
         countrycode: String::new(),
         timestamp: 0,
         recognized: true,
-        ink: Ink::Bitmap(Bitmap { side: NPY_SIDE, pixels: b.to_vec() }),
+        ink: Ink::Bitmap(Bitmap {
+            side: NPY_SIDE,
+            pixels: b.to_vec(),
+        }),
     })
 }
 
@@ -112,13 +130,20 @@ mod tests {
         assert_eq!(d.key_id, 0);
         let (row, trunc, _) = next_row(&mut r).unwrap().unwrap();
         assert!(trunc);
-        assert_eq!(parse_row(&row, 2, "fish").unwrap_err().reason, RejectReason::Truncated);
+        assert_eq!(
+            parse_row(&row, 2, "fish").unwrap_err().reason,
+            RejectReason::Truncated
+        );
         assert!(next_row(&mut r).unwrap().is_none());
     }
 
     #[test]
     fn bad_headers() {
-        assert!(read_header(&mut &b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'}"[..]).unwrap_err().contains("uint8"));
+        assert!(
+            read_header(&mut &b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'}"[..])
+                .unwrap_err()
+                .contains("uint8")
+        );
         assert!(read_header(&mut &b"PK\x03\x04"[..]).is_err());
     }
 }

@@ -52,7 +52,9 @@ fn make_input(files: &[PathBuf], repeat: u32, dir: &Path) -> anyhow::Result<(u64
     for f in files {
         let name = f.file_name().context("input without a file name")?;
         let mut w = BufWriter::new(File::create(dir.join(name))?);
-        let src: Vec<String> = BufReader::new(File::open(f)?).lines().collect::<Result<_, _>>()?;
+        let src: Vec<String> = BufReader::new(File::open(f)?)
+            .lines()
+            .collect::<Result<_, _>>()?;
         for r in 0..repeat {
             for l in &src {
                 // Replace `"key_id":"123"` by a unique id per copy so hashing spreads the copies.
@@ -60,7 +62,15 @@ fn make_input(files: &[PathBuf], repeat: u32, dir: &Path) -> anyhow::Result<(u64
                     Some(i) => {
                         let start = i + 10;
                         let end = start + l[start..].find('"').unwrap_or(0);
-                        format!("{}{}{}", &l[..start], l[start..end].parse::<u64>().unwrap_or(0).wrapping_add(r as u64 * 1_000_003), &l[end..])
+                        format!(
+                            "{}{}{}",
+                            &l[..start],
+                            l[start..end]
+                                .parse::<u64>()
+                                .unwrap_or(0)
+                                .wrapping_add(r as u64 * 1_000_003),
+                            &l[end..]
+                        )
                     }
                     None => l.clone(),
                 };
@@ -76,13 +86,25 @@ fn make_input(files: &[PathBuf], repeat: u32, dir: &Path) -> anyhow::Result<(u64
 
 fn bench_convert(a: BenchConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
     if !a.data.exists() {
-        anyhow::bail!("benchmark data {} not found (the shared real QuickDraw samples); pass --data DIR", a.data.display());
+        anyhow::bail!(
+            "benchmark data {} not found (the shared real QuickDraw samples); pass --data DIR",
+            a.data.display()
+        );
     }
     let files = expand_inputs(std::slice::from_ref(&a.data))?;
     let exe = std::env::current_exe().context("locating the quickdraw binary")?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("convert benchmark: {} files from {}, {threads} threads", files.len(), a.data.display());
-    println!("{:>8} {:>10} {:>10} {:>9} {:>12} {:>12} {:>10}", "repeat", "drawings", "input MB", "seconds", "drawings/s", "peak RSS MB", "bytes/ex");
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "convert benchmark: {} files from {}, {threads} threads",
+        files.len(),
+        a.data.display()
+    );
+    println!(
+        "{:>8} {:>10} {:>10} {:>9} {:>12} {:>12} {:>10}",
+        "repeat", "drawings", "input MB", "seconds", "drawings/s", "peak RSS MB", "bytes/ex"
+    );
     let mut results = Vec::new();
     for &r in &a.repeat {
         let input = a.scratch.join(format!("input-x{r}"));
@@ -92,13 +114,20 @@ fn bench_convert(a: BenchConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
         let (lines, bytes) = make_input(&files, r, &input)?;
         let timing = a.scratch.join(format!("timing-x{r}.json"));
         let mut cmd = Command::new(&exe);
-        cmd.args(["convert", "--quiet", "--split", "train=0.8,eval=0.1,test=0.1", "--include-unrecognized", "--input"])
-            .arg(&input)
-            .arg("--output")
-            .arg(&output)
-            .arg("--timing-json")
-            .arg(&timing)
-            .args(&a.convert_args);
+        cmd.args([
+            "convert",
+            "--quiet",
+            "--split",
+            "train=0.8,eval=0.1,test=0.1",
+            "--include-unrecognized",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .arg("--timing-json")
+        .arg(&timing)
+        .args(&a.convert_args);
         let status = cmd.status().context("running convert")?;
         anyhow::ensure!(status.success(), "convert failed on the benchmark input");
         let t: serde_json::Value = serde_json::from_str(&fs::read_to_string(&timing)?)?;
@@ -107,14 +136,21 @@ fn bench_convert(a: BenchConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
         anyhow::ensure!(read == lines, "convert read {read} records of {lines}");
         let rss = t["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
         let bpe = t["bytes_per_example"].as_f64().unwrap_or(0.0);
-        println!("{r:>8} {lines:>10} {:>10.1} {secs:>9.2} {:>12.0} {rss:>12.1} {bpe:>10.0}", bytes as f64 / 1e6, lines as f64 / secs.max(1e-9));
+        println!(
+            "{r:>8} {lines:>10} {:>10.1} {secs:>9.2} {:>12.0} {rss:>12.1} {bpe:>10.0}",
+            bytes as f64 / 1e6,
+            lines as f64 / secs.max(1e-9)
+        );
         results.push(serde_json::json!({"repeat": r, "drawings": lines, "input_bytes": bytes, "seconds": secs,
             "drawings_per_sec": lines as f64 / secs.max(1e-9), "peak_rss_bytes": t["peak_rss_bytes"], "bytes_per_example": bpe}));
         let _ = fs::remove_dir_all(&input);
         let _ = fs::remove_dir_all(&output);
     }
     if !ctx.quiet {
-        println!("{}", serde_json::json!({"bench": "convert", "threads": threads, "convert_args": a.convert_args, "results": results}));
+        println!(
+            "{}",
+            serde_json::json!({"bench": "convert", "threads": threads, "convert_args": a.convert_args, "results": results})
+        );
     }
     Ok(())
 }

@@ -84,11 +84,19 @@ pub fn config(a: &ConvertArgs) -> anyhow::Result<ConvertConfig> {
             let eval_after = split::parse_date(d)?;
             let (eval_test, counts) = match p {
                 None => ([1.0, 1.0], None),
-                Some(SplitPolicy::Counts { counts }) => ([counts[1] as f64, counts[2] as f64], Some(counts)),
+                Some(SplitPolicy::Counts { counts }) => {
+                    ([counts[1] as f64, counts[2] as f64], Some(counts))
+                }
                 Some(SplitPolicy::Fractions { fractions }) => ([fractions[1], fractions[2]], None),
-                Some(SplitPolicy::ByTime { .. }) => unreachable!("parse_split never returns ByTime"),
+                Some(SplitPolicy::ByTime { .. }) => {
+                    unreachable!("parse_split never returns ByTime")
+                }
             };
-            SplitPolicy::ByTime { eval_after, eval_test, counts }
+            SplitPolicy::ByTime {
+                eval_after,
+                eval_test,
+                counts,
+            }
         }
     };
     anyhow::ensure!(
@@ -99,7 +107,9 @@ pub fn config(a: &ConvertArgs) -> anyhow::Result<ConvertConfig> {
     let features = FeatureSpec {
         raster: RasterSpec::new(a.raster, a.size, a.line_width),
         image_encoding: a.image_encoding,
-        strokes: a.strokes.then_some(StrokeSpec { max_points: a.max_points }),
+        strokes: a.strokes.then_some(StrokeSpec {
+            max_points: a.max_points,
+        }),
         simplify_raw: !a.no_simplify,
     };
     Ok(ConvertConfig {
@@ -131,13 +141,19 @@ pub fn run(a: ConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
     }
     if !ctx.quiet {
         print_summary(&report.manifest, report.skipped.len());
-        eprintln!("rejected records are listed in {}", report.rejects_path.display());
+        eprintln!(
+            "rejected records are listed in {}",
+            report.rejects_path.display()
+        );
     }
     Ok(())
 }
 
 /// Runs a conversion with a byte-progress bar; used by `convert` and `demo`.
-pub fn convert_with_progress(cfg: &ConvertConfig, ctx: Ctx) -> anyhow::Result<convert::ConvertReport> {
+pub fn convert_with_progress(
+    cfg: &ConvertConfig,
+    ctx: Ctx,
+) -> anyhow::Result<convert::ConvertReport> {
     let plan = convert::plan(cfg)?;
     let progress = Progress::default();
     let start = Instant::now();
@@ -189,7 +205,11 @@ pub fn print_summary(m: &DatasetManifest, skipped_files: usize) {
             sp(SPLITS[2]),
             c.filtered_total(),
             c.rejected_total(),
-            if c.quota_filled_early { "  (quotas full: rest of input hashed, not parsed)" } else { "" }
+            if c.quota_filled_early {
+                "  (quotas full: rest of input hashed, not parsed)"
+            } else {
+                ""
+            }
         );
     };
     for (name, c) in &m.per_class {
@@ -197,15 +217,28 @@ pub fn print_summary(m: &DatasetManifest, skipped_files: usize) {
     }
     row("TOTAL", &m.totals);
     if !m.totals.filtered.is_empty() {
-        let f: Vec<String> = m.totals.filtered.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let f: Vec<String> = m
+            .totals
+            .filtered
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!("filtered by reason: {}", f.join(", "));
     }
     if !m.totals.rejected.is_empty() {
-        let r: Vec<String> = m.totals.rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let r: Vec<String> = m
+            .totals
+            .rejected
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!("rejected by reason: {}", r.join(", "));
     }
     if m.totals.strokes_truncated > 0 {
-        println!("stroke sequences cut at --max-points: {}", m.totals.strokes_truncated);
+        println!(
+            "stroke sequences cut at --max-points: {}",
+            m.totals.strokes_truncated
+        );
     }
     if skipped_files > 0 {
         println!("input files of classes not selected (not read): {skipped_files}");
@@ -213,6 +246,11 @@ pub fn print_summary(m: &DatasetManifest, skipped_files: usize) {
     let shards: usize = m.shards.values().map(Vec::len).sum();
     println!(
         "{} shards, {:.0} bytes per example ({:?} images {}x{}, raster {:?})",
-        shards, m.bytes_per_example, m.features.image_encoding, m.features.raster.size, m.features.raster.size, m.features.raster.mode
+        shards,
+        m.bytes_per_example,
+        m.features.image_encoding,
+        m.features.raster.size,
+        m.features.raster.size,
+        m.features.raster.mode
     );
 }

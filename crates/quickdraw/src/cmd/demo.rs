@@ -46,10 +46,17 @@ fn step(ctx: Ctx, title: &str, args: &[String]) -> anyhow::Result<String> {
     if ctx.quiet {
         cmd.arg("--quiet");
     }
-    let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running quickdraw {}", args[0]))?;
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running quickdraw {}", args[0]))?;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     print!("{stdout}");
-    anyhow::ensure!(out.status.success(), "stage {title:?} failed (quickdraw {})", args.join(" "));
+    anyhow::ensure!(
+        out.status.success(),
+        "stage {title:?} failed (quickdraw {})",
+        args.join(" ")
+    );
     eprintln!("    ({:.1} s)", start.elapsed().as_secs_f64());
     Ok(stdout)
 }
@@ -69,32 +76,129 @@ pub fn run(a: DemoArgs, ctx: Ctx) -> anyhow::Result<()> {
     let eval_glob = format!("{}/eval-*", s(&data));
     let v = |x: &str| x.to_string();
 
-    step(ctx, "1/6 synthesise QuickDraw-format raw NDJSON", &[v("synth"), v("--classes"), a.classes.to_string(), v("--per-class"), a.per_class.to_string(), v("--out"), s(&raw)])?;
+    step(
+        ctx,
+        "1/6 synthesise QuickDraw-format raw NDJSON",
+        &[
+            v("synth"),
+            v("--classes"),
+            a.classes.to_string(),
+            v("--per-class"),
+            a.per_class.to_string(),
+            v("--out"),
+            s(&raw),
+        ],
+    )?;
     step(
         ctx,
         "2/6 convert: validate, simplify, rasterise, write TFRecord shards",
-        &[v("convert"), v("--input"), s(&raw), v("--output"), s(&data), v("--size"), a.size.to_string(), v("--split"), v("train=0.8,eval=0.1,test=0.1"), v("--shards"), v("4")],
+        &[
+            v("convert"),
+            v("--input"),
+            s(&raw),
+            v("--output"),
+            s(&data),
+            v("--size"),
+            a.size.to_string(),
+            v("--split"),
+            v("train=0.8,eval=0.1,test=0.1"),
+            v("--shards"),
+            v("4"),
+        ],
     )?;
     let common = |dir: &Path, model: &str, steps: u64| -> Vec<String> {
         vec![
-            v("train"), v("--model"), v(model), v("--model-dir"), s(dir), v("--train-files"), train_glob.clone(), v("--eval-files"),
-            eval_glob.clone(), v("--train-steps"), steps.to_string(), v("--batch-size"), v("64"), v("--overwrite"),
+            v("train"),
+            v("--model"),
+            v(model),
+            v("--model-dir"),
+            s(dir),
+            v("--train-files"),
+            train_glob.clone(),
+            v("--eval-files"),
+            eval_glob.clone(),
+            v("--train-steps"),
+            steps.to_string(),
+            v("--batch-size"),
+            v("64"),
+            v("--overwrite"),
         ]
     };
-    step(ctx, "3/6 train the baseline (class prior): the number to beat", &common(&baseline, "baseline", 20))?;
-    step(ctx, "4/6 train the lecture's CNN", &common(&cnn, "cnn", a.train_steps))?;
+    step(
+        ctx,
+        "3/6 train the baseline (class prior): the number to beat",
+        &common(&baseline, "baseline", 20),
+    )?;
+    step(
+        ctx,
+        "4/6 train the lecture's CNN",
+        &common(&cnn, "cnn", a.train_steps),
+    )?;
     for (name, dir) in [("baseline", &baseline), ("cnn", &cnn)] {
-        step(ctx, &format!("5/6 evaluate the {name} on the whole eval set"), &[v("evaluate"), v("--model-dir"), s(dir), v("--eval-files"), eval_glob.clone()])?;
+        step(
+            ctx,
+            &format!("5/6 evaluate the {name} on the whole eval set"),
+            &[
+                v("evaluate"),
+                v("--model-dir"),
+                s(dir),
+                v("--eval-files"),
+                eval_glob.clone(),
+            ],
+        )?;
     }
-    step(ctx, "   the delta between the two models", &[v("compare"), s(&baseline), s(&cnn), v("--eval-files"), eval_glob.clone()])?;
-    let out = step(ctx, "6/6 export the CNN (gate: must beat the baseline)", &[v("export"), v("--model-dir"), s(&cnn), v("--export-dir"), s(&export)])?;
+    step(
+        ctx,
+        "   the delta between the two models",
+        &[
+            v("compare"),
+            s(&baseline),
+            s(&cnn),
+            v("--eval-files"),
+            eval_glob.clone(),
+        ],
+    )?;
+    let out = step(
+        ctx,
+        "6/6 export the CNN (gate: must beat the baseline)",
+        &[
+            v("export"),
+            v("--model-dir"),
+            s(&cnn),
+            v("--export-dir"),
+            s(&export),
+        ],
+    )?;
     let version_dir = out.lines().last().unwrap_or_default().trim().to_string();
-    step(ctx, "   inspect the export", &[v("model"), v("show"), v("--dir"), version_dir.clone()])?;
-    eprintln!("\ndemo pipeline finished in {:.0} s; artifacts under {}", total.elapsed().as_secs_f64(), a.out.display());
+    step(
+        ctx,
+        "   inspect the export",
+        &[v("model"), v("show"), v("--dir"), version_dir.clone()],
+    )?;
+    eprintln!(
+        "\ndemo pipeline finished in {:.0} s; artifacts under {}",
+        total.elapsed().as_secs_f64(),
+        a.out.display()
+    );
     if a.no_serve {
         return Ok(());
     }
-    eprintln!("\n==> serving the export: open http://127.0.0.1:{}/ and draw (Ctrl-C to stop)", a.port);
-    step(ctx, "serve", &[v("serve"), v("--model-base-path"), s(&export), v("--model-name"), v("quickdraw"), v("--port"), a.port.to_string()])?;
+    eprintln!(
+        "\n==> serving the export: open http://127.0.0.1:{}/ and draw (Ctrl-C to stop)",
+        a.port
+    );
+    step(
+        ctx,
+        "serve",
+        &[
+            v("serve"),
+            v("--model-base-path"),
+            s(&export),
+            v("--model-name"),
+            v("quickdraw"),
+            v("--port"),
+            a.port.to_string(),
+        ],
+    )?;
     Ok(())
 }

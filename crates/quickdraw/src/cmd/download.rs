@@ -144,7 +144,13 @@ pub fn encode_segment(s: &str) -> String {
 
 /// The URL of a class file.
 pub fn class_url(base_url: &str, format: RemoteFormat, class: &str) -> String {
-    format!("{}/{}/{}.{}", base_url.trim_end_matches('/'), format.folder(), encode_segment(class), format.extension())
+    format!(
+        "{}/{}/{}.{}",
+        base_url.trim_end_matches('/'),
+        format.folder(),
+        encode_segment(class),
+        format.extension()
+    )
 }
 
 pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
@@ -156,8 +162,14 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(a.jobs >= 1, "--jobs must be at least 1");
-    anyhow::ensure!(a.retry_wait.is_finite() && a.retry_wait >= 0.0, "--retry-wait must be a number of seconds >= 0");
-    anyhow::ensure!(a.timeout.is_finite() && a.timeout > 0.0, "--timeout must be a number of seconds > 0");
+    anyhow::ensure!(
+        a.retry_wait.is_finite() && a.retry_wait >= 0.0,
+        "--retry-wait must be a number of seconds >= 0"
+    );
+    anyhow::ensure!(
+        a.timeout.is_finite() && a.timeout > 0.0,
+        "--timeout must be a number of seconds > 0"
+    );
     fs::create_dir_all(&a.dest).with_context(|| format!("creating {}", a.dest.display()))?;
 
     let jobs: Vec<Job> = classes
@@ -165,7 +177,13 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
         .map(|c| {
             let path = a.dest.join(format!("{c}.{}", a.format.extension()));
             let part = part_path(&path);
-            Job { class: c.clone(), url: class_url(&a.base_url, a.format, c), path, part, format: a.format.format() }
+            Job {
+                class: c.clone(),
+                url: class_url(&a.base_url, a.format, c),
+                path,
+                part,
+                format: a.format.format(),
+            }
         })
         .collect();
 
@@ -179,7 +197,11 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
         .build()
         .into();
 
-    let multi = if ctx.quiet { MultiProgress::with_draw_target(ProgressDrawTarget::hidden()) } else { MultiProgress::new() };
+    let multi = if ctx.quiet {
+        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    } else {
+        MultiProgress::new()
+    };
     let say = |msg: String| {
         if !ctx.quiet {
             multi.suspend(|| eprintln!("{msg}"));
@@ -187,7 +209,8 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
     };
 
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<anyhow::Result<Done>>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<anyhow::Result<Done>>>> =
+        Mutex::new((0..jobs.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..a.jobs.min(jobs.len()) {
             s.spawn(|| {
@@ -196,10 +219,16 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
                     let Some(job) = jobs.get(i) else { break };
                     let r = fetch(job, &agent, &a, ctx, &multi, &say);
                     match &r {
-                        Ok(Done::Downloaded { bytes }) => say(format!("{}: downloaded {} ({bytes} bytes)", job.class, job.path.display())),
-                        Ok(Done::Skipped { bytes }) => {
-                            say(format!("{}: {} is already complete ({bytes} bytes), skipped", job.class, job.path.display()))
-                        }
+                        Ok(Done::Downloaded { bytes }) => say(format!(
+                            "{}: downloaded {} ({bytes} bytes)",
+                            job.class,
+                            job.path.display()
+                        )),
+                        Ok(Done::Skipped { bytes }) => say(format!(
+                            "{}: {} is already complete ({bytes} bytes), skipped",
+                            job.class,
+                            job.path.display()
+                        )),
                         // Failures are reported even under --quiet.
                         Err(e) => multi.suspend(|| eprintln!("{}: FAILED: {e:#}", job.class)),
                     }
@@ -210,7 +239,9 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
             });
         }
     });
-    let results = results.into_inner().map_err(|_| anyhow!("a download thread panicked"))?;
+    let results = results
+        .into_inner()
+        .map_err(|_| anyhow!("a download thread panicked"))?;
 
     let (mut downloaded, mut skipped, mut failed) = (0usize, 0usize, Vec::new());
     for (job, r) in jobs.iter().zip(results) {
@@ -229,24 +260,42 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
         );
     }
     if !failed.is_empty() {
-        anyhow::bail!("{} of {} downloads failed: {}", failed.len(), jobs.len(), failed.join("; "));
+        anyhow::bail!(
+            "{} of {} downloads failed: {}",
+            failed.len(),
+            jobs.len(),
+            failed.join("; ")
+        );
     }
     Ok(())
 }
 
 fn part_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".part");
     path.with_file_name(name)
 }
 
 fn file_len(p: &Path) -> Option<u64> {
-    fs::metadata(p).ok().filter(|m| m.is_file()).map(|m| m.len())
+    fs::metadata(p)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
 }
 
 /// Fetches one file: skip when complete, otherwise download (resuming) with retries, verify,
 /// rename.
-fn fetch(job: &Job, agent: &ureq::Agent, a: &DownloadArgs, ctx: Ctx, multi: &MultiProgress, say: &dyn Fn(String)) -> anyhow::Result<Done> {
+fn fetch(
+    job: &Job,
+    agent: &ureq::Agent,
+    a: &DownloadArgs,
+    ctx: Ctx,
+    multi: &MultiProgress,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Done> {
     if a.force {
         // Start afresh; the existing file is replaced only once the new one is complete.
         match fs::remove_file(&job.part) {
@@ -260,12 +309,23 @@ fn fetch(job: &Job, agent: &ureq::Agent, a: &DownloadArgs, ctx: Ctx, multi: &Mul
             Ok(()) => return Ok(Done::Skipped { bytes }),
             Err(why) => {
                 if file_len(&job.part).is_some() {
-                    say(format!("{}: {} is incomplete ({why}); continuing {}", job.class, job.path.display(), job.part.display()));
-                    fs::remove_file(&job.path).with_context(|| format!("removing {}", job.path.display()))?;
+                    say(format!(
+                        "{}: {} is incomplete ({why}); continuing {}",
+                        job.class,
+                        job.path.display(),
+                        job.part.display()
+                    ));
+                    fs::remove_file(&job.path)
+                        .with_context(|| format!("removing {}", job.path.display()))?;
                 } else {
-                    say(format!("{}: {} is incomplete ({why}); resuming it", job.class, job.path.display()));
-                    fs::rename(&job.path, &job.part)
-                        .with_context(|| format!("renaming {} to {}", job.path.display(), job.part.display()))?;
+                    say(format!(
+                        "{}: {} is incomplete ({why}); resuming it",
+                        job.class,
+                        job.path.display()
+                    ));
+                    fs::rename(&job.path, &job.part).with_context(|| {
+                        format!("renaming {} to {}", job.path.display(), job.part.display())
+                    })?;
                 }
             }
         }
@@ -280,16 +340,27 @@ fn fetch(job: &Job, agent: &ureq::Agent, a: &DownloadArgs, ctx: Ctx, multi: &Mul
 
     if let Err(why) = verify(&job.part, job.format, total) {
         let _ = fs::remove_file(&job.part);
-        anyhow::bail!("{}: downloaded file is incomplete or corrupt: {why} (removed {})", job.url, job.part.display());
+        anyhow::bail!(
+            "{}: downloaded file is incomplete or corrupt: {why} (removed {})",
+            job.url,
+            job.part.display()
+        );
     }
     let bytes = file_len(&job.part).unwrap_or(0);
-    fs::rename(&job.part, &job.path).with_context(|| format!("renaming {} to {}", job.part.display(), job.path.display()))?;
+    fs::rename(&job.part, &job.path)
+        .with_context(|| format!("renaming {} to {}", job.part.display(), job.path.display()))?;
     Ok(Done::Downloaded { bytes })
 }
 
 /// Runs attempts until the `.part` file holds every byte the server announced; returns the
 /// announced size (`None` when the server never said).
-fn download_with_retries(job: &Job, agent: &ureq::Agent, a: &DownloadArgs, bar: &ProgressBar, say: &dyn Fn(String)) -> anyhow::Result<Option<u64>> {
+fn download_with_retries(
+    job: &Job,
+    agent: &ureq::Agent,
+    a: &DownloadArgs,
+    bar: &ProgressBar,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Option<u64>> {
     let mut failures = 0u32;
     let mut attempts = 0u32;
     loop {
@@ -307,7 +378,10 @@ fn download_with_retries(job: &Job, agent: &ureq::Agent, a: &DownloadArgs, bar: 
                     return Err(e.context(format!("giving up after {attempts} attempts")));
                 }
                 let wait = (a.retry_wait * 2f64.powi(failures as i32 - 1)).min(60.0);
-                say(format!("{}: {e:#}; retrying in {wait:.1} s ({failures}/{})", job.class, a.retries));
+                say(format!(
+                    "{}: {e:#}; retrying in {wait:.1} s ({failures}/{})",
+                    job.class, a.retries
+                ));
                 std::thread::sleep(Duration::from_secs_f64(wait));
             }
         }
@@ -357,8 +431,15 @@ fn attempt(job: &Job, agent: &ureq::Agent, bar: &ProgressBar) -> Result<Option<u
     };
     let status = resp.status();
     let code = status.as_u16();
-    let status_text = format!("HTTP {code}{}", status.canonical_reason().map(|r| format!(" {r}")).unwrap_or_default());
-    let content_length: Option<u64> = header(&resp, "content-length").and_then(|v| v.trim().parse().ok());
+    let status_text = format!(
+        "HTTP {code}{}",
+        status
+            .canonical_reason()
+            .map(|r| format!(" {r}"))
+            .unwrap_or_default()
+    );
+    let content_length: Option<u64> =
+        header(&resp, "content-length").and_then(|v| v.trim().parse().ok());
     let content_range = header(&resp, "content-range").and_then(parse_content_range);
 
     // Where the body starts in the file, and the size of the whole file.
@@ -388,7 +469,9 @@ fn attempt(job: &Job, agent: &ureq::Agent, bar: &ProgressBar) -> Result<Option<u
                 )));
             }
         },
-        408 | 429 | 500..=599 => return Err(Failure::Transient(anyhow!("GET {url}: {status_text}"))),
+        408 | 429 | 500..=599 => {
+            return Err(Failure::Transient(anyhow!("GET {url}: {status_text}")));
+        }
         _ => return Err(Failure::Permanent(anyhow!("GET {url}: {status_text}"))),
     };
 
@@ -411,7 +494,9 @@ fn attempt(job: &Job, agent: &ureq::Agent, bar: &ProgressBar) -> Result<Option<u
         match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                file.write_all(&buf[..n]).map_err(|e| Failure::Permanent(anyhow!("writing {}: {e}", job.part.display())))?;
+                file.write_all(&buf[..n]).map_err(|e| {
+                    Failure::Permanent(anyhow!("writing {}: {e}", job.part.display()))
+                })?;
                 got += n as u64;
                 bar.set_position(got);
             }
@@ -427,31 +512,43 @@ fn attempt(job: &Job, agent: &ureq::Agent, bar: &ProgressBar) -> Result<Option<u
         .map_err(|e| Failure::Permanent(anyhow!("writing {}: {e}", job.part.display())))?;
 
     let of_total = total.map(|t| format!(" of {t}")).unwrap_or_default();
-    let because = cause.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
+    let because = cause
+        .as_ref()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
     match total {
         Some(t) if got > t => {
             truncate(&job.part)?;
-            Err(Failure::Transient(anyhow!("GET {url}: received {got} bytes, more than the {t} announced; restarting")))
+            Err(Failure::Transient(anyhow!(
+                "GET {url}: received {got} bytes, more than the {t} announced; restarting"
+            )))
         }
-        Some(t) if got < t => {
-            Err(Failure::Transient(anyhow!("GET {url}: incomplete download: received {got}{of_total} bytes{because}")))
-        }
-        _ if cause.is_some() => {
-            Err(Failure::Transient(anyhow!("GET {url}: incomplete download: received {got}{of_total} bytes{because}")))
-        }
+        Some(t) if got < t => Err(Failure::Transient(anyhow!(
+            "GET {url}: incomplete download: received {got}{of_total} bytes{because}"
+        ))),
+        _ if cause.is_some() => Err(Failure::Transient(anyhow!(
+            "GET {url}: incomplete download: received {got}{of_total} bytes{because}"
+        ))),
         _ => Ok(total),
     }
 }
 
 fn truncate(p: &Path) -> Result<(), Failure> {
-    File::create(p).map(drop).map_err(|e| Failure::Permanent(anyhow!("truncating {}: {e}", p.display())))
+    File::create(p)
+        .map(drop)
+        .map_err(|e| Failure::Permanent(anyhow!("truncating {}: {e}", p.display())))
 }
 
 /// Checks that a file is whole: size (when announced) and format.
 fn verify(path: &Path, format: Format, expected: Option<u64>) -> Result<(), String> {
-    let len = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+    let len = fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
     if let Some(t) = expected.filter(|&t| t != len) {
-        return Err(format!("{} has {len} bytes, the server announced {t}", path.display()));
+        return Err(format!(
+            "{} has {len} bytes, the server announced {t}",
+            path.display()
+        ));
     }
     if len == 0 {
         return Err(format!("{} is empty", path.display()));
@@ -468,15 +565,22 @@ fn verify_ndjson(path: &Path, len: u64) -> Result<(), String> {
     let err = |e: io::Error| format!("{}: {e}", path.display());
     let mut f = File::open(path).map_err(err)?;
     let mut last = [0u8; 1];
-    f.seek(SeekFrom::Start(len - 1)).and_then(|_| f.read_exact(&mut last)).map_err(err)?;
+    f.seek(SeekFrom::Start(len - 1))
+        .and_then(|_| f.read_exact(&mut last))
+        .map_err(err)?;
     if last[0] != b'\n' {
-        return Err(format!("{} does not end with a newline: its last line is cut short", path.display()));
+        return Err(format!(
+            "{} does not end with a newline: its last line is cut short",
+            path.display()
+        ));
     }
     let mut window: u64 = 1 << 16;
     loop {
         let start = len.saturating_sub(window);
         let mut buf = vec![0u8; (len - start) as usize];
-        f.seek(SeekFrom::Start(start)).and_then(|_| f.read_exact(&mut buf)).map_err(err)?;
+        f.seek(SeekFrom::Start(start))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(err)?;
         while buf.last().is_some_and(|b| b.is_ascii_whitespace()) {
             buf.pop();
         }
@@ -488,11 +592,17 @@ fn verify_ndjson(path: &Path, len: u64) -> Result<(), String> {
             let line = &buf[line_start.unwrap_or(0)..];
             return match ndjson::parse_line(line) {
                 Ok(_) => Ok(()),
-                Err(r) => Err(format!("the last line of {} is not a QuickDraw record ({r})", path.display())),
+                Err(r) => Err(format!(
+                    "the last line of {} is not a QuickDraw record ({r})",
+                    path.display()
+                )),
             };
         }
         if window > MAX_LINE_BYTES as u64 {
-            return Err(format!("the last line of {} is longer than {MAX_LINE_BYTES} bytes", path.display()));
+            return Err(format!(
+                "the last line of {} is longer than {MAX_LINE_BYTES} bytes",
+                path.display()
+            ));
         }
         window *= 4;
     }
@@ -502,7 +612,8 @@ fn verify_ndjson(path: &Path, len: u64) -> Result<(), String> {
 fn verify_npy(path: &Path, len: u64) -> Result<(), String> {
     let mut head = [0u8; 12];
     let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let n = quickdraw_data::readfull::read_up_to(&mut f, &mut head).map_err(|e| format!("{}: {e}", path.display()))?;
+    let n = quickdraw_data::readfull::read_up_to(&mut f, &mut head)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if n < 10 || &head[..6] != b"\x93NUMPY" {
         return Err(format!("{} is not a .npy file", path.display()));
     }
@@ -511,7 +622,8 @@ fn verify_npy(path: &Path, len: u64) -> Result<(), String> {
         2 | 3 if n == 12 => 12 + u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64,
         v => return Err(format!("{}: unsupported .npy version {v}", path.display())),
     };
-    let reader = UnitReader::open_as(path, Format::NumpyBitmap, false, None).map_err(|e| e.to_string())?;
+    let reader =
+        UnitReader::open_as(path, Format::NumpyBitmap, false, None).map_err(|e| e.to_string())?;
     let rows = reader.announced_records().unwrap_or(0);
     let want = header_bytes + rows * NPY_ROW;
     if len != want {
@@ -525,10 +637,15 @@ fn verify_npy(path: &Path, len: u64) -> Result<(), String> {
 
 /// `.bin`: every record, the last included, is whole.
 fn verify_binary(path: &Path) -> Result<(), String> {
-    let mut r = UnitReader::open_as(path, Format::Binary, false, None).map_err(|e| e.to_string())?;
+    let mut r =
+        UnitReader::open_as(path, Format::Binary, false, None).map_err(|e| e.to_string())?;
     while let Some(u) = r.next_unit().map_err(|e| e.to_string())? {
         if u.truncated {
-            return Err(format!("record {} of {} is cut short", u.index, path.display()));
+            return Err(format!(
+                "record {} of {} is cut short",
+                u.index,
+                path.display()
+            ));
         }
     }
     Ok(())
@@ -544,16 +661,28 @@ mod tests {
             class_url("http://h/q/", RemoteFormat::Simplified, "sea turtle"),
             "http://h/q/full/simplified/sea%20turtle.ndjson"
         );
-        assert_eq!(class_url("http://h", RemoteFormat::NumpyBitmap, "cat"), "http://h/full/numpy_bitmap/cat.npy");
-        assert_eq!(class_url("http://h", RemoteFormat::Binary, "The Eiffel Tower"), "http://h/full/binary/The%20Eiffel%20Tower.bin");
+        assert_eq!(
+            class_url("http://h", RemoteFormat::NumpyBitmap, "cat"),
+            "http://h/full/numpy_bitmap/cat.npy"
+        );
+        assert_eq!(
+            class_url("http://h", RemoteFormat::Binary, "The Eiffel Tower"),
+            "http://h/full/binary/The%20Eiffel%20Tower.bin"
+        );
         assert_eq!(encode_segment("a&b/é"), "a%26b%2F%C3%A9");
     }
 
     #[test]
     fn content_ranges() {
-        assert_eq!(parse_content_range("bytes 10-99/100"), Some((Some((10, 99)), Some(100))));
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((Some((10, 99)), Some(100)))
+        );
         assert_eq!(parse_content_range("bytes */100"), Some((None, Some(100))));
-        assert_eq!(parse_content_range("bytes 0-9/*"), Some((Some((0, 9)), None)));
+        assert_eq!(
+            parse_content_range("bytes 0-9/*"),
+            Some((Some((0, 9)), None))
+        );
         assert_eq!(parse_content_range("items 1-2/3"), None);
     }
 }

@@ -69,19 +69,36 @@ fn median_ms(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::
 }
 
 /// One-example latency of burn (the checkpoint) and tract (the published version), in ms.
-fn latency(a: &ExportArgs, staged: &StagedExport, dir: &std::path::Path, runs: usize) -> anyhow::Result<(f64, f64)> {
+fn latency(
+    a: &ExportArgs,
+    staged: &StagedExport,
+    dir: &std::path::Path,
+    runs: usize,
+) -> anyhow::Result<(f64, f64)> {
     let tm = TrainedModel::load(&a.model_dir, CheckpointSel::Step(staged.step), a.device)?;
     let p = Predictor::load(dir)?;
     let s = &staged.sample;
     if let Some(images) = s.image_rows() {
         let one = images[0].clone();
-        let burn = median_ms(runs, || tm.predict_images(&one, 1).map(drop).map_err(Into::into))?;
-        let tract = median_ms(runs, || p.predict_pixels(std::slice::from_ref(&one)).map(drop).map_err(Into::into))?;
+        let burn = median_ms(runs, || {
+            tm.predict_images(&one, 1).map(drop).map_err(Into::into)
+        })?;
+        let tract = median_ms(runs, || {
+            p.predict_pixels(std::slice::from_ref(&one))
+                .map(drop)
+                .map_err(Into::into)
+        })?;
         Ok((burn, tract))
     } else {
         let one = s.stroke_rows().expect("strokes")[0].clone();
-        let burn = median_ms(runs, || tm.predict_strokes(&[&one]).map(drop).map_err(Into::into))?;
-        let tract = median_ms(runs, || p.predict_strokes(std::slice::from_ref(&one)).map(drop).map_err(Into::into))?;
+        let burn = median_ms(runs, || {
+            tm.predict_strokes(&[&one]).map(drop).map_err(Into::into)
+        })?;
+        let tract = median_ms(runs, || {
+            p.predict_strokes(std::slice::from_ref(&one))
+                .map(drop)
+                .map_err(Into::into)
+        })?;
         Ok((burn, tract))
     }
 }
@@ -96,7 +113,12 @@ fn verify(staged: &StagedExport) -> anyhow::Result<f32> {
         _ => unreachable!("a sample holds images or strokes"),
     }
     .context("running the exported graph with tract")?;
-    anyhow::ensure!(out.len() == s.n, "tract returned {} rows for {} inputs", out.len(), s.n);
+    anyhow::ensure!(
+        out.len() == s.n,
+        "tract returned {} rows for {} inputs",
+        out.len(),
+        s.n
+    );
     let mut max = 0f32;
     for i in 0..s.n {
         let (burn, onnx) = (s.row(i), out.row(i));
@@ -104,7 +126,11 @@ fn verify(staged: &StagedExport) -> anyhow::Result<f32> {
             max = max.max((a - b).abs());
         }
         let argmax = out.top_k(i, 1)[0].0 as i64;
-        anyhow::ensure!(out.classes[i] == argmax, "example {i}: the classes output {} is not the argmax {argmax}", out.classes[i]);
+        anyhow::ensure!(
+            out.classes[i] == argmax,
+            "example {i}: the classes output {} is not the argmax {argmax}",
+            out.classes[i]
+        );
     }
     anyhow::ensure!(
         max <= TOLERANCE,
@@ -127,24 +153,35 @@ pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
     req.device = a.device;
 
     let pb = crate::progress::bar(ctx.quiet, None, "");
-    pb.set_message(format!("evaluating and exporting {}", a.model_dir.display()));
+    pb.set_message(format!(
+        "evaluating and exporting {}",
+        a.model_dir.display()
+    ));
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
     let staged = stage(&req);
     pb.finish_and_clear();
     let mut staged = staged.with_context(|| format!("exporting {}", a.model_dir.display()))?;
 
-    let checked = if a.no_verify { None } else { Some(verify(&staged).with_context(|| format!("checking {}", staged.tmp_dir.display()))?) };
+    let checked = if a.no_verify {
+        None
+    } else {
+        Some(verify(&staged).with_context(|| format!("checking {}", staged.tmp_dir.display()))?)
+    };
     let dir = staged.publish()?;
     if let Some(path) = &a.write_check {
         let mut v = staged.sample.to_json();
         v["export_dir"] = dir.display().to_string().into();
         v["model"] = staged.kind.name().into();
-        std::fs::write(path, serde_json::to_string(&v)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string(&v)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
     }
 
     if let Some(runs) = a.latency {
         let (burn, tract) = latency(&a, &staged, &dir, runs)?;
-        eprintln!("latency: {}", serde_json::json!({"model": staged.kind.name(), "runs": runs, "burn_ms": burn, "tract_ms": tract}));
+        eprintln!(
+            "latency: {}",
+            serde_json::json!({"model": staged.kind.name(), "runs": runs, "burn_ms": burn, "tract_ms": tract})
+        );
     }
 
     if !ctx.quiet {
@@ -157,23 +194,38 @@ pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
             staged.checkpoint_dir.display(),
             staged.version
         );
-        eprintln!("  eval accuracy {:.4} on {} examples ({}), loss {:.4}", m.accuracy, m.examples, staged.eval_files, m.loss);
-        eprintln!("  baseline accuracy {:.4} (always {:?}; {})", b.accuracy, b.majority_class, b.counts_from);
+        eprintln!(
+            "  eval accuracy {:.4} on {} examples ({}), loss {:.4}",
+            m.accuracy, m.examples, staged.eval_files, m.loss
+        );
+        eprintln!(
+            "  baseline accuracy {:.4} (always {:?}; {})",
+            b.accuracy, b.majority_class, b.counts_from
+        );
         if let Some(p) = &staged.previous {
-            let acc = p.accuracy.map(|x| format!("{x:.4}")).unwrap_or_else(|| "unknown".into());
+            let acc = p
+                .accuracy
+                .map(|x| format!("{x:.4}"))
+                .unwrap_or_else(|| "unknown".into());
             eprintln!("  previous version {}: accuracy {acc}", p.version);
         }
         if staged.overridden.is_empty() {
             eprintln!("  export gate: passed");
         } else {
-            eprintln!("  export gate overridden by --force: {}", staged.overridden.join("; "));
+            eprintln!(
+                "  export gate overridden by --force: {}",
+                staged.overridden.join("; ")
+            );
         }
         match checked {
             Some(d) => eprintln!(
                 "  model.onnx: {} bytes, matches burn with tract on {} eval examples (max |probability difference| {d:.1e})",
                 staged.onnx_bytes, staged.sample.n
             ),
-            None => eprintln!("  model.onnx: {} bytes (not checked: --no-verify)", staged.onnx_bytes),
+            None => eprintln!(
+                "  model.onnx: {} bytes (not checked: --no-verify)",
+                staged.onnx_bytes
+            ),
         }
     }
     println!("{}", dir.display());

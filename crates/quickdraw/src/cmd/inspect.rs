@@ -51,7 +51,11 @@ struct Shown {
 }
 
 pub fn run(a: InspectArgs, _ctx: Ctx) -> anyhow::Result<()> {
-    let shown = if is_tfrecord(&a.file)? { read_shard(&a)? } else { read_input(&a)? };
+    let shown = if is_tfrecord(&a.file)? {
+        read_shard(&a)?
+    } else {
+        read_input(&a)?
+    };
     for s in &shown {
         if a.json {
             println!("{}", s.json);
@@ -60,10 +64,17 @@ pub fn run(a: InspectArgs, _ctx: Ctx) -> anyhow::Result<()> {
         }
     }
     if let Some(png) = &a.png {
-        let cells: Vec<(&str, &[u8], u32)> = shown.iter().map(|s| (s.caption.as_str(), &s.image[..], s.size)).collect();
+        let cells: Vec<(&str, &[u8], u32)> = shown
+            .iter()
+            .map(|s| (s.caption.as_str(), &s.image[..], s.size))
+            .collect();
         let bytes = grid_png(&cells, a.cols.max(1));
         std::fs::write(png, bytes).with_context(|| format!("writing {}", png.display()))?;
-        eprintln!("wrote a grid of {} drawings to {}", shown.len(), png.display());
+        eprintln!(
+            "wrote a grid of {} drawings to {}",
+            shown.len(),
+            png.display()
+        );
     }
     Ok(())
 }
@@ -74,18 +85,25 @@ pub fn is_tfrecord(path: &Path) -> anyhow::Result<bool> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut n = 0;
     while n < 12 {
-        match f.read(&mut head[n..]).with_context(|| format!("reading {}", path.display()))? {
+        match f
+            .read(&mut head[n..])
+            .with_context(|| format!("reading {}", path.display()))?
+        {
             0 => break,
             k => n += k,
         }
     }
-    Ok(n == 12 && masked_crc32c(&head[..8]) == u32::from_le_bytes([head[8], head[9], head[10], head[11]]))
+    Ok(n == 12
+        && masked_crc32c(&head[..8]) == u32::from_le_bytes([head[8], head[9], head[10], head[11]]))
 }
 
 fn read_input(a: &InspectArgs) -> anyhow::Result<Vec<Shown>> {
     let class = class_from_path(&a.file);
     let mut r = UnitReader::open(&a.file, None)?;
-    let spec = FeatureSpec { raster: RasterSpec::new(a.raster, 64, None), ..FeatureSpec::default() };
+    let spec = FeatureSpec {
+        raster: RasterSpec::new(a.raster, 64, None),
+        ..FeatureSpec::default()
+    };
     let mut out = Vec::new();
     let mut seen = 0;
     while let Some(u) = r.next_record()? {
@@ -122,7 +140,14 @@ fn read_input(a: &InspectArgs) -> anyhow::Result<Vec<Shown>> {
 
 fn drawing_json(d: &Drawing, loc: &str) -> serde_json::Value {
     let (strokes, kind) = match &d.ink {
-        Ink::Strokes(s) => (s.len(), if features::is_raw(s) { "raw" } else { "simplified" }),
+        Ink::Strokes(s) => (
+            s.len(),
+            if features::is_raw(s) {
+                "raw"
+            } else {
+                "simplified"
+            },
+        ),
         Ink::Bitmap(_) => (0, "bitmap"),
     };
     json!({
@@ -134,48 +159,83 @@ fn drawing_json(d: &Drawing, loc: &str) -> serde_json::Value {
 
 fn drawing_text(d: &Drawing, loc: &str) -> String {
     let what = match &d.ink {
-        Ink::Strokes(s) => format!("{} strokes, {} points{}", s.len(), d.n_points(), if features::is_raw(s) { " (raw)" } else { "" }),
+        Ink::Strokes(s) => format!(
+            "{} strokes, {} points{}",
+            s.len(),
+            d.n_points(),
+            if features::is_raw(s) { " (raw)" } else { "" }
+        ),
         Ink::Bitmap(b) => format!("{0}x{0} bitmap", b.side),
     };
     format!(
         "{loc}: {:?} key_id={} country={} recognized={} time={} {what}",
         d.word,
         d.key_id,
-        if d.countrycode.is_empty() { "-" } else { &d.countrycode },
+        if d.countrycode.is_empty() {
+            "-"
+        } else {
+            &d.countrycode
+        },
         d.recognized,
         format_timestamp(d.timestamp)
     )
 }
 
 /// The feature spec of a shard: from the manifest beside it, else guessed from the first record.
-fn shard_spec(path: &Path, first: Option<&[u8]>) -> anyhow::Result<(FeatureSpec, Option<Vec<String>>)> {
+fn shard_spec(
+    path: &Path,
+    first: Option<&[u8]>,
+) -> anyhow::Result<(FeatureSpec, Option<Vec<String>>)> {
     if let Some(dir) = path.parent() {
         if dir.join(quickdraw_data::manifest::MANIFEST_FILE).exists() {
             let m = DatasetManifest::load(dir)?;
             return Ok((m.features, Some(m.classes)));
         }
     }
-    let Some(first) = first else { return Ok((FeatureSpec::default(), None)) };
-    let ex = Example::from_bytes(first).with_context(|| format!("{}: first record is not a tf.train.Example", path.display()))?;
+    let Some(first) = first else {
+        return Ok((FeatureSpec::default(), None));
+    };
+    let ex = Example::from_bytes(first)
+        .with_context(|| format!("{}: first record is not a tf.train.Example", path.display()))?;
     let feats = ex.features.map(|f| f.feature).unwrap_or_default();
     for (k, f) in &feats {
-        let Some(size) = k.strip_prefix("img_").and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(size) = k.strip_prefix("img_").and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         let enc = match &f.kind {
             Some(Kind::Int64List(_)) => ImageEncoding::Int64,
-            Some(Kind::BytesList(b)) if b.value.first().is_some_and(|v| v.starts_with(b"\x89PNG")) => ImageEncoding::Png,
+            Some(Kind::BytesList(b))
+                if b.value.first().is_some_and(|v| v.starts_with(b"\x89PNG")) =>
+            {
+                ImageEncoding::Png
+            }
             _ => ImageEncoding::Bytes,
         };
-        let strokes = feats.contains_key(features::STROKE_LEN).then(Default::default);
-        let spec = FeatureSpec { raster: RasterSpec::new(RasterMode::Default, size, None), image_encoding: enc, strokes, simplify_raw: true };
+        let strokes = feats
+            .contains_key(features::STROKE_LEN)
+            .then(Default::default);
+        let spec = FeatureSpec {
+            raster: RasterSpec::new(RasterMode::Default, size, None),
+            image_encoding: enc,
+            strokes,
+            simplify_raw: true,
+        };
         return Ok((spec, None));
     }
-    anyhow::bail!("{}: no img_<size> feature in the first example and no manifest.json beside it", path.display())
+    anyhow::bail!(
+        "{}: no img_<size> feature in the first example and no manifest.json beside it",
+        path.display()
+    )
 }
 
 fn read_shard(a: &InspectArgs) -> anyhow::Result<Vec<Shown>> {
     let mut r = TfRecordReader::open(&a.file)?;
     let mut buf = Vec::new();
-    let first = if r.read_into(&mut buf)? { Some(buf.clone()) } else { None };
+    let first = if r.read_into(&mut buf)? {
+        Some(buf.clone())
+    } else {
+        None
+    };
     let (spec, classes) = shard_spec(&a.file, first.as_deref())?;
     let mut out = Vec::new();
     let mut i = 0usize;
@@ -198,8 +258,13 @@ fn read_shard(a: &InspectArgs) -> anyhow::Result<Vec<Shown>> {
             break;
         }
         let loc = format!("{}#{}", a.file.display(), i);
-        let ex = decode_example(&rec, &spec).with_context(|| format!("{loc}: decoding the example"))?;
-        let class = classes.as_ref().and_then(|c| c.get(ex.label as usize)).cloned().unwrap_or_else(|| ex.word.clone());
+        let ex =
+            decode_example(&rec, &spec).with_context(|| format!("{loc}: decoding the example"))?;
+        let class = classes
+            .as_ref()
+            .and_then(|c| c.get(ex.label as usize))
+            .cloned()
+            .unwrap_or_else(|| ex.word.clone());
         let ink = ex.image.iter().filter(|&&v| v > 0).count() as f64 / ex.image.len().max(1) as f64;
         let strokes = ex.strokes.as_ref().map(|s| s.len);
         out.push(Shown {
@@ -234,15 +299,24 @@ pub fn grid_png(cells: &[(&str, &[u8], u32)], cols: usize) -> Vec<u8> {
     const PAD: usize = 4;
     let cols = cols.min(cells.len().max(1));
     let rows = cells.len().div_ceil(cols).max(1);
-    let (w, h) = (cols * (CELL + PAD) + PAD, rows * (CELL + CAPTION + PAD) + PAD);
+    let (w, h) = (
+        cols * (CELL + PAD) + PAD,
+        rows * (CELL + CAPTION + PAD) + PAD,
+    );
     let mut img = vec![255u8; w * h];
     for (i, (caption, pixels, size)) in cells.iter().enumerate() {
-        let (cx, cy) = (PAD + (i % cols) * (CELL + PAD), PAD + (i / cols) * (CELL + CAPTION + PAD));
+        let (cx, cy) = (
+            PAD + (i % cols) * (CELL + PAD),
+            PAD + (i / cols) * (CELL + CAPTION + PAD),
+        );
         draw_text(&mut img, w, cx, cy + 2, caption, CELL / 8);
         let size = *size as usize;
         for y in 0..CELL {
             for x in 0..CELL {
-                let v = pixels.get((y * size / CELL) * size + x * size / CELL).copied().unwrap_or(0);
+                let v = pixels
+                    .get((y * size / CELL) * size + x * size / CELL)
+                    .copied()
+                    .unwrap_or(0);
                 img[(cy + CAPTION + y) * w + cx + x] = 255 - v;
             }
         }
@@ -269,7 +343,10 @@ pub fn grid_png(cells: &[(&str, &[u8], u32)], cols: usize) -> Vec<u8> {
 fn draw_text(img: &mut [u8], w: usize, x0: usize, y0: usize, text: &str, max_chars: usize) {
     use font8x8::UnicodeFonts;
     for (i, ch) in text.chars().take(max_chars).enumerate() {
-        let glyph = font8x8::BASIC_FONTS.get(ch).or_else(|| font8x8::BASIC_FONTS.get('?')).unwrap_or([0; 8]);
+        let glyph = font8x8::BASIC_FONTS
+            .get(ch)
+            .or_else(|| font8x8::BASIC_FONTS.get('?'))
+            .unwrap_or([0; 8]);
         for (gy, row) in glyph.iter().enumerate() {
             for gx in 0..8 {
                 if row & (1 << gx) != 0 {

@@ -1,27 +1,27 @@
 //! One module per subcommand; each exposes its clap `Args` and a `run` function.
 
 pub mod bench;
+#[cfg(feature = "train")]
+pub mod compare;
 pub mod convert;
 #[cfg(feature = "train")]
 pub mod demo;
 pub mod download;
+#[cfg(feature = "train")]
+pub mod evaluate;
+#[cfg(feature = "train")]
+pub mod export;
 pub mod inspect;
+#[cfg(feature = "train")]
+pub mod metrics;
 pub mod model;
+#[cfg(feature = "train")]
+pub mod predict;
 pub mod serve;
 pub mod simplify;
 pub mod skew;
 pub mod stats;
 pub mod synth;
-#[cfg(feature = "train")]
-pub mod compare;
-#[cfg(feature = "train")]
-pub mod evaluate;
-#[cfg(feature = "train")]
-pub mod export;
-#[cfg(feature = "train")]
-pub mod metrics;
-#[cfg(feature = "train")]
-pub mod predict;
 #[cfg(feature = "train")]
 pub mod train;
 

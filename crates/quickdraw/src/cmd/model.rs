@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use quickdraw_data::Drawing;
 use quickdraw_data::features::{FeatureSpec, decode_example};
 use quickdraw_data::ingest::{self, Format, UnitReader, class_from_path, parse_unit};
 use quickdraw_data::signature::{self, ExportInfo, InputKind, TensorSpec, resolve_export_dir};
 use quickdraw_data::strokes::StrokeFeatures;
 use quickdraw_data::tfrecord::TfRecordReader;
 use quickdraw_data::validate::{RejectReason, check_drawing};
-use quickdraw_data::Drawing;
 use quickdraw_serve::predictor::Batch;
 use quickdraw_serve::request::{ModelInput, tensor};
 use quickdraw_serve::{Predictor, Probabilities};
@@ -96,7 +96,11 @@ fn flat_metrics(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flat_metrics(&key, v, out);
             }
         }
@@ -115,22 +119,39 @@ fn preprocessing_text(f: &FeatureSpec) -> String {
     let r = &f.raster;
     format!(
         "raster {} {}x{}, line width {}, {}; image feature {} encoded {}; stroke features: {}; raw ink simplified: {}",
-        serde_json::to_value(r.mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        serde_json::to_value(r.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         r.size,
         r.size,
         r.line_width,
-        if r.anti_alias { "anti-aliased" } else { "aliased" },
+        if r.anti_alias {
+            "anti-aliased"
+        } else {
+            "aliased"
+        },
         quickdraw_data::features::image_key(r.size),
-        serde_json::to_value(f.image_encoding).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-        f.strokes.map(|s| format!("max {} points", s.max_points)).unwrap_or_else(|| "none".into()),
+        serde_json::to_value(f.image_encoding)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        f.strokes
+            .map(|s| format!("max {} points", s.max_points))
+            .unwrap_or_else(|| "none".into()),
         if f.simplify_raw { "yes" } else { "no" }
     )
 }
 
 fn show(a: ShowArgs, _ctx: Ctx) -> anyhow::Result<()> {
     let dir = resolve_export_dir(&a.dir)?;
-    let info = signature::load_export_dir(&dir).with_context(|| format!("reading the export {}", dir.display()))?;
-    let predictor = if a.all { Some(Predictor::load(&dir).with_context(|| format!("loading {}", dir.display()))?) } else { None };
+    let info = signature::load_export_dir(&dir)
+        .with_context(|| format!("reading the export {}", dir.display()))?;
+    let predictor = if a.all {
+        Some(Predictor::load(&dir).with_context(|| format!("loading {}", dir.display()))?)
+    } else {
+        None
+    };
     if a.json {
         let mut v = json!({
             "dir": dir.display().to_string(),
@@ -163,20 +184,41 @@ fn show_text(info: &ExportInfo, all: bool, p: Option<&Predictor>) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let sig = &info.signature;
-    let version = info.version.map(|v| format!(" (version {v})")).unwrap_or_default();
+    let version = info
+        .version
+        .map(|v| format!(" (version {v})"))
+        .unwrap_or_default();
     let _ = writeln!(o, "export: {}{version}", info.dir.display());
     let _ = writeln!(o, "model: {}", sig.model.kind.as_str());
     if all || !sig.model.config.is_null() {
         let _ = writeln!(o, "  config: {}", sig.model.config);
     }
     let _ = writeln!(o, "\nsignature_def['{}']:", sig.signature_name);
-    let _ = writeln!(o, "  The given SignatureDef contains the following input(s):");
+    let _ = writeln!(
+        o,
+        "  The given SignatureDef contains the following input(s):"
+    );
     for (k, t) in &sig.inputs {
-        let _ = writeln!(o, "    inputs['{k}'] tensor_info:\n        dtype: {}\n        shape: {}\n        name: {}", t.dtype.as_str(), dims(t), t.name);
+        let _ = writeln!(
+            o,
+            "    inputs['{k}'] tensor_info:\n        dtype: {}\n        shape: {}\n        name: {}",
+            t.dtype.as_str(),
+            dims(t),
+            t.name
+        );
     }
-    let _ = writeln!(o, "  The given SignatureDef contains the following output(s):");
+    let _ = writeln!(
+        o,
+        "  The given SignatureDef contains the following output(s):"
+    );
     for (k, t) in &sig.outputs {
-        let _ = writeln!(o, "    outputs['{k}'] tensor_info:\n        dtype: {}\n        shape: {}\n        name: {}", t.dtype.as_str(), dims(t), t.name);
+        let _ = writeln!(
+            o,
+            "    outputs['{k}'] tensor_info:\n        dtype: {}\n        shape: {}\n        name: {}",
+            t.dtype.as_str(),
+            dims(t),
+            t.name
+        );
     }
     let _ = writeln!(o, "  Method name is: {}", sig.method_name);
     let n = info.labels.len();
@@ -187,26 +229,55 @@ fn show_text(info: &ExportInfo, all: bool, p: Option<&Predictor>) -> String {
         }
     } else {
         let shown: Vec<&str> = info.labels.iter().take(10).map(String::as_str).collect();
-        let more = if n > 10 { format!(", ... {} more (--all lists them)", n - 10) } else { String::new() };
+        let more = if n > 10 {
+            format!(", ... {} more (--all lists them)", n - 10)
+        } else {
+            String::new()
+        };
         let _ = writeln!(o, "\nclasses: {n} ({}{more})", shown.join(", "));
     }
     let _ = writeln!(o, "\npreprocessing: {}", preprocessing_text(&info.features));
     if let InputKind::Image { key, .. } = &info.input {
-        let _ = writeln!(o, "  {key} = pixel (0..=255) * {} (PIXEL_SCALE)", signature::PIXEL_SCALE);
+        let _ = writeln!(
+            o,
+            "  {key} = pixel (0..=255) * {} (PIXEL_SCALE)",
+            signature::PIXEL_SCALE
+        );
     }
     if all {
-        let _ = writeln!(o, "  {}", serde_json::to_string(&info.features).unwrap_or_default());
+        let _ = writeln!(
+            o,
+            "  {}",
+            serde_json::to_string(&info.features).unwrap_or_default()
+        );
     }
     let mut m = Vec::new();
     flat_metrics("", &info.metrics, &mut m);
-    let _ = writeln!(o, "\nmetrics: {}", if m.is_empty() { "none".to_string() } else { m.join(" ") });
+    let _ = writeln!(
+        o,
+        "\nmetrics: {}",
+        if m.is_empty() {
+            "none".to_string()
+        } else {
+            m.join(" ")
+        }
+    );
     if let Some(p) = p {
         let batch = match p.batch() {
             Batch::Any => "symbolic batch".to_string(),
             Batch::Fixed(n) => format!("fixed batch {n}"),
         };
-        let ops: Vec<String> = p.plan_ops().into_iter().map(|(k, v)| format!("{k} x{v}")).collect();
-        let _ = writeln!(o, "\nonnx: {} loads with tract: {batch}, {} nodes in the optimised plan; a blank input runs", p.info().model_path().display(), p.plan_nodes());
+        let ops: Vec<String> = p
+            .plan_ops()
+            .into_iter()
+            .map(|(k, v)| format!("{k} x{v}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nonnx: {} loads with tract: {batch}, {} nodes in the optimised plan; a blank input runs",
+            p.info().model_path().display(),
+            p.plan_nodes()
+        );
         let _ = writeln!(o, "  ops: {}", ops.join(", "));
     }
     o
@@ -252,14 +323,29 @@ struct Printer {
 }
 
 impl Printer {
-    fn print(&mut self, p: &Predictor, items: &[Item], probs: &Probabilities) -> anyhow::Result<()> {
+    fn print(
+        &mut self,
+        p: &Predictor,
+        items: &[Item],
+        probs: &Probabilities,
+    ) -> anyhow::Result<()> {
         if !self.json && !self.header_done {
-            println!("{:<24} {:>6} {:>18} {:<12} top {}", "input", "index", "key_id", "label", self.k);
+            println!(
+                "{:<24} {:>6} {:>18} {:<12} top {}",
+                "input", "index", "key_id", "label", self.k
+            );
             self.header_done = true;
         }
         for (i, it) in items.iter().enumerate() {
-            let top: Vec<ClassProb> =
-                probs.top_k(i, self.k).into_iter().map(|(c, pr)| ClassProb { label: c, class: &p.labels()[c], probability: pr }).collect();
+            let top: Vec<ClassProb> = probs
+                .top_k(i, self.k)
+                .into_iter()
+                .map(|(c, pr)| ClassProb {
+                    label: c,
+                    class: &p.labels()[c],
+                    probability: pr,
+                })
+                .collect();
             let line = Line {
                 input: &it.input,
                 index: it.index,
@@ -274,9 +360,23 @@ impl Printer {
             if self.json {
                 println!("{}", serde_json::to_string(&line)?);
             } else {
-                let tops: Vec<String> = line.top_k.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect();
-                let name = Path::new(&it.input).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| it.input.clone());
-                println!("{:<24} {:>6} {:>18} {:<12} {}", name, it.index, it.key_id, it.label.as_deref().unwrap_or("-"), tops.join(", "));
+                let tops: Vec<String> = line
+                    .top_k
+                    .iter()
+                    .map(|c| format!("{} {:.3}", c.class, c.probability))
+                    .collect();
+                let name = Path::new(&it.input)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| it.input.clone());
+                println!(
+                    "{:<24} {:>6} {:>18} {:<12} {}",
+                    name,
+                    it.index,
+                    it.key_id,
+                    it.label.as_deref().unwrap_or("-"),
+                    tops.join(", ")
+                );
             }
         }
         Ok(())
@@ -292,64 +392,116 @@ fn predict(p: &Predictor, items: &[Item]) -> anyhow::Result<Probabilities> {
             ModelInput::Sequence(s) => seqs.push(s.clone()),
         }
     }
-    Ok(if seqs.is_empty() { p.predict_pixels(&pixels)? } else { p.predict_strokes(&seqs)? })
+    Ok(if seqs.is_empty() {
+        p.predict_pixels(&pixels)?
+    } else {
+        p.predict_strokes(&seqs)?
+    })
 }
 
 /// `np.zeros((a, b))`-style shorthand or a JSON nested list.
 fn parse_expr(expr: &str) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
     let e = expr.trim();
-    let e2 = e.strip_prefix("np.").or_else(|| e.strip_prefix("numpy.")).unwrap_or(e);
+    let e2 = e
+        .strip_prefix("np.")
+        .or_else(|| e.strip_prefix("numpy."))
+        .unwrap_or(e);
     for (name, fill) in [("zeros", 0.0f32), ("ones", 1.0)] {
         if let Some(rest) = e2.strip_prefix(name) {
-            let inner = rest.trim().trim_start_matches('(').trim_end_matches(')').trim();
-            let inner = inner.trim_start_matches(['(', '[']).trim_end_matches([')', ']']).trim_end_matches(',');
+            let inner = rest
+                .trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .trim();
+            let inner = inner
+                .trim_start_matches(['(', '['])
+                .trim_end_matches([')', ']'])
+                .trim_end_matches(',');
             let shape: Vec<usize> = inner
                 .split(',')
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| s.trim().parse::<usize>())
                 .collect::<Result<_, _>>()
-                .with_context(|| format!("{expr:?}: expected {name}((d1, d2, ...)) with integer dimensions"))?;
+                .with_context(|| {
+                    format!("{expr:?}: expected {name}((d1, d2, ...)) with integer dimensions")
+                })?;
             let n: usize = shape.iter().product();
             anyhow::ensure!(n <= 1 << 26, "{expr:?}: tensor too large");
             return Ok((shape, vec![fill; n]));
         }
     }
-    let v: serde_json::Value = serde_json::from_str(e).with_context(|| format!("{expr:?}: expected a JSON nested list, np.zeros((..)) or np.ones((..))"))?;
+    let v: serde_json::Value = serde_json::from_str(e).with_context(|| {
+        format!("{expr:?}: expected a JSON nested list, np.zeros((..)) or np.ones((..))")
+    })?;
     tensor(&v).map_err(|w| anyhow::anyhow!("{expr:?}: {w}"))
 }
 
 fn items_from_exprs(exprs: &str, p: &Predictor) -> anyhow::Result<Vec<Item>> {
     let mut named = std::collections::BTreeMap::new();
     for part in exprs.split(';').filter(|s| !s.trim().is_empty()) {
-        let (k, v) = part.split_once('=').with_context(|| format!("--input-exprs: {part:?} is not KEY=VALUE"))?;
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("--input-exprs: {part:?} is not KEY=VALUE"))?;
         named.insert(k.trim().to_string(), parse_expr(v)?);
     }
-    let item = |index: usize, x: ModelInput| Item { input: "input-exprs".into(), index: index as u64, key_id: 0, label: None, x };
+    let item = |index: usize, x: ModelInput| Item {
+        input: "input-exprs".into(),
+        index: index as u64,
+        key_id: 0,
+        label: None,
+        x,
+    };
     match p.input() {
         InputKind::Image { key, size } => {
             let s = *size as usize;
-            let (shape, vals) = named.remove(key).with_context(|| format!("--input-exprs needs {key}= ({})", p.input_description()))?;
-            anyhow::ensure!(named.is_empty(), "--input-exprs: unknown inputs {:?}; this model reads only {key}", named.keys().collect::<Vec<_>>());
+            let (shape, vals) = named.remove(key).with_context(|| {
+                format!("--input-exprs needs {key}= ({})", p.input_description())
+            })?;
+            anyhow::ensure!(
+                named.is_empty(),
+                "--input-exprs: unknown inputs {:?}; this model reads only {key}",
+                named.keys().collect::<Vec<_>>()
+            );
             let rows = match shape[..] {
                 [n, 1, a, b] if a == s && b == s => n,
                 [1, a, b] | [a, b] if a == s && b == s => 1,
                 [n] if n == s * s => 1,
-                _ => anyhow::bail!("--input-exprs: {key} has shape {shape:?}; expected [N, 1, {s}, {s}], [1, {s}, {s}], [{s}, {s}] or {} values", s * s),
+                _ => anyhow::bail!(
+                    "--input-exprs: {key} has shape {shape:?}; expected [N, 1, {s}, {s}], [1, {s}, {s}], [{s}, {s}] or {} values",
+                    s * s
+                ),
             };
-            Ok(vals.chunks_exact(s * s).take(rows).enumerate().map(|(i, c)| item(i, ModelInput::Pixels(c.to_vec()))).collect())
+            Ok(vals
+                .chunks_exact(s * s)
+                .take(rows)
+                .enumerate()
+                .map(|(i, c)| item(i, ModelInput::Pixels(c.to_vec())))
+                .collect())
         }
         InputKind::Strokes => {
-            let (shape, vals) = named.remove(signature::STROKES).with_context(|| format!("--input-exprs needs strokes= ({})", p.input_description()))?;
+            let (shape, vals) = named.remove(signature::STROKES).with_context(|| {
+                format!("--input-exprs needs strokes= ({})", p.input_description())
+            })?;
             let lengths = named.remove(signature::LENGTHS);
-            anyhow::ensure!(named.is_empty(), "--input-exprs: unknown inputs {:?}; this model reads strokes and lengths", named.keys().collect::<Vec<_>>());
+            anyhow::ensure!(
+                named.is_empty(),
+                "--input-exprs: unknown inputs {:?}; this model reads strokes and lengths",
+                named.keys().collect::<Vec<_>>()
+            );
             let (n, t) = match shape[..] {
                 [n, t, 3] => (n, t),
                 [t, 3] => (1, t),
-                _ => anyhow::bail!("--input-exprs: strokes has shape {shape:?}; expected [N, T, 3] or [T, 3]"),
+                _ => anyhow::bail!(
+                    "--input-exprs: strokes has shape {shape:?}; expected [N, T, 3] or [T, 3]"
+                ),
             };
             let lens: Vec<usize> = match lengths {
                 Some((_, l)) => {
-                    anyhow::ensure!(l.len() == n, "--input-exprs: {} lengths for {n} sequences", l.len());
+                    anyhow::ensure!(
+                        l.len() == n,
+                        "--input-exprs: {} lengths for {n} sequences",
+                        l.len()
+                    );
                     l.iter().map(|&v| (v.max(0.0) as usize).min(t)).collect()
                 }
                 None => vec![t; n],
@@ -359,23 +511,47 @@ fn items_from_exprs(exprs: &str, p: &Predictor) -> anyhow::Result<Vec<Item>> {
                     let row = &vals[i * t * 3..(i + 1) * t * 3];
                     let len = lens[i];
                     let col = |c: usize| (0..len).map(|k| row[k * 3 + c]).collect::<Vec<f32>>();
-                    item(i, ModelInput::Sequence(StrokeFeatures { dx: col(0), dy: col(1), pen: col(2), len, truncated: false }))
+                    item(
+                        i,
+                        ModelInput::Sequence(StrokeFeatures {
+                            dx: col(0),
+                            dy: col(1),
+                            pen: col(2),
+                            len,
+                            truncated: false,
+                        }),
+                    )
                 })
                 .collect())
         }
     }
 }
 
-fn model_input(p: &Predictor, image: Vec<u8>, strokes: Option<StrokeFeatures>) -> anyhow::Result<ModelInput> {
+fn model_input(
+    p: &Predictor,
+    image: Vec<u8>,
+    strokes: Option<StrokeFeatures>,
+) -> anyhow::Result<ModelInput> {
     Ok(match p.input() {
-        InputKind::Image { .. } => ModelInput::Pixels(image.iter().map(|&v| v as f32 * signature::PIXEL_SCALE).collect()),
-        InputKind::Strokes => ModelInput::Sequence(strokes.context("the export is a stroke model but the input has no stroke features")?),
+        InputKind::Image { .. } => ModelInput::Pixels(
+            image
+                .iter()
+                .map(|&v| v as f32 * signature::PIXEL_SCALE)
+                .collect(),
+        ),
+        InputKind::Strokes => ModelInput::Sequence(
+            strokes.context("the export is a stroke model but the input has no stroke features")?,
+        ),
     })
 }
 
 /// `parse_unit` (the converter's parsing and validation), without its rule that an NDJSON
 /// record's word must be the class named by the file.
-fn parse_drawing(format: Format, unit: &ingest::Unit, class: &str) -> Result<Drawing, quickdraw_data::validate::Reject> {
+fn parse_drawing(
+    format: Format,
+    unit: &ingest::Unit,
+    class: &str,
+) -> Result<Drawing, quickdraw_data::validate::Reject> {
     match parse_unit(format, unit, class) {
         Err(r) if r.reason == RejectReason::LabelMismatch => {
             let d = ingest::ndjson::parse_line(&unit.bytes)?;
@@ -392,7 +568,11 @@ fn run_model(a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
     let k = a.top_k.clamp(1, p.n_classes());
     let batch = a.batch_size.max(1);
     let mut remaining = a.limit.unwrap_or(usize::MAX);
-    let mut out = Printer { json: a.json, k, header_done: false };
+    let mut out = Printer {
+        json: a.json,
+        k,
+        header_done: false,
+    };
     let mut pending: Vec<Item> = Vec::new();
     let mut rejected = 0u64;
     let flush = |pending: &mut Vec<Item>, out: &mut Printer| -> anyhow::Result<()> {
@@ -429,10 +609,18 @@ fn run_model(a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
                     continue;
                 }
             };
-            let pre = p.preprocess(&d.ink).with_context(|| format!("{}:{}", f.display(), u.index))?;
+            let pre = p
+                .preprocess(&d.ink)
+                .with_context(|| format!("{}:{}", f.display(), u.index))?;
             let x = model_input(&p, pre.image, pre.strokes)?;
             let label = (!d.word.is_empty()).then(|| d.word.clone());
-            pending.push(Item { input: f.display().to_string(), index: u.index, key_id: d.key_id, label, x });
+            pending.push(Item {
+                input: f.display().to_string(),
+                index: u.index,
+                key_id: d.key_id,
+                label,
+                x,
+            });
             remaining -= 1;
             if pending.len() >= batch {
                 flush(&mut pending, &mut out)?;
@@ -446,10 +634,26 @@ fn run_model(a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
         let mut index = 0u64;
         while remaining > 0 && r.read_into(&mut buf)? {
             index += 1;
-            let ex = decode_example(&buf, &spec).with_context(|| format!("{}: record {index} (features of {})", f.display(), p.input_description()))?;
-            let label = p.labels().get(ex.label as usize).cloned().or_else(|| (!ex.word.is_empty()).then(|| ex.word.clone()));
+            let ex = decode_example(&buf, &spec).with_context(|| {
+                format!(
+                    "{}: record {index} (features of {})",
+                    f.display(),
+                    p.input_description()
+                )
+            })?;
+            let label = p
+                .labels()
+                .get(ex.label as usize)
+                .cloned()
+                .or_else(|| (!ex.word.is_empty()).then(|| ex.word.clone()));
             let x = model_input(&p, ex.image, ex.strokes)?;
-            pending.push(Item { input: f.display().to_string(), index, key_id: ex.key_id, label, x });
+            pending.push(Item {
+                input: f.display().to_string(),
+                index,
+                key_id: ex.key_id,
+                label,
+                x,
+            });
             remaining -= 1;
             if pending.len() >= batch {
                 flush(&mut pending, &mut out)?;
@@ -469,9 +673,15 @@ mod tests {
 
     #[test]
     fn exprs() {
-        assert_eq!(parse_expr("np.zeros((1, 2,3))").unwrap(), (vec![1, 2, 3], vec![0.0; 6]));
+        assert_eq!(
+            parse_expr("np.zeros((1, 2,3))").unwrap(),
+            (vec![1, 2, 3], vec![0.0; 6])
+        );
         assert_eq!(parse_expr("ones([2])").unwrap(), (vec![2], vec![1.0; 2]));
-        assert_eq!(parse_expr("[[1, 2], [3, 4]]").unwrap(), (vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(
+            parse_expr("[[1, 2], [3, 4]]").unwrap(),
+            (vec![2, 2], vec![1.0, 2.0, 3.0, 4.0])
+        );
         assert!(parse_expr("np.zeros((a,))").is_err());
         assert!(parse_expr("[[1], [2, 3]]").is_err());
     }

@@ -20,7 +20,12 @@ pub struct ServeArgs {
     #[arg(long, alias = "model_name", default_value = "quickdraw")]
     pub model_name: String,
     /// TCP port of the REST API (0 picks a free one; the address is printed).
-    #[arg(long, alias = "rest-api-port", alias = "rest_api_port", default_value_t = 8501)]
+    #[arg(
+        long,
+        alias = "rest-api-port",
+        alias = "rest_api_port",
+        default_value_t = 8501
+    )]
     pub port: u16,
     /// Address to listen on; 0.0.0.0 exposes the server to the network.
     #[arg(long, default_value = "127.0.0.1")]
@@ -50,7 +55,10 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
-    anyhow::ensure!(a.poll_seconds.is_finite() && a.poll_seconds > 0.0, "--poll-seconds must be > 0");
+    anyhow::ensure!(
+        a.poll_seconds.is_finite() && a.poll_seconds > 0.0,
+        "--poll-seconds must be > 0"
+    );
     let limits = Limits {
         max_body_bytes: a.max_body_bytes,
         max_batch: a.max_batch.max(1),
@@ -68,5 +76,6 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
         cors_origins: a.cors_origins,
         quiet: ctx.quiet,
     };
-    quickdraw_serve::serve_blocking(cfg).with_context(|| format!("serving {}", a.model_base_path.display()))
+    quickdraw_serve::serve_blocking(cfg)
+        .with_context(|| format!("serving {}", a.model_base_path.display()))
 }

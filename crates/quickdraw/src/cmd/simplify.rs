@@ -5,11 +5,11 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
+use quickdraw_data::Ink;
 use quickdraw_data::convert::expand_inputs;
 use quickdraw_data::ingest::{UnitReader, class_from_path, parse_unit};
 use quickdraw_data::simplify::simplify;
 use quickdraw_data::synth::to_ndjson_line;
-use quickdraw_data::Ink;
 
 use super::{Ctx, expand_globs};
 
@@ -38,7 +38,10 @@ pub fn run(a: SimplifyArgs, ctx: Ctx) -> anyhow::Result<()> {
             match parse_unit(r.format, &u, &class) {
                 Ok(mut d) => {
                     let Ink::Strokes(s) = &d.ink else {
-                        anyhow::bail!("{}: numpy_bitmap files hold images, not strokes: nothing to simplify", path.display());
+                        anyhow::bail!(
+                            "{}: numpy_bitmap files hold images, not strokes: nothing to simplify",
+                            path.display()
+                        );
                     };
                     d.ink = Ink::Strokes(simplify(s));
                     writeln!(out, "{}", to_ndjson_line(&d, true)).context("writing output")?;

@@ -40,11 +40,24 @@ pub struct SkewArgs {
 
 /// Input paths of the manifest, as recorded or relative to the manifest's folder.
 fn manifest_inputs(m: &DatasetManifest, manifest_path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let base = if manifest_path.is_dir() { manifest_path.to_path_buf() } else { manifest_path.parent().map(Path::to_path_buf).unwrap_or_default() };
+    let base = if manifest_path.is_dir() {
+        manifest_path.to_path_buf()
+    } else {
+        manifest_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    };
     let mut out = Vec::new();
     for i in &m.inputs {
         let p = PathBuf::from(&i.path);
-        let found = if p.exists() { Some(p.clone()) } else if p.is_relative() && base.join(&p).exists() { Some(base.join(&p)) } else { None };
+        let found = if p.exists() {
+            Some(p.clone())
+        } else if p.is_relative() && base.join(&p).exists() {
+            Some(base.join(&p))
+        } else {
+            None
+        };
         match found {
             Some(f) => out.push(f),
             None => anyhow::bail!(
@@ -54,7 +67,10 @@ fn manifest_inputs(m: &DatasetManifest, manifest_path: &Path) -> anyhow::Result<
             ),
         }
     }
-    anyhow::ensure!(!out.is_empty(), "the manifest lists no input files; pass --train-inputs");
+    anyhow::ensure!(
+        !out.is_empty(),
+        "the manifest lists no input files; pass --train-inputs"
+    );
     Ok(out)
 }
 
@@ -83,7 +99,11 @@ fn text(r: &SkewReport) -> String {
         r.serve.rejected,
         r.serve.duplicates
     );
-    let _ = writeln!(o, "{:<16} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}  drift", "feature", "train mean", "serve mean", "train med", "serve med", "PSI", "KS");
+    let _ = writeln!(
+        o,
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}  drift",
+        "feature", "train mean", "serve mean", "train med", "serve med", "PSI", "KS"
+    );
     for f in &r.numeric {
         let _ = writeln!(
             o,
@@ -99,28 +119,70 @@ fn text(r: &SkewReport) -> String {
         );
     }
     for c in &r.categorical {
-        let top = |v: &[(String, f64)]| v.iter().map(|(k, s)| format!("{k} {:.0}%", s * 100.0)).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(o, "{:<16} {:>52} {:>8}  {}", c.feature, "", fmt(c.psi), c.drift);
+        let top = |v: &[(String, f64)]| {
+            v.iter()
+                .map(|(k, s)| format!("{k} {:.0}%", s * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            o,
+            "{:<16} {:>52} {:>8}  {}",
+            c.feature,
+            "",
+            fmt(c.psi),
+            c.drift
+        );
         let _ = writeln!(o, "    train: {}", top(&c.train_top));
         let _ = writeln!(o, "    serve: {}", top(&c.serve_top));
     }
-    let _ = writeln!(o, "PSI < 0.1: no shift, 0.1-0.25: moderate, > 0.25: major. KS: largest gap between the two CDFs.");
+    let _ = writeln!(
+        o,
+        "PSI < 0.1: no shift, 0.1-0.25: moderate, > 0.25: major. KS: largest gap between the two CDFs."
+    );
     o
 }
 
 pub fn run(a: SkewArgs, ctx: Ctx) -> anyhow::Result<()> {
     let m = DatasetManifest::load(&a.manifest)?;
-    let train_files = if a.train_inputs.is_empty() { manifest_inputs(&m, &a.manifest)? } else { expand_globs(&a.train_inputs)? };
-    let log_files = skew::log_files(&a.log).with_context(|| format!("reading {}", a.log.display()))?;
-    anyhow::ensure!(!log_files.is_empty(), "{}: no .ndjson request logs", a.log.display());
+    let train_files = if a.train_inputs.is_empty() {
+        manifest_inputs(&m, &a.manifest)?
+    } else {
+        expand_globs(&a.train_inputs)?
+    };
+    let log_files =
+        skew::log_files(&a.log).with_context(|| format!("reading {}", a.log.display()))?;
+    anyhow::ensure!(
+        !log_files.is_empty(),
+        "{}: no .ndjson request logs",
+        a.log.display()
+    );
     if !ctx.quiet {
-        eprintln!("reading up to {} drawings from each of {} training files and {} log files", a.sample, train_files.len(), log_files.len());
+        eprintln!(
+            "reading up to {} drawings from each of {} training files and {} log files",
+            a.sample,
+            train_files.len(),
+            log_files.len()
+        );
     }
-    let train = skew::read_sample(&train_files, &m.features, Some(a.sample), m.include_unrecognized, false)?;
+    let train = skew::read_sample(
+        &train_files,
+        &m.features,
+        Some(a.sample),
+        m.include_unrecognized,
+        false,
+    )?;
     let serve = skew::read_sample(&log_files, &m.features, None, true, true)?;
-    anyhow::ensure!(!serve.stats.is_empty(), "{}: no valid drawings in the request logs", a.log.display());
-    let classes: BTreeMap<String, u64> =
-        m.per_class.iter().map(|(k, c)| (k.clone(), c.splits.get("train").copied().unwrap_or(c.kept))).collect();
+    anyhow::ensure!(
+        !serve.stats.is_empty(),
+        "{}: no valid drawings in the request logs",
+        a.log.display()
+    );
+    let classes: BTreeMap<String, u64> = m
+        .per_class
+        .iter()
+        .map(|(k, c)| (k.clone(), c.splits.get("train").copied().unwrap_or(c.kept)))
+        .collect();
     let report = skew::compare(train, serve, a.bins.max(2), Some(&classes));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -15,7 +15,9 @@ use quickdraw_data::drawing::Ink;
 use quickdraw_data::features::decode_example;
 use quickdraw_data::ingest::ndjson::format_timestamp;
 use quickdraw_data::ingest::{UnitReader, class_from_path, parse_unit};
-use quickdraw_data::manifest::{DatasetManifest, LABELS_FILE, MANIFEST_FILE, REJECTS_FILE, read_labels};
+use quickdraw_data::manifest::{
+    DatasetManifest, LABELS_FILE, MANIFEST_FILE, REJECTS_FILE, read_labels,
+};
 use quickdraw_data::tfrecord::TfRecordReader;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -39,8 +41,9 @@ pub struct StatsArgs {
 
 pub fn run(a: StatsArgs, ctx: Ctx) -> anyhow::Result<()> {
     let paths = expand_globs(&a.paths)?;
-    let (datasets, inputs): (Vec<PathBuf>, Vec<PathBuf>) =
-        paths.into_iter().partition(|p| p.is_dir() && p.join(MANIFEST_FILE).is_file());
+    let (datasets, inputs): (Vec<PathBuf>, Vec<PathBuf>) = paths
+        .into_iter()
+        .partition(|p| p.is_dir() && p.join(MANIFEST_FILE).is_file());
     // Shards without a manifest: a conversion that did not finish. Say so instead of finding
     // "no input files" in it.
     for p in inputs.iter().filter(|p| p.is_dir()) {
@@ -56,7 +59,11 @@ pub fn run(a: StatsArgs, ctx: Ctx) -> anyhow::Result<()> {
         );
     }
 
-    let input_stats = if inputs.is_empty() { None } else { Some(input_stats(&inputs, ctx)?) };
+    let input_stats = if inputs.is_empty() {
+        None
+    } else {
+        Some(input_stats(&inputs, ctx)?)
+    };
     let mut checks = Vec::new();
     for d in &datasets {
         checks.push(check_dataset(d, ctx)?);
@@ -161,7 +168,11 @@ impl Hist {
     }
 
     pub fn mean(&self) -> f64 {
-        if self.count == 0 { 0.0 } else { self.sum as f64 / self.count as f64 }
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.count as f64
+        }
     }
 
     /// Nearest-rank percentile, `q` in 0..=1.
@@ -282,7 +293,10 @@ impl ClassStats {
         let mut v: Vec<(&String, &u64)> = self.countries.iter().collect();
         v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let total = self.with_strokes.max(1) as f64;
-        v.into_iter().take(n).map(|(c, &k)| (c.clone(), k, k as f64 / total)).collect()
+        v.into_iter()
+            .take(n)
+            .map(|(c, &k)| (c.clone(), k, k as f64 / total))
+            .collect()
     }
 
     fn to_json(&self, top: usize) -> serde_json::Value {
@@ -309,7 +323,11 @@ impl ClassStats {
         let rej = if self.rejected.is_empty() {
             String::from("0 rejected")
         } else {
-            let r: Vec<String> = self.rejected.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let r: Vec<String> = self
+                .rejected
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             format!("{} rejected: {}", self.rejected_total(), r.join(", "))
         };
         println!(
@@ -328,11 +346,18 @@ impl ClassStats {
         }
         let tc = self.top_countries(top);
         if !tc.is_empty() {
-            let s: Vec<String> = tc.iter().map(|(c, _, sh)| format!("{c} {:.1}%", sh * 100.0)).collect();
+            let s: Vec<String> = tc
+                .iter()
+                .map(|(c, _, sh)| format!("{c} {:.1}%", sh * 100.0))
+                .collect();
             println!("  countries:         {}", s.join(", "));
         }
         if let (Some(a), Some(b)) = (self.first, self.last) {
-            println!("  time range:        {} .. {}", format_timestamp(a), format_timestamp(b));
+            println!(
+                "  time range:        {} .. {}",
+                format_timestamp(a),
+                format_timestamp(b)
+            );
         }
     }
 }
@@ -353,8 +378,11 @@ impl InputStats {
     }
 
     fn to_json(&self, top: usize) -> serde_json::Value {
-        let classes: serde_json::Map<String, serde_json::Value> =
-            self.per_class.iter().map(|(k, v)| (k.clone(), v.to_json(top))).collect();
+        let classes: serde_json::Map<String, serde_json::Value> = self
+            .per_class
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json(top)))
+            .collect();
         serde_json::json!({ "classes": classes, "total": self.total().to_json(top) })
     }
 
@@ -373,11 +401,18 @@ fn file_stats(path: &Path, progress: &Arc<AtomicU64>) -> anyhow::Result<ClassSta
     let class = class_from_path(path);
     let mut r = UnitReader::open(path, Some(progress.clone()))?;
     let format = r.format;
-    let mut s = ClassStats { files: 1, ..Default::default() };
+    let mut s = ClassStats {
+        files: 1,
+        ..Default::default()
+    };
     while let Some(u) = r.next_record()? {
         s.records += 1;
         match parse_unit(format, &u, &class) {
-            Err(rej) => *s.rejected.entry(rej.reason.as_str().to_string()).or_default() += 1,
+            Err(rej) => {
+                *s.rejected
+                    .entry(rej.reason.as_str().to_string())
+                    .or_default() += 1
+            }
             Ok(d) => {
                 s.valid += 1;
                 match &d.ink {
@@ -405,10 +440,15 @@ fn input_stats(inputs: &[PathBuf], ctx: Ctx) -> anyhow::Result<InputStats> {
     // and rejects.jsonl would otherwise be read as NDJSON.
     let files: Vec<PathBuf> = expand_inputs(inputs)?
         .into_iter()
-        .filter(|f| inputs.contains(f) || !f.parent().is_some_and(|d| d.join(MANIFEST_FILE).is_file()))
+        .filter(|f| {
+            inputs.contains(f) || !f.parent().is_some_and(|d| d.join(MANIFEST_FILE).is_file())
+        })
         .collect();
     anyhow::ensure!(!files.is_empty(), "no input files found in {inputs:?}");
-    let total_bytes: u64 = files.iter().map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    let total_bytes: u64 = files
+        .iter()
+        .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
     let progress = Arc::new(AtomicU64::new(0));
     let bar = progress::bytes_bar(ctx.quiet, Some(total_bytes));
     bar.set_message(format!("reading {} files", files.len()));
@@ -420,7 +460,10 @@ fn input_stats(inputs: &[PathBuf], ctx: Ctx) -> anyhow::Result<InputStats> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let r = files.par_iter().map(|f| (class_from_path(f), file_stats(f, &progress))).collect();
+        let r = files
+            .par_iter()
+            .map(|f| (class_from_path(f), file_stats(f, &progress)))
+            .collect();
         done.store(true, Ordering::Relaxed);
         let _ = ticker.join();
         r
@@ -458,7 +501,10 @@ pub struct DatasetCheck {
 impl DatasetCheck {
     fn print(&self) {
         let m = &self.manifest;
-        println!("dataset {} ({}, manifest version {})", self.path, m.tool, m.manifest_version);
+        println!(
+            "dataset {} ({}, manifest version {})",
+            self.path, m.tool, m.manifest_version
+        );
         println!("classes ({}): {}", m.classes.len(), m.classes.join(", "));
         let f = &m.features;
         println!(
@@ -468,7 +514,9 @@ impl DatasetCheck {
             f.image_encoding,
             f.raster.mode,
             f.raster.line_width,
-            f.strokes.map(|s| format!("max {} points", s.max_points)).unwrap_or_else(|| "no".into()),
+            f.strokes
+                .map(|s| format!("max {} points", s.max_points))
+                .unwrap_or_else(|| "no".into()),
             f.simplify_raw
         );
         println!("split: {}", m.split);
@@ -496,7 +544,12 @@ struct ShardResult {
 }
 
 fn check_shard(path: &Path, m: &DatasetManifest) -> ShardResult {
-    let mut res = ShardResult { examples: 0, bytes: 0, per_label: BTreeMap::new(), problems: Vec::new() };
+    let mut res = ShardResult {
+        examples: 0,
+        bytes: 0,
+        per_label: BTreeMap::new(),
+        problems: Vec::new(),
+    };
     match fs::metadata(path) {
         Ok(md) => res.bytes = md.len(),
         Err(e) => {
@@ -535,10 +588,16 @@ fn check_shard(path: &Path, m: &DatasetManifest) -> ShardResult {
         let index = res.examples;
         res.examples += 1;
         match decode_example(&buf, &m.features) {
-            Err(e) => report(&mut res, format!("{}: record {index} at byte {offset}: {e}", path.display())),
+            Err(e) => report(
+                &mut res,
+                format!("{}: record {index} at byte {offset}: {e}", path.display()),
+            ),
             Ok(ex) => {
                 *res.per_label.entry(ex.label).or_default() += 1;
-                match usize::try_from(ex.label).ok().and_then(|l| m.classes.get(l)) {
+                match usize::try_from(ex.label)
+                    .ok()
+                    .and_then(|l| m.classes.get(l))
+                {
                     None => report(
                         &mut res,
                         format!(
@@ -563,7 +622,10 @@ fn check_shard(path: &Path, m: &DatasetManifest) -> ShardResult {
         }
     }
     if extra > 0 {
-        res.problems.push(format!("{}: {extra} more problems not listed", path.display()));
+        res.problems.push(format!(
+            "{}: {extra} more problems not listed",
+            path.display()
+        ));
     }
     res
 }
@@ -575,15 +637,23 @@ fn check_dataset(dir: &Path, ctx: Ctx) -> anyhow::Result<DatasetCheck> {
     // labels.txt must list the manifest's classes.
     let labels_path = dir.join(LABELS_FILE);
     match read_labels(&labels_path) {
-        Ok(l) if l != m.classes => {
-            problems.push(format!("{}: lists {:?}, the manifest's classes are {:?}", labels_path.display(), l, m.classes))
-        }
+        Ok(l) if l != m.classes => problems.push(format!(
+            "{}: lists {:?}, the manifest's classes are {:?}",
+            labels_path.display(),
+            l,
+            m.classes
+        )),
         Ok(_) => {}
         Err(e) => problems.push(e.to_string()),
     }
 
     // Shard files on disk that the manifest does not list.
-    let listed: std::collections::HashSet<&str> = m.shards.values().flatten().map(|s| s.file.as_str()).collect();
+    let listed: std::collections::HashSet<&str> = m
+        .shards
+        .values()
+        .flatten()
+        .map(|s| s.file.as_str())
+        .collect();
     let mut on_disk = Vec::new();
     for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let e = e.with_context(|| format!("listing {}", dir.display()))?;
@@ -594,15 +664,25 @@ fn check_dataset(dir: &Path, ctx: Ctx) -> anyhow::Result<DatasetCheck> {
     }
     on_disk.sort();
     for name in on_disk {
-        problems.push(format!("{}: shard file not listed in {MANIFEST_FILE}", dir.join(name).display()));
+        problems.push(format!(
+            "{}: shard file not listed in {MANIFEST_FILE}",
+            dir.join(name).display()
+        ));
     }
 
     // Read every listed shard (in parallel).
-    let shards: Vec<(&str, &quickdraw_data::manifest::ShardFile)> =
-        m.shards.iter().flat_map(|(split, files)| files.iter().map(move |f| (split.as_str(), f))).collect();
+    let shards: Vec<(&str, &quickdraw_data::manifest::ShardFile)> = m
+        .shards
+        .iter()
+        .flat_map(|(split, files)| files.iter().map(move |f| (split.as_str(), f)))
+        .collect();
     let total_bytes: u64 = shards.iter().map(|(_, f)| f.bytes).sum();
     let bar = progress::bar(ctx.quiet, Some(shards.len() as u64), "shards");
-    bar.set_message(format!("checking {} (~{} MB)", dir.display(), total_bytes >> 20));
+    bar.set_message(format!(
+        "checking {} (~{} MB)",
+        dir.display(),
+        total_bytes >> 20
+    ));
     let results: Vec<ShardResult> = shards
         .par_iter()
         .map(|(_, f)| {
@@ -630,7 +710,12 @@ fn check_dataset(dir: &Path, ctx: Ctx) -> anyhow::Result<DatasetCheck> {
                 ));
             }
             if r.bytes != f.bytes {
-                problems.push(format!("{}: {MANIFEST_FILE} says {} bytes, the file has {}", path.display(), f.bytes, r.bytes));
+                problems.push(format!(
+                    "{}: {MANIFEST_FILE} says {} bytes, the file has {}",
+                    path.display(),
+                    f.bytes,
+                    r.bytes
+                ));
             }
         }
         let per_class = found.entry(split.to_string()).or_default();
@@ -658,10 +743,23 @@ fn check_dataset(dir: &Path, ctx: Ctx) -> anyhow::Result<DatasetCheck> {
         }
     }
     for (split, class) in &keys {
-        let want = m.per_class.get(class).and_then(|c| c.splits.get(split)).copied().unwrap_or(0);
-        let got = found.get(split).and_then(|c| c.get(class)).copied().unwrap_or(0);
+        let want = m
+            .per_class
+            .get(class)
+            .and_then(|c| c.splits.get(split))
+            .copied()
+            .unwrap_or(0);
+        let got = found
+            .get(split)
+            .and_then(|c| c.get(class))
+            .copied()
+            .unwrap_or(0);
         if want != got {
-            let files: Vec<&str> = m.shards.get(split).map(|v| v.iter().map(|f| f.file.as_str()).collect()).unwrap_or_default();
+            let files: Vec<&str> = m
+                .shards
+                .get(split)
+                .map(|v| v.iter().map(|f| f.file.as_str()).collect())
+                .unwrap_or_default();
             problems.push(format!(
                 "split {split:?}, class {class:?}: {MANIFEST_FILE} says {want} examples, the shards ({}) hold {got}",
                 files.join(", ")
@@ -670,13 +768,18 @@ fn check_dataset(dir: &Path, ctx: Ctx) -> anyhow::Result<DatasetCheck> {
     }
     for class in m.per_class.keys() {
         if !m.classes.contains(class) {
-            problems.push(format!("{MANIFEST_FILE}: per_class lists {class:?}, which is not one of its classes"));
+            problems.push(format!(
+                "{MANIFEST_FILE}: per_class lists {class:?}, which is not one of its classes"
+            ));
         }
     }
     for (class, c) in &m.per_class {
         let split_sum: u64 = c.splits.values().sum();
         if c.kept != split_sum {
-            problems.push(format!("{MANIFEST_FILE}: class {class:?} kept {} but its splits add up to {split_sum}", c.kept));
+            problems.push(format!(
+                "{MANIFEST_FILE}: class {class:?} kept {} but its splits add up to {split_sum}",
+                c.kept
+            ));
         }
     }
     let listed_examples: u64 = m.shards.values().flatten().map(|f| f.examples).sum();

@@ -41,32 +41,57 @@ pub fn run(a: SynthArgs, ctx: Ctx) -> anyhow::Result<()> {
         "--classes must be between 1 and {} (the synthetic shapes)",
         SHAPES.len()
     );
-    let cfg = SynthConfig { classes: a.classes, per_class: a.per_class, seed: a.seed, unrecognized_share: a.unrecognized_share };
+    let cfg = SynthConfig {
+        classes: a.classes,
+        per_class: a.per_class,
+        seed: a.seed,
+        unrecognized_share: a.unrecognized_share,
+    };
     let files = write_synth(&cfg, &a.out, a.format == "simplified", ctx)?;
     if !ctx.quiet {
-        eprintln!("wrote {} drawings in {} files under {}", a.classes * a.per_class, files.len(), a.out.display());
+        eprintln!(
+            "wrote {} drawings in {} files under {}",
+            a.classes * a.per_class,
+            files.len(),
+            a.out.display()
+        );
     }
     Ok(())
 }
 
 /// Writes one NDJSON file per class (atomically); returns their paths. Used by `synth` and `demo`.
-pub fn write_synth(cfg: &SynthConfig, out: &Path, simplified: bool, ctx: Ctx) -> anyhow::Result<Vec<PathBuf>> {
+pub fn write_synth(
+    cfg: &SynthConfig,
+    out: &Path,
+    simplified: bool,
+    ctx: Ctx,
+) -> anyhow::Result<Vec<PathBuf>> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let bar = progress::bar(ctx.quiet, Some((cfg.classes * cfg.per_class) as u64), "drawings");
+    let bar = progress::bar(
+        ctx.quiet,
+        Some((cfg.classes * cfg.per_class) as u64),
+        "drawings",
+    );
     bar.set_message("synthesising");
     let mut paths = Vec::new();
     for (c, name) in cfg.class_names().iter().enumerate() {
         let path = out.join(format!("{name}.ndjson"));
         let tmp = out.join(format!(".{name}.ndjson.tmp"));
-        let mut w = BufWriter::new(File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+        let mut w = BufWriter::new(
+            File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
         for mut d in synth_class(c, cfg) {
             if simplified {
                 d = simplified_copy(d);
             }
-            writeln!(w, "{}", to_ndjson_line(&d, simplified)).with_context(|| format!("writing {}", tmp.display()))?;
+            writeln!(w, "{}", to_ndjson_line(&d, simplified))
+                .with_context(|| format!("writing {}", tmp.display()))?;
             bar.inc(1);
         }
-        w.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
         paths.push(path);
     }

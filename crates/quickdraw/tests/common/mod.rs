@@ -19,6 +19,9 @@ pub fn verification_python() -> Option<PathBuf> {
         "QUICKDRAW_REQUIRE_PYTHON is set but {} is missing",
         python.display()
     );
-    eprintln!("SKIP: {} not found; run scripts/test-all to create the verification venv", python.display());
+    eprintln!(
+        "SKIP: {} not found; run scripts/test-all to create the verification venv",
+        python.display()
+    );
     None
 }
