@@ -240,14 +240,32 @@ pub fn encode_example(d: &Drawing, label: i64, p: &Preprocessed, spec: &FeatureS
                     let n: usize = p.image.iter().map(|&v| 1 + (v >> 7) as usize).sum();
                     b.push(0x0a);
                     put_varint(b, n as u64);
-                    for &v in &p.image {
-                        if v < 0x80 {
-                            b.push(v);
+                    // Branch-free: a byte >= 0x80 already has its continuation bit set and is
+                    // followed by 0x01; a smaller one is the whole varint and its speculative
+                    // 0x01 is overwritten by the next pixel (or truncated at the end).
+                    let start = b.len();
+                    b.resize(start + n + 1, 0);
+                    let out = &mut b[start..];
+                    let mut i = 0;
+                    let one = |out: &mut [u8], i: &mut usize, v: u8| {
+                        out[*i] = v;
+                        out[*i + 1] = 1;
+                        *i += 1 + (v >> 7) as usize;
+                    };
+                    // Eight pixels below 0x80 (most of a drawing: the blank background) are
+                    // eight one-byte varints: copied as they are.
+                    let mut blocks = p.image.chunks_exact(8);
+                    for c in &mut blocks {
+                        let c: &[u8; 8] = c.try_into().expect("chunks of 8");
+                        if u64::from_le_bytes(*c) & 0x8080_8080_8080_8080 == 0 {
+                            out[i..i + 8].copy_from_slice(c);
+                            i += 8;
                         } else {
-                            b.push(v | 0x80);
-                            b.push(1);
+                            c.iter().for_each(|&v| one(out, &mut i, v));
                         }
                     }
+                    blocks.remainder().iter().for_each(|&v| one(out, &mut i, v));
+                    b.truncate(start + n);
                 }),
                 ImageEncoding::Bytes => put(key, BYTES, &mut |b| put_bytes_list(b, &p.image)),
                 ImageEncoding::Png => {
@@ -561,14 +579,16 @@ mod tests {
 
     #[test]
     fn hand_written_encoding_equals_prost() {
-        for enc in [
-            ImageEncoding::Int64,
-            ImageEncoding::Bytes,
-            ImageEncoding::Png,
+        // Sizes 64 and 13: the int64 packer's 8-pixel blocks and its remainder path.
+        for (enc, size) in [
+            (ImageEncoding::Int64, 64),
+            (ImageEncoding::Int64, 13),
+            (ImageEncoding::Bytes, 64),
+            (ImageEncoding::Png, 64),
         ] {
             for strokes in [None, Some(StrokeSpec::default())] {
                 let spec = FeatureSpec {
-                    raster: RasterSpec::new(RasterMode::Default, 64, None),
+                    raster: RasterSpec::new(RasterMode::Default, size, None),
                     image_encoding: enc,
                     strokes,
                     simplify_raw: true,

@@ -583,3 +583,103 @@ async fn stroke_models_take_sequences_and_drawings() {
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(v["error"].as_str().unwrap().contains("[T, 3]"), "{v}");
 }
+
+/// The acceptance list of hostile inputs, against the server's default limits (what `serve`
+/// runs with): each gets its TF Serving status and a message naming the problem, and the server
+/// answers a good request afterwards.
+#[tokio::test]
+async fn hostile_inputs_get_clear_errors_and_the_server_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    testing::write_demo_export(tmp.path(), 1, SIZE).unwrap();
+    let store = Arc::new(ModelStore::open(tmp.path(), true).unwrap());
+    let st = AppState::new("quickdraw", store, Limits::default(), None, true);
+    let url = "/v1/models/quickdraw:predict";
+    // 10^6 points in one stroke: ~4 MB of JSON, under the 4 MiB body limit, over the points one.
+    let million = vec!["0"; 1_000_000].join(",");
+    let cases: Vec<(&str, String, StatusCode, &str)> = vec![
+        (
+            "malformed JSON",
+            "{\"instances\": [".into(),
+            StatusCode::BAD_REQUEST,
+            "JSON Parse error",
+        ),
+        (
+            "NaN literal",
+            r#"{"instances": [{"drawing": [[[NaN, 1], [1, 2]]]}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "JSON Parse error",
+        ),
+        (
+            "NaN as a string",
+            r#"{"instances": [{"drawing": [[["NaN", 1], [1, 2]]]}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "not a number",
+        ),
+        (
+            "drawing of the wrong type",
+            r#"{"instances": [{"drawing": "a cat"}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "drawing",
+        ),
+        (
+            "instances of the wrong type",
+            r#"{"instances": "a cat"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "instances",
+        ),
+        (
+            "empty drawing",
+            r#"{"instances": [{"drawing": []}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "empty",
+        ),
+        (
+            "huge numbers",
+            r#"{"instances": [{"drawing": [[[1e300, 0], [0, 1e39]]]}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "finite",
+        ),
+        (
+            "10^6 points",
+            format!("{{\"instances\": [{{\"drawing\": [[[{million}], [{million}]]]}}]}}"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "points",
+        ),
+        (
+            "wrong signature name",
+            r#"{"signature_name": "predict_images", "instances": [[0]]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "\"predict_images\" not found",
+        ),
+    ];
+    for (what, body, code, needle) in cases {
+        let (got, _, v) = call_raw(&st, "POST", url, body).await;
+        assert_eq!(got, code, "{what}: {v}");
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error field in {v}"));
+        assert!(
+            msg.contains(needle),
+            "{what}: {msg:?} should contain {needle:?}"
+        );
+        assert!(
+            msg.len() < 2000,
+            "{what}: the message should not echo the request ({} bytes)",
+            msg.len()
+        );
+    }
+    for uri in [
+        "/v1/models/nope:predict",
+        "/v1/models/quickdraw/versions/99:predict",
+    ] {
+        let (got, _, v) = call(&st, "POST", uri, Some(json!({"instances": [gamma(false)]}))).await;
+        assert_eq!(got, StatusCode::NOT_FOUND, "{uri}: {v}");
+    }
+    let (got, _, v) = call(&st, "POST", url, Some(json!({"instances": [gamma(false)]}))).await;
+    assert_eq!(
+        got,
+        StatusCode::OK,
+        "still serving after the bad requests: {v}"
+    );
+    assert_eq!(v["predictions"].as_array().map(Vec::len), Some(1), "{v}");
+}

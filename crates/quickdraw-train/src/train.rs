@@ -180,6 +180,11 @@ pub struct TrainSummary {
     pub examples_per_sec: f64,
     pub data_wait_seconds: f64,
     pub data_wait_share: f64,
+    /// Seconds spent in training steps alone (batch wait, forward, backward, optimiser), without
+    /// evaluations and checkpoints: what a throughput benchmark compares.
+    pub step_seconds: f64,
+    /// Examples per second over `step_seconds`.
+    pub step_examples_per_sec: f64,
     pub train_loss: Option<f64>,
     pub train_accuracy: Option<f64>,
     pub eval: Option<EvalSummary>,
@@ -551,6 +556,8 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
         examples_per_sec: 0.0,
         data_wait_seconds: 0.0,
         data_wait_share: 0.0,
+        step_seconds: 0.0,
+        step_examples_per_sec: 0.0,
         train_loss: None,
         train_accuracy: None,
         eval: None,
@@ -640,6 +647,7 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
 
     let mut first_batch = true;
     while step < req.train_steps {
+        let step_start = Instant::now();
         let batch = pipeline.next_batch()?.ok_or(TrainError::PipelineGone)?;
         if first_batch {
             let n = batch.size.min(16);
@@ -666,6 +674,7 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
             w_correct += (r == 0) as u64;
             w_top3 += (r < 3) as u64;
         }
+        summary.step_seconds += step_start.elapsed().as_secs_f64();
         step += 1;
         position = batch.position;
         w_loss += loss_v as f64 * b as f64;
@@ -761,6 +770,8 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
     summary.seconds = secs;
     summary.steps_per_sec = summary.steps_run as f64 / secs.max(1e-9);
     summary.examples_per_sec = (summary.examples_seen - start_step * bs) as f64 / secs.max(1e-9);
+    summary.step_examples_per_sec =
+        (summary.examples_seen - start_step * bs) as f64 / summary.step_seconds.max(1e-9);
     summary.data_wait_seconds = pipeline.wait().as_secs_f64();
     summary.data_wait_share = summary.data_wait_seconds / secs.max(1e-9);
     summary.epochs = summary.examples_seen as f64 / epoch_size as f64;

@@ -21,6 +21,39 @@ pub enum BenchCommand {
     /// Conversion throughput (simplified NDJSON -> 64x64 Example shards) and peak memory, on real
     /// QuickDraw data repeated to a meaningful size, at several sizes.
     Convert(BenchConvertArgs),
+    /// Training throughput of `quickdraw train` and of TensorFlow/Keras (bench/keras_train.py) on
+    /// the same model, shards, batch size and machine, with peak memory, side by side.
+    #[cfg(feature = "train")]
+    Train(BenchTrainArgs),
+}
+
+#[cfg(feature = "train")]
+#[derive(Debug, clap::Args)]
+pub struct BenchTrainArgs {
+    /// Models to measure (each on both frameworks).
+    #[arg(long, value_delimiter = ',', default_values_t = [String::from("cnn"), String::from("dnn")])]
+    pub models: Vec<String>,
+    /// Timed training steps per model and framework.
+    #[arg(long, default_value_t = 30)]
+    pub steps: u64,
+    /// Untimed steps first (Keras traces its graph; burn allocates).
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Existing shard folder (`train-*` and manifest.json); default: synthesise 10 classes and
+    /// convert them to 64x64 shards in --scratch.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Python with tensorflow for the Keras side (default: the verification venv `.venv`).
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// Measure quickdraw only.
+    #[arg(long)]
+    pub no_keras: bool,
+    /// Scratch directory (data and model dirs).
+    #[arg(long, default_value = "target/bench-train")]
+    pub scratch: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +75,8 @@ pub struct BenchConvertArgs {
 pub fn run(a: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
     match a.what {
         BenchCommand::Convert(c) => bench_convert(c, ctx),
+        #[cfg(feature = "train")]
+        BenchCommand::Train(t) => bench_train(t, ctx),
     }
 }
 
@@ -161,4 +196,204 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Runs a command, failing with its stderr when it fails; returns its stdout.
+#[cfg(feature = "train")]
+fn run_captured(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {what}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last line of `stdout` that parses as a JSON object.
+#[cfg(feature = "train")]
+fn last_json(stdout: &str, what: &str) -> anyhow::Result<serde_json::Value> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v.is_object())
+        })
+        .with_context(|| format!("{what} printed no JSON summary"))
+}
+
+#[cfg(feature = "train")]
+fn bench_train(a: BenchTrainArgs, ctx: Ctx) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the quickdraw binary")?;
+    fs::create_dir_all(&a.scratch)?;
+    let data = match &a.data {
+        Some(d) => d.clone(),
+        None => {
+            let synth = a.scratch.join("synth");
+            let shards = a.scratch.join("shards");
+            if !shards.join("manifest.json").exists() {
+                eprintln!(
+                    "bench train: synthesising 10 classes x 700 drawings and converting them to 64x64 shards in {}",
+                    a.scratch.display()
+                );
+                run_captured(
+                    Command::new(&exe)
+                        .args([
+                            "--quiet",
+                            "synth",
+                            "--classes",
+                            "10",
+                            "--per-class",
+                            "700",
+                            "--out",
+                        ])
+                        .arg(&synth),
+                    "quickdraw synth",
+                )?;
+                run_captured(
+                    Command::new(&exe)
+                        .args([
+                            "--quiet",
+                            "convert",
+                            "--split",
+                            "train=0.9,eval=0.1",
+                            "--input",
+                        ])
+                        .arg(&synth)
+                        .arg("--output")
+                        .arg(&shards),
+                    "quickdraw convert",
+                )?;
+            }
+            shards
+        }
+    };
+    let train_glob = data.join("train-*").display().to_string();
+    let keras_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/keras_train.py");
+    let keras = !a.no_keras;
+    if keras {
+        anyhow::ensure!(
+            a.python.exists(),
+            "{} not found: run scripts/test-all once to create the venv with tensorflow-cpu, pass --python, or --no-keras",
+            a.python.display()
+        );
+        anyhow::ensure!(
+            keras_script.exists(),
+            "{} not found (run from a source checkout)",
+            keras_script.display()
+        );
+    }
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "training benchmark: batch {}, {} timed steps after {} warm-up steps, {threads} CPU threads, shards {}",
+        a.batch_size, a.steps, a.warmup, train_glob
+    );
+    println!(
+        "{:<6} {:<10} {:>11} {:>10} {:>12} {:>13} {:>13} {:>12}",
+        "model",
+        "framework",
+        "parameters",
+        "seconds",
+        "images/s",
+        "data wait %",
+        "peak RSS MB",
+        "infer 1 (ms)"
+    );
+    let mut results = Vec::new();
+    for model in &a.models {
+        // quickdraw: warm-up run, then the timed run resumes from its checkpoint in a new process;
+        // `step_examples_per_sec` excludes checkpoint writing (there is no evaluation).
+        let dir = a.scratch.join(format!("quickdraw-{model}"));
+        let train = |steps: u64, overwrite: bool| -> anyhow::Result<serde_json::Value> {
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                "--quiet",
+                "train",
+                "--model",
+                model,
+                "--train-files",
+                &train_glob,
+            ])
+            .arg("--model-dir")
+            .arg(&dir)
+            .args([
+                "--train-steps",
+                &steps.to_string(),
+                "--batch-size",
+                &a.batch_size.to_string(),
+                "--json",
+            ]);
+            if overwrite {
+                cmd.arg("--overwrite");
+            }
+            last_json(
+                &run_captured(&mut cmd, "quickdraw train")?,
+                "quickdraw train",
+            )
+        };
+        train(a.warmup.max(1), true)?;
+        let ours = train(a.warmup.max(1) + a.steps, false)?;
+        let ours_ips = ours["step_examples_per_sec"].as_f64().unwrap_or(0.0);
+        let rss = |v: &serde_json::Value| v["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6;
+        println!(
+            "{model:<6} {:<10} {:>11} {:>10.2} {:>12.1} {:>13.2} {:>13.0} {:>12}",
+            "quickdraw",
+            ours["parameters"],
+            ours["step_seconds"].as_f64().unwrap_or(0.0),
+            ours_ips,
+            100.0 * ours["data_wait_seconds"].as_f64().unwrap_or(0.0)
+                / ours["step_seconds"].as_f64().unwrap_or(1.0).max(1e-9),
+            rss(&ours),
+            "-"
+        );
+        let mut row = serde_json::json!({"model": model, "quickdraw": ours});
+        if keras {
+            let out = run_captured(
+                Command::new(&a.python)
+                    .arg(&keras_script)
+                    .arg("--config")
+                    .arg(dir.join("config.json"))
+                    .args(["--train-files", &train_glob])
+                    .args([
+                        "--steps",
+                        &a.steps.to_string(),
+                        "--warmup",
+                        &a.warmup.to_string(),
+                    ])
+                    .args(["--batch-size", &a.batch_size.to_string()]),
+                "bench/keras_train.py",
+            )?;
+            let k = last_json(&out, "bench/keras_train.py")?;
+            let k_ips = k["images_per_sec"].as_f64().unwrap_or(0.0);
+            println!(
+                "{model:<6} {:<10} {:>11} {:>10.2} {:>12.1} {:>13} {:>13.0} {:>12.2}",
+                "keras",
+                k["parameters"],
+                k["seconds"].as_f64().unwrap_or(0.0),
+                k_ips,
+                "-",
+                rss(&k),
+                k["infer_single_ms_median"].as_f64().unwrap_or(0.0)
+            );
+            println!(
+                "{model:<6} quickdraw / keras = {:.2}x",
+                ours_ips / k_ips.max(1e-9)
+            );
+            row["keras"] = k;
+            row["ratio"] = serde_json::json!(ours_ips / k_ips.max(1e-9));
+        }
+        results.push(row);
+    }
+    if !ctx.quiet {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "train", "threads": threads, "batch_size": a.batch_size, "steps": a.steps, "results": results})
+        );
+    }
+    Ok(())
 }

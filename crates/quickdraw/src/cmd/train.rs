@@ -253,7 +253,9 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
         eprintln!("{}", summary_table(&summary));
     }
     if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        let mut v = serde_json::to_value(&summary)?;
+        v["peak_rss_bytes"] = serde_json::json!(super::bench::peak_rss_bytes());
+        println!("{v}");
     }
     if summary.interrupted {
         eprintln!(
