@@ -73,7 +73,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--learning-rate", type=float, default=1e-3, help="when config.json has none")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--infer-iters", type=int, default=50, help="batch-1 inference timings")
     a = ap.parse_args()
@@ -84,18 +84,21 @@ def main():
 
     tf.keras.utils.set_random_seed(a.seed)
     with open(a.config) as f:
-        cfg = json.load(f)
+        full = json.load(f)
+    # config.json holds the architecture under "model", beside the optimiser settings.
+    cfg = full["model"]
+    lr = full.get("learning_rate") or a.learning_rate
     files = sorted(glob.glob(a.train_files))
     if not files:
         sys.exit(f"keras_train.py: no files match {a.train_files!r}")
     model = build_model(cfg, tf)
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(a.learning_rate),
+        optimizer=tf.keras.optimizers.Adam(lr),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     ds = dataset(files, cfg["image_size"], a.batch_size, tf, a.seed)
-    it = iter(ds)
+    it = ds  # infinite (repeat); each fit takes steps_per_epoch batches
     # The first fit traces and compiles the training function; the timed one reuses it.
     model.fit(it, steps_per_epoch=max(a.warmup, 1), epochs=1, verbose=0)
     t = time.perf_counter()

@@ -772,6 +772,8 @@ fn capture_image_model(
                 let zero = x.flatten::<2>(1, 3).sum_dim(1).mul_scalar(0.0); // [N, 1]
                 zero + b.log_prior.val().reshape([1, c]) // [N, C]
             }
+            // burn's Conv2d in every layer, so the graph has ONNX `Conv` nodes.
+            Model::Cnn(c) => c.forward_standard(x),
             m => m.forward(ModelInput::Images(x)),
         },
     )?;

@@ -395,11 +395,27 @@ pub struct Cnn {
 }
 
 impl Cnn {
+    /// `[B, 1, S, S]` pixels -> `[B, C]` logits. A convolution over one input channel (the first
+    /// layer) runs as [`conv_one_channel`]; the others are burn's `Conv2d`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with(images, true)
+    }
+
+    /// The same function with burn's `Conv2d` for every layer: what the ONNX export captures
+    /// (as `Conv` nodes). Tests check it equals [`Cnn::forward`] to 1e-4.
+    pub fn forward_standard(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with(images, false)
+    }
+
+    fn forward_with(&self, images: Tensor<4>, fast_first: bool) -> Tensor<2> {
         let mut x = images; // [B, 1, S, S]
         for (conv, pool) in self.convs.iter().zip(&self.pools) {
             // [B, C_in, H, W] -> [B, filters, H, W] ('same') -> [B, filters, H/pool, W/pool]
-            x = pool.forward(relu(conv.forward(x)));
+            let y = match fast_first {
+                true => conv_one_channel(conv, x.clone()).unwrap_or_else(|| conv.forward(x)),
+                false => conv.forward(x),
+            };
+            x = pool.forward(relu(y));
         }
         // [B, F, h, w] -> [B, F*h*w]
         let x = x.flatten::<2>(1, 3);
@@ -408,6 +424,72 @@ impl Cnn {
         // [B, dense] -> [B, C]
         self.output.forward(self.dropout.forward(x))
     }
+}
+
+/// A stride-1 'same' convolution over ONE input channel that needs no input gradient (the
+/// first layer, on images), as im2col + a batched matrix product: `[B, 1, H, W]` ->
+/// `[B, F, H, W]`, or `None` when `conv` or `x` is not of that kind.
+///
+/// Why: burn 0.22's flex backend runs the lecture's first layer (10x10 kernel, 1 -> 32 channels,
+/// 64x64) at ~14 GFLOP/s forward, and its weight gradient as a convolution whose kernel is the
+/// whole 64x64 output gradient: together ~370 of the ~550 ms of a batch-64 training step
+/// (`examples/profile_cnn.rs`). Here the patch matrix `cols[b, (i, j), (y, x)] =
+/// x_padded[b, y + i, x + j]` is built on the host in one pass (rows of the image are copied as
+/// runs), so the forward is `W [F, k*k] x cols[b] [k*k, H*W]` per image and autodiff's weight
+/// gradient `grad[b] x cols[b]^T` summed over the batch, both on the gemm crate. The input is a constant of the
+/// graph (it gets no gradient: images never need one). Same weights and padding as burn's
+/// `Conv2d` ('same': `(k-1)/2` before, the rest after), checked against it to 1e-4 (outputs and
+/// gradients) by the tests; the export captures burn's `Conv2d` ([`Cnn::forward_standard`]).
+pub fn conv_one_channel(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
+    use rayon::prelude::*;
+    let [f, c_in, kh, kw] = conv.weight.val().dims();
+    let [b, c, h, w] = x.dims();
+    if c_in != 1
+        || c != 1
+        || conv.stride != [1, 1]
+        || conv.dilation != [1, 1]
+        || conv.groups != 1
+        || conv.padding != PaddingConfig2d::Same
+        || x.is_require_grad()
+    {
+        return None;
+    }
+    let (top, left) = ((kh - 1) / 2, (kw - 1) / 2);
+    let device = x.device();
+    let img: Vec<f32> = x.into_data().convert::<f32>().into_vec().ok()?;
+    let (hw, kk) = (h * w, kh * kw);
+    // cols[b, (i, j), (y, x)], one image per task.
+    let mut cols = vec![0f32; b * kk * hw];
+    cols.par_chunks_mut(kk * hw)
+        .zip(img.par_chunks(hw))
+        .for_each(|(cb, im)| {
+            for i in 0..kh {
+                for j in 0..kw {
+                    let row = &mut cb[(i * kw + j) * hw..][..hw];
+                    // Output x reads input x + j - left: valid for x in [x0, x1).
+                    let x0 = left.saturating_sub(j);
+                    let x1 = (w + left).saturating_sub(j).min(w);
+                    if x0 >= x1 {
+                        continue;
+                    }
+                    for y in 0..h {
+                        let Some(sy) = (y + i).checked_sub(top).filter(|&sy| sy < h) else {
+                            continue;
+                        };
+                        let src = &im[sy * w + x0 + j - left..][..x1 - x0];
+                        row[y * w + x0..y * w + x1].copy_from_slice(src);
+                    }
+                }
+            }
+        });
+    let cols = Tensor::<3>::from_data(TensorData::new(cols, [b, kk, hw]), &device);
+    // [F, 1, kh, kw] -> [B, F, k*k] (broadcast; autodiff sums the weight gradient over B)
+    let wt = conv.weight.val().reshape([1, f, kk]).expand([b, f, kk]);
+    let mut y = wt.matmul(cols); // [B, F, H*W]
+    if let Some(bias) = &conv.bias {
+        y = y + bias.val().reshape([1, f, 1]);
+    }
+    Some(y.reshape([b, f, h, w]))
 }
 
 /// Bidirectional LSTM over stroke features, masked by each drawing's length.
@@ -530,6 +612,55 @@ mod tests {
         // conv1 10*10*1*32+32 = 3232, conv2 5*5*32*64+64 = 51264, dense 1024*256+256 = 262400,
         // output 256*10+10 = 2570.
         assert_eq!(m.num_params(), 319_466);
+    }
+
+    fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    #[test]
+    fn one_channel_conv_equals_burn_conv2d_values_and_gradients() {
+        // Even (asymmetric 'same' padding) and odd kernels, a non-square image, with bias.
+        let device = Device::flex().autodiff();
+        for (k, h, w) in [(10, 12, 13), (5, 9, 7), (1, 4, 4)] {
+            let conv = Conv2dConfig::new([1, 4], [k, k])
+                .with_padding(PaddingConfig2d::Same)
+                .init(&device);
+            let x = Tensor::<4>::random([3, 1, h, w], burn::tensor::Distribution::Default, &device);
+            let r = Tensor::<4>::random([3, 4, h, w], burn::tensor::Distribution::Default, &device);
+            let ours = conv_one_channel(&conv, x.clone()).expect("one-channel same conv");
+            let theirs = conv.forward(x);
+            assert_eq!(ours.dims(), theirs.dims());
+            let d = max_abs_diff(ours.clone(), theirs.clone());
+            assert!(d < 1e-4, "k={k}: outputs differ by {d}");
+            let g1 = (ours * r.clone()).sum().backward();
+            let g2 = (theirs * r).sum().backward();
+            let w = conv.weight.val();
+            let dw = max_abs_diff(w.grad(&g1).unwrap(), w.grad(&g2).unwrap());
+            assert!(dw < 1e-4, "k={k}: weight gradients differ by {dw}");
+            let bias = conv.bias.as_ref().unwrap().val();
+            let db = max_abs_diff(bias.grad(&g1).unwrap(), bias.grad(&g2).unwrap());
+            assert!(db < 1e-4, "k={k}: bias gradients differ by {db}");
+        }
+        // Not its kind: several input channels.
+        let conv = Conv2dConfig::new([2, 4], [3, 3])
+            .with_padding(PaddingConfig2d::Same)
+            .init(&device);
+        assert!(conv_one_channel(&conv, Tensor::<4>::zeros([1, 2, 5, 5], &device)).is_none());
+    }
+
+    #[test]
+    fn cnn_forward_equals_the_exported_standard_forward() {
+        let device = Device::flex();
+        let Model::Cnn(m) = ModelConfig::new(ModelKind::Cnn, 5, 64)
+            .init(&device)
+            .unwrap()
+        else {
+            panic!("a cnn")
+        };
+        let x = Tensor::<4>::random([2, 1, 64, 64], burn::tensor::Distribution::Default, &device);
+        let d = max_abs_diff(m.forward(x.clone()), m.forward_standard(x));
+        assert!(d < 1e-4, "logits differ by {d}");
     }
 
     #[test]
