@@ -427,7 +427,7 @@ impl Cnn {
 }
 
 /// A stride-1 'same' convolution over ONE input channel that needs no input gradient (the
-/// first layer, on images), as im2col + a batched matrix product: `[B, 1, H, W]` ->
+/// first layer, on images) on the CPU backend, as im2col + a batched matrix product: `[B, 1, H, W]` ->
 /// `[B, F, H, W]`, or `None` when `conv` or `x` is not of that kind.
 ///
 /// Why: burn 0.22's flex backend runs the lecture's first layer (10x10 kernel, 1 -> 32 channels,
@@ -451,6 +451,8 @@ pub fn conv_one_channel(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
         || conv.groups != 1
         || conv.padding != PaddingConfig2d::Same
         || x.is_require_grad()
+        // The patch matrix is built on the host: CPU (flex) tensors only, not CUDA ones.
+        || x.device().inner() != Device::flex()
     {
         return None;
     }
