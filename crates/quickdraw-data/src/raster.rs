@@ -210,10 +210,14 @@ pub fn rasterize_strokes(strokes: &[Stroke], spec: &RasterSpec) -> Vec<u8> {
     let Some(m) = mapping(strokes, spec) else {
         return vec![0u8; spec.pixels()];
     };
+    // Rows of at least LANES pixels take blocks as they are (a block that would pass the right
+    // edge is moved left, recomputing some pixels: max is idempotent); narrower images get
+    // spare columns.
+    let stride = if size >= LANES { size } else { size + LANES };
     let mut canvas = Canvas {
-        stride: size + LANES,
+        stride,
         size,
-        px: vec![0u8; (size + LANES) * size],
+        px: vec![0u8; stride * size],
     };
     let r = spec.line_width / 2.0;
     for s in strokes {
@@ -234,6 +238,9 @@ pub fn rasterize_strokes(strokes: &[Stroke], spec: &RasterSpec) -> Vec<u8> {
             canvas.segment(p, p, r, RasterMode::Default);
         }
     }
+    if canvas.stride == size {
+        return canvas.px;
+    }
     let mut img = Vec::with_capacity(size * size);
     for row in canvas.px.chunks_exact(canvas.stride) {
         img.extend_from_slice(&row[..size]);
@@ -241,7 +248,8 @@ pub fn rasterize_strokes(strokes: &[Stroke], spec: &RasterSpec) -> Vec<u8> {
     img
 }
 
-/// A `size` x `size` image whose rows are `stride = size + LANES` bytes long.
+/// A `size` x `size` image whose rows are `stride` bytes long (`size`, or `size + LANES` when
+/// the image is narrower than a block).
 struct Canvas {
     stride: usize,
     size: usize,
@@ -327,10 +335,11 @@ impl Canvas {
             let row = &mut self.px[py * self.stride..(py + 1) * self.stride];
             let mut x0 = span_lo;
             while x0 <= span_hi {
-                let block: &mut [u8; LANES] = (&mut row[x0..x0 + LANES])
+                let xs = x0.min(self.stride - LANES);
+                let block: &mut [u8; LANES] = (&mut row[xs..xs + LANES])
                     .try_into()
-                    .expect("stride has LANES spare columns");
-                let base = x0 as f32 + 0.5 - a.0;
+                    .expect("rows are at least LANES wide");
+                let base = xs as f32 + 0.5 - a.0;
                 let mut g = [0u8; LANES];
                 for (k, g) in g.iter_mut().enumerate() {
                     // Pixel centre relative to `a`.
