@@ -36,7 +36,7 @@ fn sync<const D: usize>(t: Tensor<D>) {
         .flatten::<1>(0, D - 1)
         .slice([0..1])
         .into_data()
-        .to_vec()
+        .try_to_vec()
         .unwrap();
 }
 
