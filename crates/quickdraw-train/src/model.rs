@@ -415,7 +415,9 @@ impl Cnn {
                 true => conv_one_channel(conv, x.clone()).unwrap_or_else(|| conv.forward(x)),
                 false => conv.forward(x),
             };
-            x = pool.forward(relu(y));
+            // relu(max_pool(y)) == max_pool(relu(y)) (relu is monotonic), values and gradients
+            // alike; pooling first runs the ReLU on pool^2 times fewer values.
+            x = relu(pool.forward(y));
         }
         // [B, F, h, w] -> [B, F*h*w]
         let x = x.flatten::<2>(1, 3);
