@@ -121,33 +121,30 @@ impl Predictor {
             .with_input_names(&input_names)
             .and_then(|m| m.with_outputs_by_name(&output_names))
             .map_err(load_err(&path))?;
-        let proto_one = proto.clone();
-        // First try a symbolic batch (the contract's -1), then the graph's own shapes.
+        let one_row = |m: InferenceModel| {
+            Self::with_facts(m, &info, Some(1)).and_then(|m| m.into_optimized())
+        };
+        // First try a symbolic batch (the contract's -1), plus a plan for exactly one row; else
+        // the graph's own shapes with batch 1.
         let symbolic =
             Self::with_facts(proto.clone(), &info, None).and_then(|m| m.into_optimized());
-        let (model, batch) = match symbolic {
-            Ok(m) => (m, Batch::Any),
+        let (model, batch, plan_one) = match symbolic {
+            Ok(m) => {
+                let one = one_row(proto)
+                    .and_then(|m| m.into_runnable())
+                    .map_err(load_err(&path))?;
+                (m, Batch::Any, Some(one))
+            }
             Err(sym_err) => {
-                let fixed = Self::with_facts(proto, &info, Some(1))
-                    .and_then(|m| m.into_optimized())
-                    .map_err(|e| PredictError::Load {
-                        path: path.display().to_string(),
-                        what: format!("with a symbolic batch: {sym_err:#}; with batch 1: {e:#}"),
-                    })?;
-                (fixed, Batch::Fixed(1))
+                let fixed = one_row(proto).map_err(|e| PredictError::Load {
+                    path: path.display().to_string(),
+                    what: format!("with a symbolic batch: {sym_err:#}; with batch 1: {e:#}"),
+                })?;
+                (fixed, Batch::Fixed(1), None)
             }
         };
         let nodes = model.nodes().len();
         let plan = model.into_runnable().map_err(load_err(&path))?;
-        let plan_one = match batch {
-            Batch::Any => Some(
-                Self::with_facts(proto_one, &info, Some(1))
-                    .and_then(|m| m.into_optimized())
-                    .and_then(|m| m.into_runnable())
-                    .map_err(load_err(&path))?,
-            ),
-            Batch::Fixed(_) => None,
-        };
         let p = Predictor {
             info,
             plan,

@@ -27,16 +27,25 @@ fn limits() -> Limits {
 }
 
 fn state(base: &Path, log: Option<&Path>) -> AppState {
+    state_with_limits(base, log, limits())
+}
+
+fn state_with_limits(base: &Path, log: Option<&Path>, limits: Limits) -> AppState {
     let store = Arc::new(ModelStore::open(base, true).unwrap());
     let log = log.map(|d| quickdraw_serve::reqlog::RequestLog::open(d).unwrap());
-    AppState::new("quickdraw", store, limits(), log, true)
+    AppState::new("quickdraw", store, limits, log, true)
+}
+
+/// A demo export as version 1, served with `limits`.
+fn setup_with_limits(limits: Limits) -> (tempfile::TempDir, AppState) {
+    let tmp = tempfile::tempdir().unwrap();
+    testing::write_demo_export(tmp.path(), 1, SIZE).unwrap();
+    let st = state_with_limits(tmp.path(), None, limits);
+    (tmp, st)
 }
 
 fn setup() -> (tempfile::TempDir, AppState) {
-    let tmp = tempfile::tempdir().unwrap();
-    testing::write_demo_export(tmp.path(), 1, SIZE).unwrap();
-    let st = state(tmp.path(), None);
-    (tmp, st)
+    setup_with_limits(limits())
 }
 
 async fn call(
@@ -589,10 +598,7 @@ async fn stroke_models_take_sequences_and_drawings() {
 /// answers a good request afterwards.
 #[tokio::test]
 async fn hostile_inputs_get_clear_errors_and_the_server_keeps_serving() {
-    let tmp = tempfile::tempdir().unwrap();
-    testing::write_demo_export(tmp.path(), 1, SIZE).unwrap();
-    let store = Arc::new(ModelStore::open(tmp.path(), true).unwrap());
-    let st = AppState::new("quickdraw", store, Limits::default(), None, true);
+    let (_tmp, st) = setup_with_limits(Limits::default());
     let url = "/v1/models/quickdraw:predict";
     // 10^6 points in one stroke: ~4 MB of JSON, under the 4 MiB body limit, over the points one.
     let million = vec!["0"; 1_000_000].join(",");
