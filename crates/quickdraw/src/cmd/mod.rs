@@ -51,6 +51,34 @@ pub fn expand_globs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The text table of `predict` and `model run`: its header, for the top `k` classes.
+pub fn prediction_header(k: usize) -> String {
+    format!(
+        "{:<24} {:>6} {:>18} {:<12} top {k}",
+        "input", "index", "key_id", "label"
+    )
+}
+
+/// One row of that table: input file name, record index, key_id, the record's own label (`-`
+/// when it has none), then the top classes with their probabilities.
+pub fn prediction_row<'a>(
+    name: &str,
+    index: u64,
+    key_id: u64,
+    label: Option<&str>,
+    top: impl IntoIterator<Item = (&'a str, f32)>,
+) -> String {
+    let tops: Vec<String> = top
+        .into_iter()
+        .map(|(c, p)| format!("{c} {p:.3}"))
+        .collect();
+    format!(
+        "{name:<24} {index:>6} {key_id:>18} {:<12} {}",
+        label.unwrap_or("-"),
+        tops.join(", ")
+    )
+}
+
 /// Global options every command sees.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx {

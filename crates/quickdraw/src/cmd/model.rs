@@ -330,10 +330,7 @@ impl Printer {
         probs: &Probabilities,
     ) -> anyhow::Result<()> {
         if !self.json && !self.header_done {
-            println!(
-                "{:<24} {:>6} {:>18} {:<12} top {}",
-                "input", "index", "key_id", "label", self.k
-            );
+            println!("{}", super::prediction_header(self.k));
             self.header_done = true;
         }
         for (i, it) in items.iter().enumerate() {
@@ -360,22 +357,14 @@ impl Printer {
             if self.json {
                 println!("{}", serde_json::to_string(&line)?);
             } else {
-                let tops: Vec<String> = line
-                    .top_k
-                    .iter()
-                    .map(|c| format!("{} {:.3}", c.class, c.probability))
-                    .collect();
                 let name = Path::new(&it.input)
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| it.input.clone());
+                let top = line.top_k.iter().map(|c| (c.class, c.probability));
                 println!(
-                    "{:<24} {:>6} {:>18} {:<12} {}",
-                    name,
-                    it.index,
-                    it.key_id,
-                    it.label.as_deref().unwrap_or("-"),
-                    tops.join(", ")
+                    "{}",
+                    super::prediction_row(&name, it.index, it.key_id, it.label.as_deref(), top)
                 );
             }
         }

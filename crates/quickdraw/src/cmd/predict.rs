@@ -168,10 +168,7 @@ pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
     let files = expand_globs(&a.inputs)?;
     let mut remaining = a.limit.unwrap_or(usize::MAX);
     if !a.json {
-        println!(
-            "{:<24} {:>6} {:>18} {:<12} top {k}",
-            "input", "index", "key_id", "label"
-        );
+        println!("{}", super::prediction_header(k));
     }
     for f in files {
         if remaining == 0 {
@@ -205,22 +202,20 @@ pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
                 if a.json {
                     println!("{}", serde_json::to_string(&line)?);
                 } else {
-                    let tops: Vec<String> = line
-                        .top_k
-                        .iter()
-                        .map(|c| format!("{} {:.3}", c.class, c.probability))
-                        .collect();
                     let name = f
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
+                    let top = line.top_k.iter().map(|c| (c.class.as_str(), c.probability));
                     println!(
-                        "{:<24} {:>6} {:>18} {:<12} {}",
-                        name,
-                        line.index,
-                        line.key_id,
-                        line.label.as_deref().unwrap_or("-"),
-                        tops.join(", ")
+                        "{}",
+                        super::prediction_row(
+                            &name,
+                            line.index,
+                            line.key_id,
+                            line.label.as_deref(),
+                            top
+                        )
                     );
                 }
             }
