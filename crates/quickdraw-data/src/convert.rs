@@ -581,13 +581,15 @@ pub fn shard_name(split: &str, index: usize, total: usize) -> String {
     format!("{split}-{index:05}-of-{total:05}")
 }
 
-/// Reads one framed record (header, data, CRC) from a spill file into `buf`.
-fn read_framed<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.resize(12, 0);
-    r.read_exact(&mut buf[..12])?;
-    let len = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")) as usize;
-    buf.resize(12 + len + 4, 0);
-    r.read_exact(&mut buf[12..])
+/// Appends one framed record (header, data, CRC) from a spill file to `out`; returns its length.
+fn read_framed<R: Read>(r: &mut R, out: &mut Vec<u8>) -> io::Result<usize> {
+    let start = out.len();
+    out.resize(start + 12, 0);
+    r.read_exact(&mut out[start..])?;
+    let len = u64::from_le_bytes(out[start..start + 8].try_into().expect("8 bytes")) as usize;
+    out.resize(start + 12 + len + 4, 0);
+    r.read_exact(&mut out[start + 12..])?;
+    Ok(out.len() - start)
 }
 
 fn write_split(
@@ -652,7 +654,6 @@ fn write_split(
             Ok(())
         });
         let mut read = || -> Result<(), ConvertError> {
-            let mut buf = Vec::new();
             let mut k = 0usize;
             while total > 0 {
                 let Ok((mut data, mut index)) = empty_rx.recv() else {
@@ -670,10 +671,9 @@ fn write_split(
                     }
                     left[c] -= 1;
                     total -= 1;
-                    read_framed(&mut readers[c], &mut buf)
+                    let len = read_framed(&mut readers[c], &mut data)
                         .map_err(io_err(&dir.join(format!("{c}.rec"))))?;
-                    data.extend_from_slice(&buf);
-                    index.push((k % n, buf.len()));
+                    index.push((k % n, len));
                     k += 1;
                 }
                 if full_tx.send((data, index)).is_err() {
