@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,14 +24,15 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::drawing::{Drawing, Ink};
-use crate::features::{FeatureError, FeatureSpec, encode_example, is_raw, preprocess};
+use crate::features::{FeatureError, FeatureSpec, encode_example_into, is_raw, preprocess};
 use crate::ingest::{self, Format, IngestError, UnitReader, class_from_path, parse_unit};
 use crate::manifest::{
     ClassCounts, DatasetManifest, InputFile, LABELS_FILE, MANIFEST_FILE, MANIFEST_VERSION,
     REJECTS_FILE, ShardFile, labels_text,
 };
+use crate::spill;
 use crate::split::{Assign, SPLITS, SplitPolicy, Splitter, mix64};
-use crate::tfrecord::frame_record;
+use crate::tfrecord::append_record;
 
 /// Records parsed together in parallel; large enough to amortise scheduling, small enough to
 /// keep memory flat.
@@ -238,6 +239,12 @@ pub struct ConvertReport {
     pub manifest: DatasetManifest,
     pub skipped: Vec<PathBuf>,
     pub rejects_path: PathBuf,
+    /// Wall time of phase 1 (read, validate, split and spill the drawings of each class), in
+    /// seconds.
+    pub read_seconds: f64,
+    /// Wall time of phase 2 (shuffle the spilled drawings, rasterise and encode them, write,
+    /// fsync and rename the shards), in seconds.
+    pub encode_write_seconds: f64,
 }
 
 struct GroupOut {
@@ -264,7 +271,10 @@ pub fn run(
         fs::create_dir_all(tmp.join(s)).map_err(io_err(&tmp))?;
     }
 
+    // A bad raster configuration fails now, not after reading every input.
+    crate::raster::check(&cfg.features.raster).map_err(FeatureError::from)?;
     // Phase 1: classes in parallel.
+    let phase1 = std::time::Instant::now();
     let results: Vec<Result<GroupOut, ConvertError>> = plan
         .groups
         .par_iter()
@@ -311,19 +321,29 @@ pub fn run(
         });
     }
 
-    // Phase 2: splits in parallel, each an interleave of its class spill files.
+    let read_seconds = phase1.elapsed().as_secs_f64();
+    // Phase 2: split by split (each uses every core to encode), each an interleave of its
+    // class spill files.
+    let phase2 = std::time::Instant::now();
     let counts: Vec<[u64; 3]> = groups.iter().map(|g| g.per_split).collect();
-    let shard_results: Vec<Result<(usize, Vec<ShardFile>), ConvertError>> = (0..SPLITS.len())
-        .into_par_iter()
-        .filter(|&s| counts.iter().any(|c| c[s] > 0))
-        .map(|s| write_split(cfg, s, &counts, &tmp, progress).map(|v| (s, v)))
-        .collect();
-    let mut shards = BTreeMap::new();
-    for r in shard_results {
-        let (s, files) = r?;
-        shards.insert(SPLITS[s].to_string(), files);
+    let mut written = Vec::new();
+    for s in 0..SPLITS.len() {
+        if counts.iter().all(|c| c[s] == 0) {
+            continue;
+        }
+        let (files, truncated) = write_split(cfg, s, &counts, &tmp, progress)?;
+        for (g, t) in groups.iter_mut().zip(truncated) {
+            g.counts.strokes_truncated += t;
+        }
+        written.push((s, files));
+    }
+    let shards = finish_shards(written)?;
+    let mut totals = ClassCounts::default();
+    for g in &groups {
+        totals.add(&g.counts);
     }
 
+    let encode_write_seconds = phase2.elapsed().as_secs_f64();
     let label_path = out.join(LABELS_FILE);
     write_atomic(&label_path, labels_text(&plan.classes).as_bytes())?;
     let examples: u64 = shards.values().flatten().map(|f| f.examples).sum();
@@ -357,6 +377,8 @@ pub fn run(
         manifest,
         skipped: plan.skipped.clone(),
         rejects_path,
+        read_seconds,
+        encode_write_seconds,
     })
 }
 
@@ -430,6 +452,17 @@ enum Outcome {
     Keep(Drawing),
 }
 
+/// Drawings encoded together by one task of phase 2 (and written with one `write` call).
+const ENCODE_CHUNK: usize = 16;
+
+/// Framed records of consecutive drawings of one shard in one buffer, with the class and
+/// whether the stroke features were cut of each.
+struct EncodedChunk {
+    shard: usize,
+    bytes: Vec<u8>,
+    records: Vec<(usize, bool)>,
+}
+
 fn convert_class(
     cfg: &ConvertConfig,
     label: usize,
@@ -454,6 +487,7 @@ fn convert_class(
     let mut inputs = Vec::new();
     let counter = Arc::new(AtomicU64::new(0));
     let mut reported = 0u64;
+    let mut record = Vec::with_capacity(4096);
 
     for f in files {
         let mut reader = UnitReader::open_as(&f.path, f.format, f.gzip, Some(counter.clone()))?;
@@ -482,7 +516,6 @@ fn convert_class(
                 })
                 .collect();
             // Decide in input order: this is what makes quotas and output deterministic.
-            let mut todo: Vec<(usize, Drawing)> = Vec::new();
             for (u, o) in batch.iter().zip(parsed) {
                 counts.read += 1;
                 match o {
@@ -508,7 +541,15 @@ fn convert_class(
                             continue;
                         }
                         match splitter.assign(class, d.key_id, d.timestamp) {
-                            Assign::Split(s) => todo.push((s, d)),
+                            Assign::Split(s) => {
+                                record.clear();
+                                spill::append(&d, &mut record);
+                                let p = tmp.join(SPLITS[s]);
+                                spills[s].write_all(&record).map_err(io_err(&p))?;
+                                per_split[s] += 1;
+                                counts.kept += 1;
+                                *counts.splits.entry(SPLITS[s].to_string()).or_default() += 1;
+                            }
                             Assign::SplitFull => {
                                 *counts.filtered.entry("split_full".into()).or_default() += 1
                             }
@@ -518,26 +559,6 @@ fn convert_class(
                         }
                     }
                 }
-            }
-            let encoded: Vec<Result<(usize, Vec<u8>, bool), FeatureError>> = todo
-                .par_iter()
-                .map(|(s, d)| {
-                    let p = preprocess(&d.ink, &cfg.features)?;
-                    let truncated = p.strokes.as_ref().is_some_and(|s| s.truncated);
-                    let ex = encode_example(d, label as i64, &p, &cfg.features);
-                    let mut framed = Vec::with_capacity(ex.len() + 16);
-                    frame_record(&ex, &mut framed);
-                    Ok((*s, framed, truncated))
-                })
-                .collect();
-            for e in encoded {
-                let (s, framed, truncated) = e?;
-                let p = tmp.join(SPLITS[s]);
-                spills[s].write_all(&framed).map_err(io_err(&p))?;
-                per_split[s] += 1;
-                counts.kept += 1;
-                counts.strokes_truncated += truncated as u64;
-                *counts.splits.entry(SPLITS[s].to_string()).or_default() += 1;
             }
             progress
                 .records
@@ -581,24 +602,24 @@ pub fn shard_name(split: &str, index: usize, total: usize) -> String {
     format!("{split}-{index:05}-of-{total:05}")
 }
 
-/// Appends one framed record (header, data, CRC) from a spill file to `out`; returns its length.
-fn read_framed<R: Read>(r: &mut R, out: &mut Vec<u8>) -> io::Result<usize> {
-    let start = out.len();
-    out.resize(start + 12, 0);
-    r.read_exact(&mut out[start..])?;
-    let len = u64::from_le_bytes(out[start..start + 8].try_into().expect("8 bytes")) as usize;
-    out.resize(start + 12 + len + 4, 0);
-    r.read_exact(&mut out[start + 12..])?;
-    Ok(out.len() - start)
-}
+/// A batch of spilled drawings in shard order: their records back to back, and each one's class
+/// and record length.
+type SpillBatch = (Vec<u8>, Vec<(usize, usize)>);
 
+/// Phase 2 for one split: draws the spilled drawings of all classes in a seeded uniformly random
+/// order and writes them round-robin to the split's shards, rasterising and encoding each on the
+/// way. Three stages overlap: a thread reads the picked records from the spill files, the
+/// calling thread preprocesses and encodes each batch on the rayon pool, and a thread writes the
+/// encoded records. Batches go round through bounded channels, so memory stays at a few batches.
+/// Returns the shard files (written, being synced, not yet renamed) and, per class, how many
+/// drawings had their stroke features cut.
 fn write_split(
     cfg: &ConvertConfig,
     split: usize,
     counts: &[[u64; 3]],
     tmp: &Path,
     progress: &Progress,
-) -> Result<Vec<ShardFile>, ConvertError> {
+) -> Result<(Vec<PendingShard>, Vec<u64>), ConvertError> {
     let name = SPLITS[split];
     let dir = tmp.join(name);
     let mut readers = Vec::with_capacity(counts.len());
@@ -606,7 +627,7 @@ fn write_split(
     for label in 0..counts.len() {
         let p = dir.join(format!("{label}.rec"));
         readers.push(BufReader::with_capacity(
-            1 << 14,
+            1 << 13,
             File::open(&p).map_err(io_err(&p))?,
         ));
     }
@@ -617,47 +638,47 @@ fn write_split(
         let final_path = cfg.output.join(shard_name(name, i, n));
         let tmp_path = final_path.with_file_name(format!("{}.tmp", shard_name(name, i, n)));
         writers.push(BufWriter::with_capacity(
-            1 << 18,
+            1 << 16,
             File::create(&tmp_path).map_err(io_err(&tmp_path))?,
         ));
         files.push((tmp_path, final_path, 0u64, 0u64));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(mix64(cfg.seed ^ mix64(split as u64 + 1)));
     let mut total: u64 = left.iter().sum();
-    // Two stages on two threads: this one picks and reads records from the spill files into a
-    // batch, the other writes the batch to the shards (both are memory copies of ~5 KB per
-    // record). Batches go round through bounded channels, so memory stays at a few batches.
-    const BATCH: usize = 256;
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, Vec<(usize, usize)>)>(2);
-    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, Vec<(usize, usize)>)>(4);
+    let mut truncated = vec![0u64; counts.len()];
+    const BATCH: usize = 512;
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<SpillBatch>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<SpillBatch>(4);
+    let (enc_tx, enc_rx) = std::sync::mpsc::sync_channel::<Vec<EncodedChunk>>(2);
     for _ in 0..3 {
-        let _ = empty_tx.send((Vec::with_capacity(BATCH * 6000), Vec::with_capacity(BATCH)));
+        let _ = empty_tx.send((Vec::with_capacity(BATCH * 512), Vec::with_capacity(BATCH)));
     }
-    let write_result = std::thread::scope(|scope| -> Result<(), ConvertError> {
+    let result = std::thread::scope(|scope| -> Result<(), ConvertError> {
         let files = &mut files;
         let writers = &mut writers;
+        let dir = &dir;
         let writer = scope.spawn(move || -> Result<(), ConvertError> {
-            for (data, index) in full_rx {
-                let mut at = 0;
-                for &(shard, len) in &index {
+            for chunks in enc_rx {
+                for chunk in chunks {
+                    // Whole chunks (~80 KB) are larger than the writer's buffer, so they go
+                    // to the file as they are, with no copy.
+                    let shard = chunk.shard;
                     writers[shard]
-                        .write_all(&data[at..at + len])
+                        .write_all(&chunk.bytes)
                         .map_err(io_err(&files[shard].0))?;
-                    files[shard].2 += 1;
-                    files[shard].3 += len as u64;
-                    at += len;
-                    progress.examples_written.fetch_add(1, Ordering::Relaxed);
+                    files[shard].2 += chunk.records.len() as u64;
+                    files[shard].3 += chunk.bytes.len() as u64;
+                    progress
+                        .examples_written
+                        .fetch_add(chunk.records.len() as u64, Ordering::Relaxed);
                 }
-                // The reader may have stopped on an error: then nobody wants the buffer back.
-                let _ = empty_tx.send((data, index));
             }
             Ok(())
         });
-        let mut read = || -> Result<(), ConvertError> {
-            let mut k = 0usize;
+        let reader = scope.spawn(move || -> Result<(), ConvertError> {
             while total > 0 {
                 let Ok((mut data, mut index)) = empty_rx.recv() else {
-                    break;
+                    break; // the encoder stopped on an error, reported by it
                 };
                 data.clear();
                 index.clear();
@@ -671,61 +692,160 @@ fn write_split(
                     }
                     left[c] -= 1;
                     total -= 1;
-                    let len = read_framed(&mut readers[c], &mut data)
+                    let len = spill::read_record(&mut readers[c], &mut data)
                         .map_err(io_err(&dir.join(format!("{c}.rec"))))?;
-                    index.push((k % n, len));
-                    k += 1;
+                    index.push((c, len));
                 }
                 if full_tx.send((data, index)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut encode = || -> Result<(), ConvertError> {
+            // Index (in shard order) of the batch's first record: record k goes to shard k % n.
+            let mut k0 = 0usize;
+            for (data, index) in full_rx.iter() {
+                let mut offsets = Vec::with_capacity(index.len());
+                let mut at = 0;
+                for &(_, len) in &index {
+                    offsets.push(at);
+                    at += len;
+                }
+                // Tasks: each shard's records of this batch, in order, in runs of ENCODE_CHUNK.
+                let mut tasks: Vec<(usize, Vec<usize>)> = Vec::new();
+                for shard in 0..n {
+                    let first = (shard + n - k0 % n) % n;
+                    let mine: Vec<usize> = (first..index.len()).step_by(n).collect();
+                    for run in mine.chunks(ENCODE_CHUNK) {
+                        tasks.push((shard, run.to_vec()));
+                    }
+                }
+                k0 += index.len();
+                let chunks: Vec<Result<EncodedChunk, ConvertError>> = tasks
+                    .par_iter()
+                    .map(|(shard, run)| {
+                        let mut out = EncodedChunk {
+                            shard: *shard,
+                            bytes: Vec::with_capacity(run.len() * 5300),
+                            records: Vec::with_capacity(run.len()),
+                        };
+                        for &i in run {
+                            let (label, len) = index[i];
+                            let rec = &data[offsets[i]..offsets[i] + len];
+                            let d = spill::decode(rec)
+                                .map_err(io_err(&dir.join(format!("{label}.rec"))))?;
+                            let p = preprocess(&d.ink, &cfg.features)?;
+                            let cut = p.strokes.as_ref().is_some_and(|s| s.truncated);
+                            append_record(&mut out.bytes, |b| {
+                                encode_example_into(&d, label as i64, &p, &cfg.features, b)
+                            });
+                            out.records.push((label, cut));
+                        }
+                        Ok(out)
+                    })
+                    .collect();
+                let chunks = chunks.into_iter().collect::<Result<Vec<_>, _>>()?;
+                for c in &chunks {
+                    for &(label, cut) in &c.records {
+                        truncated[label] += cut as u64;
+                    }
+                }
+                // The reader may have stopped on an error: then nobody wants the buffer back.
+                let _ = empty_tx.send((data, index));
+                if enc_tx.send(chunks).is_err() {
                     break; // the writer failed; its error is reported below
                 }
             }
             Ok(())
         };
-        let read_result = read();
-        drop(full_tx);
+        let encode_result = encode();
+        // Unblock the other stages whatever happened, then collect their results.
+        drop(full_rx);
+        drop(empty_tx);
+        drop(enc_tx);
+        let read_result = reader.join().expect("spill reader thread panicked");
         let write_result = writer.join().expect("shard writer thread panicked");
-        read_result.and(write_result)
+        encode_result.and(read_result).and(write_result)
     });
-    write_result?;
-    // Flush and fsync every shard before any rename; the fsyncs run concurrently (one after the
-    // other they cost ~12 ms each here, a tenth of the whole phase).
-    let mut handles = Vec::with_capacity(n);
-    for (w, f) in writers.into_iter().zip(&files) {
-        handles.push(w.into_inner().map_err(|e| ConvertError::Io {
-            path: f.0.clone(),
+    result?;
+    // Flush every shard and start its fsync in the background: the later splits are encoded
+    // while the kernel writes this one to disk. `finish_shards` waits for them.
+    let mut pending = Vec::with_capacity(n);
+    for (w, (tmp_path, final_path, examples, bytes)) in writers.into_iter().zip(files) {
+        let file = w.into_inner().map_err(|e| ConvertError::Io {
+            path: tmp_path.clone(),
             source: e.into_error(),
-        })?);
-    }
-    std::thread::scope(|scope| {
-        let jobs: Vec<_> = handles
-            .iter()
-            .zip(&files)
-            .map(|(h, f)| scope.spawn(move || h.sync_all().map_err(io_err(&f.0))))
-            .collect();
-        jobs.into_iter()
-            .try_for_each(|j| j.join().expect("fsync thread panicked"))
-    })?;
-    drop(handles);
-    let mut out = Vec::with_capacity(n);
-    for (tmp_path, final_path, examples, bytes) in files {
-        fs::rename(&tmp_path, &final_path).map_err(io_err(&final_path))?;
-        // Test hook: crash at the worst moment (a shard looks complete, the run is not).
-        if std::env::var_os("QUICKDRAW_FAULT").is_some_and(|v| v == "convert-after-first-shard") {
-            std::process::abort();
-        }
-        let file = final_path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        out.push(ShardFile {
-            file,
+        })?;
+        let sync = std::thread::spawn(move || file.sync_all());
+        pending.push(PendingShard {
+            tmp_path,
+            final_path,
             examples,
             bytes,
+            sync,
         });
     }
-    Ok(out)
+    Ok((pending, truncated))
+}
+
+/// A shard written under its temporary name, its fsync running.
+struct PendingShard {
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    examples: u64,
+    bytes: u64,
+    sync: std::thread::JoinHandle<io::Result<()>>,
+}
+
+/// Waits until every shard is on disk, then gives each its final name (nothing is renamed unless
+/// every shard of every split was written and synced).
+fn finish_shards(
+    splits: Vec<(usize, Vec<PendingShard>)>,
+) -> Result<BTreeMap<String, Vec<ShardFile>>, ConvertError> {
+    let mut first_err = None;
+    let mut done = Vec::with_capacity(splits.len());
+    for (s, shards) in splits {
+        let mut files = Vec::with_capacity(shards.len());
+        for p in shards {
+            let r = p.sync.join().expect("fsync thread panicked");
+            if let (Err(e), None) = (r, &first_err) {
+                first_err = Some(ConvertError::Io {
+                    path: p.tmp_path.clone(),
+                    source: e,
+                });
+            }
+            files.push((p.tmp_path, p.final_path, p.examples, p.bytes));
+        }
+        done.push((s, files));
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let mut shards = BTreeMap::new();
+    for (s, files) in done {
+        let mut out = Vec::with_capacity(files.len());
+        for (tmp_path, final_path, examples, bytes) in files {
+            fs::rename(&tmp_path, &final_path).map_err(io_err(&final_path))?;
+            // Test hook: crash at the worst moment (a shard looks complete, the run is not).
+            if std::env::var_os("QUICKDRAW_FAULT").is_some_and(|v| v == "convert-after-first-shard")
+            {
+                std::process::abort();
+            }
+            let file = final_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            out.push(ShardFile {
+                file,
+                examples,
+                bytes,
+            });
+        }
+        shards.insert(SPLITS[s].to_string(), out);
+    }
+    Ok(shards)
 }
 
 #[cfg(test)]

@@ -166,31 +166,38 @@ pub fn preprocess(ink: &Ink, spec: &FeatureSpec) -> Result<Preprocessed, Feature
 /// building the prost message, whose output it equals byte for byte (tested against
 /// [`encode_example_prost`]). Features are written in key order, as prost's `BTreeMap` does.
 pub fn encode_example(d: &Drawing, label: i64, p: &Preprocessed, spec: &FeatureSpec) -> Vec<u8> {
-    let mut features = Vec::with_capacity(p.image.len() * 2 + 256);
-    let mut scratch = Vec::with_capacity(p.image.len() * 2 + 16);
-    let mut put = |key: &str, kind: u8, list: &mut dyn FnMut(&mut Vec<u8>)| {
-        scratch.clear();
-        list(&mut scratch);
-        // Feature { <kind> = List }, List already in `scratch`.
-        let list_len = scratch.len();
-        let feature_len = 1 + varint_len(list_len as u64) + list_len;
-        let entry_len = 1
-            + varint_len(key.len() as u64)
-            + key.len()
-            + 1
-            + varint_len(feature_len as u64)
-            + feature_len;
-        features.push(0x0a);
-        put_varint(&mut features, entry_len as u64);
-        features.push(0x0a);
-        put_varint(&mut features, key.len() as u64);
-        features.extend_from_slice(key.as_bytes());
-        features.push(0x12);
-        put_varint(&mut features, feature_len as u64);
-        features.push(kind);
-        put_varint(&mut features, list_len as u64);
-        features.extend_from_slice(&scratch);
-    };
+    let mut out = Vec::new();
+    encode_example_into(d, label, p, spec, &mut out);
+    out
+}
+
+/// The value list of one feature, before it is written.
+enum List<'a> {
+    /// Small lists (scalars, strings, stroke floats), already encoded.
+    Encoded(Vec<u8>),
+    /// The image as packed int64 varints (`len` bytes), written straight into the output.
+    ImageInt64 { pixels: &'a [u8], len: usize },
+}
+
+impl List<'_> {
+    fn len(&self) -> usize {
+        match self {
+            List::Encoded(b) => b.len(),
+            List::ImageInt64 { len, .. } => 1 + varint_len(*len as u64) + len,
+        }
+    }
+}
+
+/// [`encode_example`], appending to `out` (so a caller can frame records in one buffer with no
+/// copy). Every length prefix is computed before anything is written, so each byte of the
+/// ~5 KB image list is written once, in place.
+pub fn encode_example_into(
+    d: &Drawing,
+    label: i64,
+    p: &Preprocessed,
+    spec: &FeatureSpec,
+    out: &mut Vec<u8>,
+) {
     const BYTES: u8 = 0x0a;
     const FLOATS: u8 = 0x12;
     const INT64S: u8 = 0x1a;
@@ -210,76 +217,151 @@ pub fn encode_example(d: &Drawing, label: i64, p: &Preprocessed, spec: &FeatureS
         keys.extend([STROKE_LEN, STROKE_X, STROKE_Y, STROKE_Z]);
     }
     keys.sort_unstable();
-    for key in keys {
-        match key {
-            COUNTRYCODE => put(key, BYTES, &mut |b| {
-                put_bytes_list(b, d.countrycode.as_bytes())
-            }),
-            KEY_ID => put(key, INT64S, &mut |b| put_int64_list(b, &[d.key_id as i64])),
-            LABEL => put(key, INT64S, &mut |b| put_int64_list(b, &[label])),
-            RECOGNIZED => put(key, INT64S, &mut |b| {
-                put_int64_list(b, &[d.recognized as i64])
-            }),
-            TIMESTAMP => put(key, INT64S, &mut |b| put_int64_list(b, &[d.timestamp])),
-            WORD => put(key, BYTES, &mut |b| put_bytes_list(b, d.word.as_bytes())),
+    let encoded = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = Vec::new();
+        f(&mut b);
+        List::Encoded(b)
+    };
+    let lists: Vec<(&str, u8, List)> = keys
+        .into_iter()
+        .map(|key| match key {
+            COUNTRYCODE => (
+                key,
+                BYTES,
+                encoded(&|b| put_bytes_list(b, d.countrycode.as_bytes())),
+            ),
+            KEY_ID => (
+                key,
+                INT64S,
+                encoded(&|b| put_int64_list(b, &[d.key_id as i64])),
+            ),
+            LABEL => (key, INT64S, encoded(&|b| put_int64_list(b, &[label]))),
+            RECOGNIZED => (
+                key,
+                INT64S,
+                encoded(&|b| put_int64_list(b, &[d.recognized as i64])),
+            ),
+            TIMESTAMP => (key, INT64S, encoded(&|b| put_int64_list(b, &[d.timestamp]))),
+            WORD => (
+                key,
+                BYTES,
+                encoded(&|b| put_bytes_list(b, d.word.as_bytes())),
+            ),
             STROKE_LEN | STROKE_X | STROKE_Y | STROKE_Z => {
                 let s = p
                     .strokes
                     .as_ref()
                     .expect("keys include strokes only when present");
                 match key {
-                    STROKE_LEN => put(key, INT64S, &mut |b| put_int64_list(b, &[s.len as i64])),
-                    STROKE_X => put(key, FLOATS, &mut |b| put_float_list(b, &s.dx)),
-                    STROKE_Y => put(key, FLOATS, &mut |b| put_float_list(b, &s.dy)),
-                    _ => put(key, FLOATS, &mut |b| put_float_list(b, &s.pen)),
+                    STROKE_LEN => (
+                        key,
+                        INT64S,
+                        encoded(&|b| put_int64_list(b, &[s.len as i64])),
+                    ),
+                    STROKE_X => (key, FLOATS, encoded(&|b| put_float_list(b, &s.dx))),
+                    STROKE_Y => (key, FLOATS, encoded(&|b| put_float_list(b, &s.dy))),
+                    _ => (key, FLOATS, encoded(&|b| put_float_list(b, &s.pen))),
                 }
             }
             _ => match spec.image_encoding {
-                ImageEncoding::Int64 => put(key, INT64S, &mut |b| {
-                    // Packed varints of 0..=255: one byte below 128, two above.
-                    let n: usize = p.image.iter().map(|&v| 1 + (v >> 7) as usize).sum();
-                    b.push(0x0a);
-                    put_varint(b, n as u64);
-                    // Branch-free: a byte >= 0x80 already has its continuation bit set and is
-                    // followed by 0x01; a smaller one is the whole varint and its speculative
-                    // 0x01 is overwritten by the next pixel (or truncated at the end).
-                    let start = b.len();
-                    b.resize(start + n + 1, 0);
-                    let out = &mut b[start..];
-                    let mut i = 0;
-                    let one = |out: &mut [u8], i: &mut usize, v: u8| {
-                        out[*i] = v;
-                        out[*i + 1] = 1;
-                        *i += 1 + (v >> 7) as usize;
-                    };
-                    // Eight pixels below 0x80 (most of a drawing: the blank background) are
-                    // eight one-byte varints: copied as they are.
-                    let mut blocks = p.image.chunks_exact(8);
-                    for c in &mut blocks {
-                        let c: &[u8; 8] = c.try_into().expect("chunks of 8");
-                        if u64::from_le_bytes(*c) & 0x8080_8080_8080_8080 == 0 {
-                            out[i..i + 8].copy_from_slice(c);
-                            i += 8;
-                        } else {
-                            c.iter().for_each(|&v| one(out, &mut i, v));
-                        }
-                    }
-                    blocks.remainder().iter().for_each(|&v| one(out, &mut i, v));
-                    b.truncate(start + n);
-                }),
-                ImageEncoding::Bytes => put(key, BYTES, &mut |b| put_bytes_list(b, &p.image)),
+                // Packed varints of 0..=255: one byte below 128, two above.
+                ImageEncoding::Int64 => (
+                    key,
+                    INT64S,
+                    List::ImageInt64 {
+                        pixels: &p.image,
+                        len: p.image.len() + count_high_bytes(&p.image),
+                    },
+                ),
+                ImageEncoding::Bytes => (key, BYTES, encoded(&|b| put_bytes_list(b, &p.image))),
                 ImageEncoding::Png => {
                     let png = encode_png(&p.image, spec.raster.size);
-                    put(key, BYTES, &mut |b| put_bytes_list(b, &png))
+                    (key, BYTES, encoded(&|b| put_bytes_list(b, &png)))
                 }
             },
+        })
+        .collect();
+    // MapEntry { key = 1; value = 2 (Feature { <kind> = List }) }.
+    let feature_len = |l: &List| 1 + varint_len(l.len() as u64) + l.len();
+    let entry_len = |key: &str, l: &List| {
+        let f = feature_len(l);
+        1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(f as u64) + f
+    };
+    let features_len: usize = lists
+        .iter()
+        .map(|(k, _, l)| {
+            let e = entry_len(k, l);
+            1 + varint_len(e as u64) + e
+        })
+        .sum();
+    out.reserve(1 + varint_len(features_len as u64) + features_len);
+    // Example { features = 1 (Features { feature = 1 (map entries) }) }.
+    out.push(0x0a);
+    put_varint(out, features_len as u64);
+    for (key, kind, list) in &lists {
+        out.push(0x0a);
+        put_varint(out, entry_len(key, list) as u64);
+        out.push(0x0a);
+        put_varint(out, key.len() as u64);
+        out.extend_from_slice(key.as_bytes());
+        out.push(0x12);
+        put_varint(out, feature_len(list) as u64);
+        out.push(*kind);
+        put_varint(out, list.len() as u64);
+        match list {
+            List::Encoded(b) => out.extend_from_slice(b),
+            List::ImageInt64 { pixels, len } => {
+                out.push(0x0a);
+                put_varint(out, *len as u64);
+                put_packed_pixels(out, pixels, *len);
+            }
         }
     }
-    let mut out = Vec::with_capacity(features.len() + 8);
-    out.push(0x0a);
-    put_varint(&mut out, features.len() as u64);
-    out.extend_from_slice(&features);
-    out
+}
+
+/// How many bytes are 128 or more (each is a two-byte varint), eight at a time: the byte-wise
+/// sum compiles to slow widening code on the baseline x86-64 target.
+fn count_high_bytes(px: &[u8]) -> usize {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    let mut blocks = px.chunks_exact(8);
+    let mut n = 0usize;
+    for c in &mut blocks {
+        let w = u64::from_le_bytes(c.try_into().expect("chunks of 8"));
+        // One bit per byte, then summed into the top byte by the multiplication (at most 8).
+        n += (((w >> 7) & LOW).wrapping_mul(LOW) >> 56) as usize;
+    }
+    n + blocks.remainder().iter().filter(|&&v| v >= 0x80).count()
+}
+
+/// Appends `pixels` as packed int64 varints (`len` bytes: one per pixel below 128, two above).
+fn put_packed_pixels(b: &mut Vec<u8>, pixels: &[u8], len: usize) {
+    // Branch-free: a byte >= 0x80 already has its continuation bit set and is followed by 0x01;
+    // a smaller one is the whole varint and its speculative 0x01 is overwritten by the next
+    // pixel (or truncated at the end).
+    let start = b.len();
+    b.resize(start + len + 1, 0);
+    let out = &mut b[start..];
+    let mut i = 0;
+    let one = |out: &mut [u8], i: &mut usize, v: u8| {
+        out[*i] = v;
+        out[*i + 1] = 1;
+        *i += 1 + (v >> 7) as usize;
+    };
+    // Eight pixels below 0x80 (most of a drawing: the blank background) are eight one-byte
+    // varints: copied as they are.
+    let mut blocks = pixels.chunks_exact(8);
+    for c in &mut blocks {
+        let c: &[u8; 8] = c.try_into().expect("chunks of 8");
+        if u64::from_le_bytes(*c) & 0x8080_8080_8080_8080 == 0 {
+            out[i..i + 8].copy_from_slice(c);
+            i += 8;
+        } else {
+            c.iter().for_each(|&v| one(out, &mut i, v));
+        }
+    }
+    blocks.remainder().iter().for_each(|&v| one(out, &mut i, v));
+    debug_assert_eq!(i, len);
+    b.truncate(start + len);
 }
 
 fn varint_len(v: u64) -> usize {
@@ -536,6 +618,15 @@ pub fn decode_example(bytes_: &[u8], spec: &FeatureSpec) -> Result<DecodedExampl
 mod tests {
     use super::*;
     use crate::raster::RasterMode;
+
+    #[test]
+    fn high_bytes_are_counted_in_blocks_and_remainder() {
+        let px: Vec<u8> = (0..=255u8).chain([128, 0, 255]).collect();
+        assert_eq!(count_high_bytes(&px), 128 + 2);
+        assert_eq!(count_high_bytes(&[255; 8]), 8);
+        assert_eq!(count_high_bytes(&[127; 13]), 0);
+        assert_eq!(count_high_bytes(&[]), 0);
+    }
 
     fn drawing() -> Drawing {
         Drawing {

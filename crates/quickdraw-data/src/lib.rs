@@ -16,6 +16,7 @@ pub mod raster;
 pub mod readfull;
 pub mod signature;
 pub mod simplify;
+pub mod spill;
 pub mod split;
 pub mod strokes;
 pub mod synth;

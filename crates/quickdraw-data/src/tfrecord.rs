@@ -32,6 +32,21 @@ pub fn frame_record(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&masked_crc32c(data).to_le_bytes());
 }
 
+/// Appends one framed record whose data `write` appends to `out`, returning the framed length.
+/// The header is reserved first and filled in afterwards, so the data is written once, in place
+/// (the same bytes as [`frame_record`] of that data).
+pub fn append_record(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> usize {
+    let start = out.len();
+    out.resize(start + 12, 0);
+    write(out);
+    let len = ((out.len() - start - 12) as u64).to_le_bytes();
+    out[start..start + 8].copy_from_slice(&len);
+    out[start + 8..start + 12].copy_from_slice(&masked_crc32c(&len).to_le_bytes());
+    let crc = masked_crc32c(&out[start + 12..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.len() - start
+}
+
 /// Writes TFRecord records to any `Write`.
 pub struct TfRecordWriter<W: Write> {
     inner: W,
@@ -250,6 +265,18 @@ mod tests {
         let recs: Vec<Vec<u8>> = r.by_ref().map(|x| x.unwrap()).collect();
         assert_eq!(recs, vec![b"hello".to_vec(), vec![], vec![7u8; 1000]]);
         assert_eq!(r.offset(), bytes.len() as u64);
+    }
+
+    #[test]
+    fn append_record_frames_in_place_like_frame_record() {
+        for data in [&b""[..], b"x", &[9u8; 5000]] {
+            let mut expected = b"prefix".to_vec();
+            frame_record(data, &mut expected);
+            let mut got = b"prefix".to_vec();
+            let n = append_record(&mut got, |b| b.extend_from_slice(data));
+            assert_eq!(got, expected);
+            assert_eq!(n, data.len() + 16);
+        }
     }
 
     #[test]

@@ -137,8 +137,16 @@ fn bench_convert(a: BenchConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
         a.data.display()
     );
     println!(
-        "{:>8} {:>10} {:>10} {:>9} {:>12} {:>12} {:>10}",
-        "repeat", "drawings", "input MB", "seconds", "drawings/s", "peak RSS MB", "bytes/ex"
+        "{:>8} {:>10} {:>10} {:>9} {:>12} {:>12} {:>10} {:>9} {:>9}",
+        "repeat",
+        "drawings",
+        "input MB",
+        "seconds",
+        "drawings/s",
+        "peak RSS MB",
+        "bytes/ex",
+        "read s",
+        "encode s"
     );
     let mut results = Vec::new();
     for &r in &a.repeat {
@@ -171,13 +179,16 @@ fn bench_convert(a: BenchConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
         anyhow::ensure!(read == lines, "convert read {read} records of {lines}");
         let rss = t["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
         let bpe = t["bytes_per_example"].as_f64().unwrap_or(0.0);
+        let read_s = t["read_seconds"].as_f64().unwrap_or(0.0);
+        let encode = t["encode_write_seconds"].as_f64().unwrap_or(0.0);
         println!(
-            "{r:>8} {lines:>10} {:>10.1} {secs:>9.2} {:>12.0} {rss:>12.1} {bpe:>10.0}",
+            "{r:>8} {lines:>10} {:>10.1} {secs:>9.2} {:>12.0} {rss:>12.1} {bpe:>10.0} {read_s:>9.2} {encode:>9.2}",
             bytes as f64 / 1e6,
             lines as f64 / secs.max(1e-9)
         );
         results.push(serde_json::json!({"repeat": r, "drawings": lines, "input_bytes": bytes, "seconds": secs,
-            "drawings_per_sec": lines as f64 / secs.max(1e-9), "peak_rss_bytes": t["peak_rss_bytes"], "bytes_per_example": bpe}));
+            "drawings_per_sec": lines as f64 / secs.max(1e-9), "peak_rss_bytes": t["peak_rss_bytes"], "bytes_per_example": bpe,
+            "read_seconds": read_s, "encode_write_seconds": encode}));
         let _ = fs::remove_dir_all(&input);
         let _ = fs::remove_dir_all(&output);
     }

@@ -134,6 +134,8 @@ pub fn run(a: ConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
         let t = serde_json::json!({
             "records": report.manifest.totals.read,
             "seconds": start.elapsed().as_secs_f64(),
+            "read_seconds": report.read_seconds,
+            "encode_write_seconds": report.encode_write_seconds,
             "peak_rss_bytes": super::bench::peak_rss_bytes(),
             "bytes_per_example": report.manifest.bytes_per_example,
         });
