@@ -47,3 +47,23 @@ pub fn bytes_bar(quiet: bool, len: Option<u64>) -> ProgressBar {
     );
     pb
 }
+
+/// Runs `work` while another thread calls `tick` every 100 ms (to move a bar from shared
+/// counters), and stops that thread as soon as `work` returns: a sleeping ticker would hold the
+/// command up to a whole period after the work is done.
+pub fn with_ticker<R>(tick: impl Fn() + Sync, work: impl FnOnce() -> R) -> R {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let tick = &tick;
+        s.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(std::time::Duration::from_millis(100))
+            {
+                tick();
+            }
+        });
+        let r = work();
+        drop(stop);
+        r
+    })
+}

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use quickdraw_data::classes::parse_class_spec;
@@ -161,19 +161,10 @@ pub fn convert_with_progress(
     let start = Instant::now();
     let bar = progress::bytes_bar(ctx.quiet, Some(plan.total_bytes));
     bar.set_message(format!("converting {} classes", plan.classes.len()));
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let report = std::thread::scope(|s| {
-        let ticker = s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let r = convert::run(cfg, &plan, &progress);
-        done.store(true, Ordering::Relaxed);
-        let _ = ticker.join();
-        r
-    })
+    let report = progress::with_ticker(
+        || bar.set_position(progress.bytes_read.load(Ordering::Relaxed)),
+        || convert::run(cfg, &plan, &progress),
+    )
     .with_context(|| format!("converting into {}", cfg.output.display()))?;
     bar.finish_and_clear();
     if !ctx.quiet {

@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use quickdraw_data::convert::{expand_inputs, is_shard_name};
@@ -452,22 +451,15 @@ fn input_stats(inputs: &[PathBuf], ctx: Ctx) -> anyhow::Result<InputStats> {
     let progress = Arc::new(AtomicU64::new(0));
     let bar = progress::bytes_bar(ctx.quiet, Some(total_bytes));
     bar.set_message(format!("reading {} files", files.len()));
-    let done = AtomicBool::new(false);
-    let results: Vec<(String, anyhow::Result<ClassStats>)> = std::thread::scope(|s| {
-        let ticker = s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                bar.set_position(progress.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let r = files
-            .par_iter()
-            .map(|f| (class_from_path(f), file_stats(f, &progress)))
-            .collect();
-        done.store(true, Ordering::Relaxed);
-        let _ = ticker.join();
-        r
-    });
+    let results: Vec<(String, anyhow::Result<ClassStats>)> = progress::with_ticker(
+        || bar.set_position(progress.load(Ordering::Relaxed)),
+        || {
+            files
+                .par_iter()
+                .map(|f| (class_from_path(f), file_stats(f, &progress)))
+                .collect()
+        },
+    );
     bar.finish_and_clear();
     let mut out = InputStats::default();
     for (class, r) in results {
