@@ -8,7 +8,8 @@
 # serves it on 127.0.0.1, then runs wrk for DURATION seconds (default 20) at each connection count
 # with bench/wrk_predict.lua (one drawing per :predict request). Prints one JSON line per run and
 # the server's own count of failed requests. Environment: DURATION, THREADS (wrk threads, 1),
-# PORT (8599), WORK (target/bench-serve).
+# PORT (8599), WORK (target/bench-serve), SERVE_ARGS (extra `serve` flags, e.g.
+# "--runtime onnxruntime --onnxruntime-lib /path/to/libonnxruntime.so").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 2; }
@@ -31,7 +32,8 @@ if [ ! -f "$WORK/export/1/model.onnx" ]; then
 fi
 $QD model show --dir "$WORK/export/1" | head -20
 
-$QD serve --model-base-path "$WORK/export" --port "$PORT" >"$WORK/serve.log" 2>&1 &
+# shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
+$QD serve --model-base-path "$WORK/export" --port "$PORT" ${SERVE_ARGS:-} >"$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -43,6 +45,7 @@ URL="http://127.0.0.1:$PORT/v1/models/quickdraw:predict"
 curl -sf -H 'Content-Type: application/json' \
   --data "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" bench/wrk_predict.lua)" "$URL" | head -c 300
 echo
+head -1 "$WORK/serve.log"
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for c in "${CONNS[@]}"; do
   wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --timeout 5s -s bench/wrk_predict.lua "$URL" \

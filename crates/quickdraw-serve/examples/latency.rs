@@ -53,10 +53,12 @@ fn main() {
     let onnx_bytes = std::fs::metadata(dir.join("model.onnx"))
         .map(|m| m.len())
         .unwrap_or(0);
-    let p = Predictor::load(&dir).expect("load");
+    // ORT_DYLIB_PATH=/path/to/libonnxruntime.so measures ONNX Runtime instead of tract.
+    let p = Predictor::load_with(&dir, &quickdraw_serve::Runtime::from_env()).expect("load");
     println!(
-        "lecture CNN {size}x{size}, {classes} classes, model.onnx {:.1} MB: loaded and optimised in {:.0} ms ({:?}, {} plan nodes)",
+        "lecture CNN {size}x{size}, {classes} classes, model.onnx {:.1} MB, {}: loaded and optimised in {:.0} ms ({:?}, {} plan nodes)",
         onnx_bytes as f64 / 1e6,
+        p.runtime_name(),
         t.elapsed().as_secs_f64() * 1e3,
         p.batch(),
         p.plan_nodes()

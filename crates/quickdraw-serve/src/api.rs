@@ -103,7 +103,8 @@ struct Inner {
     limits: Limits,
     log: Option<RequestLog>,
     requests: AtomicU64,
-    /// Inferences running at once (one per core); further requests wait their turn.
+    /// Inferences running at once (two per core, so a core never idles while the next request
+    /// is handed over); further requests wait their turn, in arrival order.
     inference: tokio::sync::Semaphore,
     quiet: bool,
 }
@@ -124,7 +125,7 @@ impl AppState {
                 limits,
                 log,
                 requests: AtomicU64::new(0),
-                inference: tokio::sync::Semaphore::new(cores),
+                inference: tokio::sync::Semaphore::new(2 * cores),
                 quiet,
             }),
         }

@@ -6,6 +6,7 @@
 //! (`quickdraw_data::signature`).
 
 pub mod api;
+pub mod onnxruntime;
 pub mod predictor;
 pub mod reqlog;
 pub mod request;
@@ -22,6 +23,7 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use api::{ApiError, AppState, app};
+pub use onnxruntime::Runtime;
 pub use predictor::{PredictError, Predictor, Probabilities};
 pub use request::Limits;
 pub use store::ModelStore;
@@ -42,6 +44,8 @@ pub struct ServeConfig {
     /// Origins allowed by CORS; empty = any origin.
     pub cors_origins: Vec<String>,
     pub quiet: bool,
+    /// The engine that runs the models.
+    pub runtime: Runtime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +92,11 @@ pub fn cors(origins: &[String]) -> Result<CorsLayer, ServeError> {
 /// Runs the server until ctrl-c (or SIGTERM): loads the newest version, polls the base path for
 /// new ones, serves the API and the drawing page, then shuts down gracefully.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
-    let store = Arc::new(ModelStore::open(&cfg.base, cfg.quiet)?);
+    let store = Arc::new(ModelStore::open_with(
+        &cfg.base,
+        cfg.quiet,
+        cfg.runtime.clone(),
+    )?);
     if store.current().is_none() {
         eprintln!(
             "warning: no loadable version under {} yet; waiting for <base>/<version>/ folders (polling every {:?})",
@@ -136,9 +144,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         .unwrap_or_else(|| "none yet".into());
     // Always printed (also with --quiet): scripts read the address from it.
     eprintln!(
-        "quickdraw serve: model {:?} version {version} from {}; listening on http://{local}/ (REST API http://{local}/v1/models/{})",
+        "quickdraw serve: model {:?} version {version} from {} (run by {}); listening on http://{local}/ (REST API http://{local}/v1/models/{})",
         cfg.model_name,
         cfg.base.display(),
+        cfg.runtime.name(),
         cfg.model_name
     );
     let res = axum::serve(listener, router)

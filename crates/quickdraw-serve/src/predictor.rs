@@ -1,5 +1,6 @@
 //! [`Predictor`]: one export folder loaded with tract into optimised plans (a symbolic batch
-//! dimension, and one row); shared by `quickdraw model run` and `quickdraw serve`.
+//! dimension, and one row), or run by ONNX Runtime when asked ([`Runtime`]); shared by
+//! `quickdraw model run` and `quickdraw serve`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use quickdraw_data::features::{FeatureError, PIXEL_SCALE, Preprocessed, preproce
 use quickdraw_data::signature::{self, ExportInfo, InputKind, SignatureError, load_export_dir};
 use quickdraw_data::strokes::StrokeFeatures;
 use tract_onnx::prelude::*;
+
+use crate::onnxruntime::{OrtEngine, OutputData, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -72,6 +75,12 @@ pub enum Batch {
     Fixed(usize),
 }
 
+/// One output of either engine.
+enum Out {
+    F32(Vec<usize>, Vec<f32>),
+    I64(Vec<i64>),
+}
+
 /// A loaded export, ready to predict. Cheap to share (`Arc`), safe to use from many threads.
 #[derive(Debug)]
 pub struct Predictor {
@@ -83,6 +92,8 @@ pub struct Predictor {
     batch: Batch,
     has_classes_output: bool,
     nodes: usize,
+    /// Set when ONNX Runtime runs the model (tract's plans then only describe it).
+    ort: Option<OrtEngine>,
 }
 
 fn load_err(path: &Path) -> impl Fn(TractError) -> PredictError + '_ {
@@ -93,9 +104,14 @@ fn load_err(path: &Path) -> impl Fn(TractError) -> PredictError + '_ {
 }
 
 impl Predictor {
-    /// Reads the export folder, loads and optimises `model.onnx`, and runs one blank input
-    /// through it to check the outputs match the signature.
+    /// Reads the export folder, loads and optimises `model.onnx` with tract, and runs one blank
+    /// input through it to check the outputs match the signature.
     pub fn load(dir: &Path) -> Result<Predictor, PredictError> {
+        Self::load_with(dir, &Runtime::Tract)
+    }
+
+    /// [`Predictor::load`], with the model run by `runtime`.
+    pub fn load_with(dir: &Path, runtime: &Runtime) -> Result<Predictor, PredictError> {
         let info = load_export_dir(dir)?;
         let path = info.model_path();
         let sig = &info.signature;
@@ -145,6 +161,17 @@ impl Predictor {
         };
         let nodes = model.nodes().len();
         let plan = model.into_runnable().map_err(load_err(&path))?;
+        let ort = match runtime {
+            Runtime::Tract => None,
+            Runtime::OnnxRuntime(lib) => Some(
+                OrtEngine::load(lib, &path, input_names, output_names).map_err(|what| {
+                    PredictError::Load {
+                        path: path.display().to_string(),
+                        what,
+                    }
+                })?,
+            ),
+        };
         let p = Predictor {
             info,
             plan,
@@ -152,6 +179,7 @@ impl Predictor {
             batch,
             has_classes_output,
             nodes,
+            ort,
         };
         p.smoke_test()?;
         Ok(p)
@@ -225,6 +253,15 @@ impl Predictor {
     pub fn input(&self) -> &InputKind {
         &self.info.input
     }
+    /// The engine that runs the model.
+    pub fn runtime_name(&self) -> &'static str {
+        if self.ort.is_some() {
+            "onnxruntime"
+        } else {
+            "tract"
+        }
+    }
+
     pub fn batch(&self) -> Batch {
         self.batch
     }
@@ -386,6 +423,8 @@ impl Predictor {
             // tract runs the one-row plan ~3x faster per row than the symbolic one on a batch
             // (lecture CNN: 1.1 ms vs 3.4 ms per image, `examples/latency.rs`), so rows go one
             // by one through it.
+            // ONNX Runtime takes the batch as it comes.
+            Batch::Any if self.ort.is_some() => rows,
             Batch::Any if self.plan_one.is_some() => 1,
             Batch::Any => rows,
             Batch::Fixed(b) => b,
@@ -406,7 +445,14 @@ impl Predictor {
     }
 
     fn run_once(&self, inputs: TVec<TValue>, n: usize) -> Result<Probabilities, PredictError> {
-        let c = self.n_classes();
+        if let Some(ort) = &self.ort {
+            let outs = ort.run(&inputs).map_err(PredictError::Run)?;
+            return self.collect_outputs(n, |ix, what| match outs.get(ix) {
+                Some(OutputData::F32(shape, v)) => Ok(Out::F32(shape.clone(), v.clone())),
+                Some(OutputData::I64(_, v)) => Ok(Out::I64(v.clone())),
+                None => Err(PredictError::Run(format!("output {what} is missing"))),
+            });
+        }
         let plan = match (&self.plan_one, n) {
             (Some(one), 1) => one,
             _ => &self.plan,
@@ -414,18 +460,47 @@ impl Predictor {
         let outs = plan
             .run(inputs)
             .map_err(|e| PredictError::Run(format!("{e:#}")))?;
-        let floats = |ix: usize, what: &str| -> Result<Vec<f32>, PredictError> {
+        self.collect_outputs(n, |ix, what| {
             let t = &outs[ix];
-            let v: Vec<f32> = t
-                .to_plain_array_view::<f32>()
-                .map_err(|e| PredictError::Run(format!("output {what}: {e}")))?
-                .iter()
-                .copied()
-                .collect();
-            if t.shape() != [n, c] {
+            let shape = t.shape().to_vec();
+            if t.datum_type() == f32::datum_type() {
+                let v = t
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| PredictError::Run(format!("output {what}: {e}")))?
+                    .iter()
+                    .copied()
+                    .collect();
+                Ok(Out::F32(shape, v))
+            } else {
+                let t = t
+                    .cast_to::<i64>()
+                    .map_err(|e| PredictError::Run(format!("output {what}: {e}")))?;
+                let v = t
+                    .to_plain_array_view::<i64>()
+                    .map_err(|e| PredictError::Run(format!("output {what}: {e}")))?
+                    .iter()
+                    .copied()
+                    .collect();
+                Ok(Out::I64(v))
+            }
+        })
+    }
+
+    /// Checks the engine's outputs (logits, probabilities, classes if the graph has it) against
+    /// the signature and collects them; `get(index, name)` reads one output.
+    fn collect_outputs(
+        &self,
+        n: usize,
+        get: impl Fn(usize, &str) -> Result<Out, PredictError>,
+    ) -> Result<Probabilities, PredictError> {
+        let c = self.n_classes();
+        let floats = |ix: usize, what: &str| -> Result<Vec<f32>, PredictError> {
+            let Out::F32(shape, v) = get(ix, what)? else {
+                return Err(PredictError::Run(format!("output {what} is not float")));
+            };
+            if shape != [n, c] {
                 return Err(PredictError::Run(format!(
-                    "output {what} has shape {:?}, the signature says [{n}, {c}]",
-                    t.shape()
+                    "output {what} has shape {shape:?}, the signature says [{n}, {c}]"
                 )));
             }
             Ok(v)
@@ -433,15 +508,10 @@ impl Predictor {
         let logits = floats(0, signature::LOGITS)?;
         let probabilities = floats(1, signature::PROBABILITIES)?;
         let classes = if self.has_classes_output {
-            let t = outs[2]
-                .cast_to::<i64>()
-                .map_err(|e| PredictError::Run(format!("output classes: {e}")))?;
-            let v: Vec<i64> = t
-                .to_plain_array_view::<i64>()
-                .map_err(|e| PredictError::Run(format!("output classes: {e}")))?
-                .iter()
-                .copied()
-                .collect();
+            let v = match get(2, signature::CLASSES)? {
+                Out::I64(v) => v,
+                Out::F32(_, v) => v.iter().map(|&x| x as i64).collect(),
+            };
             if v.len() != n {
                 return Err(PredictError::Run(format!(
                     "output classes has {} values for {n} inputs",

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use quickdraw_data::signature::{self, list_versions};
 
+use crate::onnxruntime::Runtime;
 use crate::predictor::Predictor;
 
 /// One version's state, as TensorFlow Serving's `ModelVersionStatus`.
@@ -73,6 +74,8 @@ pub struct ModelStore {
     /// Serialises refreshes (loading happens outside the state lock).
     refreshing: Mutex<()>,
     quiet: bool,
+    /// The engine every version is loaded with.
+    runtime: Runtime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,11 @@ pub enum StoreError {
 impl ModelStore {
     /// Opens a base path and loads its newest loadable version (if any yet).
     pub fn open(base: &Path, quiet: bool) -> Result<ModelStore, StoreError> {
+        Self::open_with(base, quiet, Runtime::Tract)
+    }
+
+    /// [`ModelStore::open`], running the models with `runtime`.
+    pub fn open_with(base: &Path, quiet: bool, runtime: Runtime) -> Result<ModelStore, StoreError> {
         if !base.is_dir() {
             return Err(StoreError::NoBase(base.to_path_buf()));
         }
@@ -99,6 +107,7 @@ impl ModelStore {
             state: RwLock::default(),
             refreshing: Mutex::new(()),
             quiet,
+            runtime,
         };
         s.refresh();
         Ok(s)
@@ -195,7 +204,7 @@ impl ModelStore {
                 new_broken.insert(*v, b.clone());
                 continue;
             }
-            match Predictor::load(dir) {
+            match Predictor::load_with(dir, &self.runtime) {
                 Ok(p) => {
                     loaded = Some(Arc::new(p));
                     report.loaded = Some(*v);

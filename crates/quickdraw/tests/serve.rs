@@ -243,6 +243,8 @@ struct Server {
     child: Child,
     url: String,
     stderr: mpsc::Receiver<String>,
+    /// What it printed up to its address line (included).
+    startup: Vec<String>,
 }
 
 impl Server {
@@ -272,9 +274,11 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut startup = Vec::new();
         loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => {
+                    startup.push(line.clone());
                     if let Some(rest) = line.split("listening on ").nth(1) {
                         let url = rest
                             .split_whitespace()
@@ -286,6 +290,7 @@ impl Server {
                             child,
                             url,
                             stderr: rx,
+                            startup,
                         };
                     }
                 }
@@ -673,4 +678,126 @@ fn browser_draws_and_gets_live_predictions() {
         "live guess, finished drawing, after undo: {} lines",
         logged.len()
     );
+}
+
+/// ONNX Runtime's shared library from the verification venv's `onnxruntime` wheel (or
+/// $ORT_DYLIB_PATH); `None` after a skip message, a failure when QUICKDRAW_REQUIRE_PYTHON is set.
+fn onnxruntime_lib() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let lib = repo_root().join(".venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|pythons| {
+        pythons.flatten().find_map(|py| {
+            let capi = py.path().join("site-packages/onnxruntime/capi");
+            std::fs::read_dir(capi).ok()?.flatten().find_map(|f| {
+                let name = f.file_name().to_string_lossy().to_string();
+                name.starts_with("libonnxruntime.so.").then(|| f.path())
+            })
+        })
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("QUICKDRAW_REQUIRE_PYTHON").is_none(),
+            "QUICKDRAW_REQUIRE_PYTHON is set but no libonnxruntime.so.* under {}/*/site-packages/onnxruntime/capi",
+            lib.display()
+        );
+        eprintln!("SKIP: no onnxruntime wheel in .venv; run scripts/test-all");
+    }
+    found
+}
+
+#[test]
+fn onnxruntime_runs_the_same_model_as_tract_in_model_run_and_serve() {
+    let Some(lib) = onnxruntime_lib() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // The lecture CNN (64x64, random weights): the model the load figures are measured on.
+    let dir = testing::write_lecture_cnn_export(tmp.path(), 1, 64, 10).unwrap();
+    let nd = tmp.path().join("drawings.ndjson");
+    let mut f = std::fs::File::create(&nd).unwrap();
+    for k in 0..4 {
+        let line = quickdraw_data::ingest::ndjson::to_line(&gamma(20 + k, k % 2 == 1));
+        writeln!(f, "{line}").unwrap();
+    }
+    drop(f);
+    let run = |extra: &[&str]| -> Vec<Vec<f64>> {
+        let mut args = vec!["model", "run", "--dir", s(&dir), "--input-ndjson", s(&nd)];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        json_lines(&ok(&args))
+            .iter()
+            .map(|v| {
+                v["probabilities"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let tract = run(&["--runtime", "tract"]);
+    let ort = run(&["--runtime", "onnxruntime", "--onnxruntime-lib", s(&lib)]);
+    assert_eq!(tract.len(), 4);
+    assert_eq!(ort.len(), 4);
+    for (a, b) in tract.iter().zip(&ort) {
+        assert_eq!(a.len(), 10);
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-4, "tract {x} vs onnxruntime {y}");
+        }
+    }
+
+    // The server with ONNX Runtime answers the same, and says which engine it runs.
+    let server = Server::start(
+        tmp.path(),
+        &["--runtime", "onnxruntime", "--onnxruntime-lib", s(&lib)],
+    );
+    let body = json!({"instances": [drawing_json(&gamma(20, false))]});
+    let (code, version, v) = server.post("/v1/models/quickdraw:predict", &body);
+    assert_eq!((code, version.as_str()), (200, "1"), "{v}");
+    let served: Vec<f64> = v["predictions"][0]["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    for (x, y) in tract[0].iter().zip(&served) {
+        assert!((x - y).abs() < 1e-4, "tract {x} vs served {y}");
+    }
+    assert!(
+        server
+            .startup
+            .iter()
+            .any(|l| l.contains("(run by onnxruntime)")),
+        "{:?}",
+        server.startup
+    );
+    server.stop();
+
+    // Asking for ONNX Runtime without a library, or with a wrong one, is a clear error.
+    let o = Command::new(BIN)
+        .args(["model", "run", "--dir", s(&dir), "--input-ndjson", s(&nd)])
+        .args(["--runtime", "onnxruntime"])
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ORT_DYLIB_PATH"), "{err}");
+    let missing = tmp.path().join("nowhere/libonnxruntime.so");
+    let o = qd(&[
+        "model",
+        "run",
+        "--dir",
+        s(&dir),
+        "--input-ndjson",
+        s(&nd),
+        "--onnxruntime-lib",
+        s(&missing),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not found"), "{err}");
 }

@@ -54,6 +54,8 @@ pub struct RunArgs {
     /// Export version folder (`export/3`), or a base folder (its newest version is used).
     #[arg(long)]
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub runtime: super::RuntimeArgs,
     /// Input tensors, `KEY=VALUE[;KEY=VALUE]`: a JSON nested list or `np.zeros((..))` /
     /// `np.ones((..))`, e.g. `img_64=np.zeros((1,1,64,64))`, `strokes=[[[0.1,0.2,1]]];lengths=[1]`.
     /// Image values are the model input (pixel / 255).
@@ -553,7 +555,8 @@ fn parse_drawing(
 
 fn run_model(a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
     let dir = resolve_export_dir(&a.dir)?;
-    let p = Predictor::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    let p = Predictor::load_with(&dir, &a.runtime.resolve()?)
+        .with_context(|| format!("loading {}", dir.display()))?;
     let k = a.top_k.clamp(1, p.n_classes());
     let batch = a.batch_size.max(1);
     let mut remaining = a.limit.unwrap_or(usize::MAX);

@@ -52,6 +52,8 @@ pub struct ServeArgs {
     /// Origin allowed to call the API from a browser (CORS); repeatable; default: any origin.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,
+    #[command(flatten)]
+    pub runtime: super::RuntimeArgs,
 }
 
 pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
@@ -75,6 +77,7 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
         log_dir: a.log_requests,
         cors_origins: a.cors_origins,
         quiet: ctx.quiet,
+        runtime: a.runtime.resolve()?,
     };
     quickdraw_serve::serve_blocking(cfg)
         .with_context(|| format!("serving {}", a.model_base_path.display()))
