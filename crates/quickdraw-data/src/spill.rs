@@ -2,7 +2,7 @@
 //! disk between reading (phase 1) and the shuffled, encoded shard writing (phase 2).
 //!
 //! Spilling the drawing instead of its finished `tf.train.Example` makes the temporary files about
-//! fifteen times smaller (~330 bytes against ~5 KB for a simplified 64x64 drawing), so a full-size
+//! twelve times smaller (~400 bytes against ~4.9 KB for a simplified 64x64 drawing), so a full-size
 //! conversion needs little scratch space and the spill costs little I/O; rasterising and encoding
 //! then happen once, in shard order. Written by hand because it is internal, short-lived and must
 //! carry the `f32` coordinates bit for bit (so the pixels equal those of the drawing as read).
