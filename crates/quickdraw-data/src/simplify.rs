@@ -380,12 +380,32 @@ fn rdp_mask(points: &[Pt], epsilon: f64, distance: Distance) -> Vec<bool> {
             continue;
         }
         let (mut dmax, mut index) = (0.0f64, i);
-        for (k, &p) in points.iter().enumerate().take(j).skip(i + 1) {
-            let d = dist(p, points[i], points[j]);
-            // Strictly greater: the first of equally distant points wins.
-            if d > dmax {
-                dmax = d;
-                index = k;
+        let (a, b) = (points[i], points[j]);
+        let line = match distance {
+            Distance::Line if a != b => Some(true),
+            Distance::LineUnfused if a != b => Some(false),
+            _ => None,
+        };
+        if let Some(fused) = line {
+            // `line_distance_with` with the norm of `b - a` computed once for the whole range:
+            // the same operations on the same values, so bit for bit the same distances.
+            let (ex, ey) = (b.0 - a.0, b.1 - a.1);
+            let n = norm(ex, ey, fused);
+            for (k, &p) in points.iter().enumerate().take(j).skip(i + 1) {
+                let d = (ex * (a.1 - p.1) - ey * (a.0 - p.0)).abs() / n;
+                if d > dmax {
+                    dmax = d;
+                    index = k;
+                }
+            }
+        } else {
+            for (k, &p) in points.iter().enumerate().take(j).skip(i + 1) {
+                let d = dist(p, a, b);
+                // Strictly greater: the first of equally distant points wins.
+                if d > dmax {
+                    dmax = d;
+                    index = k;
+                }
             }
         }
         if dmax > epsilon {
