@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod infer;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod modeldir;

@@ -411,13 +411,14 @@ impl Cnn {
         let mut x = images; // [B, 1, S, S]
         for (conv, pool) in self.convs.iter().zip(&self.pools) {
             // [B, C_in, H, W] -> [B, filters, H, W] ('same') -> [B, filters, H/pool, W/pool]
-            let y = match fast_first {
-                true => conv_one_channel(conv, x.clone()).unwrap_or_else(|| conv.forward(x)),
-                false => conv.forward(x),
-            };
             // relu(max_pool(y)) == max_pool(relu(y)) (relu is monotonic), values and gradients
             // alike; pooling first runs the ReLU on pool^2 times fewer values.
-            x = relu(pool.forward(y));
+            let pooled = match fast_first {
+                true => conv_one_channel_pool(conv, pool, x.clone())
+                    .unwrap_or_else(|| pool.forward(conv.forward(x))),
+                false => pool.forward(conv.forward(x)),
+            };
+            x = relu(pooled);
         }
         // [B, F, h, w] -> [B, F*h*w]
         let x = x.flatten::<2>(1, 3);
@@ -429,71 +430,68 @@ impl Cnn {
 }
 
 /// A stride-1 'same' convolution over ONE input channel that needs no input gradient (the
-/// first layer, on images) on the CPU backend, as im2col + a batched matrix product: `[B, 1, H, W]` ->
-/// `[B, F, H, W]`, or `None` when `conv` or `x` is not of that kind.
+/// first layer, on images) on the CPU backend: `[B, 1, H, W]` -> `[B, F, H, W]`, or `None` when
+/// `conv` or `x` is not of that kind (then the caller uses burn's `Conv2d`).
 ///
-/// Why: burn 0.22's flex backend runs the lecture's first layer (10x10 kernel, 1 -> 32 channels,
-/// 64x64) at ~14 GFLOP/s forward, and its weight gradient as a convolution whose kernel is the
-/// whole 64x64 output gradient: together ~370 of the ~550 ms of a batch-64 training step
-/// (`examples/profile_cnn.rs`). Here the patch matrix `cols[b, (i, j), (y, x)] =
-/// x_padded[b, y + i, x + j]` is built on the host in one pass (rows of the image are copied as
-/// runs), so the forward is `W [F, k*k] x cols[b] [k*k, H*W]` per image and autodiff's weight
-/// gradient `grad[b] x cols[b]^T` summed over the batch, both on the gemm crate. The input is a constant of the
-/// graph (it gets no gradient: images never need one). Same weights and padding as burn's
-/// `Conv2d` ('same': `(k-1)/2` before, the rest after), checked against it to 1e-4 (outputs and
-/// gradients) by the tests; the export captures burn's `Conv2d` ([`Cnn::forward_standard`]).
+/// It runs [`crate::kernels::FirstConv`], a backend extension with its own forward and
+/// weight-gradient kernels (im2col per image in cache + the gemm crate); see that module for
+/// why. Same weights and padding as burn's `Conv2d` ('same': `(k-1)/2` before, the rest after),
+/// checked against it to 1e-4 (outputs and gradients) by the tests; the export captures burn's
+/// `Conv2d` ([`Cnn::forward_standard`]).
 pub fn conv_one_channel(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
-    use rayon::prelude::*;
-    let [f, c_in, kh, kw] = conv.weight.val().dims();
-    let [b, c, h, w] = x.dims();
+    first_conv(conv, 1, x)
+}
+
+/// [`conv_one_channel`] followed by `pool` (`[B, 1, H, W]` -> `[B, F, H/p, W/p]`) in one
+/// kernel, so the full-resolution activation is never stored; `None` when the pool is not a
+/// plain non-overlapping `p x p` max-pool (then the caller runs the two layers).
+pub fn conv_one_channel_pool(conv: &Conv2d, pool: &MaxPool2d, x: Tensor<4>) -> Option<Tensor<4>> {
+    let [p, q] = pool.kernel_size;
+    if p != q
+        || pool.stride != [p, p]
+        || pool.dilation != [1, 1]
+        || pool.ceil_mode
+        || !matches!(pool.padding, PaddingConfig2d::Valid)
+    {
+        return None;
+    }
+    first_conv(conv, p, x)
+}
+
+fn first_conv(conv: &Conv2d, pool: usize, x: Tensor<4>) -> Option<Tensor<4>> {
+    use crate::kernels::FirstConv;
+    use burn::backend::Dispatch;
+    let [f, c_in, _, _] = conv.weight.val().dims();
+    let [_, c, h, w] = x.dims();
     if c_in != 1
         || c != 1
+        || pool == 0
+        || h < pool
+        || w < pool
         || conv.stride != [1, 1]
         || conv.dilation != [1, 1]
         || conv.groups != 1
         || conv.padding != PaddingConfig2d::Same
+        // The kernels compute no input gradient: images never need one.
         || x.is_require_grad()
-        // The patch matrix is built on the host: CPU (flex) tensors only, not CUDA ones.
+        // CPU (flex) tensors only, not CUDA ones.
         || x.device().inner() != Device::flex()
     {
         return None;
     }
-    let (top, left) = ((kh - 1) / 2, (kw - 1) / 2);
-    let device = x.device();
-    let img: Vec<f32> = x.into_data().convert::<f32>().try_into_vec::<f32>().ok()?;
-    let (hw, kk) = (h * w, kh * kw);
-    // cols[b, (i, j), (y, x)], one image per task.
-    let mut cols = vec![0f32; b * kk * hw];
-    cols.par_chunks_mut(kk * hw)
-        .zip(img.par_chunks(hw))
-        .for_each(|(cb, im)| {
-            for i in 0..kh {
-                for j in 0..kw {
-                    let row = &mut cb[(i * kw + j) * hw..][..hw];
-                    // Output x reads input x + j - left: valid for x in [x0, x1).
-                    let x0 = left.saturating_sub(j);
-                    let x1 = (w + left).saturating_sub(j).min(w);
-                    if x0 >= x1 {
-                        continue;
-                    }
-                    for y in 0..h {
-                        let Some(sy) = (y + i).checked_sub(top).filter(|&sy| sy < h) else {
-                            continue;
-                        };
-                        let src = &im[sy * w + x0 + j - left..][..x1 - x0];
-                        row[y * w + x0..y * w + x1].copy_from_slice(src);
-                    }
-                }
-            }
-        });
-    let cols = Tensor::<3>::from_data(TensorData::new(cols, [b, kk, hw]), &device);
-    // [F, 1, kh, kw] -> [B, F, k*k] (broadcast; autodiff sums the weight gradient over B)
-    let wt = conv.weight.val().reshape([1, f, kk]).expand([b, f, kk]);
-    let mut y = wt.matmul(cols); // [B, F, H*W]
-    if let Some(bias) = &conv.bias {
-        y = y + bias.val().reshape([1, f, 1]);
-    }
-    Some(y.reshape([b, f, h, w]))
+    let weight = conv.weight.val();
+    let bias = match &conv.bias {
+        Some(b) => b.val(),
+        None => Tensor::<1>::zeros([f], &weight.device()),
+    };
+    Some(Tensor::<4>::from_dispatch(
+        <Dispatch as FirstConv>::conv_one_channel_pool(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            pool,
+        ),
+    ))
 }
 
 /// Bidirectional LSTM over stroke features, masked by each drawing's length.
@@ -656,6 +654,51 @@ mod tests {
             .with_padding(PaddingConfig2d::Same)
             .init(&device);
         assert!(conv_one_channel(&conv, Tensor::<4>::zeros([1, 2, 5, 5], &device)).is_none());
+    }
+
+    #[test]
+    fn fused_conv_and_pool_equal_burn_layers_values_and_gradients() {
+        // Pools that divide the image and one that leaves a remainder (floor mode), even and odd
+        // kernels, blank regions (ties inside a window: all equal the bias).
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        for (k, p, h, w) in [(10, 4, 16, 16), (5, 2, 9, 7), (3, 3, 12, 12), (4, 1, 5, 6)] {
+            let conv = Conv2dConfig::new([1, 5], [k, k])
+                .with_padding(PaddingConfig2d::Same)
+                .init(&device);
+            let pool = MaxPool2dConfig::new([p, p]).with_strides([p, p]).init();
+            let x = Tensor::<4>::random([3, 1, h, w], burn::tensor::Distribution::Default, &device)
+                .mask_fill(
+                    Tensor::<4>::random([3, 1, h, w], burn::tensor::Distribution::Default, &device)
+                        .greater_elem(0.5),
+                    0.0,
+                );
+            let (oh, ow) = (h / p, w / p);
+            let r =
+                Tensor::<4>::random([3, 5, oh, ow], burn::tensor::Distribution::Default, &device);
+            let ours = conv_one_channel_pool(&conv, &pool, x.clone()).expect("fused");
+            let theirs = pool.forward(conv.forward(x));
+            assert_eq!(ours.dims(), theirs.dims());
+            let d = max_abs_diff(ours.clone(), theirs.clone());
+            assert!(d < 1e-4, "k={k} p={p}: outputs differ by {d}");
+            let g1 = (ours * r.clone()).sum().backward();
+            let g2 = (theirs * r).sum().backward();
+            let wt = conv.weight.val();
+            let dw = max_abs_diff(wt.grad(&g1).unwrap(), wt.grad(&g2).unwrap());
+            assert!(dw < 1e-4, "k={k} p={p}: weight gradients differ by {dw}");
+            let bias = conv.bias.as_ref().unwrap().val();
+            let db = max_abs_diff(bias.grad(&g1).unwrap(), bias.grad(&g2).unwrap());
+            assert!(db < 1e-4, "k={k} p={p}: bias gradients differ by {db}");
+        }
+        // Not its kind: an overlapping pool.
+        let conv = Conv2dConfig::new([1, 4], [3, 3])
+            .with_padding(PaddingConfig2d::Same)
+            .init(&device);
+        let pool = MaxPool2dConfig::new([2, 2]).with_strides([1, 1]).init();
+        assert!(
+            conv_one_channel_pool(&conv, &pool, Tensor::<4>::zeros([1, 1, 6, 6], &device))
+                .is_none()
+        );
     }
 
     #[test]
