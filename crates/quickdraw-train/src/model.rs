@@ -395,8 +395,8 @@ pub struct Cnn {
 }
 
 impl Cnn {
-    /// `[B, 1, S, S]` pixels -> `[B, C]` logits. A convolution over one input channel (the first
-    /// layer) runs as [`conv_one_channel`]; the others are burn's `Conv2d`.
+    /// `[B, 1, S, S]` pixels -> `[B, C]` logits. Each convolution and its max-pool run fused as
+    /// [`conv_same_pool`] on the CPU (burn's `Conv2d` and `MaxPool2d` elsewhere).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_with(images, true)
     }
@@ -407,14 +407,14 @@ impl Cnn {
         self.forward_with(images, false)
     }
 
-    fn forward_with(&self, images: Tensor<4>, fast_first: bool) -> Tensor<2> {
+    fn forward_with(&self, images: Tensor<4>, fast: bool) -> Tensor<2> {
         let mut x = images; // [B, 1, S, S]
         for (conv, pool) in self.convs.iter().zip(&self.pools) {
             // [B, C_in, H, W] -> [B, filters, H, W] ('same') -> [B, filters, H/pool, W/pool]
             // relu(max_pool(y)) == max_pool(relu(y)) (relu is monotonic), values and gradients
             // alike; pooling first runs the ReLU on pool^2 times fewer values.
-            let pooled = match fast_first {
-                true => conv_one_channel_pool(conv, pool, x.clone())
+            let pooled = match fast {
+                true => conv_same_pool(conv, pool, x.clone())
                     .unwrap_or_else(|| pool.forward(conv.forward(x))),
                 false => pool.forward(conv.forward(x)),
             };
@@ -429,23 +429,22 @@ impl Cnn {
     }
 }
 
-/// A stride-1 'same' convolution over ONE input channel that needs no input gradient (the
-/// first layer, on images) on the CPU backend: `[B, 1, H, W]` -> `[B, F, H, W]`, or `None` when
-/// `conv` or `x` is not of that kind (then the caller uses burn's `Conv2d`).
-///
-/// It runs [`crate::kernels::FirstConv`], a backend extension with its own forward and
-/// weight-gradient kernels (im2col per image in cache + the gemm crate); see that module for
-/// why. Same weights and padding as burn's `Conv2d` ('same': `(k-1)/2` before, the rest after),
-/// checked against it to 1e-4 (outputs and gradients) by the tests; the export captures burn's
-/// `Conv2d` ([`Cnn::forward_standard`]).
-pub fn conv_one_channel(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
-    first_conv(conv, 1, x)
+/// A stride-1 'same' convolution on the CPU backend, run by this crate's kernels
+/// ([`crate::kernels::ConvPool`]: im2col per image in cache + the gemm crate, forward and
+/// gradients; see that module for why): `[B, C, H, W]` -> `[B, F, H, W]`, or `None` when `conv`
+/// or `x` is not of that kind (then the caller uses burn's `Conv2d`). Same weights and padding as
+/// burn's `Conv2d` ('same': `(k-1)/2` before, the rest after), checked against it to 1e-4
+/// (outputs and gradients) by the tests; the export captures burn's `Conv2d`
+/// ([`Cnn::forward_standard`]).
+pub fn conv_same(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
+    fused_conv(conv, 1, x)
 }
 
-/// [`conv_one_channel`] followed by `pool` (`[B, 1, H, W]` -> `[B, F, H/p, W/p]`) in one
-/// kernel, so the full-resolution activation is never stored; `None` when the pool is not a
-/// plain non-overlapping `p x p` max-pool (then the caller runs the two layers).
-pub fn conv_one_channel_pool(conv: &Conv2d, pool: &MaxPool2d, x: Tensor<4>) -> Option<Tensor<4>> {
+/// [`conv_same`] followed by `pool` (`[B, C, H, W]` -> `[B, F, H/p, W/p]`) in one kernel, so
+/// the full-resolution activation is never stored; `None` when the pool is not a plain
+/// non-overlapping `p x p` max-pool or the convolution is not of [`conv_same`]'s kind (then the
+/// caller runs burn's two layers).
+pub fn conv_same_pool(conv: &Conv2d, pool: &MaxPool2d, x: Tensor<4>) -> Option<Tensor<4>> {
     let [p, q] = pool.kernel_size;
     if p != q
         || pool.stride != [p, p]
@@ -455,16 +454,15 @@ pub fn conv_one_channel_pool(conv: &Conv2d, pool: &MaxPool2d, x: Tensor<4>) -> O
     {
         return None;
     }
-    first_conv(conv, p, x)
+    fused_conv(conv, p, x)
 }
 
-fn first_conv(conv: &Conv2d, pool: usize, x: Tensor<4>) -> Option<Tensor<4>> {
-    use crate::kernels::FirstConv;
+fn fused_conv(conv: &Conv2d, pool: usize, x: Tensor<4>) -> Option<Tensor<4>> {
+    use crate::kernels::ConvPool;
     use burn::backend::Dispatch;
     let [f, c_in, _, _] = conv.weight.val().dims();
     let [_, c, h, w] = x.dims();
-    if c_in != 1
-        || c != 1
+    if c_in != c
         || pool == 0
         || h < pool
         || w < pool
@@ -472,8 +470,6 @@ fn first_conv(conv: &Conv2d, pool: usize, x: Tensor<4>) -> Option<Tensor<4>> {
         || conv.dilation != [1, 1]
         || conv.groups != 1
         || conv.padding != PaddingConfig2d::Same
-        // The kernels compute no input gradient: images never need one.
-        || x.is_require_grad()
         // CPU (flex) tensors only, not CUDA ones.
         || x.device().inner() != Device::flex()
     {
@@ -485,7 +481,7 @@ fn first_conv(conv: &Conv2d, pool: usize, x: Tensor<4>) -> Option<Tensor<4>> {
         None => Tensor::<1>::zeros([f], &weight.device()),
     };
     Some(Tensor::<4>::from_dispatch(
-        <Dispatch as FirstConv>::conv_one_channel_pool(
+        <Dispatch as ConvPool>::conv_same_pool(
             x.into_dispatch(),
             weight.into_dispatch(),
             bias.into_dispatch(),
@@ -625,80 +621,120 @@ mod tests {
     }
 
     #[test]
-    fn one_channel_conv_equals_burn_conv2d_values_and_gradients() {
-        // Even (asymmetric 'same' padding) and odd kernels, a non-square image, with bias.
+    fn conv_kernels_equal_burn_conv2d_values_and_gradients() {
+        // Even (asymmetric 'same' padding) and odd kernels, one and several input channels,
+        // non-square images, with bias; the input gradient when the input needs one.
         let device = Device::flex().autodiff();
         device.seed(7);
-        for (k, h, w) in [(10, 12, 13), (5, 9, 7), (1, 4, 4)] {
-            let conv = Conv2dConfig::new([1, 4], [k, k])
+        for (c, k, h, w) in [
+            (1, 10, 12, 13),
+            (1, 5, 9, 7),
+            (1, 1, 4, 4),
+            (3, 5, 8, 6),
+            (2, 4, 5, 5),
+        ] {
+            let conv = Conv2dConfig::new([c, 4], [k, k])
                 .with_padding(PaddingConfig2d::Same)
                 .init(&device);
-            let x = Tensor::<4>::random([3, 1, h, w], burn::tensor::Distribution::Default, &device);
+            let x = Tensor::<4>::random([3, c, h, w], burn::tensor::Distribution::Default, &device);
             let r = Tensor::<4>::random([3, 4, h, w], burn::tensor::Distribution::Default, &device);
-            let ours = conv_one_channel(&conv, x.clone()).expect("one-channel same conv");
-            let theirs = conv.forward(x);
-            assert_eq!(ours.dims(), theirs.dims());
-            let d = max_abs_diff(ours.clone(), theirs.clone());
-            assert!(d < 1e-4, "k={k}: outputs differ by {d}");
-            let g1 = (ours * r.clone()).sum().backward();
-            let g2 = (theirs * r).sum().backward();
-            let w = conv.weight.val();
-            let dw = max_abs_diff(w.grad(&g1).unwrap(), w.grad(&g2).unwrap());
-            assert!(dw < 1e-4, "k={k}: weight gradients differ by {dw}");
-            let bias = conv.bias.as_ref().unwrap().val();
-            let db = max_abs_diff(bias.grad(&g1).unwrap(), bias.grad(&g2).unwrap());
-            assert!(db < 1e-4, "k={k}: bias gradients differ by {db}");
+            for input_grad in [false, true] {
+                let x = if input_grad {
+                    x.clone().require_grad()
+                } else {
+                    x.clone()
+                };
+                let ours = conv_same(&conv, x.clone()).expect("same conv");
+                let theirs = conv.forward(x.clone());
+                assert_eq!(ours.dims(), theirs.dims());
+                let d = max_abs_diff(ours.clone(), theirs.clone());
+                assert!(d < 1e-4, "c={c} k={k}: outputs differ by {d}");
+                let g1 = (ours * r.clone()).sum().backward();
+                let g2 = (theirs * r.clone()).sum().backward();
+                let wt = conv.weight.val();
+                let dw = max_abs_diff(wt.grad(&g1).unwrap(), wt.grad(&g2).unwrap());
+                assert!(dw < 1e-4, "c={c} k={k}: weight gradients differ by {dw}");
+                let bias = conv.bias.as_ref().unwrap().val();
+                let db = max_abs_diff(bias.grad(&g1).unwrap(), bias.grad(&g2).unwrap());
+                assert!(db < 1e-4, "c={c} k={k}: bias gradients differ by {db}");
+                if input_grad {
+                    let dx = max_abs_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+                    assert!(dx < 1e-4, "c={c} k={k}: input gradients differ by {dx}");
+                } else {
+                    assert!(x.grad(&g1).is_none());
+                }
+            }
         }
-        // Not its kind: several input channels.
+        // Not its kind: a strided convolution.
         let conv = Conv2dConfig::new([2, 4], [3, 3])
+            .with_stride([2, 2])
             .with_padding(PaddingConfig2d::Same)
             .init(&device);
-        assert!(conv_one_channel(&conv, Tensor::<4>::zeros([1, 2, 5, 5], &device)).is_none());
+        assert!(conv_same(&conv, Tensor::<4>::zeros([1, 2, 5, 5], &device)).is_none());
     }
 
     #[test]
     fn fused_conv_and_pool_equal_burn_layers_values_and_gradients() {
         // Pools that divide the image and one that leaves a remainder (floor mode), even and odd
-        // kernels, blank regions (ties inside a window: all equal the bias).
+        // kernels, one and several channels, blank regions (ties inside a window: all equal the
+        // bias), the input gradient of a deeper layer.
         let device = Device::flex().autodiff();
         device.seed(11);
-        for (k, p, h, w) in [(10, 4, 16, 16), (5, 2, 9, 7), (3, 3, 12, 12), (4, 1, 5, 6)] {
-            let conv = Conv2dConfig::new([1, 5], [k, k])
+        for (c, k, p, h, w) in [
+            (1, 10, 4, 16, 16),
+            (1, 5, 2, 9, 7),
+            (1, 3, 3, 12, 12),
+            (1, 4, 1, 5, 6),
+            (3, 5, 4, 16, 16),
+            (2, 3, 2, 7, 9),
+        ] {
+            let conv = Conv2dConfig::new([c, 5], [k, k])
                 .with_padding(PaddingConfig2d::Same)
                 .init(&device);
             let pool = MaxPool2dConfig::new([p, p]).with_strides([p, p]).init();
-            let x = Tensor::<4>::random([3, 1, h, w], burn::tensor::Distribution::Default, &device)
+            let x = Tensor::<4>::random([3, c, h, w], burn::tensor::Distribution::Default, &device)
                 .mask_fill(
-                    Tensor::<4>::random([3, 1, h, w], burn::tensor::Distribution::Default, &device)
+                    Tensor::<4>::random([3, c, h, w], burn::tensor::Distribution::Default, &device)
                         .greater_elem(0.5),
                     0.0,
                 );
+            let x = if c > 1 { x.require_grad() } else { x };
             let (oh, ow) = (h / p, w / p);
             let r =
                 Tensor::<4>::random([3, 5, oh, ow], burn::tensor::Distribution::Default, &device);
-            let ours = conv_one_channel_pool(&conv, &pool, x.clone()).expect("fused");
-            let theirs = pool.forward(conv.forward(x));
+            let ours = conv_same_pool(&conv, &pool, x.clone()).expect("fused");
+            let theirs = pool.forward(conv.forward(x.clone()));
             assert_eq!(ours.dims(), theirs.dims());
             let d = max_abs_diff(ours.clone(), theirs.clone());
-            assert!(d < 1e-4, "k={k} p={p}: outputs differ by {d}");
+            assert!(d < 1e-4, "c={c} k={k} p={p}: outputs differ by {d}");
             let g1 = (ours * r.clone()).sum().backward();
             let g2 = (theirs * r).sum().backward();
             let wt = conv.weight.val();
             let dw = max_abs_diff(wt.grad(&g1).unwrap(), wt.grad(&g2).unwrap());
-            assert!(dw < 1e-4, "k={k} p={p}: weight gradients differ by {dw}");
+            assert!(
+                dw < 1e-4,
+                "c={c} k={k} p={p}: weight gradients differ by {dw}"
+            );
             let bias = conv.bias.as_ref().unwrap().val();
             let db = max_abs_diff(bias.grad(&g1).unwrap(), bias.grad(&g2).unwrap());
-            assert!(db < 1e-4, "k={k} p={p}: bias gradients differ by {db}");
+            assert!(
+                db < 1e-4,
+                "c={c} k={k} p={p}: bias gradients differ by {db}"
+            );
+            if c > 1 {
+                let dx = max_abs_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+                assert!(
+                    dx < 1e-4,
+                    "c={c} k={k} p={p}: input gradients differ by {dx}"
+                );
+            }
         }
         // Not its kind: an overlapping pool.
         let conv = Conv2dConfig::new([1, 4], [3, 3])
             .with_padding(PaddingConfig2d::Same)
             .init(&device);
         let pool = MaxPool2dConfig::new([2, 2]).with_strides([1, 1]).init();
-        assert!(
-            conv_one_channel_pool(&conv, &pool, Tensor::<4>::zeros([1, 1, 6, 6], &device))
-                .is_none()
-        );
+        assert!(conv_same_pool(&conv, &pool, Tensor::<4>::zeros([1, 1, 6, 6], &device)).is_none());
     }
 
     #[test]
