@@ -236,6 +236,32 @@ fn last_json(stdout: &str, what: &str) -> anyhow::Result<serde_json::Value> {
         .with_context(|| format!("{what} printed no JSON summary"))
 }
 
+/// Median time of one single-image prediction with the trained model on the CPU (burn, the path
+/// of `quickdraw predict`), as Keras's `infer 1` column measures `model(x)` on one image.
+#[cfg(feature = "train")]
+fn burn_single_image_ms(model_dir: &Path) -> anyhow::Result<f64> {
+    use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel};
+    let m = TrainedModel::load(model_dir, CheckpointSel::Latest, DeviceChoice::Cpu)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
+    let s = m.image_size();
+    if m.kind().uses_strokes() {
+        return Ok(f64::NAN);
+    }
+    let image: Vec<f32> = (0..s * s).map(|i| ((i * 7) % 11) as f32 / 10.0).collect();
+    for _ in 0..5 {
+        m.predict_images(&image, 1)?;
+    }
+    let mut times: Vec<f64> = (0..100)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let _ = m.predict_images(&image, 1);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 #[cfg(feature = "train")]
 fn bench_train(a: BenchTrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the quickdraw binary")?;
@@ -351,8 +377,9 @@ fn bench_train(a: BenchTrainArgs, ctx: Ctx) -> anyhow::Result<()> {
         let ours = train(a.warmup.max(1) + a.steps, false)?;
         let ours_ips = ours["step_examples_per_sec"].as_f64().unwrap_or(0.0);
         let rss = |v: &serde_json::Value| v["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6;
+        let single_ms = burn_single_image_ms(&dir)?;
         println!(
-            "{model:<6} {:<10} {:>11} {:>10.2} {:>12.1} {:>13.2} {:>13.0} {:>12}",
+            "{model:<6} {:<10} {:>11} {:>10.2} {:>12.1} {:>13.2} {:>13.0} {:>12.2}",
             "quickdraw",
             ours["parameters"],
             ours["step_seconds"].as_f64().unwrap_or(0.0),
@@ -360,9 +387,9 @@ fn bench_train(a: BenchTrainArgs, ctx: Ctx) -> anyhow::Result<()> {
             100.0 * ours["data_wait_seconds"].as_f64().unwrap_or(0.0)
                 / ours["step_seconds"].as_f64().unwrap_or(1.0).max(1e-9),
             rss(&ours),
-            "-"
+            single_ms
         );
-        let mut row = serde_json::json!({"model": model, "quickdraw": ours});
+        let mut row = serde_json::json!({"model": model, "quickdraw": ours, "quickdraw_infer_single_ms_median": single_ms});
         if keras {
             let out = run_captured(
                 Command::new(&a.python)
