@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod fused_adam;
 pub mod infer;
 pub mod kernels;
 pub mod metrics;

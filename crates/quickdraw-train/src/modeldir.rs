@@ -93,7 +93,10 @@ impl OptimizerKind {
     /// A fresh optimizer (no state).
     pub fn init(self) -> ModuleOptimizer {
         match self {
-            OptimizerKind::Adam => AdamConfig::new().init(),
+            // One fused pass per parameter on the CPU, burn's Adam elsewhere (same results,
+            // same checkpoint records: see `fused_adam`).
+            OptimizerKind::Adam => crate::fused_adam::FusedAdam::new(&AdamConfig::new())
+                .map_or_else(|| AdamConfig::new().init(), ModuleOptimizer::from),
             OptimizerKind::AdamW => AdamWConfig::new().init(),
             OptimizerKind::Sgd => SgdConfig::new().init(),
             OptimizerKind::Momentum => SgdConfig::new()
