@@ -14,7 +14,9 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor};
-use tract_onnx::prelude::{DatumType, TValue};
+use tract_onnx::prelude::TValue;
+
+use crate::predictor::PlainTensor;
 
 /// Which engine runs `model.onnx`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -108,12 +110,6 @@ impl std::fmt::Debug for OrtEngine {
     }
 }
 
-/// One output of a run, as plain data.
-pub enum OutputData {
-    F32(Vec<usize>, Vec<f32>),
-    I64(Vec<usize>, Vec<i64>),
-}
-
 impl OrtEngine {
     /// Loads the library (once) and `model` into one session per available core.
     pub fn load(
@@ -168,34 +164,17 @@ impl OrtEngine {
 
     /// Runs the model on tract-made input tensors (f32 or i64); returns the outputs in the order
     /// of the names given to [`OrtEngine::load`].
-    pub fn run(&self, inputs: &[TValue]) -> Result<Vec<OutputData>, String> {
+    pub fn run(&self, inputs: &[TValue]) -> Result<Vec<PlainTensor>, String> {
         let mut feeds: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for (name, t) in self.inputs.iter().zip(inputs) {
-            let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-            let v: DynValue = match t.datum_type() {
-                DatumType::F32 => {
-                    let data: Vec<f32> = t
-                        .to_plain_array_view::<f32>()
-                        .map_err(|e| e.to_string())?
-                        .iter()
-                        .copied()
-                        .collect();
-                    Tensor::from_array((shape, data))
-                        .map_err(|e| e.to_string())?
-                        .into_dyn()
-                }
-                DatumType::I64 => {
-                    let data: Vec<i64> = t
-                        .to_plain_array_view::<i64>()
-                        .map_err(|e| e.to_string())?
-                        .iter()
-                        .copied()
-                        .collect();
-                    Tensor::from_array((shape, data))
-                        .map_err(|e| e.to_string())?
-                        .into_dyn()
-                }
-                other => return Err(format!("input {name}: unsupported type {other:?}")),
+            let dims = |shape: Vec<usize>| shape.into_iter().map(|d| d as i64).collect::<Vec<_>>();
+            let v: DynValue = match PlainTensor::from_tract(t)? {
+                PlainTensor::F32(shape, data) => Tensor::from_array((dims(shape), data))
+                    .map_err(|e| format!("input {name}: {e}"))?
+                    .into_dyn(),
+                PlainTensor::I64(shape, data) => Tensor::from_array((dims(shape), data))
+                    .map_err(|e| format!("input {name}: {e}"))?
+                    .into_dyn(),
             };
             feeds.push((name.clone(), v));
         }
@@ -209,13 +188,13 @@ impl OrtEngine {
                 .ok_or_else(|| format!("output {name} is missing"))?;
             if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
                 let shape = shape.iter().map(|&d| d as usize).collect();
-                res.push(OutputData::F32(shape, data.to_vec()));
+                res.push(PlainTensor::F32(shape, data.to_vec()));
             } else {
                 let (shape, data) = v
                     .try_extract_tensor::<i64>()
                     .map_err(|e| format!("output {name}: {e}"))?;
                 let shape = shape.iter().map(|&d| d as usize).collect();
-                res.push(OutputData::I64(shape, data.to_vec()));
+                res.push(PlainTensor::I64(shape, data.to_vec()));
             }
         }
         Ok(res)

@@ -11,7 +11,7 @@ use quickdraw_data::signature::{self, ExportInfo, InputKind, SignatureError, loa
 use quickdraw_data::strokes::StrokeFeatures;
 use tract_onnx::prelude::*;
 
-use crate::onnxruntime::{OrtEngine, OutputData, Runtime};
+use crate::onnxruntime::{OrtEngine, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -75,10 +75,26 @@ pub enum Batch {
     Fixed(usize),
 }
 
-/// One output of either engine.
-enum Out {
+/// A tensor as plain row-major data (shape, values): how inputs and outputs cross between
+/// tract and ONNX Runtime.
+#[derive(Debug, Clone)]
+pub enum PlainTensor {
     F32(Vec<usize>, Vec<f32>),
-    I64(Vec<i64>),
+    I64(Vec<usize>, Vec<i64>),
+}
+
+impl PlainTensor {
+    /// A tract tensor's values: float32 as they are, any other type cast to int64.
+    pub fn from_tract(t: &TValue) -> Result<PlainTensor, String> {
+        let shape = t.shape().to_vec();
+        if t.datum_type() == f32::datum_type() {
+            let v = t.to_plain_array_view::<f32>().map_err(|e| e.to_string())?;
+            return Ok(PlainTensor::F32(shape, v.iter().copied().collect()));
+        }
+        let t = t.cast_to::<i64>().map_err(|e| e.to_string())?;
+        let v = t.to_plain_array_view::<i64>().map_err(|e| e.to_string())?;
+        Ok(PlainTensor::I64(shape, v.iter().copied().collect()))
+    }
 }
 
 /// A loaded export, ready to predict. Cheap to share (`Arc`), safe to use from many threads.
@@ -445,72 +461,53 @@ impl Predictor {
     }
 
     fn run_once(&self, inputs: TVec<TValue>, n: usize) -> Result<Probabilities, PredictError> {
-        if let Some(ort) = &self.ort {
-            let outs = ort.run(&inputs).map_err(PredictError::Run)?;
-            return self.collect_outputs(n, |ix, what| match outs.get(ix) {
-                Some(OutputData::F32(shape, v)) => Ok(Out::F32(shape.clone(), v.clone())),
-                Some(OutputData::I64(_, v)) => Ok(Out::I64(v.clone())),
-                None => Err(PredictError::Run(format!("output {what} is missing"))),
-            });
-        }
-        let plan = match (&self.plan_one, n) {
-            (Some(one), 1) => one,
-            _ => &self.plan,
-        };
-        let outs = plan
-            .run(inputs)
-            .map_err(|e| PredictError::Run(format!("{e:#}")))?;
-        self.collect_outputs(n, |ix, what| {
-            let t = &outs[ix];
-            let shape = t.shape().to_vec();
-            if t.datum_type() == f32::datum_type() {
-                let v = t
-                    .to_plain_array_view::<f32>()
-                    .map_err(|e| PredictError::Run(format!("output {what}: {e}")))?
+        let outs = match &self.ort {
+            Some(ort) => ort.run(&inputs).map_err(PredictError::Run)?,
+            None => {
+                let plan = match (&self.plan_one, n) {
+                    (Some(one), 1) => one,
+                    _ => &self.plan,
+                };
+                plan.run(inputs)
+                    .map_err(|e| PredictError::Run(format!("{e:#}")))?
                     .iter()
-                    .copied()
-                    .collect();
-                Ok(Out::F32(shape, v))
-            } else {
-                let t = t
-                    .cast_to::<i64>()
-                    .map_err(|e| PredictError::Run(format!("output {what}: {e}")))?;
-                let v = t
-                    .to_plain_array_view::<i64>()
-                    .map_err(|e| PredictError::Run(format!("output {what}: {e}")))?
-                    .iter()
-                    .copied()
-                    .collect();
-                Ok(Out::I64(v))
+                    .map(PlainTensor::from_tract)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| PredictError::Run(format!("outputs: {e}")))?
             }
-        })
+        };
+        self.collect_outputs(n, outs)
     }
 
-    /// Checks the engine's outputs (logits, probabilities, classes if the graph has it) against
-    /// the signature and collects them; `get(index, name)` reads one output.
+    /// Checks the engine's outputs (logits, probabilities, and classes if the graph has it, in
+    /// that order) against the signature and collects them.
     fn collect_outputs(
         &self,
         n: usize,
-        get: impl Fn(usize, &str) -> Result<Out, PredictError>,
+        outs: Vec<PlainTensor>,
     ) -> Result<Probabilities, PredictError> {
         let c = self.n_classes();
+        let get = |ix: usize, what: &str| {
+            outs.get(ix)
+                .ok_or_else(|| PredictError::Run(format!("output {what} is missing")))
+        };
         let floats = |ix: usize, what: &str| -> Result<Vec<f32>, PredictError> {
-            let Out::F32(shape, v) = get(ix, what)? else {
+            let PlainTensor::F32(shape, v) = get(ix, what)? else {
                 return Err(PredictError::Run(format!("output {what} is not float")));
             };
-            if shape != [n, c] {
+            if shape[..] != [n, c] {
                 return Err(PredictError::Run(format!(
                     "output {what} has shape {shape:?}, the signature says [{n}, {c}]"
                 )));
             }
-            Ok(v)
+            Ok(v.clone())
         };
         let logits = floats(0, signature::LOGITS)?;
         let probabilities = floats(1, signature::PROBABILITIES)?;
         let classes = if self.has_classes_output {
-            let v = match get(2, signature::CLASSES)? {
-                Out::I64(v) => v,
-                Out::F32(_, v) => v.iter().map(|&x| x as i64).collect(),
+            let v: Vec<i64> = match get(2, signature::CLASSES)? {
+                PlainTensor::I64(_, v) => v.clone(),
+                PlainTensor::F32(_, v) => v.iter().map(|&x| x as i64).collect(),
             };
             if v.len() != n {
                 return Err(PredictError::Run(format!(
