@@ -25,16 +25,12 @@ pub fn masked_crc32c(data: &[u8]) -> u32 {
 
 /// Frames `data` as one TFRecord record into `out` (appending).
 pub fn frame_record(data: &[u8], out: &mut Vec<u8>) {
-    let len = (data.len() as u64).to_le_bytes();
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&masked_crc32c(&len).to_le_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(&masked_crc32c(data).to_le_bytes());
+    append_record(out, |b| b.extend_from_slice(data));
 }
 
-/// Appends one framed record whose data `write` appends to `out`, returning the framed length.
-/// The header is reserved first and filled in afterwards, so the data is written once, in place
-/// (the same bytes as [`frame_record`] of that data).
+/// Appends one TFRecord record whose data `write` appends to `out`, returning the framed
+/// length: length (u64 LE), masked CRC32C of the length, data, masked CRC32C of the data. The
+/// header is reserved first and filled in afterwards, so the data is written once, in place.
 pub fn append_record(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> usize {
     let start = out.len();
     out.resize(start + 12, 0);
@@ -268,10 +264,15 @@ mod tests {
     }
 
     #[test]
-    fn append_record_frames_in_place_like_frame_record() {
+    fn append_record_frames_in_place() {
         for data in [&b""[..], b"x", &[9u8; 5000]] {
+            // The framing spelled out: length, its masked CRC, data, its masked CRC.
+            let len = (data.len() as u64).to_le_bytes();
             let mut expected = b"prefix".to_vec();
-            frame_record(data, &mut expected);
+            expected.extend_from_slice(&len);
+            expected.extend_from_slice(&masked_crc32c(&len).to_le_bytes());
+            expected.extend_from_slice(data);
+            expected.extend_from_slice(&masked_crc32c(data).to_le_bytes());
             let mut got = b"prefix".to_vec();
             let n = append_record(&mut got, |b| b.extend_from_slice(data));
             assert_eq!(got, expected);
