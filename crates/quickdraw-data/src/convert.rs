@@ -334,14 +334,11 @@ pub fn run(
         let (files, truncated) = write_split(cfg, s, &counts, &tmp, progress)?;
         for (g, t) in groups.iter_mut().zip(truncated) {
             g.counts.strokes_truncated += t;
+            totals.strokes_truncated += t;
         }
         written.push((s, files));
     }
     let shards = finish_shards(written)?;
-    let mut totals = ClassCounts::default();
-    for g in &groups {
-        totals.add(&g.counts);
-    }
 
     let encode_write_seconds = phase2.elapsed().as_secs_f64();
     let label_path = out.join(LABELS_FILE);
