@@ -7,9 +7,9 @@
 # train 20 steps -> export --force: the weights' quality does not change the cost of a request),
 # serves it on 127.0.0.1, then runs wrk for DURATION seconds (default 20) at each connection count
 # with bench/wrk_predict.lua (one drawing per :predict request). Prints one JSON line per run and
-# the server's own count of failed requests. Environment: DURATION, THREADS (wrk threads, 1),
+# the server's own counters (/healthz: requests, inference calls, rows per call, refusals). Environment: DURATION, THREADS (wrk threads, 1),
 # PORT (8599), WORK (target/bench-serve), SERVE_ARGS (extra `serve` flags, e.g.
-# "--runtime onnxruntime --onnxruntime-lib /path/to/libonnxruntime.so").
+# "--runtime onnxruntime --onnxruntime-lib /path/to/libonnxruntime.so --enable-batching").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 2; }
@@ -51,3 +51,5 @@ for c in "${CONNS[@]}"; do
   wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --timeout 5s -s bench/wrk_predict.lua "$URL" \
     | tail -1 | sed "s/^{/{\"connections\":$c,\"wrk_threads\":$THREADS,/"
 done
+# The server's own counters: requests answered, inference calls and rows per call, refusals.
+echo "server: $(curl -sf "http://127.0.0.1:$PORT/healthz")"

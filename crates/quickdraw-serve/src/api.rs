@@ -18,6 +18,7 @@ use quickdraw_data::signature::{DType, TensorSpec};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::batching::{BatchConfig, BatchStats, Batcher, SubmitError, Task, TaskError};
 use crate::predictor::{Predictor, Probabilities};
 use crate::reqlog::{RequestLog, Served};
 use crate::request::{
@@ -56,6 +57,12 @@ impl ApiError {
     pub fn too_large(m: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: m.into(),
+        }
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
             message: m.into(),
         }
     }
@@ -103,13 +110,14 @@ struct Inner {
     limits: Limits,
     log: Option<RequestLog>,
     requests: AtomicU64,
-    /// Inferences running at once (two per core, so a core never idles while the next request
-    /// is handed over); further requests wait their turn, in arrival order.
-    inference: tokio::sync::Semaphore,
+    /// Where requests wait, in arrival order, for a batch thread to preprocess and run them
+    /// (merged with others when batching is on); inference never runs on the async runtime.
+    batcher: Batcher,
     quiet: bool,
 }
 
 impl AppState {
+    /// State without batching: one inference call per request ([`BatchConfig::unbatched`]).
     pub fn new(
         model_name: &str,
         store: Arc<ModelStore>,
@@ -117,7 +125,25 @@ impl AppState {
         log: Option<RequestLog>,
         quiet: bool,
     ) -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self::with_batching(
+            model_name,
+            store,
+            limits,
+            log,
+            quiet,
+            BatchConfig::unbatched(),
+        )
+    }
+
+    /// State whose requests are run as `batch` says (starts its batch threads).
+    pub fn with_batching(
+        model_name: &str,
+        store: Arc<ModelStore>,
+        limits: Limits,
+        log: Option<RequestLog>,
+        quiet: bool,
+        batch: BatchConfig,
+    ) -> Self {
         AppState {
             inner: Arc::new(Inner {
                 model_name: model_name.into(),
@@ -125,7 +151,7 @@ impl AppState {
                 limits,
                 log,
                 requests: AtomicU64::new(0),
-                inference: tokio::sync::Semaphore::new(2 * cores),
+                batcher: Batcher::new(batch),
                 quiet,
             }),
         }
@@ -136,6 +162,14 @@ impl AppState {
     /// Predict and classify requests answered so far.
     pub fn requests(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+    /// How requests are run.
+    pub fn batching(&self) -> &BatchConfig {
+        self.inner.batcher.config()
+    }
+    /// Inference calls, requests and rows run so far.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.inner.batcher.stats()
     }
 }
 
@@ -201,11 +235,27 @@ async fn page(State(st): State<AppState>) -> Html<String> {
 
 async fn healthz(State(st): State<AppState>) -> Response {
     let cur = st.inner.store.current();
+    let cfg = st.batching();
+    let stats = st.batch_stats();
     let body = json!({
         "status": if cur.is_some() { "ok" } else { "no model version loaded" },
         "model": st.inner.model_name,
         "version": cur.as_ref().and_then(|c| c.version()),
         "requests": st.requests(),
+        "batching": {
+            "enabled": cfg.enabled,
+            "max_batch_size": cfg.max_batch_size,
+            "batch_timeout_micros": cfg.batch_timeout.as_micros() as u64,
+            "num_batch_threads": cfg.num_batch_threads,
+            "max_enqueued": cfg.max_enqueued,
+            "inference_nice": cfg.nice,
+            "inference_calls": stats.batches,
+            "requests_run": stats.requests,
+            "rows_run": stats.rows,
+            "mean_rows_per_call": if stats.batches == 0 { 0.0 } else { stats.rows as f64 / stats.batches as f64 },
+            "max_rows_per_call": stats.max_rows,
+            "refused_queue_full": stats.refused,
+        },
     });
     let code = if cur.is_some() {
         StatusCode::OK
@@ -446,18 +496,29 @@ async fn infer(
         Verb::Classify => (parse_classify(&json, &input, &st.inner.limits)?, false),
     };
     let request_id = st.inner.requests.fetch_add(1, Ordering::Relaxed) + 1;
-    let _permit = st
-        .inner
-        .inference
-        .acquire()
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let task = ServeTask {
+        st: st.clone(),
+        predictor: predictor.clone(),
+        instances,
+        verb,
+        columnar,
+        request_id,
+        reply,
+    };
+    st.inner
+        .batcher
+        .submit(Box::new(task))
+        .map_err(|e| match e {
+            SubmitError::QueueFull(_) => ApiError::unavailable(format!(
+                "the inference queue is full ({} requests waiting); retry later",
+                st.batching().max_enqueued
+            )),
+            SubmitError::Closed(_) => ApiError::unavailable("the server is shutting down"),
+        })?;
+    let answer = answer
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let st2 = st.clone();
-    let p2 = predictor.clone();
-    let answer =
-        tokio::task::spawn_blocking(move || run(&st2, &p2, &instances, verb, columnar, request_id))
-            .await
-            .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))??;
+        .map_err(|_| ApiError::internal("inference failed: the batch thread stopped"))??;
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], answer).into_response();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&predictor.version().unwrap_or(0).to_string()) {
@@ -470,45 +531,59 @@ async fn infer(
     Ok(resp)
 }
 
-/// Preprocessing, inference, request log and the answer; runs on a blocking thread.
-fn run(
-    st: &AppState,
-    p: &Predictor,
-    instances: &[Instance],
+/// One `:predict` or `:classify` request in the inference queue. On a batch thread: the
+/// preprocessing (the training path), then, with the request's rows of the batch's outputs,
+/// the request log and the answer body.
+struct ServeTask {
+    st: AppState,
+    predictor: Arc<Predictor>,
+    instances: Vec<Instance>,
     verb: Verb,
     columnar: bool,
     request_id: u64,
-) -> Result<Vec<u8>, ApiError> {
-    let input = p.input();
-    let spec = &p.info().features;
-    let inputs: Vec<ModelInput> = instances
-        .iter()
-        .enumerate()
-        .map(|(i, inst)| to_model_input(inst, i, input, spec))
-        .collect::<Result<_, _>>()?;
-    let probs = predict_inputs(p, inputs)?;
-    if let Some(log) = &st.inner.log {
-        log_drawings(st, log, p, instances, &probs, verb, request_id);
-    }
-    answer_json(p, &probs, verb, columnar)
-        .map_err(|e| ApiError::internal(format!("serialising the answer: {e}")))
+    reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, ApiError>>,
 }
 
-fn predict_inputs(p: &Predictor, inputs: Vec<ModelInput>) -> Result<Probabilities, ApiError> {
-    let mut pixels = Vec::new();
-    let mut seqs = Vec::new();
-    for i in inputs {
-        match i {
-            ModelInput::Pixels(v) => pixels.push(v),
-            ModelInput::Sequence(s) => seqs.push(s),
-        }
+impl Task for ServeTask {
+    fn predictor(&self) -> &Arc<Predictor> {
+        &self.predictor
     }
-    let r = if seqs.is_empty() {
-        p.predict_pixels(&pixels)
-    } else {
-        p.predict_strokes(&seqs)
-    };
-    r.map_err(|e| ApiError::internal(e.to_string()))
+    fn rows(&self) -> usize {
+        self.instances.len()
+    }
+    fn prepare(&mut self) -> Result<Vec<ModelInput>, RequestError> {
+        let p = &self.predictor;
+        let (input, spec) = (p.input(), &p.info().features);
+        self.instances
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| to_model_input(inst, i, input, spec))
+            .collect()
+    }
+    fn finish(self: Box<Self>, outputs: Result<Probabilities, TaskError>) {
+        let answer = match outputs {
+            Ok(probs) => {
+                let p = &self.predictor;
+                if let Some(log) = &self.st.inner.log {
+                    log_drawings(
+                        &self.st,
+                        log,
+                        p,
+                        &self.instances,
+                        &probs,
+                        self.verb,
+                        self.request_id,
+                    );
+                }
+                answer_json(p, &probs, self.verb, self.columnar)
+                    .map_err(|e| ApiError::internal(format!("serialising the answer: {e}")))
+            }
+            Err(TaskError::Request(e)) => Err(e.into()),
+            Err(TaskError::Predict(e)) => Err(ApiError::internal(e)),
+        };
+        // The caller may have gone (client disconnected): nothing to answer then.
+        let _ = self.reply.send(answer);
+    }
 }
 
 fn log_drawings(

@@ -6,6 +6,7 @@
 //! (`quickdraw_data::signature`).
 
 pub mod api;
+pub mod batching;
 pub mod onnxruntime;
 pub mod predictor;
 pub mod reqlog;
@@ -23,6 +24,7 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use api::{ApiError, AppState, app};
+pub use batching::BatchConfig;
 pub use onnxruntime::Runtime;
 pub use predictor::{PredictError, Predictor, Probabilities};
 pub use request::Limits;
@@ -46,6 +48,8 @@ pub struct ServeConfig {
     pub quiet: bool,
     /// The engine that runs the models.
     pub runtime: Runtime,
+    /// How requests are run: one inference call each, or merged (`--enable-batching`).
+    pub batching: BatchConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +117,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         ),
         None => None,
     };
-    let state = AppState::new(&cfg.model_name, store.clone(), cfg.limits, log, cfg.quiet);
+    let state = AppState::with_batching(
+        &cfg.model_name,
+        store.clone(),
+        cfg.limits,
+        log,
+        cfg.quiet,
+        cfg.batching,
+    );
     let router = app(state).layer(cors(&cfg.cors_origins)?);
 
     let poll_store = store.clone();
@@ -143,8 +154,20 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         .map(|v| v.to_string())
         .unwrap_or_else(|| "none yet".into());
     // Always printed (also with --quiet): scripts read the address from it.
+    let b = &cfg.batching;
+    let batching = if b.enabled {
+        format!(
+            "batching up to {} rows per call, timeout {} us, {} threads",
+            b.max_batch_size,
+            b.batch_timeout.as_micros(),
+            b.num_batch_threads
+        )
+    } else {
+        format!("no batching, {} inference threads", b.num_batch_threads)
+    };
+    let batching = format!("{batching} at nice +{}", b.nice);
     eprintln!(
-        "quickdraw serve: model {:?} version {version} from {} (run by {}); listening on http://{local}/ (REST API http://{local}/v1/models/{})",
+        "quickdraw serve: model {:?} version {version} from {} (run by {}; {batching}); listening on http://{local}/ (REST API http://{local}/v1/models/{})",
         cfg.model_name,
         cfg.base.display(),
         cfg.runtime.name(),

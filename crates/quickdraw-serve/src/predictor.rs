@@ -12,6 +12,7 @@ use quickdraw_data::strokes::StrokeFeatures;
 use tract_onnx::prelude::*;
 
 use crate::onnxruntime::{OrtEngine, Runtime};
+use crate::request::ModelInput;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -56,6 +57,16 @@ impl Probabilities {
         idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         idx.truncate(k);
         idx
+    }
+    /// Rows `r` as a batch of their own (a merged batch's share of one request).
+    pub fn slice(&self, r: std::ops::Range<usize>) -> Probabilities {
+        let c = self.n_classes;
+        Probabilities {
+            n_classes: c,
+            probabilities: self.probabilities[r.start * c..r.end * c].to_vec(),
+            logits: self.logits[r.start * c..r.end * c].to_vec(),
+            classes: self.classes[r].to_vec(),
+        }
     }
     fn extend(&mut self, o: Probabilities, keep: usize) {
         self.probabilities
@@ -323,6 +334,25 @@ impl Predictor {
                     .collect::<Result<Vec<_>, _>>()?;
                 self.predict_strokes(&seqs)
             }
+        }
+    }
+
+    /// Predicts model inputs as the server makes them: all images or all stroke sequences.
+    pub fn predict_inputs(&self, inputs: Vec<ModelInput>) -> Result<Probabilities, PredictError> {
+        let mut pixels = Vec::new();
+        let mut seqs = Vec::new();
+        for i in inputs {
+            match i {
+                ModelInput::Pixels(v) => pixels.push(v),
+                ModelInput::Sequence(s) => seqs.push(s),
+            }
+        }
+        match (pixels.is_empty(), seqs.is_empty()) {
+            (_, true) => self.predict_pixels(&pixels),
+            (true, false) => self.predict_strokes(&seqs),
+            (false, false) => Err(PredictError::Run(
+                "images and stroke sequences cannot run in one call".into(),
+            )),
         }
     }
 

@@ -11,7 +11,7 @@ use base64::Engine;
 use quickdraw_data::example::{Example, Feature};
 use quickdraw_data::{Ink, Stroke};
 use quickdraw_serve::request::Limits;
-use quickdraw_serve::{AppState, ModelStore, Predictor, app, testing};
+use quickdraw_serve::{AppState, BatchConfig, ModelStore, Predictor, app, testing};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -688,4 +688,89 @@ async fn hostile_inputs_get_clear_errors_and_the_server_keeps_serving() {
         "still serving after the bad requests: {v}"
     );
     assert_eq!(v["predictions"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+/// Concurrent requests merged into one inference call (TF Serving's `--enable_batching`) get
+/// exactly the answers they get one by one, including a bad request in the same batch.
+#[tokio::test]
+async fn batched_requests_answer_like_single_ones() {
+    let (tmp, single) = setup();
+    let store = Arc::new(ModelStore::open(tmp.path(), true).unwrap());
+    // Budget of 8 rows and a long timeout: the batch closes when the 8 rows are in, not on a
+    // timer, so the grouping below is certain.
+    let batched = AppState::with_batching(
+        "quickdraw",
+        store,
+        limits(),
+        None,
+        true,
+        BatchConfig {
+            enabled: true,
+            max_batch_size: 8,
+            batch_timeout: std::time::Duration::from_secs(30),
+            num_batch_threads: 1,
+            max_enqueued: 100,
+            nice: 0,
+        },
+    );
+    // Six requests, 8 rows: drawings, tensors (one request with three rows), and a serialized
+    // tf.Example that is not one (valid JSON, so it is queued; its preprocessing fails).
+    let not_an_example = base64::engine::general_purpose::STANDARD.encode([0xffu8; 5]);
+    let bodies: Vec<Value> = vec![
+        json!({"instances": [gamma(false)]}),
+        json!({"instances": [left_half()]}),
+        json!({"instances": [gamma(true), vec![0.0; 64], left_half()]}),
+        json!({"instances": [{"b64": not_an_example}]}),
+        json!({"instances": [gamma(true)]}),
+        json!({"signature_name": "serving_default", "instances": [vec![0.5; 64]]}),
+    ];
+    let mut handles = Vec::new();
+    for b in bodies.clone() {
+        let st = batched.clone();
+        handles.push(tokio::spawn(async move {
+            call(&st, "POST", "/v1/models/quickdraw:predict", Some(b)).await
+        }));
+    }
+    for (b, h) in bodies.into_iter().zip(handles) {
+        let (code, _, v) = h.await.unwrap();
+        let (code1, _, v1) = call(&single, "POST", "/v1/models/quickdraw:predict", Some(b)).await;
+        assert_eq!(code, code1, "{v} vs {v1}");
+        if code != StatusCode::OK {
+            assert_eq!(code, StatusCode::BAD_REQUEST);
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("instance 0: not a tf.Example"),
+                "{v}"
+            );
+            assert_eq!(v, v1);
+            continue;
+        }
+        let (p, p1) = (
+            v["predictions"].as_array().unwrap(),
+            v1["predictions"].as_array().unwrap(),
+        );
+        assert_eq!(p.len(), p1.len());
+        for (a, b) in p.iter().zip(p1) {
+            assert_eq!(a["classes"], b["classes"]);
+            let b: Vec<f32> = b["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            assert!(close(&a["probabilities"], &b), "{a} vs {b:?}");
+        }
+    }
+    let (_, _, h) = call(&batched, "GET", "/healthz", None).await;
+    let b = &h["batching"];
+    assert_eq!(b["enabled"], true);
+    // The bad request's row counted towards the budget but was left out of the call.
+    assert_eq!(b["inference_calls"], 1, "{h}");
+    assert_eq!(b["requests_run"], 5, "{h}");
+    assert_eq!(b["rows_run"], 7, "{h}");
+    let (_, _, h1) = call(&single, "GET", "/healthz", None).await;
+    assert_eq!(h1["batching"]["enabled"], false);
+    assert_eq!(h1["batching"]["max_rows_per_call"], 3, "{h1}");
 }

@@ -770,7 +770,7 @@ fn onnxruntime_runs_the_same_model_as_tract_in_model_run_and_serve() {
         server
             .startup
             .iter()
-            .any(|l| l.contains("(run by onnxruntime)")),
+            .any(|l| l.contains("(run by onnxruntime;")),
         "{:?}",
         server.startup
     );

@@ -375,19 +375,7 @@ impl Printer {
 }
 
 fn predict(p: &Predictor, items: &[Item]) -> anyhow::Result<Probabilities> {
-    let mut pixels = Vec::new();
-    let mut seqs: Vec<StrokeFeatures> = Vec::new();
-    for it in items {
-        match &it.x {
-            ModelInput::Pixels(v) => pixels.push(v.clone()),
-            ModelInput::Sequence(s) => seqs.push(s.clone()),
-        }
-    }
-    Ok(if seqs.is_empty() {
-        p.predict_pixels(&pixels)?
-    } else {
-        p.predict_strokes(&seqs)?
-    })
+    Ok(p.predict_inputs(items.iter().map(|it| it.x.clone()).collect())?)
 }
 
 /// `np.zeros((a, b))`-style shorthand or a JSON nested list.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quickdraw_data::validate;
-use quickdraw_serve::{Limits, ServeConfig};
+use quickdraw_serve::{BatchConfig, Limits, ServeConfig};
 
 use super::Ctx;
 
@@ -54,6 +54,26 @@ pub struct ServeArgs {
     pub cors_origins: Vec<String>,
     #[command(flatten)]
     pub runtime: super::RuntimeArgs,
+    /// Merge the requests that wait at the same time (for the same version) into one inference
+    /// call, as TF Serving's --enable_batching: more throughput under load, no wait when idle.
+    #[arg(long, alias = "enable_batching")]
+    pub enable_batching: bool,
+    /// With batching: most rows (instances) per inference call (a larger request runs alone).
+    #[arg(long, alias = "max_batch_size", default_value_t = 32)]
+    pub max_batch_size: usize,
+    /// With batching: how long a batch's first request may wait for more (0: never waits).
+    #[arg(long, alias = "batch_timeout_micros", default_value_t = 0)]
+    pub batch_timeout_micros: u64,
+    /// Threads running inference; default: one per core.
+    #[arg(long, alias = "num_batch_threads")]
+    pub num_batch_threads: Option<usize>,
+    /// How many nice steps below the HTTP threads the inference threads run (Linux; 0: the
+    /// same priority). Lets requests be read and answered without waiting behind inference.
+    #[arg(long, default_value_t = quickdraw_serve::batching::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub inference_nice: i32,
+    /// Most requests waiting for inference; more are answered 503.
+    #[arg(long, alias = "max_enqueued_batches", default_value_t = 4096)]
+    pub max_enqueued: usize,
 }
 
 pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
@@ -67,6 +87,26 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
         max_strokes: a.max_strokes.min(validate::MAX_STROKES),
         max_points: a.max_points.min(validate::MAX_POINTS),
     };
+    anyhow::ensure!(a.max_batch_size >= 1, "--max-batch-size must be at least 1");
+    anyhow::ensure!(a.max_enqueued >= 1, "--max-enqueued must be at least 1");
+    anyhow::ensure!(
+        a.num_batch_threads != Some(0),
+        "--num-batch-threads must be at least 1"
+    );
+    let mut batching = if a.enable_batching {
+        BatchConfig {
+            max_batch_size: a.max_batch_size,
+            batch_timeout: Duration::from_micros(a.batch_timeout_micros),
+            ..BatchConfig::batched()
+        }
+    } else {
+        BatchConfig::unbatched()
+    };
+    batching.max_enqueued = a.max_enqueued;
+    batching.nice = a.inference_nice;
+    if let Some(n) = a.num_batch_threads {
+        batching.num_batch_threads = n;
+    }
     let cfg = ServeConfig {
         base: a.model_base_path.clone(),
         model_name: a.model_name,
@@ -78,6 +118,7 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
         cors_origins: a.cors_origins,
         quiet: ctx.quiet,
         runtime: a.runtime.resolve()?,
+        batching,
     };
     quickdraw_serve::serve_blocking(cfg)
         .with_context(|| format!("serving {}", a.model_base_path.display()))
