@@ -7,7 +7,8 @@
 # train 20 steps -> export --force: the weights' quality does not change the cost of a request),
 # serves it on 127.0.0.1, then runs wrk for DURATION seconds (default 20) at each connection count
 # with bench/wrk_predict.lua (one drawing per :predict request). Prints one JSON line per run and
-# the server's own counters (/healthz: requests, inference calls, rows per call, refusals). Environment: DURATION, THREADS (wrk threads, 1),
+# the server's own counters (/healthz: requests, inference calls, rows per call, refusals).
+# Environment: DURATION, THREADS (wrk threads, 1),
 # PORT (8599), WORK (target/bench-serve), SERVE_ARGS (extra `serve` flags, e.g.
 # "--runtime onnxruntime --onnxruntime-lib /path/to/libonnxruntime.so --enable-batching").
 set -euo pipefail
