@@ -69,9 +69,10 @@ fn load_library(lib: &Path) -> Result<(), String> {
     }
 }
 
-/// Sessions of one model, one per core: `Session::run` needs exclusive access, so concurrent
-/// requests take different sessions (each single-threaded, as tract runs one request per core).
-/// A request takes whichever session is free, or waits for the first one to come back.
+/// Sessions of one model, two per core: `Session::run` needs exclusive access, so concurrent
+/// calls take different sessions (each single-threaded; the server runs one call per inference
+/// thread, one thread per core by default, and `model run` one at a time). A call takes whichever
+/// session is free, or waits for the first one to come back.
 pub struct OrtEngine {
     free: Mutex<Vec<Session>>,
     returned: Condvar,
