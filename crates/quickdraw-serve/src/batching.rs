@@ -53,25 +53,26 @@ impl BatchConfig {
             max_batch_size: 1,
             batch_timeout: Duration::ZERO,
             num_batch_threads: cores(),
-            max_enqueued: 4096,
+            max_enqueued: DEFAULT_MAX_ENQUEUED,
             nice: DEFAULT_NICE,
         }
     }
 
-    /// Merging, with the defaults of `quickdraw serve --enable-batching`: up to 32 rows per call,
-    /// no timeout, one thread per core.
+    /// Merging, with the defaults of `quickdraw serve --enable-batching`: up to
+    /// [`DEFAULT_MAX_BATCH_SIZE`] rows per call, otherwise as [`BatchConfig::unbatched`].
     pub fn batched() -> BatchConfig {
         BatchConfig {
             enabled: true,
-            max_batch_size: 32,
-            batch_timeout: Duration::ZERO,
-            num_batch_threads: cores(),
-            max_enqueued: 4096,
-            nice: DEFAULT_NICE,
+            max_batch_size: DEFAULT_MAX_BATCH_SIZE,
+            ..BatchConfig::unbatched()
         }
     }
 }
 
+/// Default of [`BatchConfig::max_batch_size`] with batching on.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
+/// Default of [`BatchConfig::max_enqueued`].
+pub const DEFAULT_MAX_ENQUEUED: usize = 4096;
 /// Default of [`BatchConfig::nice`].
 pub const DEFAULT_NICE: i32 = 10;
 

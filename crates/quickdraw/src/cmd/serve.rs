@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quickdraw_data::validate;
-use quickdraw_serve::{BatchConfig, Limits, ServeConfig};
+use quickdraw_serve::batching::{self, BatchConfig};
+use quickdraw_serve::{Limits, ServeConfig};
 
 use super::Ctx;
 
@@ -59,20 +60,30 @@ pub struct ServeArgs {
     #[arg(long, alias = "enable_batching")]
     pub enable_batching: bool,
     /// With batching: most rows (instances) per inference call (a larger request runs alone).
-    #[arg(long, alias = "max_batch_size", default_value_t = 32)]
+    #[arg(
+        long,
+        alias = "max_batch_size",
+        requires = "enable_batching",
+        default_value_t = batching::DEFAULT_MAX_BATCH_SIZE
+    )]
     pub max_batch_size: usize,
     /// With batching: how long a batch's first request may wait for more (0: never waits).
-    #[arg(long, alias = "batch_timeout_micros", default_value_t = 0)]
+    #[arg(
+        long,
+        alias = "batch_timeout_micros",
+        requires = "enable_batching",
+        default_value_t = 0
+    )]
     pub batch_timeout_micros: u64,
     /// Threads running inference; default: one per core.
     #[arg(long, alias = "num_batch_threads")]
     pub num_batch_threads: Option<usize>,
     /// How many nice steps below the HTTP threads the inference threads run (Linux; 0: the
     /// same priority). Lets requests be read and answered without waiting behind inference.
-    #[arg(long, default_value_t = quickdraw_serve::batching::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    #[arg(long, default_value_t = batching::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub inference_nice: i32,
     /// Most requests waiting for inference; more are answered 503.
-    #[arg(long, alias = "max_enqueued_batches", default_value_t = 4096)]
+    #[arg(long, default_value_t = batching::DEFAULT_MAX_ENQUEUED)]
     pub max_enqueued: usize,
 }
 
