@@ -196,6 +196,8 @@ pub fn simplify_points(strokes: &[Vec<(f64, f64)>], opts: &SimplifyOptions) -> V
 
     let spacing = f64::from(RESAMPLE_SPACING);
     let epsilon = f64::from(RDP_EPSILON);
+    let total_points: usize = finite.iter().map(Vec::len).sum();
+    let mut budget = RDP_WORK_BASE.saturating_add(RDP_WORK_PER_POINT.saturating_mul(total_points));
     finite
         .iter()
         .map(|pts| {
@@ -203,21 +205,31 @@ pub fn simplify_points(strokes: &[Vec<(f64, f64)>], opts: &SimplifyOptions) -> V
                 .iter()
                 .map(|&(x, y)| (to_frame(x, min.0), to_frame(y, min.1)))
                 .collect();
-            // Step 3.
-            let resampled = match opts.resampling {
-                Resampling::ArcLength => resample_arc_length(&aligned, spacing, false),
-                Resampling::ArcLengthInterp => resample_arc_length(&aligned, spacing, true),
-                Resampling::PerSegment => resample_per_segment(&aligned, spacing),
-                Resampling::Off => aligned,
+            // Steps 3 and 4 (on floats). Arc-length samples are computed on demand, never stored.
+            let mut kept: Vec<Pt> = match opts.resampling {
+                Resampling::ArcLength | Resampling::ArcLengthInterp => {
+                    let interp = opts.resampling == Resampling::ArcLengthInterp;
+                    let samples = Samples::new(&aligned, spacing, interp);
+                    rdp_samples(&samples, epsilon, opts.distance, &mut budget)
+                        .into_iter()
+                        .map(|k| samples.at(k))
+                        .collect()
+                }
+                Resampling::PerSegment | Resampling::Off => {
+                    let resampled = if opts.resampling == Resampling::Off {
+                        aligned
+                    } else {
+                        resample_per_segment(&aligned, spacing)
+                    };
+                    let keep = rdp_mask(&resampled, epsilon, opts.distance);
+                    resampled
+                        .iter()
+                        .zip(&keep)
+                        .filter(|(_, k)| **k)
+                        .map(|(p, _)| *p)
+                        .collect()
+                }
             };
-            // Step 4, on floats.
-            let keep = rdp_mask(&resampled, epsilon, opts.distance);
-            let mut kept: Vec<Pt> = resampled
-                .iter()
-                .zip(&keep)
-                .filter(|(_, k)| **k)
-                .map(|(p, _)| *p)
-                .collect();
             if kept.len() == 1 {
                 // The recursive `rdp` package returns both end points of a one-point input.
                 kept.push(kept[0]);
@@ -247,6 +259,9 @@ fn seg_len(a: Pt, b: Pt) -> f64 {
 /// Samples at arc lengths `0, spacing, 2*spacing, …` strictly below the total length, then the
 /// last point. `interp` selects NumPy's `slope * (s - s_j) + a` instead of `(1 - t) * a + t * b`.
 /// Returns at least two points for a non-empty input (both ends of a zero-length stroke).
+///
+/// The materialised form of [`Samples`], kept as the reference its tests compare against.
+#[cfg(test)]
 fn resample_arc_length(points: &[Pt], spacing: f64, interp: bool) -> Vec<Pt> {
     let (Some(&first), Some(&last)) = (points.first(), points.last()) else {
         return Vec::new();
@@ -288,6 +303,223 @@ fn resample_arc_length(points: &[Pt], spacing: f64, interp: bool) -> Vec<Pt> {
     }
     out.push(last);
     out
+}
+
+/// Distance evaluations RDP may spend on one drawing: this many, plus [`RDP_WORK_PER_POINT`] per
+/// input point. Real drawings need a few thousand (measured on the shared Google pairs: the
+/// largest used under 1% of it); past it the ranges still open are not split further, so a
+/// hostile drawing gets a coarser simplification instead of quadratic work.
+pub const RDP_WORK_BASE: usize = 1 << 20;
+/// See [`RDP_WORK_BASE`].
+pub const RDP_WORK_PER_POINT: usize = 32;
+
+/// Below this per-sample change of the distance along one straight segment, RDP looks at every
+/// sample of the segment: the floating-point noise of a sample's distance is under 1e-12 px in
+/// the 0..=255 frame, so a larger slope cannot be reordered by it.
+const FLAT_SLOPE: f64 = 1e-9;
+
+/// The arc-length resampling of one stroke (step 3), computed on demand: sample `k` is exactly
+/// the `k`-th point the materialised resampling gives (`(1 - t) * a + t * b` on its segment, or
+/// NumPy's form), but only the per-vertex arc lengths are stored, so memory is linear in the
+/// stroke's points whatever its length (a 199,000-point zigzag across the frame has 72 million
+/// samples).
+struct Samples<'a> {
+    points: &'a [Pt],
+    /// Arc length at each vertex.
+    cum: Vec<f64>,
+    /// First sample index of each segment (`points.len() - 1` entries, then `n`).
+    start: Vec<usize>,
+    /// Samples strictly below the total length; sample `n` is the last point.
+    n: usize,
+    spacing: f64,
+    interp: bool,
+}
+
+impl<'a> Samples<'a> {
+    /// `points` must be non-empty.
+    fn new(points: &'a [Pt], spacing: f64, interp: bool) -> Self {
+        let mut cum = Vec::with_capacity(points.len());
+        cum.push(0.0);
+        for w in points.windows(2) {
+            cum.push(cum[cum.len() - 1] + seg_len(w[0], w[1]));
+        }
+        let total = cum[cum.len() - 1];
+        let mut s = Samples {
+            points,
+            cum,
+            start: Vec::new(),
+            n: 0,
+            spacing,
+            interp,
+        };
+        if !(total > 0.0 && total.is_finite() && spacing > 0.0) {
+            // Both ends only: sample 0 is the first point, sample 1 the last.
+            s.n = 1;
+            s.start = vec![0, 1];
+            return s;
+        }
+        // The smallest k with k * spacing >= v, as the sample loop's float comparisons decide.
+        let first_at = |v: f64| -> usize {
+            let mut k = (v / spacing).ceil().max(0.0) as usize;
+            while k > 0 && (k - 1) as f64 * spacing >= v {
+                k -= 1;
+            }
+            while (k as f64) * spacing < v {
+                k += 1;
+            }
+            k
+        };
+        s.n = first_at(total).min((total / spacing).ceil() as usize);
+        s.start = (0..points.len() - 1)
+            .map(|j| {
+                if j == 0 {
+                    0
+                } else {
+                    first_at(s.cum[j]).min(s.n)
+                }
+            })
+            .chain([s.n])
+            .collect();
+        s
+    }
+
+    /// Index of the last sample.
+    fn last(&self) -> usize {
+        self.n
+    }
+
+    /// Sample `k` of segment `j` (`start[j] <= k < start[j + 1]`).
+    fn on(&self, j: usize, k: usize) -> Pt {
+        let s = k as f64 * self.spacing;
+        let (a, b) = (self.points[j], self.points[j + 1]);
+        let c = self.cum[j];
+        if s == c {
+            a
+        } else if self.interp {
+            let dc = self.cum[j + 1] - c;
+            let (sx, sy) = ((b.0 - a.0) / dc, (b.1 - a.1) / dc);
+            (sx * (s - c) + a.0, sy * (s - c) + a.1)
+        } else {
+            let t = (s - c) / seg_len(a, b);
+            ((1.0 - t) * a.0 + t * b.0, (1.0 - t) * a.1 + t * b.1)
+        }
+    }
+
+    /// The segment holding sample `k < n`.
+    fn segment_of(&self, k: usize) -> usize {
+        self.start.partition_point(|&s| s <= k) - 1
+    }
+
+    /// Sample `k`, `0..=last()`.
+    fn at(&self, k: usize) -> Pt {
+        if k >= self.n {
+            self.points[self.points.len() - 1]
+        } else if k == 0 {
+            self.points[0]
+        } else {
+            self.on(self.segment_of(k), k)
+        }
+    }
+}
+
+/// The distance RDP measures from one chord, bit for bit as [`rdp_mask`] computes it.
+struct Chord {
+    a: Pt,
+    b: Pt,
+    distance: Distance,
+    /// `|b - a|` for the line distances when `a != b`.
+    norm: Option<f64>,
+}
+
+impl Chord {
+    fn new(a: Pt, b: Pt, distance: Distance) -> Self {
+        let (ex, ey) = (b.0 - a.0, b.1 - a.1);
+        let norm = match distance {
+            Distance::Line if a != b => Some(norm(ex, ey, true)),
+            Distance::LineUnfused if a != b => Some(norm(ex, ey, false)),
+            _ => None,
+        };
+        Chord {
+            a,
+            b,
+            distance,
+            norm,
+        }
+    }
+
+    fn d(&self, p: Pt) -> f64 {
+        let (a, b) = (self.a, self.b);
+        match (self.norm, self.distance) {
+            (Some(n), _) => ((b.0 - a.0) * (a.1 - p.1) - (b.1 - a.1) * (a.0 - p.0)).abs() / n,
+            (None, Distance::Line) => line_distance(p, a, b),
+            (None, Distance::LineUnfused) => line_distance_unfused(p, a, b),
+            (None, Distance::Segment) => segment_distance(p, a, b),
+        }
+    }
+}
+
+/// Which samples Ramer-Douglas-Peucker keeps (sorted indices), the same as [`rdp_mask`] over the
+/// materialised samples, with work linear in the stroke's vertices rather than its samples.
+///
+/// Every distance measured here is convex along a straight segment, so over the samples of one
+/// segment the farthest is one of its two end samples, and strictly the farthest when the two
+/// differ by more than [`FLAT_SLOPE`] per sample (then no rounding can reorder them). Only a
+/// segment nearly parallel to the chord is scanned sample by sample (ties there are decided by
+/// the last bits, as in the materialised version), and a segment whose end samples are both
+/// below `epsilon` cannot hold a kept point, so one end stands for it. Each distance evaluated
+/// costs one unit of `budget`; when it runs out, open ranges are left unsplit.
+fn rdp_samples(s: &Samples, epsilon: f64, distance: Distance, budget: &mut usize) -> Vec<usize> {
+    let last = s.last();
+    let mut kept = vec![0, last];
+    let mut stack = vec![(0usize, last)];
+    while let Some((i, j)) = stack.pop() {
+        if j <= i + 1 || *budget == 0 {
+            continue;
+        }
+        let chord = Chord::new(s.at(i), s.at(j), distance);
+        let (mut dmax, mut index) = (0.0f64, i);
+        let mut consider = |k: usize, d: f64| {
+            if d > dmax {
+                dmax = d;
+                index = k;
+            }
+        };
+        let mut seg = s.segment_of(i + 1);
+        let mut lo = i + 1;
+        while lo < j {
+            while s.start[seg + 1] <= lo {
+                seg += 1;
+            }
+            let hi = (s.start[seg + 1] - 1).min(j - 1);
+            let m = hi + 1 - lo;
+            if m <= 2 {
+                (lo..=hi).for_each(|k| consider(k, chord.d(s.on(seg, k))));
+            } else {
+                let (df, dl) = (chord.d(s.on(seg, lo)), chord.d(s.on(seg, hi)));
+                let below = df.max(dl) < epsilon - FLAT_SLOPE;
+                if below || (dl - df).abs() > (m - 1) as f64 * FLAT_SLOPE {
+                    if dl > df {
+                        consider(hi, dl)
+                    } else {
+                        consider(lo, df)
+                    }
+                } else {
+                    (lo..=hi).for_each(|k| consider(k, chord.d(s.on(seg, k))));
+                    *budget = budget.saturating_sub(m);
+                }
+            }
+            *budget = budget.saturating_sub(m.min(2));
+            lo = hi + 1;
+            seg += 1;
+        }
+        if dmax > epsilon {
+            kept.push(index);
+            stack.push((i, index));
+            stack.push((index, j));
+        }
+    }
+    kept.sort_unstable();
+    kept
 }
 
 /// Cuts every segment every `spacing` from its own start, keeping all original vertices.
@@ -924,6 +1156,102 @@ mod tests {
             vec![(2.0, 2.0), (2.0, 2.0)]
         );
         assert!(resample_arc_length(&[], 1.0, false).is_empty());
+    }
+
+    /// The kept points of one aligned stroke, on demand ([`rdp_samples`]) and materialised
+    /// ([`resample_arc_length`] + [`rdp_mask`]), and the work the former spent.
+    fn both_ways(aligned: &[Pt], interp: bool, distance: Distance) -> (Vec<Pt>, Vec<Pt>, usize) {
+        let samples = Samples::new(aligned, 1.0, interp);
+        let mut budget = usize::MAX;
+        let lazy: Vec<Pt> = rdp_samples(&samples, 2.0, distance, &mut budget)
+            .into_iter()
+            .map(|k| samples.at(k))
+            .collect();
+        let all = resample_arc_length(aligned, 1.0, interp);
+        let keep = rdp_mask(&all, 2.0, distance);
+        let eager = all
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(p, _)| *p)
+            .collect();
+        (lazy, eager, usize::MAX - budget)
+    }
+
+    #[test]
+    fn on_demand_samples_keep_exactly_the_materialised_points() {
+        // Pseudo-random strokes in the frame: integer corners (exact ties with chords), repeated
+        // points, closed loops, long parallel runs, and fractional coordinates.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        for case in 0..400 {
+            let n = 1 + next(40) as usize;
+            let mut pts: Vec<Pt> = (0..n)
+                .map(|_| match case % 4 {
+                    0 => (next(256) as f64, next(256) as f64),
+                    1 => ((next(8) * 32) as f64, (next(8) * 32) as f64),
+                    2 => (next(25_500) as f64 / 100.0, next(25_500) as f64 / 100.0),
+                    _ => (next(4) as f64 * 85.0, next(256) as f64),
+                })
+                .collect();
+            if case % 5 == 0 {
+                pts.push(pts[0]);
+            }
+            for distance in [Distance::Line, Distance::LineUnfused, Distance::Segment] {
+                for interp in [false, true] {
+                    let (lazy, eager, _) = both_ways(&pts, interp, distance);
+                    assert_eq!(
+                        lazy, eager,
+                        "case {case} {distance:?} interp {interp}: {pts:?}"
+                    );
+                }
+            }
+        }
+        for pts in [
+            vec![(3.0, 4.0)],
+            vec![(1.0, 1.0); 5],
+            vec![(0.0, 0.0), (0.5, 0.0)],
+        ] {
+            let (lazy, eager, _) = both_ways(&pts, false, Distance::Line);
+            assert_eq!(lazy, eager, "{pts:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_zigzag_work_is_linear_in_vertices() {
+        // 199,000 vertices alternating between far corners: 71.8 million 1-px samples, which the
+        // materialised resampling stored (1.15 GB) and RDP scanned. On demand, each of the
+        // chord's ranges costs about two evaluations per segment.
+        let zigzag: Vec<Pt> = (0..199_000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    (0.0, 0.0)
+                } else {
+                    (255.0, 255.0)
+                }
+            })
+            .collect();
+        let samples = Samples::new(&zigzag, 1.0, false);
+        assert!(samples.last() > 70_000_000, "{}", samples.last());
+        let mut budget = usize::MAX;
+        let kept = rdp_samples(&samples, 2.0, Distance::Line, &mut budget);
+        let work = usize::MAX - budget;
+        assert!(work <= 4 * zigzag.len(), "{work} distance evaluations");
+        assert!(kept.len() <= 4, "{kept:?}");
+        // Four corners in turn: RDP peels one corner per range (quadratic); the budget stops it.
+        let corners = [(0.0, 0.0), (255.0, 255.0), (255.0, 0.0), (0.0, 255.0)];
+        let square: Vec<Pt> = (0..199_000).map(|i| corners[i % 4]).collect();
+        let samples = Samples::new(&square, 1.0, false);
+        let limit = RDP_WORK_BASE + RDP_WORK_PER_POINT * square.len();
+        let mut budget = limit;
+        let kept = rdp_samples(&samples, 2.0, Distance::Line, &mut budget);
+        assert_eq!(budget, 0, "the budget is what stopped it");
+        assert!(kept.len() >= 3, "{kept:?}");
     }
 
     #[test]
