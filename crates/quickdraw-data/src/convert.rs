@@ -10,14 +10,17 @@
 //!    weighted by the records a class has left, i.e. a uniformly random merge) and dealt
 //!    round-robin into the shards, each written under a `.tmp` name and renamed when complete.
 //!
-//! `manifest.json` is written last, so a directory without it is not a finished dataset.
+//! `manifest.json` is written last, so a directory without it is not a finished dataset. The
+//! output directory is locked for the whole run ([`DirLock`]), and a run that does not finish
+//! (error, Ctrl-C through [`Progress::cancel`], panic) removes its scratch directory and `.tmp`
+//! shards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -26,6 +29,7 @@ use rayon::prelude::*;
 use crate::drawing::{Drawing, Ink};
 use crate::features::{FeatureError, FeatureSpec, encode_example_into, is_raw, preprocess};
 use crate::ingest::{self, Format, IngestError, UnitReader, class_from_path, parse_unit};
+use crate::lock::{DirLock, LockError};
 use crate::manifest::{
     ClassCounts, DatasetManifest, InputFile, LABELS_FILE, MANIFEST_FILE, MANIFEST_VERSION,
     REJECTS_FILE, ShardFile, labels_text,
@@ -33,10 +37,19 @@ use crate::manifest::{
 use crate::spill;
 use crate::split::{Assign, SPLITS, SplitPolicy, Splitter, mix64};
 use crate::tfrecord::append_record;
+use crate::validate::SpecError;
 
 /// Records parsed together in parallel; large enough to amortise scheduling, small enough to
 /// keep memory flat.
 pub const BATCH_RECORDS: usize = 1024;
+/// Rejected records listed in `rejects.jsonl` per reason by default (all are counted).
+pub const DEFAULT_MAX_LISTED_REJECTS: u64 = 10_000;
+/// Most shards per split: phase 2 keeps every shard of a split open at once, each with a
+/// 64 KiB buffer (1024 shards = 64 MiB and 1024 descriptors).
+pub const MAX_SHARDS: usize = 1024;
+/// Deflate's largest compression ratio (a 258-byte match coded in one bit, about 1032:1): a
+/// gzip file decompresses to at most this many times its size.
+const MAX_GZIP_RATIO: u64 = 1032;
 
 #[derive(Debug, Clone)]
 pub struct ConvertConfig {
@@ -52,6 +65,8 @@ pub struct ConvertConfig {
     pub include_unrecognized: bool,
     /// Fail when `rejected / read` exceeds this share.
     pub max_reject_rate: f64,
+    /// Rejected records listed in `rejects.jsonl` per reason (the rest are only counted).
+    pub max_listed_rejects: u64,
     /// `quickdraw <version>` recorded in the manifest.
     pub tool: String,
 }
@@ -65,6 +80,11 @@ pub struct Progress {
     pub records: AtomicU64,
     /// Examples written to shards in phase 2.
     pub examples_written: AtomicU64,
+    /// Records rejected so far (parsed records only; missing `.npy` rows are added at the end).
+    pub rejected: AtomicU64,
+    /// Set by the caller (a Ctrl-C handler) to stop the run: it then fails with
+    /// [`ConvertError::Interrupted`] after removing its scratch files.
+    pub cancel: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +103,38 @@ pub enum ConvertError {
     StrokesFromBitmap(PathBuf),
     #[error("--shards must be at least 1")]
     NoShards,
+    #[error("--shards {0} is more than {MAX_SHARDS} (every shard of a split is open at once)")]
+    TooManyShards(usize),
+    #[error(
+        "--shards {shards} is more than the {examples} examples of the largest split ({split}): \
+         shards would be empty; no shards were written"
+    )]
+    ShardsExceedExamples {
+        shards: usize,
+        split: &'static str,
+        examples: u64,
+    },
+    #[error("invalid preprocessing parameter: {0}")]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(
+        "the inputs hold no usable records ({read} read, {rejected} rejected, {filtered} filtered \
+         out): no dataset written"
+    )]
+    Empty {
+        read: u64,
+        rejected: u64,
+        filtered: u64,
+    },
+    #[error(
+        "{rejected} records rejected so far: more than --max-reject-rate {max:.2}% of the at most \
+         {bound} records the inputs can hold (a bound from their sizes), so the reject rate is \
+         certain to exceed it; stopped early, no shards were written"
+    )]
+    RejectRateCertain { rejected: u64, bound: u64, max: f64 },
+    #[error("interrupted")]
+    Interrupted,
     #[error("invalid feature configuration: {0}")]
     Features(#[from] FeatureError),
     #[error(
@@ -122,40 +174,96 @@ pub struct Plan {
     pub groups: Vec<Vec<InputPlan>>,
     /// Files whose class was not selected (not read).
     pub skipped: Vec<PathBuf>,
+    /// Input paths not read because they are a file already read or a directory loop, each
+    /// with why.
+    pub duplicates: Vec<(PathBuf, String)>,
     pub total_bytes: u64,
+    /// Most records the inputs can hold, from their sizes (see [`max_records`]).
+    pub max_records: u64,
 }
 
 /// Expands directories (recursively, sorted) into the supported files they contain; explicit
 /// files are kept whatever their name (the format is then sniffed from the content).
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, ConvertError> {
-    let mut out = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            let mut found = Vec::new();
-            walk(p, &mut found).map_err(io_err(p))?;
-            found.sort();
-            if found.is_empty() {
-                return Err(ConvertError::NoInputs(p.display().to_string()));
-            }
-            out.extend(found);
-        } else {
-            fs::metadata(p).map_err(io_err(p))?;
-            out.push(p.clone());
-        }
-    }
-    Ok(out)
+    Ok(expand_inputs_unique(inputs)?.0)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-    for e in fs::read_dir(dir)? {
-        let p = e?.path();
+/// [`expand_inputs`], reading each file once: a path naming a file already found (given twice,
+/// or through a link) and a directory link back into a directory being walked are left out and
+/// returned with why.
+pub fn expand_inputs_unique(
+    inputs: &[PathBuf],
+) -> Result<(Vec<PathBuf>, Vec<(PathBuf, String)>), ConvertError> {
+    let mut w = Walk::default();
+    for p in inputs {
         if p.is_dir() {
-            walk(&p, out)?;
-        } else if is_supported_name(&p) {
-            out.push(p);
+            let before = w.files.len();
+            w.dir(p).map_err(io_err(p))?;
+            w.files[before..].sort();
+            if w.files.len() == before && !w.skipped.iter().any(|(s, _)| s == p) {
+                return Err(ConvertError::NoInputs(p.display().to_string()));
+            }
+        } else {
+            fs::metadata(p).map_err(io_err(p))?;
+            w.file(p);
         }
     }
-    Ok(())
+    let mut files = w.files;
+    let mut seen = BTreeMap::new();
+    let mut skipped = w.skipped;
+    files.retain(|p| {
+        let canon = fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        match seen.get(&canon) {
+            Some(first) => {
+                let first: &PathBuf = first;
+                skipped.push((p.clone(), format!("same file as {}", first.display())));
+                false
+            }
+            None => {
+                seen.insert(canon, p.clone());
+                true
+            }
+        }
+    });
+    Ok((files, skipped))
+}
+
+/// Directory walk state: the canonical directories on the current path (a link to one of them
+/// is a loop).
+#[derive(Default)]
+struct Walk {
+    files: Vec<PathBuf>,
+    skipped: Vec<(PathBuf, String)>,
+    open_dirs: BTreeSet<PathBuf>,
+}
+
+impl Walk {
+    fn dir(&mut self, dir: &Path) -> io::Result<()> {
+        let canon = fs::canonicalize(dir)?;
+        if self.open_dirs.contains(&canon) {
+            let why = format!("directory loop (it is {})", canon.display());
+            self.skipped.push((dir.to_path_buf(), why));
+            return Ok(());
+        }
+        self.open_dirs.insert(canon.clone());
+        let mut entries = fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<io::Result<Vec<_>>>()?;
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                self.dir(&p)?;
+            } else if is_supported_name(&p) {
+                self.file(&p);
+            }
+        }
+        self.open_dirs.remove(&canon);
+        Ok(())
+    }
+
+    fn file(&mut self, p: &Path) {
+        self.files.push(p.to_path_buf());
+    }
 }
 
 fn is_supported_name(p: &Path) -> bool {
@@ -171,10 +279,8 @@ fn is_supported_name(p: &Path) -> bool {
 
 /// Resolves formats and classes and checks the configuration, without converting anything.
 pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
-    if cfg.shards == 0 {
-        return Err(ConvertError::NoShards);
-    }
-    let files = expand_inputs(&cfg.inputs)?;
+    cfg.validate()?;
+    let (files, duplicates) = expand_inputs_unique(&cfg.inputs)?;
     if files.is_empty() {
         return Err(ConvertError::NoInputs(format!("{:?}", cfg.inputs)));
     }
@@ -220,17 +326,51 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
             ..cfg.features
         },
     )?;
-    let total_bytes = groups
+    let size = |f: &InputPlan| fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
+    let total_bytes = groups.iter().flatten().map(size).sum();
+    let max_records = groups
         .iter()
         .flatten()
-        .map(|f| fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0))
+        .map(|f| max_records(f, size(f)))
         .sum();
     Ok(Plan {
         classes,
         groups,
         skipped,
+        duplicates,
         total_bytes,
+        max_records,
     })
+}
+
+impl ConvertConfig {
+    /// Checks the parameters that need no input: shard count (1..=[`MAX_SHARDS`]) and the
+    /// preprocessing ([`FeatureSpec::validate`]).
+    pub fn validate(&self) -> Result<(), ConvertError> {
+        match self.shards {
+            0 => return Err(ConvertError::NoShards),
+            n if n > MAX_SHARDS => return Err(ConvertError::TooManyShards(n)),
+            _ => {}
+        }
+        Ok(self.features.validate()?)
+    }
+}
+
+/// Most records a file of `bytes` bytes on disk can hold: gzip data decompresses to at most
+/// [`MAX_GZIP_RATIO`] times its size; every NDJSON record is a non-blank line (a byte and its
+/// newline, the last one maybe without) and every binary record at least 2 bytes, so at most
+/// `len / 2 + 1` of them; an `.npy` row is 784 bytes. Parsed records never exceed this sum, which
+/// makes the early reject-rate stop in [`run`] certain rather than a guess.
+pub fn max_records(f: &InputPlan, bytes: u64) -> u64 {
+    let len = if f.gzip {
+        bytes.saturating_mul(MAX_GZIP_RATIO)
+    } else {
+        bytes
+    };
+    match f.format {
+        Format::NumpyBitmap => len / crate::ingest::npy::ROW as u64 + 1,
+        Format::Ndjson | Format::Binary => len / 2 + 1,
+    }
 }
 
 /// The result of a successful conversion.
@@ -238,6 +378,8 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
 pub struct ConvertReport {
     pub manifest: DatasetManifest,
     pub skipped: Vec<PathBuf>,
+    /// Input paths not read (duplicates, directory loops), with why.
+    pub duplicates: Vec<(PathBuf, String)>,
     pub rejects_path: PathBuf,
     /// Wall time of phase 1 (read, validate, split and spill the drawings of each class), in
     /// seconds.
@@ -261,11 +403,14 @@ pub fn run(
     progress: &Progress,
 ) -> Result<ConvertReport, ConvertError> {
     let out = &cfg.output;
-    fs::create_dir_all(out).map_err(io_err(out))?;
+    cfg.validate()?;
+    // One writer per output directory, before anything in it is touched.
+    let _lock = DirLock::acquire(out, "output directory")?;
     // From here on the directory is not a finished dataset until the new manifest appears.
     remove_if_exists(&out.join(MANIFEST_FILE))?;
     clean_stale(out)?;
     let tmp = out.join(format!(".convert-tmp-{}", std::process::id()));
+    let _scratch = Scratch { dir: &tmp, out };
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     for s in SPLITS {
         fs::create_dir_all(tmp.join(s)).map_err(io_err(&tmp))?;
@@ -280,7 +425,8 @@ pub fn run(
         .par_iter()
         .enumerate()
         .map(|(label, files)| {
-            convert_class(cfg, label, &plan.classes[label], files, &tmp, progress)
+            let class = &plan.classes[label];
+            convert_class(cfg, plan, label, class, files, &tmp, progress)
         })
         .collect();
     let mut groups = Vec::with_capacity(results.len());
@@ -291,35 +437,12 @@ pub fn run(
     // Rejects: concatenated in class order (deterministic), before the rate check so a failing
     // run still says which records were bad.
     let rejects_path = out.join(REJECTS_FILE);
-    {
-        let mut w = BufWriter::new(File::create(&rejects_path).map_err(io_err(&rejects_path))?);
-        for label in 0..plan.classes.len() {
-            let p = tmp.join(format!("rejects-{label}.jsonl"));
-            let mut f = File::open(&p).map_err(io_err(&p))?;
-            io::copy(&mut f, &mut w).map_err(io_err(&rejects_path))?;
-        }
-        w.flush().map_err(io_err(&rejects_path))?;
-    }
+    merge_rejects(cfg, &tmp, &mut groups, &rejects_path)?;
     let mut totals = ClassCounts::default();
     for g in &groups {
         totals.add(&g.counts);
     }
-    let rejected = totals.rejected_total();
-    let rate = if totals.read == 0 {
-        0.0
-    } else {
-        rejected as f64 / totals.read as f64
-    };
-    if rate > cfg.max_reject_rate {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(ConvertError::TooManyRejects {
-            rate: rate * 100.0,
-            rejected,
-            read: totals.read,
-            max: cfg.max_reject_rate * 100.0,
-            rejects: rejects_path,
-        });
-    }
+    check_phase1(cfg, &totals, &groups, &rejects_path)?;
 
     let read_seconds = phase1.elapsed().as_secs_f64();
     // Phase 2: split by split (each uses every core to encode), each an interleave of its
@@ -338,6 +461,7 @@ pub fn run(
         }
         written.push((s, files));
     }
+    check_cancel(progress)?;
     let shards = finish_shards(written)?;
 
     let encode_write_seconds = phase2.elapsed().as_secs_f64();
@@ -369,14 +493,129 @@ pub fn run(
         },
     };
     write_atomic(&out.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
-    let _ = fs::remove_dir_all(&tmp);
     Ok(ConvertReport {
         manifest,
         skipped: plan.skipped.clone(),
+        duplicates: plan.duplicates.clone(),
         rejects_path,
         read_seconds,
         encode_write_seconds,
     })
+}
+
+/// Removes the scratch directory and every `.tmp` shard when a run ends, finished or not (an
+/// error, Ctrl-C, a panic): only a crash leaves them, for the next run's [`clean_stale`].
+struct Scratch<'a> {
+    dir: &'a Path,
+    out: &'a Path,
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.dir);
+        let Ok(entries) = fs::read_dir(self.out) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".tmp") && is_shard_name(&name) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The lines of one reject log entry that `merge_rejects` needs.
+#[derive(serde::Deserialize)]
+struct RejectLine {
+    reason: String,
+}
+
+/// Concatenates the classes' reject logs in class order into `rejects.jsonl`, listing at most
+/// `max_listed_rejects` lines per reason over all classes; the lines left out are added to each
+/// class's `rejects_not_listed`.
+fn merge_rejects(
+    cfg: &ConvertConfig,
+    tmp: &Path,
+    groups: &mut [GroupOut],
+    rejects_path: &Path,
+) -> Result<(), ConvertError> {
+    let mut w = BufWriter::new(File::create(rejects_path).map_err(io_err(rejects_path))?);
+    let mut listed: BTreeMap<String, u64> = BTreeMap::new();
+    for (label, g) in groups.iter_mut().enumerate() {
+        let p = tmp.join(format!("rejects-{label}.jsonl"));
+        let f = BufReader::new(File::open(&p).map_err(io_err(&p))?);
+        for line in f.lines() {
+            let line = line.map_err(io_err(&p))?;
+            let reason = serde_json::from_str::<RejectLine>(&line)
+                .map(|r| r.reason)
+                .unwrap_or_default();
+            let n = listed.entry(reason).or_default();
+            if *n < cfg.max_listed_rejects {
+                *n += 1;
+                writeln!(w, "{line}").map_err(io_err(rejects_path))?;
+            } else {
+                g.counts.rejects_not_listed += 1;
+            }
+        }
+    }
+    w.flush().map_err(io_err(rejects_path))
+}
+
+/// After phase 1, before any shard exists: fails on a reject rate over the maximum, on inputs
+/// without a usable record, and on more shards than the largest split has examples.
+fn check_phase1(
+    cfg: &ConvertConfig,
+    totals: &ClassCounts,
+    groups: &[GroupOut],
+    rejects_path: &Path,
+) -> Result<(), ConvertError> {
+    let rejected = totals.rejected_total();
+    let rate = if totals.read == 0 {
+        0.0
+    } else {
+        rejected as f64 / totals.read as f64
+    };
+    if rate > cfg.max_reject_rate {
+        return Err(ConvertError::TooManyRejects {
+            rate: rate * 100.0,
+            rejected,
+            read: totals.read,
+            max: cfg.max_reject_rate * 100.0,
+            rejects: rejects_path.to_path_buf(),
+        });
+    }
+    if totals.kept == 0 {
+        return Err(ConvertError::Empty {
+            read: totals.read,
+            rejected,
+            filtered: totals.filtered_total(),
+        });
+    }
+    let per_split: Vec<u64> = (0..SPLITS.len())
+        .map(|s| groups.iter().map(|g| g.per_split[s]).sum())
+        .collect();
+    let (largest, &examples) = per_split
+        .iter()
+        .enumerate()
+        .max_by_key(|&(_, n)| *n)
+        .expect("three splits");
+    if cfg.shards as u64 > examples {
+        return Err(ConvertError::ShardsExceedExamples {
+            shards: cfg.shards,
+            split: SPLITS[largest],
+            examples,
+        });
+    }
+    Ok(())
+}
+
+/// Fails with [`ConvertError::Interrupted`] once the caller asked the run to stop.
+fn check_cancel(progress: &Progress) -> Result<(), ConvertError> {
+    if progress.cancel.load(Ordering::Relaxed) {
+        return Err(ConvertError::Interrupted);
+    }
+    Ok(())
 }
 
 fn remove_if_exists(p: &Path) -> Result<(), ConvertError> {
@@ -462,6 +701,7 @@ struct EncodedChunk {
 
 fn convert_class(
     cfg: &ConvertConfig,
+    plan: &Plan,
     label: usize,
     class: &str,
     files: &[InputPlan],
@@ -485,6 +725,9 @@ fn convert_class(
     let counter = Arc::new(AtomicU64::new(0));
     let mut reported = 0u64;
     let mut record = Vec::with_capacity(4096);
+    // Lines listed per reason in this class's log (merge_rejects caps them over all classes).
+    let mut listed: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut rejected_before = 0u64;
 
     for f in files {
         let mut reader = UnitReader::open_as(&f.path, f.format, f.gzip, Some(counter.clone()))?;
@@ -505,6 +748,7 @@ fn convert_class(
             if batch.is_empty() {
                 break;
             }
+            check_cancel(progress)?;
             let parsed: Vec<Outcome> = batch
                 .par_iter()
                 .map(|u| match parse_unit(f.format, u, class) {
@@ -517,14 +761,18 @@ fn convert_class(
                 counts.read += 1;
                 match o {
                     Outcome::Reject(r) => {
-                        *counts
-                            .rejected
-                            .entry(r.reason.as_str().to_string())
-                            .or_default() += 1;
+                        let reason = r.reason.as_str();
+                        *counts.rejected.entry(reason.to_string()).or_default() += 1;
+                        let n = listed.entry(reason).or_default();
+                        if *n >= cfg.max_listed_rejects {
+                            counts.rejects_not_listed += 1;
+                            continue;
+                        }
+                        *n += 1;
                         let line = serde_json::json!({
                             "file": f.path.display().to_string(),
                             loc_key: u.index,
-                            "reason": r.reason.as_str(),
+                            "reason": reason,
                             "detail": r.detail,
                         });
                         writeln!(rejects, "{line}").map_err(io_err(&rejects_path))?;
@@ -560,6 +808,13 @@ fn convert_class(
             progress
                 .records
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            check_reject_bound(
+                cfg,
+                plan,
+                progress,
+                counts.rejected_total() - rejected_before,
+            )?;
+            rejected_before = counts.rejected_total();
             let now = counter.load(Ordering::Relaxed);
             progress
                 .bytes_read
@@ -569,6 +824,7 @@ fn convert_class(
         if splitter.all_full() {
             counts.quota_filled_early = true;
         }
+        rejected_before += count_missing_rows(&reader, &mut counts, &mut rejects, &rejects_path)?;
         let (sha256, bytes) = reader.finish()?;
         inputs.push(InputFile {
             path: f.path.display().to_string(),
@@ -592,6 +848,56 @@ fn convert_class(
         inputs,
         per_split,
     })
+}
+
+/// Counts the rows a `.npy` header announces beyond the end of the file's data as `truncated`
+/// rejects (both read and rejected), listed as one line; returns how many.
+fn count_missing_rows(
+    reader: &UnitReader,
+    counts: &mut ClassCounts,
+    rejects: &mut impl Write,
+    rejects_path: &Path,
+) -> Result<u64, ConvertError> {
+    let Some((announced, found)) = reader.missing_rows() else {
+        return Ok(0);
+    };
+    let missing = announced - found;
+    counts.read += missing;
+    *counts.rejected.entry("truncated".into()).or_default() += missing;
+    let line = serde_json::json!({
+        "file": reader.path.display().to_string(),
+        "record": found + 1,
+        "reason": "truncated",
+        "detail": format!(
+            "the header announces {announced} rows but the file ends after {found}: \
+             rows {}..={announced} ({missing}) are missing",
+            found + 1
+        ),
+    });
+    writeln!(rejects, "{line}").map_err(io_err(rejects_path))?;
+    Ok(missing)
+}
+
+/// Adds a batch's rejects to the run's count and fails once the reject rate is certain to exceed
+/// `--max-reject-rate`. The rule: with R records rejected so far and B = [`Plan::max_records`]
+/// (at least every record the run can parse), the final rate is at least R / B, so R > rate * B
+/// already decides the run. (Missing `.npy` rows, added to both read and rejected, can only
+/// raise the final rate, so they are left out of R.)
+fn check_reject_bound(
+    cfg: &ConvertConfig,
+    plan: &Plan,
+    progress: &Progress,
+    new_rejects: u64,
+) -> Result<(), ConvertError> {
+    let rejected = progress.rejected.fetch_add(new_rejects, Ordering::Relaxed) + new_rejects;
+    if rejected as f64 > cfg.max_reject_rate * plan.max_records as f64 {
+        return Err(ConvertError::RejectRateCertain {
+            rejected,
+            bound: plan.max_records,
+            max: cfg.max_reject_rate * 100.0,
+        });
+    }
+    Ok(())
 }
 
 /// Shard file name, as TensorFlow's sharded writers name them.
@@ -674,6 +980,7 @@ fn write_split(
         });
         let reader = scope.spawn(move || -> Result<(), ConvertError> {
             while total > 0 {
+                check_cancel(progress)?;
                 let Ok((mut data, mut index)) = empty_rx.recv() else {
                     break; // the encoder stopped on an error, reported by it
                 };

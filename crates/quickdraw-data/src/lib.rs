@@ -11,6 +11,7 @@ pub mod events;
 pub mod example;
 pub mod features;
 pub mod ingest;
+pub mod lock;
 pub mod manifest;
 pub mod raster;
 pub mod readfull;

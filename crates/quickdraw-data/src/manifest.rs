@@ -42,8 +42,11 @@ pub struct ClassCounts {
     pub kept: u64,
     /// Valid records left out on purpose, by reason (`unrecognized`, `split_full`, ...).
     pub filtered: BTreeMap<String, u64>,
-    /// Invalid records, by reason; each is listed in `rejects.jsonl`.
+    /// Invalid records, by reason; listed in `rejects.jsonl` up to a cap per reason.
     pub rejected: BTreeMap<String, u64>,
+    /// Rejected records counted in `rejected` but not listed in `rejects.jsonl` (over the cap).
+    #[serde(default)]
+    pub rejects_not_listed: u64,
     /// Examples per split.
     pub splits: BTreeMap<String, u64>,
     /// Stroke sequences cut at `max_points`.
@@ -59,6 +62,7 @@ impl ClassCounts {
         self.read += o.read;
         self.kept += o.kept;
         self.strokes_truncated += o.strokes_truncated;
+        self.rejects_not_listed += o.rejects_not_listed;
         self.quota_filled_early |= o.quota_filled_early;
         for (k, v) in &o.filtered {
             *self.filtered.entry(k.clone()).or_default() += v;

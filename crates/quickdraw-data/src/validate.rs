@@ -1,13 +1,18 @@
-//! Record validation: every reason a record can be rejected, with the limits that define "sane".
+//! Record validation: every reason a record can be rejected, with the limits that define "sane";
+//! and parameter validation: [`FeatureSpec::validate`] / [`RasterSpec::validate`] check the
+//! preprocessing parameters once, before any work (convert, or serving loading a model's
+//! preprocessing), instead of producing blank images or failing per record.
 //!
 //! A rejected record never aborts a run and never vanishes: it is counted under its reason and
-//! listed, with its file and line, in `rejects.jsonl`.
+//! listed, with its file and line, in `rejects.jsonl` (up to a cap per reason).
 
 use std::fmt;
 
 use serde::Serialize;
 
 use crate::drawing::{Drawing, Ink, Stroke};
+use crate::features::FeatureSpec;
+use crate::raster::{MAX_IMAGE_SIZE, RasterSpec};
 
 /// Longest accepted NDJSON line; longer lines are rejected without being held in memory.
 pub const MAX_LINE_BYTES: usize = 8 << 20;
@@ -206,6 +211,71 @@ pub fn check_drawing(d: &Drawing, expected_word: Option<&str>) -> Result<(), Rej
     }
 }
 
+/// Longest stroke sequence a [`FeatureSpec`] may ask for: every example carries `3 * max_points`
+/// floats, and no accepted drawing has more than [`MAX_POINTS`] points.
+pub const MAX_STROKE_POINTS: usize = MAX_POINTS;
+
+/// A preprocessing parameter out of its range. `field` is the parameter's name in the spec
+/// (`size`, `line_width`, `max_points`); a command line maps it to its flag.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field} {value} {why}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub value: String,
+    pub why: String,
+}
+
+impl RasterSpec {
+    /// Checks the image size (1..=[`MAX_IMAGE_SIZE`]) and the line width: finite, > 0 and at most
+    /// the image size (a wider line paints every pixel of any drawing, or nothing at all once
+    /// the pixel arithmetic overflows, as 1e30 did).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let err = |field, value: String, why: String| Err(SpecError { field, value, why });
+        if self.size == 0 || self.size > MAX_IMAGE_SIZE {
+            return err(
+                "size",
+                self.size.to_string(),
+                format!("is outside 1..={MAX_IMAGE_SIZE}"),
+            );
+        }
+        let w = self.line_width;
+        if !(w.is_finite() && w > 0.0) {
+            return err(
+                "line_width",
+                w.to_string(),
+                "must be a finite number > 0".into(),
+            );
+        }
+        if w > self.size as f32 {
+            return err(
+                "line_width",
+                w.to_string(),
+                format!("is wider than the {} px image", self.size),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl FeatureSpec {
+    /// Checks every parameter that decides an example's bytes: the raster's
+    /// ([`RasterSpec::validate`]) and the stroke features' `max_points`
+    /// (1..=[`MAX_STROKE_POINTS`]).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.raster.validate()?;
+        if let Some(s) = &self.strokes
+            && !(1..=MAX_STROKE_POINTS).contains(&s.max_points)
+        {
+            return Err(SpecError {
+                field: "max_points",
+                value: s.max_points.to_string(),
+                why: format!("is outside 1..={MAX_STROKE_POINTS}"),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +330,23 @@ mod tests {
         assert_eq!(e.reason, RejectReason::LabelMismatch);
         assert!(e.detail.contains("\"dog\"") && e.detail.contains("\"cat\""));
         assert!(check_drawing(&d, Some("dog")).is_ok());
+    }
+
+    #[test]
+    fn preprocessing_parameters_are_checked_before_use() {
+        use crate::raster::RasterMode;
+        let mut spec = FeatureSpec::default();
+        assert_eq!(spec.validate(), Ok(()));
+        spec.raster = RasterSpec::new(RasterMode::Default, 64, Some(1e30));
+        let e = spec.validate().unwrap_err();
+        assert_eq!(e.field, "line_width");
+        assert!(e.to_string().contains("wider than the 64 px image"), "{e}");
+        spec.raster = RasterSpec::new(RasterMode::Default, 64, Some(f32::NAN));
+        assert_eq!(spec.validate().unwrap_err().field, "line_width");
+        spec.raster = RasterSpec::new(RasterMode::Amld, MAX_IMAGE_SIZE + 1, None);
+        assert_eq!(spec.validate().unwrap_err().field, "size");
+        spec.raster = RasterSpec::default();
+        spec.strokes = Some(crate::strokes::StrokeSpec { max_points: 0 });
+        assert_eq!(spec.validate().unwrap_err().field, "max_points");
     }
 }

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 use quickdraw_data::features::{FeatureSpec, ImageEncoding, decode_example, preprocess};
 use quickdraw_data::ingest::{binary, npy};
+use quickdraw_data::lock::{DirLock, LOCK_FILE};
 use quickdraw_data::manifest::DatasetManifest;
 use quickdraw_data::raster::{RasterMode, RasterSpec};
 use quickdraw_data::simplify::simplify;
@@ -500,7 +501,7 @@ fn an_interrupted_run_never_looks_finished_and_a_rerun_repairs_it() {
     let leftovers: Vec<String> = fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with('.') || n.ends_with(".tmp"))
+        .filter(|n| (n.starts_with('.') && n != LOCK_FILE) || n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -708,4 +709,310 @@ fn real_raw_and_simplified_twins_give_the_same_images() {
     );
     assert_eq!(simp.len(), 1220);
     assert!(share >= 0.99, "{share}");
+}
+
+/// `convert --input <input> --output <out>` plus `extra`, run to completion.
+fn convert(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "convert",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    qd(&args)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Names in `dir` that a finished or failed run must not leave: scratch directories and `.tmp`.
+fn scratch_left(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return vec![];
+    };
+    entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".convert-tmp-") || n.ends_with(".tmp"))
+        .collect()
+}
+
+#[test]
+fn rejects_are_all_counted_but_listed_up_to_a_cap_and_a_certain_failure_stops_early() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("circle.ndjson");
+    let good = drawings(0, 30, 3);
+    write_ndjson(&file, &good, true);
+    let mut f = fs::OpenOptions::new().append(true).open(&file).unwrap();
+    for i in 0..50 {
+        writeln!(f, "garbage {i}").unwrap();
+    }
+    drop(f);
+    let out = tmp.path().join("out");
+    let o = convert(
+        &file,
+        &out,
+        &[
+            "--split",
+            "train=1.0",
+            "--shards",
+            "1",
+            "--max-reject-rate",
+            "1",
+            "--max-listed-rejects",
+            "5",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = fs::read_to_string(out.join("rejects.jsonl")).unwrap();
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+    let m = DatasetManifest::load(&out).unwrap();
+    assert_eq!(m.totals.rejected.get("invalid_json"), Some(&50));
+    assert_eq!(m.totals.rejects_not_listed, 45);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("not listed in rejects.jsonl"));
+
+    // Two million garbage lines in a few KB of gzip: the run stops once the rejects alone exceed
+    // 5% of the records the file can possibly hold, long before reading it all.
+    let bad = tmp.path().join("square.ndjson.gz");
+    let mut e =
+        flate2::write::GzEncoder::new(fs::File::create(&bad).unwrap(), flate2::Compression::best());
+    e.write_all("x\n".repeat(2_000_000).as_bytes()).unwrap();
+    e.finish().unwrap();
+    let out = tmp.path().join("out2");
+    let o = convert(&bad, &out, &["--shards", "1"]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("certain to exceed") && err.contains("stopped early"),
+        "{err}"
+    );
+    let so_far: u64 = err
+        .split(" records rejected so far")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(so_far < 2_000_000, "{err}");
+    assert!(!out.join("manifest.json").exists());
+    assert!(scratch_left(&out).is_empty(), "{:?}", scratch_left(&out));
+}
+
+#[test]
+fn bad_parameters_are_refused_before_any_work_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("circle.ndjson");
+    write_ndjson(&file, &drawings(0, 20, 4), true);
+    let out = tmp.path().join("out");
+    for (flags, named) in [
+        (&["--line-width", "1e30"][..], "--line-width"),
+        (&["--line-width", "NaN"][..], "--line-width"),
+        (&["--size", "0"][..], "--size"),
+        (&["--size", "100000"][..], "--size"),
+        (&["--strokes", "--max-points", "0"][..], "--max-points"),
+        (&["--shards", "100000"][..], "--shards"),
+    ] {
+        let o = convert(&file, &out, flags);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{flags:?} was accepted");
+        assert!(err.contains(named), "{flags:?}: {err}");
+        assert!(!out.exists(), "{flags:?} started work in {}", out.display());
+    }
+    // More shards than examples: refused before any shard file is created.
+    let o = convert(&file, &out, &["--split", "train=1.0", "--shards", "500"]);
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("--shards 500"), "{err}");
+    assert!(scratch_left(&out).is_empty() && !out.join("manifest.json").exists());
+}
+
+#[test]
+fn duplicate_inputs_and_directory_loops_are_read_once_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    fs::create_dir_all(d.join("sub")).unwrap();
+    let file = d.join("circle.ndjson");
+    let ds = drawings(0, 20, 5);
+    write_ndjson(&file, &ds, true);
+    std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap();
+    let out = tmp.path().join("out");
+    let o = qd(&[
+        "convert",
+        "--input",
+        d.to_str().unwrap(),
+        file.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--split",
+        "train=1.0",
+        "--shards",
+        "1",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let m = DatasetManifest::load(&out).unwrap();
+    assert_eq!(m.inputs.len(), 1, "{:?}", m.inputs);
+    assert_eq!(m.totals.read, ds.len() as u64);
+    assert!(
+        err.contains(&format!(
+            "skipped input {}: directory loop",
+            d.join("sub/up").display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("skipped input {}: same file as", file.display())),
+        "{err}"
+    );
+}
+
+/// A numpy_bitmap file: `rows` announced in the header, `data_rows` images after it.
+fn npy_file(path: &Path, rows: u64, data_rows: usize) -> Vec<u8> {
+    let mut b = vec![];
+    npy::write_header(rows, &mut b);
+    for i in 0..data_rows {
+        b.extend((0..784).map(|p| ((p * 7 + i) % 256) as u8));
+    }
+    fs::write(path, &b).unwrap();
+    b
+}
+
+#[test]
+fn npy_headers_are_checked_against_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    for gz in [false, true] {
+        let dir = tmp.path().join(format!("short-{gz}"));
+        fs::create_dir_all(&dir).unwrap();
+        let mut file = dir.join("fish.npy");
+        npy_file(&file, 50, 20);
+        if gz {
+            file = gzip(&file);
+        }
+        let out = tmp.path().join(format!("out-{gz}"));
+        let o = convert(
+            &file,
+            &out,
+            &[
+                "--split",
+                "train=1.0",
+                "--shards",
+                "1",
+                "--max-reject-rate",
+                "1",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let m = DatasetManifest::load(&out).unwrap();
+        assert_eq!((m.totals.read, m.totals.kept), (50, 20));
+        assert_eq!(m.totals.rejected.get("truncated"), Some(&30));
+        let listed = fs::read_to_string(out.join("rejects.jsonl")).unwrap();
+        assert!(listed.contains("rows 21..=50 (30) are missing"), "{listed}");
+    }
+    let file = tmp.path().join("cat.npy");
+    let good = npy_file(&file, 3, 3);
+    let mut long = good.clone();
+    long[8..10].copy_from_slice(&0xFFFFu16.to_le_bytes());
+    let mut huge = vec![];
+    npy::write_header(99_999_999_999_999, &mut huge);
+    huge.extend_from_slice(&good[good.len() - 3 * 784..]);
+    for bytes in [long, huge] {
+        fs::write(&file, &bytes).unwrap();
+        let o = convert(&file, &tmp.path().join("bad"), &["--shards", "1"]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "accepted");
+        assert!(
+            err.contains("bad_header") && err.contains(file.to_str().unwrap()),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_second_writer_of_an_output_directory_is_refused_before_touching_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("circle.ndjson");
+    write_ndjson(&file, &drawings(0, 20, 6), true);
+    let out = tmp.path().join("out");
+    let holder = DirLock::acquire(&out, "output directory").unwrap();
+    let o = convert(&file, &out, &["--split", "train=1.0", "--shards", "1"]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("already in use") && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    let names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec![LOCK_FILE.to_string()],
+        "the loser wrote into the directory"
+    );
+    drop(holder);
+    let o = convert(&file, &out, &["--split", "train=1.0", "--shards", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn inputs_without_records_fail_without_a_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("circle.ndjson");
+    fs::write(&file, "\n\n").unwrap();
+    let out = tmp.path().join("out");
+    let o = convert(&file, &out, &["--shards", "1"]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "an empty input made a dataset");
+    assert!(err.contains("no usable records (0 read"), "{err}");
+    assert!(!out.join("manifest.json").exists());
+    assert!(scratch_left(&out).is_empty());
+}
+
+#[test]
+fn ctrl_c_removes_the_scratch_space_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    synth_input(&input, 8, 6000);
+    let out = tmp.path().join("out");
+    let child = Command::new(BIN)
+        .args([
+            "convert",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--split",
+            "train=0.8,eval=0.1,test=0.1",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Interrupt once the run has scratch files to leave behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while scratch_left(&out).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scratch directory appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted: no dataset written; scratch removed"),
+        "{err}"
+    );
+    assert!(scratch_left(&out).is_empty(), "{:?}", scratch_left(&out));
+    assert!(!out.join("manifest.json").exists());
 }

@@ -266,7 +266,7 @@ impl UnitReader {
             npy_rows: None,
         };
         if format == Format::NumpyBitmap {
-            let rows = npy::read_header(&mut r.src).map_err(|what| IngestError::BadFile {
+            let (rows, _) = npy::read_header(&mut r.src).map_err(|what| IngestError::BadFile {
                 path: path.to_path_buf(),
                 what,
             })?;
@@ -278,6 +278,16 @@ impl UnitReader {
     /// Number of records announced by the file header (numpy_bitmap only).
     pub fn announced_records(&self) -> Option<u64> {
         self.npy_rows
+    }
+
+    /// numpy_bitmap only: `Some((announced, found))` when the whole file was read and it holds
+    /// fewer rows (a partial last row counts as found) than its header announces.
+    pub fn missing_rows(&self) -> Option<(u64, u64)> {
+        let found = self.next_index - 1;
+        match self.npy_rows {
+            Some(announced) if self.done && found < announced => Some((announced, found)),
+            _ => None,
+        }
     }
 
     /// Next unit, `Ok(None)` at end of file; I/O errors (including corrupt gzip) are fatal.

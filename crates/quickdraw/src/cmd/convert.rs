@@ -1,17 +1,19 @@
 //! `quickdraw convert`: QuickDraw files in, TFRecord shards + labels + manifest out.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
 use quickdraw_data::classes::parse_class_spec;
-use quickdraw_data::convert::{self, ConvertConfig, Progress};
+use quickdraw_data::convert::{self, ConvertConfig, ConvertError, Progress};
 use quickdraw_data::features::{FeatureSpec, ImageEncoding};
 use quickdraw_data::manifest::DatasetManifest;
 use quickdraw_data::raster::{RasterMode, RasterSpec};
 use quickdraw_data::split::{self, SPLITS, SplitPolicy};
 use quickdraw_data::strokes::{DEFAULT_MAX_POINTS, StrokeSpec};
+use quickdraw_data::validate::SpecError;
 
 use super::{Ctx, expand_globs};
 use crate::progress;
@@ -66,6 +68,9 @@ pub struct ConvertArgs {
     /// Fail when more than this share of records is rejected.
     #[arg(long, default_value_t = 0.05)]
     pub max_reject_rate: f64,
+    /// Rejected records listed in rejects.jsonl per reason (all are counted in the manifest).
+    #[arg(long, value_name = "N", default_value_t = convert::DEFAULT_MAX_LISTED_REJECTS)]
+    pub max_listed_rejects: u64,
     /// Seed of the shuffle across shards.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -112,6 +117,7 @@ pub fn config(a: &ConvertArgs) -> anyhow::Result<ConvertConfig> {
         }),
         simplify_raw: !a.no_simplify,
     };
+    features.validate().map_err(flag_error)?;
     Ok(ConvertConfig {
         inputs,
         output: a.output.clone(),
@@ -122,14 +128,40 @@ pub fn config(a: &ConvertArgs) -> anyhow::Result<ConvertConfig> {
         seed: a.seed,
         include_unrecognized: a.include_unrecognized,
         max_reject_rate: a.max_reject_rate,
+        max_listed_rejects: a.max_listed_rejects,
         tool: format!("quickdraw {}", env!("CARGO_PKG_VERSION")),
     })
+}
+
+/// A preprocessing parameter error in the words of the command line: the flag and why.
+fn flag_error(e: SpecError) -> anyhow::Error {
+    anyhow::anyhow!("--{} {}: {}", e.field.replace('_', "-"), e.value, e.why)
 }
 
 pub fn run(a: ConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
     let cfg = config(&a)?;
     let start = Instant::now();
-    let report = convert_with_progress(&cfg, ctx)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    let report = match convert_cancellable(&cfg, ctx, cancel) {
+        Err(e)
+            if matches!(
+                e.downcast_ref::<ConvertError>(),
+                Some(ConvertError::Interrupted)
+            ) =>
+        {
+            // The run has removed its scratch directory and .tmp shards on the way out.
+            eprintln!("interrupted: no dataset written; scratch removed");
+            std::process::exit(130);
+        }
+        r => r?,
+    };
     if let Some(p) = &a.timing_json {
         let t = serde_json::json!({
             "records": report.manifest.totals.read,
@@ -156,8 +188,23 @@ pub fn convert_with_progress(
     cfg: &ConvertConfig,
     ctx: Ctx,
 ) -> anyhow::Result<convert::ConvertReport> {
+    convert_cancellable(cfg, ctx, Arc::default())
+}
+
+/// [`convert_with_progress`], stopped (with [`ConvertError::Interrupted`]) once `cancel` is set.
+fn convert_cancellable(
+    cfg: &ConvertConfig,
+    ctx: Ctx,
+    cancel: Arc<AtomicBool>,
+) -> anyhow::Result<convert::ConvertReport> {
     let plan = convert::plan(cfg)?;
-    let progress = Progress::default();
+    if !ctx.quiet {
+        print_duplicates(&plan.duplicates);
+    }
+    let progress = Progress {
+        cancel,
+        ..Progress::default()
+    };
     let start = Instant::now();
     let bar = progress::bytes_bar(ctx.quiet, Some(plan.total_bytes));
     bar.set_message(format!("converting {} classes", plan.classes.len()));
@@ -178,6 +225,13 @@ pub fn convert_with_progress(
         );
     }
     Ok(report)
+}
+
+/// The input paths a conversion did not read because they repeat another input.
+fn print_duplicates(duplicates: &[(PathBuf, String)]) {
+    for (p, why) in duplicates {
+        eprintln!("skipped input {}: {why}", p.display());
+    }
 }
 
 /// The per-class table printed at the end of a conversion (and by `stats` on a shard dir).
@@ -226,6 +280,12 @@ pub fn print_summary(m: &DatasetManifest, skipped_files: usize) {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         println!("rejected by reason: {}", r.join(", "));
+    }
+    if m.totals.rejects_not_listed > 0 {
+        println!(
+            "rejected records counted but not listed in rejects.jsonl (over --max-listed-rejects): {}",
+            m.totals.rejects_not_listed
+        );
     }
     if m.totals.strokes_truncated > 0 {
         println!(
