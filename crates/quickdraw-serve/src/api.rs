@@ -39,38 +39,52 @@ pub const PAGE_HTML: &str = include_str!("page.html");
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// The methods the path takes, sent as `Allow` (405 answers).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
-    pub fn bad_request(m: impl Into<String>) -> Self {
+    fn with_status(status: StatusCode, m: impl Into<String>) -> Self {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status,
             message: m.into(),
+            allow: None,
+        }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::with_status(StatusCode::BAD_REQUEST, m)
+    }
+    /// 405 for `method` on `uri`, with the methods that path takes (`POST` for `:predict` and
+    /// `:classify`, `GET, HEAD` for the rest).
+    pub fn method_not_allowed(method: &Method, uri: &Uri) -> Self {
+        let verb = uri
+            .path()
+            .rsplit('/')
+            .next()
+            .and_then(|last| last.split_once(':'));
+        let (allow, hint) = match verb {
+            Some((_, v)) => ("POST", format!(" (:{v} takes POST)")),
+            None => ("GET, HEAD", String::new()),
+        };
+        ApiError {
+            allow: Some(allow),
+            ..Self::with_status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("Malformed request: {method} {uri}: method not allowed{hint}"),
+            )
         }
     }
     pub fn not_found(m: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: m.into(),
-        }
+        Self::with_status(StatusCode::NOT_FOUND, m)
     }
     pub fn too_large(m: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: m.into(),
-        }
+        Self::with_status(StatusCode::PAYLOAD_TOO_LARGE, m)
     }
     pub fn unavailable(m: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: m.into(),
-        }
+        Self::with_status(StatusCode::SERVICE_UNAVAILABLE, m)
     }
     pub fn internal(m: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: m.into(),
-        }
+        Self::with_status(StatusCode::INTERNAL_SERVER_ERROR, m)
     }
 }
 
@@ -86,12 +100,17 @@ impl From<RequestError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
             json!({"error": self.message}).to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
     }
 }
 
@@ -221,10 +240,7 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        message: format!("Malformed request: {method} {uri}: method not allowed"),
-    }
+    ApiError::method_not_allowed(&method, &uri)
 }
 
 async fn page(State(st): State<AppState>) -> Html<String> {
@@ -294,24 +310,28 @@ fn parse_version(s: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("version {s:?} is not a non-negative integer")))
 }
 
-async fn model_get(State(st): State<AppState>, Path(spec): Path<String>) -> ApiResult {
+/// `GET` (and `HEAD`) on the model path: the status, or 405 on a `:verb` path (POST only).
+async fn model_get(
+    State(st): State<AppState>,
+    Path(spec): Path<String>,
+    method: Method,
+    uri: Uri,
+) -> ApiResult {
     match split_verb(&spec) {
         (name, None) => status(&st, name, None),
-        (_, Some(verb)) => Err(ApiError::bad_request(format!(
-            "Malformed request: GET with :{verb} (predict and classify are POST)"
-        ))),
+        (_, Some(_)) => Err(ApiError::method_not_allowed(&method, &uri)),
     }
 }
 
 async fn version_get(
     State(st): State<AppState>,
     Path((name, vspec)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
 ) -> ApiResult {
     match split_verb(&vspec) {
         (v, None) => status(&st, &name, Some(parse_version(v)?)),
-        (_, Some(verb)) => Err(ApiError::bad_request(format!(
-            "Malformed request: GET with :{verb} (predict and classify are POST)"
-        ))),
+        (_, Some(_)) => Err(ApiError::method_not_allowed(&method, &uri)),
     }
 }
 
@@ -561,8 +581,9 @@ impl Task for ServeTask {
             .collect()
     }
     fn finish(self: Box<Self>, outputs: Result<Probabilities, TaskError>) {
-        let answer = match outputs {
-            Ok(probs) => {
+        let answer = match outputs.map(finite_outputs) {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(probs)) => {
                 let p = &self.predictor;
                 if let Some(log) = &self.st.inner.log {
                     log_drawings(
@@ -583,6 +604,25 @@ impl Task for ServeTask {
         };
         // The caller may have gone (client disconnected): nothing to answer then.
         let _ = self.reply.send(answer);
+    }
+}
+
+/// The outputs, or a 500 naming the first instance whose probabilities or logits are not finite
+/// (JSON has no NaN: serde would write `null`).
+fn finite_outputs(probs: Probabilities) -> Result<Probabilities, ApiError> {
+    let bad = (0..probs.len()).find(|&i| {
+        probs
+            .row(i)
+            .iter()
+            .chain(probs.logits_row(i))
+            .any(|v| !v.is_finite())
+    });
+    match bad {
+        Some(i) => Err(ApiError::internal(format!(
+            "the model produced a non-finite output (NaN or infinity) for instance {i}; \
+             nothing is answered for this request"
+        ))),
+        None => Ok(probs),
     }
 }
 
@@ -698,6 +738,30 @@ fn answer_json(
                 result: &res,
                 results: &res,
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_outputs_are_a_500_naming_the_instance() {
+        let ok = Probabilities {
+            n_classes: 2,
+            probabilities: vec![0.25, 0.75, 0.5, 0.5],
+            logits: vec![0.0, 1.0, 0.0, 0.0],
+            classes: vec![1, 0],
+        };
+        assert_eq!(finite_outputs(ok.clone()), Ok(ok.clone()));
+        for (probs, logit) in [(f32::NAN, 0.0), (0.5, f32::INFINITY)] {
+            let mut bad = ok.clone();
+            bad.probabilities[3] = probs;
+            bad.logits[2] = logit;
+            let e = finite_outputs(bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(e.message.contains("instance 1"), "{}", e.message);
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod batching;
+pub mod conn;
 pub mod onnxruntime;
 pub mod predictor;
 pub mod reqlog;
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub runtime: Runtime,
     /// How requests are run: one inference call each, or merged (`--enable-batching`).
     pub batching: BatchConfig,
+    /// Header-read and idle-connection timeouts.
+    pub timeouts: conn::Timeouts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,14 +176,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         cfg.runtime.name(),
         cfg.model_name
     );
-    let res = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    conn::serve_with_timeouts(listener, router, cfg.timeouts, shutdown_signal()).await;
     poller.abort();
     if !cfg.quiet {
         eprintln!("quickdraw serve: stopped");
     }
-    res.map_err(ServeError::Io)
+    Ok(())
 }
 
 /// [`serve`] on a new multi-threaded tokio runtime (for the synchronous CLI).

@@ -20,6 +20,12 @@ pub enum PredictError {
     Export(#[from] SignatureError),
     #[error("{path}: cannot load the ONNX model: {what}")]
     Load { path: String, what: String },
+    /// `assets/preprocessing.json` asks for parameters no drawing can be drawn with.
+    #[error("{path}: refusing the export's preprocessing: {source}")]
+    Preprocessing {
+        path: String,
+        source: quickdraw_data::validate::SpecError,
+    },
     #[error("this model reads {expected}, not {got}")]
     WrongInput { expected: String, got: &'static str },
     #[error("input {index}: {what}")]
@@ -140,6 +146,16 @@ impl Predictor {
     /// [`Predictor::load`], with the model run by `runtime`.
     pub fn load_with(dir: &Path, runtime: &Runtime) -> Result<Predictor, PredictError> {
         let info = load_export_dir(dir)?;
+        info.features
+            .validate()
+            .map_err(|source| PredictError::Preprocessing {
+                path: dir
+                    .join(signature::ASSETS_DIR)
+                    .join(signature::PREPROCESSING_FILE)
+                    .display()
+                    .to_string(),
+                source,
+            })?;
         let path = info.model_path();
         let sig = &info.signature;
         let input_names: Vec<String> = match &info.input {

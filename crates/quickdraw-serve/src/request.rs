@@ -421,7 +421,31 @@ fn parse_image(v: &Value, index: usize, input: &InputKind) -> Result<Instance, R
             s * s
         )));
     }
+    check_pixels(&values, &shape, index, key)?;
     Ok(Instance::Pixels(values))
+}
+
+/// Model-input pixels are `pixel / 255`: each must lie in `0.0..=1.0` (the model was trained
+/// on nothing else, and values like -3.4e38 make its outputs NaN). The error names the instance,
+/// the value and its position in the tensor as sent.
+fn check_pixels(
+    values: &[f32],
+    shape: &[usize],
+    index: usize,
+    key: &str,
+) -> Result<(), RequestError> {
+    let Some(flat) = values.iter().position(|v| !(0.0..=1.0).contains(v)) else {
+        return Ok(());
+    };
+    let mut pos = vec![0; shape.len()];
+    let mut rest = flat;
+    for (p, &d) in pos.iter_mut().zip(shape).rev() {
+        (*p, rest) = (rest % d, rest / d);
+    }
+    Err(RequestError::bad(format!(
+        "instance {index}: {key} value {} at position {pos:?} is outside 0..=1 (model inputs are pixel / 255)",
+        values[flat]
+    )))
 }
 
 fn parse_sequence(
@@ -728,14 +752,14 @@ mod tests {
             vec![Instance::Pixels(vec![0.0, 0.0, 0.0, 1.0])]
         );
         let p = parse_predict(
-            &json!({"instances": [{"img_2": [1, 2, 3, 4]}]}),
+            &json!({"instances": [{"img_2": [1, 0.5, 0, 0.25]}]}),
             &img(2),
             &l,
         )
         .unwrap();
         assert_eq!(
             p.instances,
-            vec![Instance::Pixels(vec![1.0, 2.0, 3.0, 4.0])]
+            vec![Instance::Pixels(vec![1.0, 0.5, 0.0, 0.25])]
         );
     }
 

@@ -318,7 +318,7 @@ async fn errors_have_codes_and_name_the_inputs() {
             "GET",
             "/v1/models/quickdraw:predict",
             String::new(),
-            StatusCode::BAD_REQUEST,
+            StatusCode::METHOD_NOT_ALLOWED,
             "POST",
         ),
         (
@@ -688,6 +688,90 @@ async fn hostile_inputs_get_clear_errors_and_the_server_keeps_serving() {
         "still serving after the bad requests: {v}"
     );
     assert_eq!(v["predictions"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+/// TF Serving answers a wrong method with 405; so does every POST-only route here, with `Allow`
+/// and the JSON error body (GET on a `:verb` path used to be a 400).
+#[tokio::test]
+async fn wrong_methods_are_405_with_allow() {
+    let (_tmp, st) = setup();
+    for uri in [
+        "/v1/models/quickdraw:predict",
+        "/v1/models/quickdraw:classify",
+        "/v1/models/quickdraw/versions/1:predict",
+        "/v1/models/quickdraw/versions/1:classify",
+    ] {
+        for method in ["GET", "PUT", "DELETE", "PATCH"] {
+            let (code, h, v) = call(&st, method, uri, None).await;
+            assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}: {v}");
+            assert_eq!(h["allow"], "POST", "{method} {uri}");
+            assert_eq!(h["content-type"], "application/json", "{method} {uri}");
+            let msg = v["error"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains("not allowed") && msg.contains(method),
+                "{method} {uri}: {v}"
+            );
+        }
+        let (code, h, _) = call(&st, "HEAD", uri, None).await;
+        assert_eq!(
+            (code, &h["allow"]),
+            (StatusCode::METHOD_NOT_ALLOWED, &"POST".parse().unwrap())
+        );
+    }
+    let (code, h, _) = call(&st, "DELETE", "/v1/models/quickdraw/metadata", None).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(h["allow"], "GET, HEAD");
+}
+
+/// Image tensors must be pixel / 255: a value outside 0..=1 (-3.4e38 made the model's outputs
+/// NaN, answered 200 with `null` probabilities) is a 400 naming the instance and the position.
+#[tokio::test]
+async fn image_values_outside_0_1_are_400_with_their_position() {
+    let (_tmp, st) = setup();
+    let url = "/v1/models/quickdraw:predict";
+    let mut bad = vec![vec![0.5f32; SIZE as usize]; SIZE as usize];
+    bad[2][3] = -3.4e38;
+    let body = json!({"instances": [left_half(), bad]});
+    let (code, _, v) = call(&st, "POST", url, Some(body)).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    let msg = v["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("instance 1") && msg.contains("[2, 3]") && msg.contains("0..=1"),
+        "{msg}"
+    );
+    let mut flat = left_half();
+    flat[5] = 1.5;
+    let (code, _, v) = call(&st, "POST", url, Some(json!({"inputs": {"img_8": [flat]}}))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or_default().contains("[5]"),
+        "{v}"
+    );
+    let (code, _, v) = call(&st, "POST", url, Some(json!({"instances": [left_half()]}))).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let probs = v["predictions"][0]["probabilities"].as_array().unwrap();
+    assert!(
+        probs.iter().all(|p| p.as_f64().is_some_and(f64::is_finite)),
+        "{v}"
+    );
+}
+
+/// An export whose preprocessing.json asks for absurd raster parameters is refused at load.
+#[test]
+fn absurd_preprocessing_is_refused_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    testing::write_demo_export(tmp.path(), 1, SIZE).unwrap();
+    let pre = tmp.path().join("1/assets/preprocessing.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&pre).unwrap()).unwrap();
+    v["features"]["raster"]["line_width"] = json!(1e30);
+    std::fs::write(&pre, v.to_string()).unwrap();
+    let e = Predictor::load(&tmp.path().join("1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("preprocessing.json") && e.contains("line_width"),
+        "{e}"
+    );
 }
 
 /// Concurrent requests merged into one inference call (TF Serving's `--enable_batching`) get

@@ -64,6 +64,24 @@ pub enum TrainError {
     PipelineGone,
     #[error("device: {0}")]
     Device(String),
+    #[error(
+        "training stopped at step {step}: {what} (as Keras' TerminateOnNaN); {}; try a lower --learning-rate",
+        match last_good { Some(p) => format!("the last good checkpoint is kept: {}", p.display()), None => "no checkpoint was written".to_string() }
+    )]
+    NonFinite {
+        step: u64,
+        what: String,
+        last_good: Option<PathBuf>,
+    },
+    #[error("{}: checksum mismatch (SHA-256 {actual}, {} records {expected}): the checkpoint file is corrupted; use another checkpoint (--checkpoint N) or retrain", path.display(), state.display())]
+    Corrupted {
+        path: PathBuf,
+        state: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error(transparent)]
+    Lock(#[from] quickdraw_data::lock::LockError),
 }
 
 impl TrainError {

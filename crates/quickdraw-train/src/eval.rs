@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::DeviceChoice;
 use crate::error::{Result, TrainError};
 use crate::infer::TrainedModel;
-use crate::metrics::{MetricsAccumulator, MetricsReport, ranking};
+use crate::metrics::{MetricsAccumulator, MetricsReport, predicted_class};
 use crate::model::{Model, ModelInput, ModelKind};
 use crate::modeldir::{self, CheckpointSel, EVALUATION_FILE};
 use crate::pipeline::{
@@ -45,8 +45,9 @@ pub struct Prediction {
     pub index: u64,
     pub key_id: u64,
     pub label: usize,
-    pub predicted: usize,
-    /// Probability of the predicted class.
+    /// `None` when the model's output was not a prediction (NaN / +inf): counted as wrong.
+    pub predicted: Option<usize>,
+    /// Probability of the predicted class (0 without a prediction).
     pub probability: f32,
     /// Probability of the true class.
     pub true_probability: f32,
@@ -88,13 +89,13 @@ pub fn evaluate_model(
             for ((row, &label), &key_id) in
                 lp.chunks_exact(c).zip(&batch.labels).zip(&batch.key_ids)
             {
-                let predicted = ranking(row)[0];
+                let predicted = predicted_class(row);
                 preds.push(Prediction {
                     index,
                     key_id,
                     label: label as usize,
                     predicted,
-                    probability: row[predicted].exp(),
+                    probability: predicted.map_or(0.0, |p| row[p].exp()),
                     true_probability: row[label as usize].exp(),
                 });
                 index += 1;
@@ -228,6 +229,9 @@ pub struct ClassDelta {
     pub delta_f1: f64,
 }
 
+/// What a flip names as the predicted class when a model's output was NaN / +inf.
+pub const INVALID_PREDICTION: &str = "(invalid: non-finite output)";
+
 /// An example whose correctness differs between A and B.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flip {
@@ -305,7 +309,8 @@ pub fn compare(
     let (mut fixed, mut broken) = (0, 0);
     for (x, y) in pa.iter().zip(&pb) {
         debug_assert_eq!(x.key_id, y.key_id);
-        let (ra, rb) = (x.predicted == x.label, y.predicted == y.label);
+        let (ra, rb) = (x.predicted == Some(x.label), y.predicted == Some(y.label));
+        let name = |p: Option<usize>| p.map_or_else(|| INVALID_PREDICTION.to_string(), |p| names[p].clone());
         if ra != rb {
             if rb {
                 fixed += 1;
@@ -316,8 +321,8 @@ pub fn compare(
                 index: x.index,
                 key_id: x.key_id,
                 label: names[x.label].clone(),
-                predicted_a: names[x.predicted].clone(),
-                predicted_b: names[y.predicted].clone(),
+                predicted_a: name(x.predicted),
+                predicted_b: name(y.predicted),
                 fixed: rb,
             });
         }

@@ -12,6 +12,7 @@ pub mod export;
 pub mod fused_adam;
 pub mod infer;
 pub mod kernels;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod modeldir;

@@ -25,6 +25,19 @@ pub fn in_top_k(scores: &[f32], label: usize, k: usize) -> bool {
     rank_of(scores, label) < k
 }
 
+/// Whether a row of scores (log-probabilities or probabilities) is a prediction at all: no NaN,
+/// no +inf, and at least one finite score. A diverged model (NaN weights or logits) produces rows
+/// that fail this; they count as wrong predictions everywhere (an unordered NaN would otherwise
+/// rank the true class first and score accuracy 1.0).
+pub fn is_valid_scores(scores: &[f32]) -> bool {
+    !scores.iter().any(|v| v.is_nan() || *v == f32::INFINITY) && scores.iter().any(|v| v.is_finite())
+}
+
+/// The top class of a valid row of scores; `None` for an invalid one (see [`is_valid_scores`]).
+pub fn predicted_class(scores: &[f32]) -> Option<usize> {
+    is_valid_scores(scores).then(|| ranking(scores)[0])
+}
+
 /// Average precision at 3 of one example: 1 / (rank + 1) if the true class is in the top 3,
 /// else 0.
 pub fn ap_at_3(scores: &[f32], label: usize) -> f64 {
@@ -43,6 +56,9 @@ pub struct MetricsAccumulator {
     top1: u64,
     top3: u64,
     map3: f64,
+    /// Examples whose scores were not a valid prediction (NaN / +inf), per true class: counted
+    /// as wrong (in no top-k, outside the confusion matrix's predicted columns).
+    invalid: Vec<u64>,
 }
 
 impl MetricsAccumulator {
@@ -55,16 +71,23 @@ impl MetricsAccumulator {
             top1: 0,
             top3: 0,
             map3: 0.0,
+            invalid: vec![0; n_classes],
         }
     }
 
     /// Adds one example given its log-probabilities over the classes (loss = -log p(label)).
+    /// An invalid row (see [`is_valid_scores`]) counts as a wrong prediction and makes the
+    /// loss NaN: a diverged model must never look accurate.
     pub fn add(&mut self, log_probs: &[f32], label: usize) {
+        self.examples += 1;
+        let Some(pred) = predicted_class(log_probs) else {
+            self.invalid[label] += 1;
+            self.loss_sum = f64::NAN;
+            return;
+        };
         let r = rank_of(log_probs, label);
-        let pred = ranking(log_probs)[0];
         self.confusion[label * self.n_classes + pred] += 1;
         self.loss_sum += -(log_probs[label] as f64);
-        self.examples += 1;
         self.top1 += (r == 0) as u64;
         self.top3 += (r < 3) as u64;
         if r < 3 {
@@ -81,6 +104,10 @@ impl MetricsAccumulator {
 
     pub fn examples(&self) -> u64 {
         self.examples
+    }
+    /// Examples whose scores were NaN / +inf (counted as wrong).
+    pub fn invalid(&self) -> u64 {
+        self.invalid.iter().sum()
     }
     pub fn loss(&self) -> f64 {
         self.loss_sum / self.examples.max(1) as f64
@@ -109,7 +136,8 @@ impl MetricsAccumulator {
         (0..c)
             .map(|k| {
                 let tp = self.confusion[k * c + k];
-                let support: u64 = self.confusion[k * c..(k + 1) * c].iter().sum();
+                let support: u64 =
+                    self.confusion[k * c..(k + 1) * c].iter().sum::<u64>() + self.invalid[k];
                 let predicted: u64 = (0..c).map(|t| self.confusion[t * c + k]).sum();
                 let precision = if predicted > 0 {
                     tp as f64 / predicted as f64
@@ -145,6 +173,7 @@ impl MetricsAccumulator {
         let n = per_class.len().max(1) as f64;
         MetricsReport {
             examples: self.examples,
+            invalid_predictions: self.invalid(),
             loss: self.loss(),
             accuracy: self.accuracy(),
             top3_accuracy: self.top3_accuracy(),
@@ -177,7 +206,12 @@ pub struct ClassMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsReport {
     pub examples: u64,
-    /// Mean cross-entropy (natural log).
+    /// Examples whose model output was NaN / +inf: counted as wrong in every metric, and the
+    /// loss is then NaN (written as `null` in JSON). Non-zero means the model has diverged.
+    #[serde(default)]
+    pub invalid_predictions: u64,
+    /// Mean cross-entropy (natural log); NaN (JSON `null`) when any prediction was invalid.
+    #[serde(deserialize_with = "nan_from_null")]
     pub loss: f64,
     pub accuracy: f64,
     pub top3_accuracy: f64,
@@ -190,6 +224,11 @@ pub struct MetricsReport {
     pub per_class: Vec<ClassMetrics>,
     /// `confusion[true][predicted]`.
     pub confusion: Vec<Vec<u64>>,
+}
+
+/// Reads a loss written as `null` (serde_json writes NaN so) back as NaN.
+fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Renders a confusion matrix as a grey image (row-normalised; white = all of the row),
@@ -290,6 +329,34 @@ mod tests {
         m.add(&[0.0, -1.0], 0);
         let pc = m.per_class(&names(2));
         assert_eq!((pc[1].precision, pc[1].recall, pc[1].f1), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn non_finite_scores_count_as_wrong_and_make_the_loss_nan() {
+        // Before: NaN compares neither greater nor equal, so the true class ranked first and a
+        // diverged model scored accuracy 1.0.
+        let mut m = MetricsAccumulator::new(3);
+        m.add(&[f32::NAN; 3], 0);
+        m.add(&[0.0, f32::INFINITY, -1.0], 1);
+        m.add(&[f32::NEG_INFINITY; 3], 2);
+        m.add(&[-0.1, -3.0, f32::NEG_INFINITY], 0); // valid: -inf is probability 0
+        assert_eq!(m.examples(), 4);
+        assert_eq!(m.invalid(), 3);
+        assert_eq!(m.accuracy(), 0.25);
+        assert_eq!(m.top3_accuracy(), 0.25);
+        assert!((m.map3() - 0.25).abs() < 1e-12);
+        assert!(m.loss().is_nan());
+        let r = m.report(&names(3));
+        assert_eq!(r.invalid_predictions, 3);
+        assert_eq!(r.confusion, vec![vec![1, 0, 0], vec![0; 3], vec![0; 3]]);
+        assert_eq!(r.per_class[1].support, 1);
+        assert_eq!(r.per_class[1].recall, 0.0);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"loss\":null"), "{json}");
+        let back: MetricsReport = serde_json::from_str(&json).unwrap();
+        assert!(back.loss.is_nan());
+        assert_eq!(predicted_class(&[f32::NAN, 0.0]), None);
+        assert_eq!(predicted_class(&[-2.0, -0.5]), Some(1));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! Checkpoints are renamed into place only when complete, so a killed run never leaves a
 //! half-written one; the last `K` (by step) are kept, plus the best one by eval accuracy.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -243,6 +244,10 @@ pub struct CheckpointState {
     pub eval_loss: Option<f64>,
     /// Seconds since the Unix epoch.
     pub wall_time: f64,
+    /// SHA-256 (hex) of each file of the checkpoint, verified before the file is used
+    /// (evaluate, resume, export). Empty for checkpoints written before checksums existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sha256: BTreeMap<String, String>,
 }
 
 /// A checkpoint on disk.
@@ -259,6 +264,33 @@ impl CheckpointInfo {
     pub fn optimizer_file(&self) -> PathBuf {
         self.dir.join(OPTIMIZER_FILE)
     }
+
+    /// Checks `file` (MODEL_FILE or OPTIMIZER_FILE) against the SHA-256 recorded in state.json.
+    pub fn verify(&self, file: &str) -> Result<()> {
+        let Some(expected) = self.state.sha256.get(file) else {
+            return Ok(()); // written before checksums existed
+        };
+        let path = self.dir.join(file);
+        let actual = sha256_file(&path)?;
+        if &actual != expected {
+            return Err(TrainError::Corrupted {
+                path,
+                state: self.dir.join(STATE_FILE),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 of a file, streamed, in lower-case hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut f = fs::File::open(path).map_err(TrainError::io(path))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(TrainError::io(path))?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Which checkpoint to load (`--checkpoint best|latest|N`).
@@ -423,6 +455,10 @@ pub fn write_checkpoint(
     model.clone().save_file(&mf).map_err(ck_err(&mf))?;
     let of = tmp.join(OPTIMIZER_FILE);
     optimizer.save(&of).map_err(ck_err(&of))?;
+    let mut state = state;
+    for (name, path) in [(MODEL_FILE, &mf), (OPTIMIZER_FILE, &of)] {
+        state.sha256.insert(name.to_string(), sha256_file(path)?);
+    }
     let sf = tmp.join(STATE_FILE);
     fs::write(
         &sf,
@@ -480,6 +516,7 @@ pub fn load_model(
     ck: &CheckpointInfo,
     device: &burn::tensor::Device,
 ) -> Result<Model> {
+    ck.verify(MODEL_FILE)?;
     let path = ck.model_file();
     config
         .init(device)?

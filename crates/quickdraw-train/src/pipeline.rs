@@ -123,6 +123,11 @@ impl DataSource {
             .par_iter()
             .map(|f| count_records(f))
             .collect::<Result<Vec<_>>>()?;
+        for (f, &n) in files.iter().zip(&counts) {
+            let d = dir_of(f);
+            let m = if d == dir { manifest.clone() } else { load_manifest(&d)? };
+            check_listed(f, n, &d, &m)?;
+        }
         Ok(DataSource {
             pattern: pattern.to_string(),
             files,
@@ -147,6 +152,35 @@ impl DataSource {
     pub fn image_size(&self) -> usize {
         self.manifest.features.raster.size as usize
     }
+}
+
+/// Refuses a file that the manifest of its directory does not list as one of its shards, with
+/// the same size and record count: a stray shard of another dataset (or a modified one) must
+/// never be trained or evaluated on silently.
+fn check_listed(file: &Path, records: u64, dir: &Path, m: &DatasetManifest) -> Result<()> {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let manifest = dir.join(MANIFEST_FILE);
+    let Some(listed) = m.shards.values().flatten().find(|s| s.file == name) else {
+        return Err(TrainError::Config(format!(
+            "{}: not a shard of this dataset ({} lists no such file); it may come from another dataset: remove it or narrow the file pattern",
+            file.display(),
+            manifest.display()
+        )));
+    };
+    let bytes = std::fs::metadata(file).map_err(TrainError::io(file))?.len();
+    if listed.bytes != bytes || listed.examples != records {
+        return Err(TrainError::Config(format!(
+            "{}: {bytes} bytes and {records} records, but {} lists {} bytes and {} records for it: the shard was modified or comes from another dataset",
+            file.display(),
+            manifest.display(),
+            listed.bytes,
+            listed.examples
+        )));
+    }
+    Ok(())
 }
 
 fn load_manifest(dir: &Path) -> Result<DatasetManifest> {

@@ -12,6 +12,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use quickdraw_data::events::EventWriter;
+use quickdraw_data::lock::{DirLock, LOCK_FILE};
 use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceChoice, inference_device, training_device};
@@ -332,11 +333,13 @@ fn prepare_model_dir(
         return Err(dir_err("exists and is not a directory".into()));
     }
     let has_config = dir.join(CONFIG_FILE).is_file();
-    let non_empty = dir.is_dir()
-        && std::fs::read_dir(dir)
+    let entries = || -> Result<usize> {
+        Ok(std::fs::read_dir(dir)
             .map_err(TrainError::io(dir))?
-            .next()
-            .is_some();
+            .filter(|e| e.as_ref().map_or(true, |e| e.file_name() != LOCK_FILE))
+            .count())
+    };
+    let non_empty = dir.is_dir() && entries()? > 0;
     if has_config {
         let old = TrainConfig::load(dir)?;
         let diffs = old.differences(cfg);
@@ -369,7 +372,7 @@ fn prepare_model_dir(
         }
     } else if non_empty {
         let ours = modeldir::artifacts(dir)?;
-        let all = std::fs::read_dir(dir).map_err(TrainError::io(dir))?.count();
+        let all = entries()?;
         if ours.len() != all && !req.overwrite {
             return Err(dir_err(
                 "is not empty and is not a model directory (no config.json); refusing to write into it (pass --overwrite to use it anyway; nothing of yours is deleted)".into(),
@@ -455,7 +458,10 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
         .map(DataSource::open)
         .transpose()?;
     let mut cfg = build_config(req, &train_src, eval_src.as_ref())?;
+    check_batch(req, &cfg, &train_src, obs)?;
     let dir = req.model_dir.clone();
+    // One writer per model directory; released when this function returns (or the process dies).
+    let _lock = DirLock::acquire(&dir, "model directory")?;
     let resume = prepare_model_dir(req, &cfg, obs)?;
     std::fs::create_dir_all(&dir).map_err(TrainError::io(&dir))?;
     let cleaned = modeldir::clean_temporary(&dir)?;
@@ -476,8 +482,8 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
     if resume {
         cfg = TrainConfig::load(&dir)?;
         let ck = modeldir::select_checkpoint(&dir, CheckpointSel::Latest)?;
-        device.seed(cfg.seed.wrapping_add(ck.state.step));
         model = modeldir::load_model(&cfg.model, &ck, &device)?;
+        ck.verify(modeldir::OPTIMIZER_FILE)?;
         let of = ck.optimizer_file();
         optimizer = optimizer.load(&of).map_err(|e| TrainError::Checkpoint {
             path: of.clone(),
@@ -657,16 +663,27 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
             first_batch = false;
         }
         let b = batch.size;
+        // Random state (dropout masks) is a function of (seed, step), so a resumed run draws
+        // exactly what an uninterrupted one would.
+        device.seed(step_seed(cfg.seed, step));
         let input = ModelInput::from_batch(&batch, kind, &device)?;
         let targets =
             Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), &device);
         let logits = model.forward(input);
         let loss = loss_fn.forward(logits.clone(), targets);
-        if model.is_trainable() {
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grads = model.is_trainable().then(|| loss.backward());
+        let loss_v: f32 = loss.into_scalar();
+        if !loss_v.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: step + 1,
+                what: format!("the training loss became {loss_v}"),
+                last_good: summary.checkpoint.clone().or_else(|| last_checkpoint(&dir)),
+            });
+        }
+        if let Some(grads) = grads {
+            let grads = GradientsParams::from_grads(grads, &model);
             model = optimizer.step(lr, model, grads);
         }
-        let loss_v: f32 = loss.into_scalar();
         let host = to_vec(logits.detach());
         let c = cfg.classes.len();
         for (row, &l) in host.chunks_exact(c).zip(&batch.labels) {
@@ -745,6 +762,14 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
             last_eval = Some((step, report));
         }
         if eval_acc.is_some() || at_end || interrupted || step.is_multiple_of(checkpoint_every) {
+            let bad = crate::export::non_finite_params(&model);
+            if !bad.is_empty() {
+                return Err(TrainError::NonFinite {
+                    step,
+                    what: format!("weights became NaN or infinite ({})", bad.join(", ")),
+                    last_good: summary.checkpoint.clone().or_else(|| last_checkpoint(&dir)),
+                });
+            }
             let state = CheckpointState {
                 step,
                 position,
@@ -753,6 +778,7 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
                 eval_accuracy: eval_acc.map(|a| a.0),
                 eval_loss: eval_acc.map(|a| a.1),
                 wall_time: now_secs(),
+                sha256: Default::default(),
             };
             let ck =
                 modeldir::write_checkpoint(&dir, &model, &optimizer, state, req.keep_checkpoints)?;
@@ -778,6 +804,43 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
     summary.eval = last_eval.map(|(s, r)| EvalSummary::new(s, &r));
     train_events.flush()?;
     Ok(summary)
+}
+
+/// The seed of the device's random state at `step`.
+fn step_seed(seed: u64, step: u64) -> u64 {
+    quickdraw_data::split::mix64(seed ^ quickdraw_data::split::mix64(step))
+}
+
+/// The newest complete checkpoint of a model dir, if any.
+fn last_checkpoint(dir: &Path) -> Option<PathBuf> {
+    modeldir::list_checkpoints(dir).ok()?.pop().map(|c| c.dir)
+}
+
+/// Refuses a batch size that cannot fit in memory (CPU training); notes one larger than the
+/// training set (each batch then repeats examples).
+fn check_batch(
+    req: &TrainRequest,
+    cfg: &TrainConfig,
+    src: &DataSource,
+    obs: &mut dyn TrainObserver,
+) -> Result<()> {
+    if cfg.batch_size == 0 {
+        return Err(TrainError::Config("--batch-size must be at least 1".into()));
+    }
+    let seq_len = cfg.features.strokes.map_or(0, |s| s.max_points);
+    if matches!(req.device, DeviceChoice::Cpu)
+        && let Some(avail) = crate::memory::available_memory()
+    {
+        crate::memory::check_batch_size(&cfg.model, cfg.batch_size, seq_len, req.prefetch, avail)?;
+    }
+    if cfg.batch_size as u64 > src.n_examples() {
+        obs.notice(&format!(
+            "--batch-size {} is larger than the {} training examples: every batch repeats examples",
+            cfg.batch_size,
+            src.n_examples()
+        ));
+    }
+    Ok(())
 }
 
 /// Measured throughput of `bench`.

@@ -4,7 +4,8 @@
 //! headless Chromium (tests/browser/draw.mjs; skipped without node/chromium unless
 //! QUICKDRAW_REQUIRE_BROWSER=1).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -367,6 +368,88 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (at most 10 s) for the server to close `c`; returns how long that took.
+fn closed_after(c: &mut TcpStream) -> Duration {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return t0.elapsed(),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return t0.elapsed(),
+            Err(e) => panic!(
+                "the server kept the connection open for {:?}: {e}",
+                t0.elapsed()
+            ),
+        }
+    }
+}
+
+/// Reads one `Content-Length` answer from a kept-alive connection.
+fn read_answer(c: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed mid-answer: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The server closes a connection whose request header stalls half-way (slowloris) after
+/// `--header-read-timeout-secs`, and a kept-alive one that sends nothing after an answer after
+/// `--idle-timeout-secs` (both used to stay open forever); a client that comes back within the
+/// idle timeout is still answered, and graceful shutdown still works.
+#[test]
+fn stalled_headers_and_idle_connections_are_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("export");
+    testing::write_demo_export(&base, 1, SIZE).unwrap();
+    let args = [
+        "--header-read-timeout-secs",
+        "1",
+        "--idle-timeout-secs",
+        "2",
+    ];
+    let server = Server::start(&base, &args);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: quickdraw\r\n\r\n";
+
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(&request[..20]).unwrap();
+    let took = closed_after(&mut half);
+    assert!(took < Duration::from_secs(4), "half a header kept {took:?}");
+
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(request).unwrap();
+    assert!(read_answer(&mut idle).starts_with("HTTP/1.1 200"));
+    // Back after 1.2 s: past the header timeout, within the idle one, so still answered.
+    std::thread::sleep(Duration::from_millis(1200));
+    idle.write_all(request).unwrap();
+    assert!(read_answer(&mut idle).starts_with("HTTP/1.1 200"));
+    let took = closed_after(&mut idle);
+    assert!(
+        took > Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "idle connection closed after {took:?} (idle timeout 2 s)"
+    );
+    server.stop();
 }
 
 fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {

@@ -732,3 +732,186 @@ fn compare_and_predict() {
     let t = String::from_utf8_lossy(&out.stdout);
     assert_eq!(t.lines().count(), 1 + 6, "header + 6 drawings: {t}");
 }
+
+// ---- Reliability (issue 11): metrics never lie, checkpoints are verified, one writer ----
+
+fn fail(args: &[String]) -> String {
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !out.status.success(),
+        "quickdraw {args:?} should have failed\nstderr: {}",
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+fn last_checkpoint_dir(dir: &Path) -> PathBuf {
+    let st = *checkpoint_steps(dir).last().expect("a checkpoint");
+    dir.join(format!("checkpoints/step-{st:08}"))
+}
+
+#[test]
+fn a_diverged_model_scores_as_wrong_and_training_stops_on_nan() {
+    let d = Data::new(false);
+    let dir = d.model_dir("diverged");
+    // One Adam step at lr 1e38 moves every weight by ~1e38: the logits overflow to inf/NaN.
+    train(&d, "linear", &dir, 1, &["--learning-rate", "1e38"]);
+    let ev = eval_json(&dir, &d);
+    let n = ev["examples"].as_u64().unwrap();
+    let invalid = ev["invalid_predictions"].as_u64().unwrap();
+    assert!(invalid > 0, "expected NaN outputs from a diverged model: {ev}");
+    assert!(ev["loss"].is_null(), "loss must be NaN (null), got {}", ev["loss"]);
+    let acc = ev["accuracy"].as_f64().unwrap();
+    assert!(
+        acc <= (n - invalid) as f64 / n as f64,
+        "invalid predictions counted as right: accuracy {acc}, {invalid} of {n} invalid"
+    );
+    let confusion_total: u64 = ev["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
+        .sum();
+    let diagonal: u64 = (0..3)
+        .map(|i| ev["confusion"][i][i].as_u64().unwrap())
+        .sum();
+    assert_eq!(confusion_total, n - invalid);
+    assert!((acc - diagonal as f64 / n as f64).abs() < 1e-12, "confusion disagrees: {ev}");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(last_checkpoint_dir(&dir).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        (state["eval_accuracy"].as_f64().unwrap() - acc).abs() < 1e-12,
+        "state.json must record the honest accuracy: {state}"
+    );
+    let err = stderr(&run(&[
+        "evaluate",
+        "--model-dir",
+        &s(&dir),
+        "--eval-files",
+        &d.eval(),
+    ]));
+    assert!(err.contains("WARNING") && err.contains("NaN or infinite"), "{err}");
+
+    // Going on from there, the loss is NaN at once: training stops, keeping the last checkpoint.
+    let err = fail(&train_args(&d, "linear", &dir, 5, &["--learning-rate", "1e38"]));
+    assert!(err.contains("TerminateOnNaN"), "{err}");
+    assert!(err.contains("step-00000001"), "names the last good checkpoint: {err}");
+    assert_eq!(checkpoint_steps(&dir), vec![1]);
+}
+
+#[test]
+fn flipped_bytes_in_a_checkpoint_are_refused_by_evaluate_resume_and_export() {
+    let d = Data::new(false);
+    let dir = d.model_dir("flipped");
+    train(&d, "linear", &dir, 5, &["--learning-rate", "0.01"]);
+    let ck = last_checkpoint_dir(&dir);
+    let flip = |file: &str| {
+        let p = ck.join(file);
+        let mut b = std::fs::read(&p).unwrap();
+        let i = b.len() - 9;
+        b[i] ^= 0x10;
+        std::fs::write(&p, b).unwrap();
+    };
+    flip("model.bpk");
+    let eval = [
+        "evaluate".to_string(),
+        "--model-dir".into(),
+        s(&dir),
+        "--eval-files".into(),
+        d.eval(),
+    ];
+    for args in [
+        eval.to_vec(),
+        train_args(&d, "linear", &dir, 10, &["--learning-rate", "0.01"]),
+        vec![
+            "export".into(),
+            "--model-dir".into(),
+            s(&dir),
+            "--eval-files".into(),
+            d.eval(),
+            "--export-dir".into(),
+            s(&dir.join("export")),
+        ],
+    ] {
+        let err = fail(&args);
+        assert!(
+            err.contains("checksum mismatch") && err.contains(&s(&ck.join("model.bpk"))),
+            "{args:?}: {err}"
+        );
+    }
+    flip("model.bpk"); // restored
+    ok(&eval.iter().map(String::as_str).collect::<Vec<_>>());
+    flip("optimizer.bpk");
+    let err = fail(&train_args(&d, "linear", &dir, 10, &["--learning-rate", "0.01"]));
+    assert!(
+        err.contains("checksum mismatch") && err.contains("optimizer.bpk"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_batch_size_that_cannot_fit_is_refused_before_training() {
+    let d = Data::new(false);
+    let dir = d.model_dir("huge-batch");
+    let mut args = train_args(&d, "cnn", &dir, 5, &[]);
+    let i = args.iter().position(|a| a == "--batch-size").unwrap();
+    args[i + 1] = "100000000".into();
+    let err = fail(&args);
+    assert!(err.contains("--batch-size 100000000 needs about"), "{err}");
+    assert!(err.contains("the largest batch size that fits is about"), "{err}");
+    assert!(checkpoint_steps(&dir).is_empty());
+}
+
+#[test]
+fn a_stray_shard_matched_by_the_pattern_is_refused_by_name() {
+    let d = Data::new(false);
+    let other = d.dir.parent().unwrap().join("other");
+    let t = TinyDataset {
+        classes: 3,
+        train_per_class: 12,
+        eval_per_class: 4,
+        image_size: 16,
+        strokes: None,
+        train_shards: 1,
+        seed: 9,
+    };
+    write_tiny_dataset(&other, &t).unwrap();
+    // Another dataset's shard beside ours, under a name the glob matches.
+    let stray = d.dir.join("train-00000-of-00001.tfrecord");
+    std::fs::copy(other.join("train-00000-of-00001.tfrecord"), &stray).unwrap();
+    let dir = d.model_dir("stray");
+    let err = fail(&train_args(&d, "linear", &dir, 2, &[]));
+    assert!(
+        err.contains(&s(&stray)) && err.contains("not a shard of this dataset"),
+        "{err}"
+    );
+    std::fs::remove_file(&stray).unwrap();
+    // The same name as one of ours, another dataset's content.
+    let ours = d.dir.join("train-00001-of-00002.tfrecord");
+    std::fs::copy(other.join("train-00000-of-00001.tfrecord"), &ours).unwrap();
+    let err = fail(&train_args(&d, "linear", &dir, 2, &[]));
+    assert!(err.contains(&s(&ours)) && err.contains("comes from another dataset"), "{err}");
+}
+
+#[test]
+fn a_second_run_on_the_same_model_dir_is_refused_naming_the_holder() {
+    let d = Data::new(false);
+    let dir = d.model_dir("locked");
+    let mut child = spawn_long(&d, &dir);
+    wait_for_checkpoint(&dir, &mut child);
+    let err = fail(&train_args(
+        &d,
+        "dnn",
+        &dir,
+        1_000_000,
+        &["--hidden", "256", "--checkpoint-every", "3"],
+    ));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(err.contains("model directory is already in use"), "{err}");
+    assert!(err.contains(&format!("pid {}", child.id())), "{err}");
+    // Freed by the OS when the holder dies: training resumes.
+    train(&d, "dnn", &dir, 4, &["--hidden", "256", "--checkpoint-every", "3"]);
+}

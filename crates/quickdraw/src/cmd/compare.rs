@@ -43,6 +43,11 @@ pub fn run(a: CompareArgs, _ctx: Ctx) -> anyhow::Result<()> {
         a.device,
     )
     .with_context(|| format!("comparing {} and {}", a.dir_a.display(), a.dir_b.display()))?;
+    for (name, ev) in [("A", &c.a), ("B", &c.b)] {
+        if let Some(w) = super::evaluate::invalid_warning(&ev.metrics) {
+            eprintln!("{name} ({}): {w}", ev.model_dir);
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string(&c)?);
         return Ok(());

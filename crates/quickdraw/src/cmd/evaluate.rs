@@ -65,6 +65,16 @@ pub fn report_table(m: &MetricsReport) -> String {
     s
 }
 
+/// A loud line when some of the model's outputs were NaN / +inf (counted as wrong).
+pub fn invalid_warning(m: &MetricsReport) -> Option<String> {
+    (m.invalid_predictions > 0).then(|| {
+        format!(
+            "WARNING: {} of {} predictions were NaN or infinite (the model has diverged or its weights are corrupted); they count as wrong, and the loss is undefined (NaN)",
+            m.invalid_predictions, m.examples
+        )
+    })
+}
+
 pub fn write_confusion_png(m: &MetricsReport, path: &PathBuf) -> anyhow::Result<()> {
     let cell = (512 / m.confusion.len().max(1)).clamp(2, 64);
     let (px, side) = confusion_image(&m.confusion, cell);
@@ -84,6 +94,9 @@ pub fn run(a: EvaluateArgs, ctx: Ctx) -> anyhow::Result<()> {
     let (ev, _) = quickdraw_train::evaluate(&req, false)
         .with_context(|| format!("evaluating {}", a.model_dir.display()))?;
     pb.finish_and_clear();
+    if let Some(w) = invalid_warning(&ev.metrics) {
+        eprintln!("{w}");
+    }
     if let Some(p) = &a.png {
         write_confusion_png(&ev.metrics, p)?;
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use quickdraw_data::validate;
 use quickdraw_serve::batching::{self, BatchConfig};
+use quickdraw_serve::conn::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Timeouts};
 use quickdraw_serve::{Limits, ServeConfig};
 
 use super::Ctx;
@@ -85,6 +86,19 @@ pub struct ServeArgs {
     /// Most requests waiting for inference; more are answered 503.
     #[arg(long, default_value_t = batching::DEFAULT_MAX_ENQUEUED)]
     pub max_enqueued: usize,
+    /// Seconds a client has to send a whole request header (from connecting, or from the first
+    /// byte of its next request); slower connections are closed.
+    #[arg(long, default_value_t = DEFAULT_HEADER_READ_TIMEOUT.as_secs_f64())]
+    pub header_read_timeout_secs: f64,
+    /// Seconds a kept-alive connection may wait for its next request before it is closed.
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
+    pub idle_timeout_secs: f64,
+}
+
+/// A timeout flag's value, which must be a positive number of seconds.
+fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(v.is_finite() && v > 0.0, "--{flag} must be > 0 seconds");
+    Ok(Duration::from_secs_f64(v))
 }
 
 pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
@@ -118,6 +132,10 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
     if let Some(n) = a.num_batch_threads {
         batching.num_batch_threads = n;
     }
+    let timeouts = Timeouts {
+        header_read: seconds("header-read-timeout-secs", a.header_read_timeout_secs)?,
+        idle: seconds("idle-timeout-secs", a.idle_timeout_secs)?,
+    };
     let cfg = ServeConfig {
         base: a.model_base_path.clone(),
         model_name: a.model_name,
@@ -130,6 +148,7 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
         quiet: ctx.quiet,
         runtime: a.runtime.resolve()?,
         batching,
+        timeouts,
     };
     quickdraw_serve::serve_blocking(cfg)
         .with_context(|| format!("serving {}", a.model_base_path.display()))
