@@ -915,3 +915,27 @@ fn a_second_run_on_the_same_model_dir_is_refused_naming_the_holder() {
     // Freed by the OS when the holder dies: training resumes.
     train(&d, "dnn", &dir, 4, &["--hidden", "256", "--checkpoint-every", "3"]);
 }
+
+#[test]
+fn resume_with_dropout_matches_an_uninterrupted_run_exactly() {
+    // The dropout masks depend on (seed, step) only, so resuming at step 6 draws what the
+    // uninterrupted run draws. Compared through the weights' effect on every eval example
+    // (model.bpk bytes also hold burn's random parameter ids, which differ between any two runs).
+    let d = Data::new(false);
+    let a = d.model_dir("drop-a");
+    let b = d.model_dir("drop-b");
+    let common = ["--hidden", "32", "--dropout", "0.5", "--checkpoint-every", "5"];
+    train(&d, "dnn", &a, 6, &common);
+    train(&d, "dnn", &a, 12, &common);
+    train(&d, "dnn", &b, 12, &common);
+    let (ea, eb) = (eval_json(&a, &d), eval_json(&b, &d));
+    assert_eq!(ea["step"], 12);
+    assert_eq!(
+        ea["loss"].as_f64().unwrap().to_bits(),
+        eb["loss"].as_f64().unwrap().to_bits(),
+        "resumed {} vs uninterrupted {}",
+        ea["loss"],
+        eb["loss"]
+    );
+    assert_eq!(ea["confusion"], eb["confusion"]);
+}
