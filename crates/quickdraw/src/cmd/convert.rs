@@ -183,15 +183,8 @@ pub fn run(a: ConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a conversion with a byte-progress bar; used by `convert` and `demo`.
-pub fn convert_with_progress(
-    cfg: &ConvertConfig,
-    ctx: Ctx,
-) -> anyhow::Result<convert::ConvertReport> {
-    convert_cancellable(cfg, ctx, Arc::default())
-}
-
-/// [`convert_with_progress`], stopped (with [`ConvertError::Interrupted`]) once `cancel` is set.
+/// Runs a conversion with a byte-progress bar, stopped (with [`ConvertError::Interrupted`])
+/// once `cancel` is set.
 fn convert_cancellable(
     cfg: &ConvertConfig,
     ctx: Ctx,
