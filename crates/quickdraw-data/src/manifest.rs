@@ -149,6 +149,11 @@ impl DatasetManifest {
         Ok(m)
     }
 
+    /// The listed shard named `file` (a file name in the dataset directory), in any split.
+    pub fn shard(&self, file: &str) -> Option<&ShardFile> {
+        self.shards.values().flatten().find(|s| s.file == file)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("manifest serialises") + "\n"
     }

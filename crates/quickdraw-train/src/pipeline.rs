@@ -15,6 +15,7 @@
 //!   `labels.txt`, and queued `prefetch` batches ahead of the model; [`Pipeline::wait`] is the
 //!   time the consumer spent blocked waiting for data.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -88,18 +89,23 @@ impl DataSource {
             _ => PathBuf::from("."),
         };
         let dir = dir_of(&files[0]);
-        let manifest = load_manifest(&dir)?;
+        // Each directory's manifest, read once.
+        let mut manifests: BTreeMap<PathBuf, DatasetManifest> = BTreeMap::new();
         for f in &files {
             let d = dir_of(f);
-            if d != dir {
-                let other = load_manifest(&d)?;
-                if other.features != manifest.features || other.classes != manifest.classes {
-                    return Err(TrainError::Config(format!(
-                        "{pattern:?} matches shards of two different datasets ({} and {}): classes or feature specs differ",
-                        dir.display(),
-                        d.display()
-                    )));
-                }
+            if !manifests.contains_key(&d) {
+                let m = load_manifest(&d)?;
+                manifests.insert(d, m);
+            }
+        }
+        let manifest = manifests[&dir].clone();
+        for (d, other) in &manifests {
+            if other.features != manifest.features || other.classes != manifest.classes {
+                return Err(TrainError::Config(format!(
+                    "{pattern:?} matches shards of two different datasets ({} and {}): classes or feature specs differ",
+                    dir.display(),
+                    d.display()
+                )));
             }
         }
         let labels_path = dir.join(LABELS_FILE);
@@ -125,8 +131,7 @@ impl DataSource {
             .collect::<Result<Vec<_>>>()?;
         for (f, &n) in files.iter().zip(&counts) {
             let d = dir_of(f);
-            let m = if d == dir { manifest.clone() } else { load_manifest(&d)? };
-            check_listed(f, n, &d, &m)?;
+            check_listed(f, n, &d, &manifests[&d])?;
         }
         Ok(DataSource {
             pattern: pattern.to_string(),
@@ -163,7 +168,7 @@ fn check_listed(file: &Path, records: u64, dir: &Path, m: &DatasetManifest) -> R
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let manifest = dir.join(MANIFEST_FILE);
-    let Some(listed) = m.shards.values().flatten().find(|s| s.file == name) else {
+    let Some(listed) = m.shard(&name) else {
         return Err(TrainError::Config(format!(
             "{}: not a shard of this dataset ({} lists no such file); it may come from another dataset: remove it or narrow the file pattern",
             file.display(),

@@ -677,7 +677,7 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
             return Err(TrainError::NonFinite {
                 step: step + 1,
                 what: format!("the training loss became {loss_v}"),
-                last_good: summary.checkpoint.clone().or_else(|| last_checkpoint(&dir)),
+                last_good: last_checkpoint(&dir),
             });
         }
         if let Some(grads) = grads {
@@ -767,7 +767,7 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
                 return Err(TrainError::NonFinite {
                     step,
                     what: format!("weights became NaN or infinite ({})", bad.join(", ")),
-                    last_good: summary.checkpoint.clone().or_else(|| last_checkpoint(&dir)),
+                    last_good: last_checkpoint(&dir),
                 });
             }
             let state = CheckpointState {
@@ -824,9 +824,6 @@ fn check_batch(
     src: &DataSource,
     obs: &mut dyn TrainObserver,
 ) -> Result<()> {
-    if cfg.batch_size == 0 {
-        return Err(TrainError::Config("--batch-size must be at least 1".into()));
-    }
     let seq_len = cfg.features.strokes.map_or(0, |s| s.max_points);
     if matches!(req.device, DeviceChoice::Cpu)
         && let Some(avail) = crate::memory::available_memory()

@@ -640,17 +640,11 @@ fn check_dataset(dir: &Path, ctx: Ctx) -> anyhow::Result<DatasetCheck> {
     }
 
     // Shard files on disk that the manifest does not list.
-    let listed: std::collections::HashSet<&str> = m
-        .shards
-        .values()
-        .flatten()
-        .map(|s| s.file.as_str())
-        .collect();
     let mut on_disk = Vec::new();
     for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let e = e.with_context(|| format!("listing {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if is_shard_name(&name) && !listed.contains(name.as_str()) {
+        if is_shard_name(&name) && m.shard(&name).is_none() {
             on_disk.push(name);
         }
     }
