@@ -11,13 +11,12 @@ use crate::device::DeviceChoice;
 use crate::error::{Result, TrainError};
 use crate::infer::TrainedModel;
 use crate::metrics::{MetricsAccumulator, MetricsReport, predicted_class};
-use crate::model::{Model, ModelInput, ModelKind};
+use crate::model::{Model, ModelInput, ModelKind, log_probs};
 use crate::modeldir::{self, CheckpointSel, EVALUATION_FILE};
 use crate::pipeline::{
     DEFAULT_PREFETCH, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions,
     StreamPosition,
 };
-use crate::train::log_probs;
 
 /// How to run an evaluation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -176,7 +175,7 @@ pub fn evaluate(
     evaluate_loaded(&tm, &src, req, keep_predictions)
 }
 
-fn evaluate_loaded(
+pub(crate) fn evaluate_loaded(
     tm: &TrainedModel,
     src: &DataSource,
     req: &EvaluateRequest,

@@ -12,10 +12,9 @@ use quickdraw_data::strokes::StrokeFeatures;
 use crate::device::{DeviceChoice, inference_device};
 use crate::error::{Result, TrainError};
 use crate::metrics::ranking;
-use crate::model::{Model, ModelInput, ModelKind};
+use crate::model::{Model, ModelInput, ModelKind, log_probs};
 use crate::modeldir::{self, CheckpointInfo, CheckpointSel, TrainConfig};
 use crate::pipeline::{Batch, Decoded, StrokeBatch};
-use crate::train::log_probs;
 
 /// A model loaded for inference (validation mode: no dropout, no autodiff).
 pub struct TrainedModel {

@@ -9,7 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Lstm, LstmConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{log_softmax, relu};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -339,12 +339,7 @@ impl Baseline {
 
     /// The prior probabilities.
     pub fn prior(&self) -> Vec<f32> {
-        self.log_prior
-            .val()
-            .exp()
-            .into_data()
-            .iter::<f32>()
-            .collect()
+        to_host(self.log_prior.val().exp())
     }
 }
 
@@ -595,6 +590,20 @@ impl Model {
     pub fn is_trainable(&self) -> bool {
         !matches!(self, Model::Baseline(_))
     }
+}
+
+/// Log-probabilities `[B, C]` of a batch on the host (what evaluation, inference and export
+/// read).
+pub fn log_probs(model: &Model, input: ModelInput) -> Vec<f32> {
+    to_host(log_softmax(model.forward(input), 1))
+}
+
+/// Host copy of a float tensor in row-major order: the crate's one tensor-to-host copy.
+pub fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
 }
 
 #[cfg(test)]

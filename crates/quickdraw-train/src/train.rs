@@ -10,7 +10,6 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use quickdraw_data::events::EventWriter;
 use quickdraw_data::lock::{DirLock, LOCK_FILE};
 use serde::{Deserialize, Serialize};
@@ -19,7 +18,7 @@ use crate::device::{DeviceChoice, inference_device, training_device};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalOptions, evaluate_model};
 use crate::metrics::{MetricsReport, confusion_image, rank_of};
-use crate::model::{ConvLayer, Model, ModelConfig, ModelInput, ModelKind};
+use crate::model::{ConvLayer, Model, ModelConfig, ModelInput, ModelKind, to_host};
 use crate::modeldir::{
     self, CONFIG_FILE, CheckpointSel, CheckpointState, DataInfo, LABELS_FILE, OptimizerKind,
     TrainConfig,
@@ -215,11 +214,6 @@ pub fn install_interrupt_handler() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-/// Host copy of a float tensor.
-pub(crate) fn to_vec(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().iter::<f32>().collect()
-}
-
 /// Builds the config a request trains (model hyper-parameters completed from the dataset).
 pub fn build_config(
     req: &TrainRequest,
@@ -410,7 +404,7 @@ impl ModuleVisitor for HistogramVisitor<'_> {
         if self.error.is_some() {
             return;
         }
-        let values: Vec<f32> = param.val().to_data().iter::<f32>().collect();
+        let values = to_host(param.val());
         if let Err(e) = self.writer.add_histogram(
             &format!("weights/{}", self.path.join("/")),
             &values,
@@ -684,7 +678,7 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
             let grads = GradientsParams::from_grads(grads, &model);
             model = optimizer.step(lr, model, grads);
         }
-        let host = to_vec(logits.detach());
+        let host = to_host(logits.detach());
         let c = cfg.classes.len();
         for (row, &l) in host.chunks_exact(c).zip(&batch.labels) {
             let r = rank_of(row, l as usize);
@@ -921,9 +915,4 @@ pub fn bench_train(
         images_per_sec: (steps as usize * batch_size) as f64 / secs.max(1e-9),
         steps_per_sec: steps as f64 / secs.max(1e-9),
     })
-}
-
-/// Log-probabilities `[B, C]` of a batch on the host.
-pub(crate) fn log_probs(model: &Model, input: ModelInput) -> Vec<f32> {
-    to_vec(log_softmax(model.forward(input), 1))
 }

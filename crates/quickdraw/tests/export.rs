@@ -407,7 +407,7 @@ fn export_every_model_kind_and_the_gate() {
     let (o, _) = export(&baseline, &["--export-dir", base.to_str().unwrap()]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("not above the baseline"), "{err}");
+    assert!(err.contains("not better than the baseline"), "{err}");
     let (v4, check) = export_ok(
         &baseline,
         &["--export-dir", base.to_str().unwrap(), "--force"],

@@ -3,17 +3,16 @@
 //! checking the ONNX graph with the serving engine (tract) against burn on eval examples.
 //! The version folder's path is the last line of stdout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use quickdraw_serve::Predictor;
-use quickdraw_train::export::{ExportRequest, StagedExport, stage};
+use quickdraw_train::export::{
+    CheckSample, EngineOutputs, ExportRequest, ExportVerifier, StagedExport, export,
+};
 use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel};
 
 use super::Ctx;
-
-/// Largest difference allowed between burn's and tract's probabilities.
-const TOLERANCE: f32 = 1e-4;
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -103,41 +102,33 @@ fn latency(
     }
 }
 
-/// Runs the staged graph with tract on the check sample; returns the largest probability difference.
-fn verify(staged: &StagedExport) -> anyhow::Result<f32> {
-    let p = Predictor::load(&staged.tmp_dir).context("tract cannot load the exported graph")?;
-    let s = &staged.sample;
-    let out = match (s.image_rows(), s.stroke_rows()) {
-        (Some(images), _) => p.predict_pixels(&images),
-        (None, Some(strokes)) => p.predict_strokes(&strokes),
-        _ => unreachable!("a sample holds images or strokes"),
+/// The serving engine as the export's verifier: tract's `Predictor` runs the staged graph on the
+/// check sample (the library compares the outputs with burn's).
+struct TractVerifier;
+
+impl ExportVerifier for TractVerifier {
+    fn engine(&self) -> &str {
+        "tract"
     }
-    .context("running the exported graph with tract")?;
-    anyhow::ensure!(
-        out.len() == s.n,
-        "tract returned {} rows for {} inputs",
-        out.len(),
-        s.n
-    );
-    let mut max = 0f32;
-    for i in 0..s.n {
-        let (burn, onnx) = (s.row(i), out.row(i));
-        for (a, b) in burn.iter().zip(onnx) {
-            max = max.max((a - b).abs());
+
+    fn run(&self, dir: &Path, s: &CheckSample) -> Result<EngineOutputs, String> {
+        // The error chain as the CLI prints it.
+        let chain = |e: anyhow::Error| super::error_chain(&e);
+        let p = Predictor::load(dir)
+            .context("tract cannot load the exported graph")
+            .map_err(chain)?;
+        let out = match (s.image_rows(), s.stroke_rows()) {
+            (Some(images), _) => p.predict_pixels(&images),
+            (None, Some(strokes)) => p.predict_strokes(&strokes),
+            _ => unreachable!("a sample holds images or strokes"),
         }
-        let argmax = out.top_k(i, 1)[0].0 as i64;
-        anyhow::ensure!(
-            out.classes[i] == argmax,
-            "example {i}: the classes output {} is not the argmax {argmax}",
-            out.classes[i]
-        );
+        .context("running the exported graph with tract")
+        .map_err(chain)?;
+        Ok(EngineOutputs {
+            probabilities: out.probabilities,
+            classes: out.classes,
+        })
     }
-    anyhow::ensure!(
-        max <= TOLERANCE,
-        "the exported graph disagrees with burn: probabilities differ by up to {max:e} (> {TOLERANCE:e}) on {} eval examples",
-        s.n
-    );
-    Ok(max)
 }
 
 pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
@@ -158,16 +149,11 @@ pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
         a.model_dir.display()
     ));
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
-    let staged = stage(&req);
+    let verifier = (!a.no_verify).then_some(&TractVerifier as &dyn ExportVerifier);
+    let staged = export(&req, verifier);
     pb.finish_and_clear();
-    let mut staged = staged.with_context(|| format!("exporting {}", a.model_dir.display()))?;
-
-    let checked = if a.no_verify {
-        None
-    } else {
-        Some(verify(&staged).with_context(|| format!("checking {}", staged.tmp_dir.display()))?)
-    };
-    let dir = staged.publish()?;
+    let staged = staged.with_context(|| format!("exporting {}", a.model_dir.display()))?;
+    let dir = staged.final_dir.clone();
     if let Some(path) = &a.write_check {
         let mut v = staged.sample.to_json();
         v["export_dir"] = dir.display().to_string().into();
@@ -217,10 +203,10 @@ pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
                 staged.overridden.join("; ")
             );
         }
-        match checked {
-            Some(d) => eprintln!(
-                "  model.onnx: {} bytes, matches burn with tract on {} eval examples (max |probability difference| {d:.1e})",
-                staged.onnx_bytes, staged.sample.n
+        match &staged.verified {
+            Some(v) => eprintln!(
+                "  model.onnx: {} bytes, matches burn with {} on {} eval examples (max |probability difference| {:.1e})",
+                staged.onnx_bytes, v.engine, v.examples, v.max_difference
             ),
             None => eprintln!(
                 "  model.onnx: {} bytes (not checked: --no-verify)",
