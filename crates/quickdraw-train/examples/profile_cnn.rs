@@ -15,12 +15,12 @@ use std::time::Instant;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::relu;
 use quickdraw_train::OptimizerKind;
 use quickdraw_train::model::{ModelConfig, ModelInput, ModelKind, conv_same_pool};
+use quickdraw_train::trainer::Trainer;
 
 fn median_ms(reps: usize, mut f: impl FnMut() -> f64) -> f64 {
     f(); // warm-up (allocations, gemm packing buffers)
@@ -195,11 +195,10 @@ fn main() {
         "sum (conv1 as the model runs it)", ""
     );
 
-    // The whole step as `quickdraw train` runs it.
+    // The whole step as `quickdraw train` runs it (`Trainer::step`, which times its phases).
     let cfg = ModelConfig::new(ModelKind::Cnn, 10, 64);
-    let mut model = cfg.init(&ad).expect("model");
-    let mut optim = OptimizerKind::Adam.init();
-    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&ad);
+    let model = cfg.init(&ad).expect("model");
+    let mut trainer = Trainer::new(model, OptimizerKind::Adam.init(), 1e-3, &ad);
     let targets = Tensor::<1, Int>::from_data(
         TensorData::new((0..batch as i64).map(|i| i % 10).collect(), [batch]),
         &ad,
@@ -207,18 +206,13 @@ fn main() {
     let (mut f, mut b, mut o) = (vec![], vec![], vec![]);
     for i in 0..=reps {
         let x = Tensor::<4>::random([batch, 1, 64, 64], Distribution::Default, &ad);
-        let t = Instant::now();
-        let loss = loss_fn.forward(model.forward(ModelInput::Images(x)), targets.clone());
-        sync(loss.clone().reshape([1, 1]));
-        let t1 = Instant::now();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let t2 = Instant::now();
-        model = optim.step(1e-3, model, grads);
-        let t3 = Instant::now();
+        let out = trainer
+            .step(ModelInput::Images(x), targets.clone())
+            .expect("a finite loss");
         if i > 0 {
-            f.push((t1 - t).as_secs_f64() * 1e3);
-            b.push((t2 - t1).as_secs_f64() * 1e3);
-            o.push((t3 - t2).as_secs_f64() * 1e3);
+            f.push(out.forward.as_secs_f64() * 1e3);
+            b.push(out.backward.as_secs_f64() * 1e3);
+            o.push(out.optimizer.as_secs_f64() * 1e3);
         }
     }
     let med = |mut v: Vec<f64>| {

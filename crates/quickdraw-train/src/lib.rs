@@ -19,6 +19,7 @@ pub mod modeldir;
 pub mod pipeline;
 pub mod testdata;
 pub mod train;
+pub mod trainer;
 
 pub use burn;
 pub use device::DeviceChoice;

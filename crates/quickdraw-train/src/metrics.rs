@@ -1,6 +1,8 @@
 //! Classification metrics: loss, accuracy, top-k accuracy, MAP@3 (the Kaggle "Quick, Draw!"
 //! metric), confusion matrix, per-class precision / recall / F1.
 
+use std::time::Instant;
+
 use serde::{Deserialize, Serialize};
 
 /// Class indices sorted by descending score (ties: lower index first).
@@ -185,6 +187,63 @@ impl MetricsAccumulator {
             per_class,
             confusion: self.confusion(),
         }
+    }
+}
+
+/// The training figures of one logging window (`train`'s TensorBoard scalars and progress):
+/// the batches' mean losses weighted by their sizes, and top-1 / top-3 hits ranked on the
+/// logits. (Unlike [`MetricsAccumulator`] it takes burn's batch loss and needs no
+/// log-probabilities or confusion matrix.)
+#[derive(Debug, Clone)]
+pub struct WindowAccumulator {
+    loss_sum: f64,
+    correct: u64,
+    top3: u64,
+    examples: u64,
+    start: Instant,
+}
+
+impl Default for WindowAccumulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WindowAccumulator {
+    /// An empty window starting now.
+    pub fn new() -> Self {
+        WindowAccumulator {
+            loss_sum: 0.0,
+            correct: 0,
+            top3: 0,
+            examples: 0,
+            start: Instant::now(),
+        }
+    }
+
+    /// Adds a batch: `logits` `[labels.len(), n_classes]` row-major, `loss` its mean loss.
+    pub fn add_batch(&mut self, logits: &[f32], labels: &[i64], n_classes: usize, loss: f32) {
+        for (row, &l) in logits.chunks_exact(n_classes).zip(labels) {
+            let r = rank_of(row, l as usize);
+            self.correct += (r == 0) as u64;
+            self.top3 += (r < 3) as u64;
+        }
+        self.loss_sum += loss as f64 * labels.len() as f64;
+        self.examples += labels.len() as u64;
+    }
+
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.examples.max(1) as f64
+    }
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.examples.max(1) as f64
+    }
+    pub fn top3_accuracy(&self) -> f64 {
+        self.top3 as f64 / self.examples.max(1) as f64
+    }
+    /// Examples per second since the window started.
+    pub fn examples_per_sec(&self) -> f64 {
+        self.examples as f64 / self.start.elapsed().as_secs_f64().max(1e-9)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The training loop: model dir set-up (fresh, resume, overwrite, warm start), the optimisation
-//! steps, periodic evaluation, atomic checkpoints, TensorBoard summaries and interruption.
+//! steps (a [`Trainer`] fed by the input pipeline), periodic evaluation, atomic checkpoints,
+//! TensorBoard summaries and interruption; and `bench_train`, the same step on random inputs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::GradientsParams;
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use quickdraw_data::events::EventWriter;
 use quickdraw_data::lock::{DirLock, LOCK_FILE};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::{DeviceChoice, inference_device, training_device};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalOptions, evaluate_model};
-use crate::metrics::{MetricsReport, confusion_image, rank_of};
+use crate::metrics::{MetricsReport, WindowAccumulator, confusion_image};
 use crate::model::{ConvLayer, Model, ModelConfig, ModelInput, ModelKind, to_host};
 use crate::modeldir::{
     self, CONFIG_FILE, CheckpointSel, CheckpointState, DataInfo, LABELS_FILE, OptimizerKind,
@@ -27,6 +27,7 @@ use crate::pipeline::{
     self, DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER, DataSource, DecodeOptions, OrderOptions,
     Pipeline, PipelineOptions, StreamPosition,
 };
+use crate::trainer::Trainer;
 
 /// Everything `quickdraw train` asks for.
 #[derive(Debug, Clone)]
@@ -445,6 +446,43 @@ pub fn image_grid(images: &[Vec<u8>], side: usize) -> (Vec<u8>, u32, u32) {
 
 /// Trains as requested; see the module docs.
 pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSummary> {
+    let setup = set_up(req, obs)?;
+    let summary = TrainSummary::starting(req, &setup);
+    if setup.start.step >= req.train_steps {
+        obs.notice(&format!(
+            "already trained to step {} (--train-steps {}): nothing to do",
+            setup.start.step, req.train_steps
+        ));
+        return Ok(summary);
+    }
+    Run::new(req, setup, summary)?.train(obs)
+}
+
+/// The model and optimiser a run starts from, and where.
+struct Start {
+    model: Model,
+    optimizer: ModuleOptimizer,
+    step: u64,
+    position: StreamPosition,
+    resumed_from: Option<u64>,
+}
+
+/// A locked model directory ready to train in.
+struct Setup {
+    /// One writer per model directory; held until the run ends (or the process dies).
+    lock: DirLock,
+    train_src: DataSource,
+    eval_src: Option<DataSource>,
+    /// The model dir's config (read back when resuming).
+    cfg: TrainConfig,
+    device: Device,
+    eval_device: Device,
+    start: Start,
+}
+
+/// Opens the data, checks the request, locks and prepares the model dir, and initialises,
+/// warm-starts or resumes the model.
+fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
     let train_src = DataSource::open(&req.train_files)?;
     let eval_src = req
         .eval_files
@@ -453,12 +491,11 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
         .transpose()?;
     let mut cfg = build_config(req, &train_src, eval_src.as_ref())?;
     check_batch(req, &cfg, &train_src, obs)?;
-    let dir = req.model_dir.clone();
-    // One writer per model directory; released when this function returns (or the process dies).
-    let _lock = DirLock::acquire(&dir, "model directory")?;
+    let dir = &req.model_dir;
+    let lock = DirLock::acquire(dir, "model directory")?;
     let resume = prepare_model_dir(req, &cfg, obs)?;
-    std::fs::create_dir_all(&dir).map_err(TrainError::io(&dir))?;
-    let cleaned = modeldir::clean_temporary(&dir)?;
+    std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
+    let cleaned = modeldir::clean_temporary(dir)?;
     if cleaned > 0 {
         obs.notice(&format!(
             "removed {cleaned} incomplete checkpoint(s) left by an interrupted run"
@@ -467,337 +504,493 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
 
     let device = training_device(req.device)?;
     let eval_device = inference_device(req.device)?;
-    let kind = cfg.model.kind;
-    let mut optimizer = cfg.optimizer.init();
-    let mut start_step = 0u64;
-    let mut position = StreamPosition::default();
-    let mut resumed_from = None;
-    let mut model;
-    if resume {
-        cfg = TrainConfig::load(&dir)?;
-        let ck = modeldir::select_checkpoint(&dir, CheckpointSel::Latest)?;
-        model = modeldir::load_model(&cfg.model, &ck, &device)?;
-        ck.verify(modeldir::OPTIMIZER_FILE)?;
-        let of = ck.optimizer_file();
-        optimizer = optimizer.load(&of).map_err(|e| TrainError::Checkpoint {
-            path: of.clone(),
-            what: e.to_string(),
-        })?;
-        start_step = ck.state.step;
-        position = ck.state.position;
-        resumed_from = Some(start_step);
-        let dropped = modeldir::truncate_metrics(&dir, start_step)?;
-        obs.notice(&format!(
-            "resuming from step {start_step} (checkpoint {}; data position: epoch {}, example {} of {}){}",
-            ck.dir.display(),
-            position.epoch,
-            position.offset,
-            train_src.n_examples(),
-            if dropped > 0 { format!("; dropped {dropped} metrics line(s) written after that checkpoint") } else { String::new() }
-        ));
-        if let Some(w) = &req.warm_start_from {
-            obs.notice(&format!(
-                "--warm-start-from {} ignored: the model dir already has checkpoints",
-                w.display()
-            ));
-        }
+    let optimizer = cfg.optimizer.init();
+    let start = if resume {
+        resume_run(req, &mut cfg, &device, optimizer, &train_src, obs)?
     } else {
-        device.seed(cfg.seed);
-        model = cfg.model.init(&device)?;
-        if let Some(w) = &req.warm_start_from {
-            let wcfg = TrainConfig::load(w)?;
-            if wcfg.model != cfg.model {
-                return Err(TrainError::Config(format!(
-                    "--warm-start-from {}: its model ({}) differs from this one ({})",
-                    w.display(),
-                    serde_json::to_string(&wcfg.model).unwrap_or_default(),
-                    serde_json::to_string(&cfg.model).unwrap_or_default()
-                )));
-            }
-            let ck = modeldir::select_checkpoint(w, CheckpointSel::Latest)?;
-            model = modeldir::load_model(&cfg.model, &ck, &device)?;
-            obs.notice(&format!(
-                "WARM START: weights initialised from {} (step {}); optimizer state and step start afresh at 0",
-                ck.dir.display(),
-                ck.state.step
-            ));
-            cfg.warm_started_from = Some(ck.dir.display().to_string());
-        } else if let Model::Baseline(b) = model {
-            let counts = pipeline::count_labels(&train_src, cfg.classes.len())?;
-            model = Model::Baseline(b.with_counts(&counts));
-        }
-        cfg.save(&dir)?;
-        let labels_dst = dir.join(LABELS_FILE);
-        std::fs::copy(train_src.dir.join(LABELS_FILE), &labels_dst)
-            .map_err(TrainError::io(&labels_dst))?;
-    }
-    let parameters = model.num_params();
+        fresh_run(req, &mut cfg, &device, optimizer, &train_src, obs)?
+    };
     obs.notice(&format!(
-        "model {kind}: {parameters} parameters ({} classes, {}x{} input)",
+        "model {}: {} parameters ({} classes, {}x{} input)",
+        cfg.model.kind,
+        start.model.num_params(),
         cfg.classes.len(),
         cfg.model.image_size,
         cfg.model.image_size
     ));
+    Ok(Setup {
+        lock,
+        train_src,
+        eval_src,
+        cfg,
+        device,
+        eval_device,
+        start,
+    })
+}
 
-    let epoch_size = train_src.n_examples();
-    let bs = cfg.batch_size as u64;
-    let mut summary = TrainSummary {
-        model_dir: dir.clone(),
-        model: kind,
-        parameters,
-        resumed_from,
-        start_step,
-        final_step: start_step,
-        steps_run: 0,
-        examples_seen: start_step * bs,
-        epochs: (start_step * bs) as f64 / epoch_size as f64,
-        seconds: 0.0,
-        steps_per_sec: 0.0,
-        examples_per_sec: 0.0,
-        data_wait_seconds: 0.0,
-        data_wait_share: 0.0,
-        step_seconds: 0.0,
-        step_examples_per_sec: 0.0,
-        train_loss: None,
-        train_accuracy: None,
-        eval: None,
-        checkpoint: None,
-        interrupted: false,
-    };
-    if start_step >= req.train_steps {
+/// Continues from the model dir's latest checkpoint: its config, model, optimiser state and
+/// data position.
+fn resume_run(
+    req: &TrainRequest,
+    cfg: &mut TrainConfig,
+    device: &Device,
+    optimizer: ModuleOptimizer,
+    train_src: &DataSource,
+    obs: &mut dyn TrainObserver,
+) -> Result<Start> {
+    let dir = &req.model_dir;
+    *cfg = TrainConfig::load(dir)?;
+    let ck = modeldir::select_checkpoint(dir, CheckpointSel::Latest)?;
+    let model = modeldir::load_model(&cfg.model, &ck, device)?;
+    ck.verify(modeldir::OPTIMIZER_FILE)?;
+    let of = ck.optimizer_file();
+    let optimizer = optimizer.load(&of).map_err(|e| TrainError::Checkpoint {
+        path: of.clone(),
+        what: e.to_string(),
+    })?;
+    let (step, position) = (ck.state.step, ck.state.position);
+    let dropped = modeldir::truncate_metrics(dir, step)?;
+    obs.notice(&format!(
+        "resuming from step {step} (checkpoint {}; data position: epoch {}, example {} of {}){}",
+        ck.dir.display(),
+        position.epoch,
+        position.offset,
+        train_src.n_examples(),
+        if dropped > 0 {
+            format!("; dropped {dropped} metrics line(s) written after that checkpoint")
+        } else {
+            String::new()
+        }
+    ));
+    if let Some(w) = &req.warm_start_from {
         obs.notice(&format!(
-            "already trained to step {start_step} (--train-steps {}): nothing to do",
-            req.train_steps
+            "--warm-start-from {} ignored: the model dir already has checkpoints",
+            w.display()
         ));
-        return Ok(summary);
+    }
+    Ok(Start {
+        model,
+        optimizer,
+        step,
+        position,
+        resumed_from: Some(step),
+    })
+}
+
+/// Starts at step 0: a seeded initialisation, the weights of `--warm-start-from`, or the class
+/// counts (baseline); writes `config.json` and `labels.txt`.
+fn fresh_run(
+    req: &TrainRequest,
+    cfg: &mut TrainConfig,
+    device: &Device,
+    optimizer: ModuleOptimizer,
+    train_src: &DataSource,
+    obs: &mut dyn TrainObserver,
+) -> Result<Start> {
+    let dir = &req.model_dir;
+    device.seed(cfg.seed);
+    let mut model = cfg.model.init(device)?;
+    if let Some(w) = &req.warm_start_from {
+        let wcfg = TrainConfig::load(w)?;
+        if wcfg.model != cfg.model {
+            return Err(TrainError::Config(format!(
+                "--warm-start-from {}: its model ({}) differs from this one ({})",
+                w.display(),
+                serde_json::to_string(&wcfg.model).unwrap_or_default(),
+                serde_json::to_string(&cfg.model).unwrap_or_default()
+            )));
+        }
+        let ck = modeldir::select_checkpoint(w, CheckpointSel::Latest)?;
+        model = modeldir::load_model(&cfg.model, &ck, device)?;
+        obs.notice(&format!(
+            "WARM START: weights initialised from {} (step {}); optimizer state and step start afresh at 0",
+            ck.dir.display(),
+            ck.state.step
+        ));
+        cfg.warm_started_from = Some(ck.dir.display().to_string());
+    } else if let Model::Baseline(b) = model {
+        let counts = pipeline::count_labels(train_src, cfg.classes.len())?;
+        model = Model::Baseline(b.with_counts(&counts));
+    }
+    cfg.save(dir)?;
+    let labels_dst = dir.join(LABELS_FILE);
+    std::fs::copy(train_src.dir.join(LABELS_FILE), &labels_dst)
+        .map_err(TrainError::io(&labels_dst))?;
+    Ok(Start {
+        model,
+        optimizer,
+        step: 0,
+        position: StreamPosition::default(),
+        resumed_from: None,
+    })
+}
+
+impl TrainSummary {
+    /// The summary of a run that has not stepped yet.
+    fn starting(req: &TrainRequest, setup: &Setup) -> Self {
+        let (start_step, bs) = (setup.start.step, setup.cfg.batch_size as u64);
+        TrainSummary {
+            model_dir: req.model_dir.clone(),
+            model: setup.cfg.model.kind,
+            parameters: setup.start.model.num_params(),
+            resumed_from: setup.start.resumed_from,
+            start_step,
+            final_step: start_step,
+            steps_run: 0,
+            examples_seen: start_step * bs,
+            epochs: (start_step * bs) as f64 / setup.train_src.n_examples() as f64,
+            seconds: 0.0,
+            steps_per_sec: 0.0,
+            examples_per_sec: 0.0,
+            data_wait_seconds: 0.0,
+            data_wait_share: 0.0,
+            step_seconds: 0.0,
+            step_examples_per_sec: 0.0,
+            train_loss: None,
+            train_accuracy: None,
+            eval: None,
+            checkpoint: None,
+            interrupted: false,
+        }
+    }
+}
+
+/// The periodic evaluation of a run: eval shards, the plain (inference) device and the
+/// `eval/` TensorBoard events.
+struct PeriodicEval {
+    src: DataSource,
+    device: Device,
+    events: EventWriter,
+    opts: EvalOptions,
+}
+
+impl PeriodicEval {
+    /// Evaluates `model` (in validation mode) and writes its scalars and confusion matrix.
+    fn run(
+        &mut self,
+        model: &Model,
+        kind: ModelKind,
+        classes: &[String],
+        step: u64,
+        obs: &mut dyn TrainObserver,
+    ) -> Result<MetricsReport> {
+        obs.eval_start(step);
+        let valid = model.valid();
+        let (report, _) = evaluate_model(
+            &valid,
+            kind,
+            &self.device,
+            &self.src,
+            classes,
+            &self.opts,
+            false,
+        )?;
+        self.events.add_scalars(
+            &[
+                ("loss", report.loss as f32),
+                ("accuracy", report.accuracy as f32),
+                ("top3_accuracy", report.top3_accuracy as f32),
+                ("map3", report.map3 as f32),
+            ],
+            step as i64,
+        )?;
+        let cell = (256 / report.confusion.len().max(1)).clamp(2, 32);
+        let (px, side) = confusion_image(&report.confusion, cell);
+        self.events
+            .add_png_gray("confusion_matrix", &px, side, side, step as i64)?;
+        obs.evaluated(step, &report);
+        Ok(report)
+    }
+}
+
+/// A training run in progress: the [`Trainer`] fed by the input pipeline, the logging window,
+/// the evaluation and checkpoint policy, and the summary being filled in.
+struct Run<'a> {
+    req: &'a TrainRequest,
+    cfg: TrainConfig,
+    trainer: Trainer,
+    device: Device,
+    pipeline: Pipeline,
+    events: EventWriter,
+    eval: Option<PeriodicEval>,
+    window: WindowAccumulator,
+    summary: TrainSummary,
+    /// Global step (steps done).
+    step: u64,
+    /// Data position after the last batch.
+    position: StreamPosition,
+    epoch_size: u64,
+    t0: Instant,
+    last_eval: Option<(u64, MetricsReport)>,
+    inputs_logged: bool,
+    /// Released last, when the run is dropped.
+    _lock: DirLock,
+}
+
+impl<'a> Run<'a> {
+    fn new(req: &'a TrainRequest, setup: Setup, summary: TrainSummary) -> Result<Self> {
+        let Setup {
+            lock,
+            train_src,
+            eval_src,
+            cfg,
+            device,
+            eval_device,
+            start,
+        } = setup;
+        let dir = &req.model_dir;
+        let events = EventWriter::create(dir)?;
+        let eval = match eval_src {
+            Some(src) => Some(PeriodicEval {
+                events: EventWriter::create(&dir.join(modeldir::EVAL_DIR))?,
+                src,
+                device: eval_device,
+                opts: EvalOptions {
+                    batch_size: cfg.batch_size,
+                    max_batches: req.eval_steps,
+                    prefetch: req.prefetch,
+                },
+            }),
+            None => None,
+        };
+        let pipeline = Pipeline::spawn(
+            &train_src,
+            PipelineOptions {
+                order: OrderOptions::train(cfg.seed, cfg.shuffle_buffer),
+                decode: DecodeOptions {
+                    spec: cfg.features,
+                    n_classes: cfg.classes.len(),
+                    strokes: cfg.model.kind.uses_strokes(),
+                },
+                batch_size: cfg.batch_size,
+                start: start.position,
+                prefetch: req.prefetch,
+                max_batches: None,
+            },
+        )?;
+        let trainer = Trainer::new(start.model, start.optimizer, cfg.learning_rate, &device);
+        Ok(Run {
+            req,
+            trainer,
+            device,
+            pipeline,
+            events,
+            eval,
+            window: WindowAccumulator::new(),
+            summary,
+            step: start.step,
+            position: start.position,
+            epoch_size: train_src.n_examples(),
+            t0: Instant::now(),
+            last_eval: None,
+            inputs_logged: false,
+            cfg,
+            _lock: lock,
+        })
     }
 
-    let mut train_events = EventWriter::create(&dir)?;
-    let mut eval_events = if eval_src.is_some() {
-        Some(EventWriter::create(&dir.join(modeldir::EVAL_DIR))?)
-    } else {
-        None
-    };
-    let decode = DecodeOptions {
-        spec: cfg.features,
-        n_classes: cfg.classes.len(),
-        strokes: kind.uses_strokes(),
-    };
-    let mut pipeline = Pipeline::spawn(
-        &train_src,
-        PipelineOptions {
-            order: OrderOptions::train(cfg.seed, cfg.shuffle_buffer),
-            decode: decode.clone(),
-            batch_size: cfg.batch_size,
-            start: position,
-            prefetch: req.prefetch,
-            max_batches: None,
-        },
-    )?;
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let lr = cfg.learning_rate;
-    let eval_opts = EvalOptions {
-        batch_size: cfg.batch_size,
-        max_batches: req.eval_steps,
-        prefetch: req.prefetch,
-    };
-    let checkpoint_every = req.checkpoint_every.max(1);
-    let log_every = req.log_every.max(1);
-
-    obs.start(start_step, req.train_steps);
-    let t0 = Instant::now();
-    let mut step = start_step;
-    let (mut w_loss, mut w_correct, mut w_top3, mut w_n) = (0.0f64, 0u64, 0u64, 0u64);
-    let mut window_start = Instant::now();
-    let mut last_eval: Option<(u64, MetricsReport)> = None;
-    let stop = req.stop.clone().unwrap_or_default();
-
-    let mut evaluate_now =
-        |model: &Model, step: u64, obs: &mut dyn TrainObserver| -> Result<Option<MetricsReport>> {
-            let Some(src) = eval_src.as_ref() else {
-                return Ok(None);
+    /// Steps to `--train-steps` (or an interruption), evaluating and checkpointing on the way.
+    fn train(mut self, obs: &mut dyn TrainObserver) -> Result<TrainSummary> {
+        obs.start(self.step, self.req.train_steps);
+        self.t0 = Instant::now();
+        self.window = WindowAccumulator::new();
+        let stop = self.req.stop.clone().unwrap_or_default();
+        while self.step < self.req.train_steps {
+            self.step_once(obs)?;
+            let interrupted = stop.load(Ordering::SeqCst);
+            let eval = if interrupted {
+                None
+            } else {
+                self.maybe_eval(obs)?
             };
-            obs.eval_start(step);
-            let valid = model.valid();
-            let (report, _) = evaluate_model(
-                &valid,
-                kind,
-                &eval_device,
-                src,
-                &cfg.classes,
-                &eval_opts,
-                false,
-            )?;
-            let ev = eval_events.as_mut().expect("eval writer");
-            ev.add_scalars(
-                &[
-                    ("loss", report.loss as f32),
-                    ("accuracy", report.accuracy as f32),
-                    ("top3_accuracy", report.top3_accuracy as f32),
-                    ("map3", report.map3 as f32),
-                ],
-                step as i64,
-            )?;
-            let cell = (256 / report.confusion.len().max(1)).clamp(2, 32);
-            let (px, side) = confusion_image(&report.confusion, cell);
-            ev.add_png_gray("confusion_matrix", &px, side, side, step as i64)?;
-            obs.evaluated(step, &report);
-            Ok(Some(report))
-        };
+            self.maybe_checkpoint(eval, interrupted, obs)?;
+            if interrupted {
+                self.summary.interrupted = true;
+                break;
+            }
+        }
+        self.finish()
+    }
 
-    let mut first_batch = true;
-    while step < req.train_steps {
+    /// One optimisation step on the next batch, with its bookkeeping and logging.
+    fn step_once(&mut self, obs: &mut dyn TrainObserver) -> Result<()> {
         let step_start = Instant::now();
-        let batch = pipeline.next_batch()?.ok_or(TrainError::PipelineGone)?;
-        if first_batch {
+        let batch = self
+            .pipeline
+            .next_batch()?
+            .ok_or(TrainError::PipelineGone)?;
+        if !self.inputs_logged {
             let n = batch.size.min(16);
             let imgs: Vec<Vec<u8>> = (0..n).map(|i| batch.image_u8(i)).collect();
             let (px, w, h) = image_grid(&imgs, batch.image_size);
-            train_events.add_png_gray("inputs", &px, w, h, step as i64)?;
-            first_batch = false;
+            self.events
+                .add_png_gray("inputs", &px, w, h, self.step as i64)?;
+            self.inputs_logged = true;
         }
         let b = batch.size;
         // Random state (dropout masks) is a function of (seed, step), so a resumed run draws
         // exactly what an uninterrupted one would.
-        device.seed(step_seed(cfg.seed, step));
-        let input = ModelInput::from_batch(&batch, kind, &device)?;
+        self.device.seed(step_seed(self.cfg.seed, self.step));
+        let input = ModelInput::from_batch(&batch, self.cfg.model.kind, &self.device)?;
         let targets =
-            Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), &device);
-        let logits = model.forward(input);
-        let loss = loss_fn.forward(logits.clone(), targets);
-        let grads = model.is_trainable().then(|| loss.backward());
-        let loss_v: f32 = loss.into_scalar();
-        if !loss_v.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: step + 1,
-                what: format!("the training loss became {loss_v}"),
-                last_good: last_checkpoint(&dir),
-            });
-        }
-        if let Some(grads) = grads {
-            let grads = GradientsParams::from_grads(grads, &model);
-            model = optimizer.step(lr, model, grads);
-        }
-        let host = to_host(logits.detach());
-        let c = cfg.classes.len();
-        for (row, &l) in host.chunks_exact(c).zip(&batch.labels) {
-            let r = rank_of(row, l as usize);
-            w_correct += (r == 0) as u64;
-            w_top3 += (r < 3) as u64;
-        }
-        summary.step_seconds += step_start.elapsed().as_secs_f64();
-        step += 1;
-        position = batch.position;
-        w_loss += loss_v as f64 * b as f64;
-        w_n += b as u64;
-        summary.steps_run += 1;
-        summary.examples_seen += b as u64;
+            Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), &self.device);
+        let out = self
+            .trainer
+            .step(input, targets)
+            .map_err(|e| TrainError::NonFinite {
+                step: self.step + 1,
+                what: e.to_string(),
+                last_good: last_checkpoint(&self.req.model_dir),
+            })?;
+        let logits = to_host(out.logits);
+        self.window
+            .add_batch(&logits, &batch.labels, self.cfg.classes.len(), out.loss);
+        self.summary.step_seconds += step_start.elapsed().as_secs_f64();
+        self.step += 1;
+        self.position = batch.position;
+        self.summary.steps_run += 1;
+        self.summary.examples_seen += b as u64;
+        self.report_step(obs)
+    }
 
-        let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
-        let wait_share = pipeline.wait().as_secs_f64() / elapsed;
+    /// Progress after a step; the window's scalars every `--log-every` steps and at the end.
+    fn report_step(&mut self, obs: &mut dyn TrainObserver) -> Result<()> {
+        let s = &mut self.summary;
+        let elapsed = self.t0.elapsed().as_secs_f64().max(1e-9);
+        let wait_share = self.pipeline.wait().as_secs_f64() / elapsed;
+        let new_examples = s.examples_seen - s.start_step * self.cfg.batch_size as u64;
         let stats = StepStats {
-            step,
-            total_steps: req.train_steps,
-            loss: w_loss / w_n.max(1) as f64,
-            accuracy: w_correct as f64 / w_n.max(1) as f64,
-            steps_per_sec: summary.steps_run as f64 / elapsed,
-            examples_per_sec: (summary.examples_seen - start_step * bs) as f64 / elapsed,
+            step: self.step,
+            total_steps: self.req.train_steps,
+            loss: self.window.loss(),
+            accuracy: self.window.accuracy(),
+            steps_per_sec: s.steps_run as f64 / elapsed,
+            examples_per_sec: new_examples as f64 / elapsed,
             data_wait_share: wait_share,
-            epoch: summary.examples_seen as f64 / epoch_size as f64,
+            epoch: s.examples_seen as f64 / self.epoch_size as f64,
         };
         obs.step(&stats);
-        if step.is_multiple_of(log_every) || step == req.train_steps {
-            let window = window_start.elapsed().as_secs_f64().max(1e-9);
-            train_events.add_scalars(
+        if self.step.is_multiple_of(self.req.log_every.max(1)) || self.step == self.req.train_steps
+        {
+            self.events.add_scalars(
                 &[
                     ("loss", stats.loss as f32),
                     ("accuracy", stats.accuracy as f32),
-                    ("top3_accuracy", (w_top3 as f64 / w_n.max(1) as f64) as f32),
-                    ("learning_rate", lr as f32),
-                    ("examples_per_sec", (w_n as f64 / window) as f32),
+                    ("top3_accuracy", self.window.top3_accuracy() as f32),
+                    ("learning_rate", self.trainer.learning_rate() as f32),
+                    ("examples_per_sec", self.window.examples_per_sec() as f32),
                     ("data_wait_share", wait_share as f32),
                     ("epoch", stats.epoch as f32),
                 ],
-                step as i64,
+                self.step as i64,
             )?;
-            summary.train_loss = Some(stats.loss);
-            summary.train_accuracy = Some(stats.accuracy);
-            (w_loss, w_correct, w_top3, w_n) = (0.0, 0, 0, 0);
-            window_start = Instant::now();
+            s.train_loss = Some(stats.loss);
+            s.train_accuracy = Some(stats.accuracy);
+            self.window = WindowAccumulator::new();
         }
-
-        let interrupted = stop.load(Ordering::SeqCst);
-        let at_end = step == req.train_steps;
-        let eval_due = eval_src.is_some()
-            && (at_end
-                || req
-                    .eval_every
-                    .is_some_and(|e| e > 0 && step.is_multiple_of(e)));
-        let mut eval_acc = None;
-        if eval_due
-            && !interrupted
-            && let Some(report) = evaluate_now(&model, step, &mut *obs)?
-        {
-            let line = serde_json::json!({
-                "step": step,
-                "wall_time": now_secs(),
-                "epoch": stats.epoch,
-                "examples": report.examples,
-                "loss": report.loss,
-                "accuracy": report.accuracy,
-                "top3_accuracy": report.top3_accuracy,
-                "map3": report.map3,
-                "macro_f1": report.macro_f1,
-                "train_loss": summary.train_loss,
-                "train_accuracy": summary.train_accuracy,
-            });
-            modeldir::append_metrics(&dir, &line)?;
-            eval_acc = Some((report.accuracy, report.loss));
-            last_eval = Some((step, report));
-        }
-        if eval_acc.is_some() || at_end || interrupted || step.is_multiple_of(checkpoint_every) {
-            let bad = crate::export::non_finite_params(&model);
-            if !bad.is_empty() {
-                return Err(TrainError::NonFinite {
-                    step,
-                    what: format!("weights became NaN or infinite ({})", bad.join(", ")),
-                    last_good: last_checkpoint(&dir),
-                });
-            }
-            let state = CheckpointState {
-                step,
-                position,
-                examples_seen: summary.examples_seen,
-                epoch_size,
-                eval_accuracy: eval_acc.map(|a| a.0),
-                eval_loss: eval_acc.map(|a| a.1),
-                wall_time: now_secs(),
-                sha256: Default::default(),
-            };
-            let ck =
-                modeldir::write_checkpoint(&dir, &model, &optimizer, state, req.keep_checkpoints)?;
-            write_histograms(&model, &mut train_events, step)?;
-            obs.checkpoint(step, &ck.dir);
-            summary.checkpoint = Some(ck.dir);
-        }
-        if interrupted {
-            summary.interrupted = true;
-            break;
-        }
+        Ok(())
     }
-    let secs = t0.elapsed().as_secs_f64();
-    summary.final_step = step;
-    summary.seconds = secs;
-    summary.steps_per_sec = summary.steps_run as f64 / secs.max(1e-9);
-    summary.examples_per_sec = (summary.examples_seen - start_step * bs) as f64 / secs.max(1e-9);
-    summary.step_examples_per_sec =
-        (summary.examples_seen - start_step * bs) as f64 / summary.step_seconds.max(1e-9);
-    summary.data_wait_seconds = pipeline.wait().as_secs_f64();
-    summary.data_wait_share = summary.data_wait_seconds / secs.max(1e-9);
-    summary.epochs = summary.examples_seen as f64 / epoch_size as f64;
-    summary.eval = last_eval.map(|(s, r)| EvalSummary::new(s, &r));
-    train_events.flush()?;
-    Ok(summary)
+
+    /// Evaluates at the end and every `--eval-every` steps (with eval shards); appends the
+    /// figures to `metrics.jsonl`. Returns the eval accuracy and loss when it evaluated.
+    fn maybe_eval(&mut self, obs: &mut dyn TrainObserver) -> Result<Option<(f64, f64)>> {
+        let step = self.step;
+        let due = step == self.req.train_steps
+            || self
+                .req
+                .eval_every
+                .is_some_and(|e| e > 0 && step.is_multiple_of(e));
+        let Some(eval) = self.eval.as_mut().filter(|_| due) else {
+            return Ok(None);
+        };
+        let (model, kind) = (self.trainer.model(), self.cfg.model.kind);
+        let report = eval.run(model, kind, &self.cfg.classes, step, obs)?;
+        let line = serde_json::json!({
+            "step": step,
+            "wall_time": now_secs(),
+            "epoch": self.summary.examples_seen as f64 / self.epoch_size as f64,
+            "examples": report.examples,
+            "loss": report.loss,
+            "accuracy": report.accuracy,
+            "top3_accuracy": report.top3_accuracy,
+            "map3": report.map3,
+            "macro_f1": report.macro_f1,
+            "train_loss": self.summary.train_loss,
+            "train_accuracy": self.summary.train_accuracy,
+        });
+        modeldir::append_metrics(&self.req.model_dir, &line)?;
+        let figures = (report.accuracy, report.loss);
+        self.last_eval = Some((step, report));
+        Ok(Some(figures))
+    }
+
+    /// Writes a checkpoint (and the weight histograms) after an evaluation, at the end, on
+    /// interruption and every `--checkpoint-every` steps; refuses non-finite weights.
+    fn maybe_checkpoint(
+        &mut self,
+        eval: Option<(f64, f64)>,
+        interrupted: bool,
+        obs: &mut dyn TrainObserver,
+    ) -> Result<()> {
+        let step = self.step;
+        let due = eval.is_some()
+            || step == self.req.train_steps
+            || interrupted
+            || step.is_multiple_of(self.req.checkpoint_every.max(1));
+        if !due {
+            return Ok(());
+        }
+        let dir = &self.req.model_dir;
+        let model = self.trainer.model();
+        let bad = crate::export::non_finite_params(model);
+        if !bad.is_empty() {
+            return Err(TrainError::NonFinite {
+                step,
+                what: format!("weights became NaN or infinite ({})", bad.join(", ")),
+                last_good: last_checkpoint(dir),
+            });
+        }
+        let state = CheckpointState {
+            step,
+            position: self.position,
+            examples_seen: self.summary.examples_seen,
+            epoch_size: self.epoch_size,
+            eval_accuracy: eval.map(|a| a.0),
+            eval_loss: eval.map(|a| a.1),
+            wall_time: now_secs(),
+            sha256: Default::default(),
+        };
+        let ck = modeldir::write_checkpoint(
+            dir,
+            model,
+            self.trainer.optimizer(),
+            state,
+            self.req.keep_checkpoints,
+        )?;
+        write_histograms(model, &mut self.events, step)?;
+        obs.checkpoint(step, &ck.dir);
+        self.summary.checkpoint = Some(ck.dir);
+        Ok(())
+    }
+
+    /// The summary's totals; flushes the training events.
+    fn finish(mut self) -> Result<TrainSummary> {
+        let secs = self.t0.elapsed().as_secs_f64();
+        let s = &mut self.summary;
+        let new_examples = (s.examples_seen - s.start_step * self.cfg.batch_size as u64) as f64;
+        s.final_step = self.step;
+        s.seconds = secs;
+        s.steps_per_sec = s.steps_run as f64 / secs.max(1e-9);
+        s.examples_per_sec = new_examples / secs.max(1e-9);
+        s.step_examples_per_sec = new_examples / s.step_seconds.max(1e-9);
+        s.data_wait_seconds = self.pipeline.wait().as_secs_f64();
+        s.data_wait_share = s.data_wait_seconds / secs.max(1e-9);
+        s.epochs = s.examples_seen as f64 / self.epoch_size as f64;
+        s.eval = self.last_eval.take().map(|(s, r)| EvalSummary::new(s, &r));
+        self.events.flush()?;
+        Ok(self.summary)
+    }
 }
 
 /// The seed of the device's random state at `step`.
@@ -847,6 +1040,22 @@ pub struct BenchResult {
     pub steps_per_sec: f64,
 }
 
+/// Random model inputs of `batch` examples (images, or 64-step stroke sequences).
+fn random_input(config: &ModelConfig, batch: usize, device: &Device) -> ModelInput {
+    let random = burn::tensor::Distribution::Default;
+    if config.kind.uses_strokes() {
+        let t = 64;
+        ModelInput::Strokes {
+            forward: Tensor::random([batch, t, 3], random, device),
+            backward: Tensor::random([batch, t, 3], random, device),
+            mask: Tensor::ones([batch, t], device),
+        }
+    } else {
+        let s = config.image_size;
+        ModelInput::Images(Tensor::random([batch, 1, s, s], random, device))
+    }
+}
+
 /// Times `steps` training steps (after `warmup` untimed ones) on random inputs: the model's
 /// compute throughput, without the input pipeline.
 pub fn bench_train(
@@ -858,53 +1067,36 @@ pub fn bench_train(
 ) -> Result<BenchResult> {
     let device = training_device(device)?;
     device.seed(0);
-    let mut model = config.init(&device)?;
-    let mut optimizer = OptimizerKind::Adam.init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut trainer = Trainer::new(
+        config.init(&device)?,
+        OptimizerKind::Adam.init(),
+        1e-3,
+        &device,
+    );
     let s = config.image_size;
-    let mut run = |n: u64, model: Model| -> Model {
-        let mut model = model;
+    let run = |n: u64, trainer: &mut Trainer| -> Result<()> {
         for i in 0..n {
-            let input = if config.kind.uses_strokes() {
-                let t = 64;
-                ModelInput::Strokes {
-                    forward: Tensor::random(
-                        [batch_size, t, 3],
-                        burn::tensor::Distribution::Default,
-                        &device,
-                    ),
-                    backward: Tensor::random(
-                        [batch_size, t, 3],
-                        burn::tensor::Distribution::Default,
-                        &device,
-                    ),
-                    mask: Tensor::ones([batch_size, t], &device),
-                }
-            } else {
-                ModelInput::Images(Tensor::random(
-                    [batch_size, 1, s, s],
-                    burn::tensor::Distribution::Default,
-                    &device,
-                ))
-            };
+            let input = random_input(config, batch_size, &device);
             let labels: Vec<i64> = (0..batch_size)
                 .map(|j| ((i as usize + j) % config.n_classes) as i64)
                 .collect();
             let targets =
                 Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &device);
-            let loss = loss_fn.forward(model.forward(input), targets);
-            if model.is_trainable() {
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optimizer.step(1e-3, model, grads);
-            }
-            let _: f32 = loss.into_scalar();
+            trainer
+                .step(input, targets)
+                .map_err(|e| TrainError::NonFinite {
+                    step: i + 1,
+                    what: e.to_string(),
+                    last_good: None,
+                })?;
         }
-        model
+        Ok(())
     };
-    model = run(warmup, model);
+    run(warmup, &mut trainer)?;
     let t = Instant::now();
-    let model = run(steps, model);
+    run(steps, &mut trainer)?;
     let secs = t.elapsed().as_secs_f64();
+    let model = trainer.into_model();
     Ok(BenchResult {
         model: config.kind,
         parameters: model.num_params(),

@@ -1,0 +1,108 @@
+//! [`Trainer`]: the optimisation step (forward, cross-entropy loss, backward, optimiser) on a
+//! model and its optimiser, the one step that `train`, `bench_train` and the `profile_cnn`
+//! example run.
+
+use std::time::{Duration, Instant};
+
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+
+use crate::model::{Model, ModelInput};
+
+/// The loss of a step was NaN or infinite (the step was not applied).
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("the training loss became {0}")]
+pub struct NonFiniteLoss(pub f32);
+
+/// What one [`Trainer::step`] computed.
+pub struct StepOutput {
+    /// Mean cross-entropy of the batch (before the update).
+    pub loss: f32,
+    /// `[B, n_classes]` logits (before the update), detached from the graph.
+    pub logits: Tensor<2>,
+    /// Forward and loss (without reading the loss: flex computes eagerly).
+    pub forward: Duration,
+    /// Backward and reading the loss value.
+    pub backward: Duration,
+    /// The optimiser's update (zero for a model without trainable weights).
+    pub optimizer: Duration,
+}
+
+/// A model on the training (autodiff) device with its optimiser and learning rate.
+pub struct Trainer {
+    /// Always `Some` between calls: the optimiser takes the model by value.
+    model: Option<Model>,
+    optimizer: ModuleOptimizer,
+    loss_fn: CrossEntropyLoss,
+    learning_rate: f64,
+}
+
+impl Trainer {
+    pub fn new(
+        model: Model,
+        optimizer: ModuleOptimizer,
+        learning_rate: f64,
+        device: &Device,
+    ) -> Self {
+        Trainer {
+            model: Some(model),
+            optimizer,
+            loss_fn: CrossEntropyLossConfig::new().init(device),
+            learning_rate,
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        self.model.as_ref().expect("a model between steps")
+    }
+
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optimizer
+    }
+
+    pub fn learning_rate(&self) -> f64 {
+        self.learning_rate
+    }
+
+    pub fn into_model(self) -> Model {
+        self.model.expect("a model between steps")
+    }
+
+    /// One optimisation step on a batch: forward, loss, backward (trainable models), and, when
+    /// the loss is finite, the optimiser's update. Random state (dropout) is drawn from the
+    /// device as it is; `train` seeds it per step before calling this.
+    pub fn step(
+        &mut self,
+        input: ModelInput,
+        targets: Tensor<1, Int>,
+    ) -> Result<StepOutput, NonFiniteLoss> {
+        let t0 = Instant::now();
+        let model = self.model.take().expect("a model between steps");
+        let logits = model.forward(input);
+        let loss = self.loss_fn.forward(logits.clone(), targets);
+        let t1 = Instant::now();
+        let grads = model.is_trainable().then(|| loss.backward());
+        let loss_v: f32 = loss.into_scalar();
+        let t2 = Instant::now();
+        if !loss_v.is_finite() {
+            self.model = Some(model);
+            return Err(NonFiniteLoss(loss_v));
+        }
+        let model = match grads {
+            Some(grads) => {
+                let grads = GradientsParams::from_grads(grads, &model);
+                self.optimizer.step(self.learning_rate, model, grads)
+            }
+            None => model,
+        };
+        self.model = Some(model);
+        Ok(StepOutput {
+            loss: loss_v,
+            logits: logits.detach(),
+            forward: t1 - t0,
+            backward: t2 - t1,
+            optimizer: t2.elapsed(),
+        })
+    }
+}
