@@ -297,7 +297,7 @@ impl EventWriter {
         if pixels.len() != w as usize * h as usize {
             return Err(self.invalid(tag, format!("{} bytes for a {w}x{h} image", pixels.len())));
         }
-        let png = encode_png(pixels, w, h, 1).map_err(|source| EventsError::Png {
+        let png = crate::image::encode(pixels, w, h, 1).map_err(|source| EventsError::Png {
             path: self.path.clone(),
             tag: tag.to_string(),
             source,
@@ -338,38 +338,6 @@ impl EventWriter {
             what,
         }
     }
-}
-
-/// Encodes 8-bit pixels as PNG: `channels` 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA.
-pub fn encode_png(
-    pixels: &[u8],
-    w: u32,
-    h: u32,
-    channels: u32,
-) -> Result<Vec<u8>, png::EncodingError> {
-    let color = match channels {
-        1 => png::ColorType::Grayscale,
-        2 => png::ColorType::GrayscaleAlpha,
-        3 => png::ColorType::Rgb,
-        4 => png::ColorType::Rgba,
-        n => {
-            let what = format!("{n} channels (expected 1..=4)");
-            return Err(png::EncodingError::IoError(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                what,
-            )));
-        }
-    };
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, w, h);
-        enc.set_color(color);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(pixels)?;
-        writer.finish()?;
-    }
-    Ok(out)
 }
 
 /// TensorFlow's default histogram bucket limits (tensorflow/core/lib/histogram/histogram.cc):

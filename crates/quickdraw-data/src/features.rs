@@ -18,6 +18,12 @@ use crate::strokes::{StrokeFeatures, StrokeSpec, stroke_features};
 /// Model inputs are pixel values scaled to [0, 1] (the lecture divides `img_64` by 255).
 pub const PIXEL_SCALE: f32 = 1.0 / 255.0;
 
+/// A raster's pixels (0..=255) as model inputs (`pixel * PIXEL_SCALE`): the one conversion
+/// used by training, evaluation, export checks, `model run` and the server.
+pub fn model_pixels(image: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    image.iter().map(|&v| v as f32 * PIXEL_SCALE)
+}
+
 /// Feature names (the lecture's, see `convert` in the AMLD 2018 workshop notebooks).
 pub const LABEL: &str = "label";
 pub const WORD: &str = "word";
@@ -275,7 +281,7 @@ pub fn encode_example_into(
                 ),
                 ImageEncoding::Bytes => (key, BYTES, encoded(&|b| put_bytes_list(b, &p.image))),
                 ImageEncoding::Png => {
-                    let png = encode_png(&p.image, spec.raster.size);
+                    let png = crate::image::encode_grey(&p.image, spec.raster.size, spec.raster.size);
                     (key, BYTES, encoded(&|b| put_bytes_list(b, &png)))
                 }
             },
@@ -417,7 +423,7 @@ pub fn encode_example_prost(
     let img = match spec.image_encoding {
         ImageEncoding::Int64 => Feature::int64s(p.image.iter().map(|&v| v as i64).collect()),
         ImageEncoding::Bytes => Feature::bytes(p.image.clone()),
-        ImageEncoding::Png => Feature::bytes(encode_png(&p.image, spec.raster.size)),
+        ImageEncoding::Png => Feature::bytes(crate::image::encode_grey(&p.image, spec.raster.size, spec.raster.size)),
     };
     f.insert(image_key(spec.raster.size), img);
     f.insert(WORD.to_string(), Feature::bytes(d.word.as_bytes().to_vec()));
@@ -435,36 +441,6 @@ pub fn encode_example_prost(
         f.insert(STROKE_LEN.to_string(), Feature::int64(s.len as i64));
     }
     Example::from_features(f).to_bytes()
-}
-
-/// Grey-scale 8-bit PNG of a square image.
-pub fn encode_png(image: &[u8], size: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut enc = png::Encoder::new(&mut out, size, size);
-    enc.set_color(png::ColorType::Grayscale);
-    enc.set_depth(png::BitDepth::Eight);
-    enc.set_compression(png::Compression::Fast);
-    // Writing into a Vec cannot fail and the dimensions match the data by construction.
-    let mut w = enc.write_header().expect("PNG header into memory");
-    w.write_image_data(image).expect("PNG data into memory");
-    drop(w);
-    out
-}
-
-/// Decodes a grey-scale PNG into `size * size` bytes.
-pub fn decode_png(bytes: &[u8], size: u32) -> Result<Vec<u8>, String> {
-    let dec = png::Decoder::new(std::io::Cursor::new(bytes));
-    let mut reader = dec.read_info().map_err(|e| e.to_string())?;
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
-    if info.width != size || info.height != size || info.color_type != png::ColorType::Grayscale {
-        return Err(format!(
-            "PNG is {}x{} {:?}, expected {size}x{size} Grayscale",
-            info.width, info.height, info.color_type
-        ));
-    }
-    buf.truncate(info.buffer_size());
-    Ok(buf)
 }
 
 /// One example read back from a shard.
@@ -492,7 +468,9 @@ fn int64s<'a>(ex: &'a Example, key: &str) -> Result<&'a [i64], FeatureError> {
     }
 }
 
-fn int64(ex: &Example, key: &str) -> Result<i64, FeatureError> {
+/// The single value of an int64 feature (`label`, `key_id`, ...), with the reason when it is
+/// missing, of another type or not of length one.
+pub fn int64_feature(ex: &Example, key: &str) -> Result<i64, FeatureError> {
     match int64s(ex, key)? {
         [v] => Ok(*v),
         v => Err(FeatureError::WrongLength {
@@ -550,7 +528,7 @@ pub fn decode_image(ex: &Example, spec: &FeatureSpec) -> Result<Vec<u8>, Feature
             v.iter().map(|&p| p as u8).collect()
         }
         ImageEncoding::Bytes => bytes(ex, &key)?.to_vec(),
-        ImageEncoding::Png => decode_png(bytes(ex, &key)?, spec.raster.size).map_err(|what| {
+        ImageEncoding::Png => crate::image::decode_grey(bytes(ex, &key)?, spec.raster.size).map_err(|what| {
             FeatureError::BadValue {
                 key: key.clone(),
                 what,
@@ -577,7 +555,7 @@ pub fn decode_example(bytes_: &[u8], spec: &FeatureSpec) -> Result<DecodedExampl
             let dx = floats(&ex, STROKE_X)?.to_vec();
             let dy = floats(&ex, STROKE_Y)?.to_vec();
             let pen = floats(&ex, STROKE_Z)?.to_vec();
-            let len = int64(&ex, STROKE_LEN)?;
+            let len = int64_feature(&ex, STROKE_LEN)?;
             for (k, v) in [(STROKE_X, &dx), (STROKE_Y, &dy), (STROKE_Z, &pen)] {
                 if v.len() as i64 != len {
                     return Err(FeatureError::WrongLength {
@@ -603,14 +581,14 @@ pub fn decode_example(bytes_: &[u8], spec: &FeatureSpec) -> Result<DecodedExampl
         })
     };
     Ok(DecodedExample {
-        label: int64(&ex, LABEL)?,
+        label: int64_feature(&ex, LABEL)?,
         image,
         strokes,
         word: text(WORD)?,
         countrycode: text(COUNTRYCODE)?,
-        recognized: int64(&ex, RECOGNIZED)? != 0,
-        timestamp: int64(&ex, TIMESTAMP)?,
-        key_id: int64(&ex, KEY_ID)? as u64,
+        recognized: int64_feature(&ex, RECOGNIZED)? != 0,
+        timestamp: int64_feature(&ex, TIMESTAMP)?,
+        key_id: int64_feature(&ex, KEY_ID)? as u64,
     })
 }
 

@@ -10,6 +10,7 @@ pub mod drawing;
 pub mod events;
 pub mod example;
 pub mod features;
+pub mod image;
 pub mod ingest;
 pub mod lock;
 pub mod manifest;

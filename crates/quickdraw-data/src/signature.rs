@@ -43,7 +43,8 @@ pub use crate::features::PIXEL_SCALE;
 pub const MODEL_FILE: &str = "model.onnx";
 pub const SIGNATURE_FILE: &str = "signature.json";
 pub const ASSETS_DIR: &str = "assets";
-pub const LABELS_FILE: &str = "labels.txt";
+/// Under `assets/`: the same file as the dataset's and the model dir's.
+pub use crate::manifest::LABELS_FILE;
 pub const PREPROCESSING_FILE: &str = "preprocessing.json";
 pub const METRICS_FILE: &str = "metrics.json";
 /// TensorFlow's default serving signature key.
@@ -465,6 +466,33 @@ pub fn list_versions(base: &Path) -> Result<Vec<(u64, PathBuf)>, SignatureError>
     Ok(out)
 }
 
+/// Names by which a training model directory (`quickdraw train`'s layout: `state.json`,
+/// `checkpoints/`; quickdraw_train::modeldir, whose tests keep these in sync) is recognised
+/// where an export is expected, and the sub-folder `quickdraw export` writes versions to.
+pub const MODEL_DIR_MARKERS: [&str; 2] = ["state.json", "checkpoints"];
+pub const MODEL_DIR_EXPORT: &str = "export";
+
+/// When `dir` is a training model directory rather than an export, what to say instead: that it
+/// is one, and which folder holds (or will hold) its exports.
+pub fn model_dir_hint(dir: &Path) -> Option<String> {
+    if !MODEL_DIR_MARKERS.iter().any(|m| dir.join(m).exists()) {
+        return None;
+    }
+    let export = dir.join(MODEL_DIR_EXPORT);
+    let next = if list_versions(&export).is_ok_and(|v| !v.is_empty()) {
+        format!("use {} (its exported versions)", export.display())
+    } else {
+        format!(
+            "`quickdraw export --model-dir {}` writes its versions to {}",
+            dir.display(),
+            export.display()
+        )
+    };
+    Some(format!(
+        "a model directory of `quickdraw train` (checkpoints), not an export: {next}"
+    ))
+}
+
 /// `dir` itself when it holds `signature.json`, else its newest integer version folder.
 pub fn resolve_export_dir(dir: &Path) -> Result<PathBuf, SignatureError> {
     if dir.join(SIGNATURE_FILE).exists() {
@@ -474,9 +502,11 @@ pub fn resolve_export_dir(dir: &Path) -> Result<PathBuf, SignatureError> {
         Some((_, p)) => Ok(p),
         None => Err(SignatureError::Invalid {
             path: dir.to_path_buf(),
-            what: format!(
-                "no {SIGNATURE_FILE} and no integer version folder (expected <base>/<version>/{SIGNATURE_FILE})"
-            ),
+            what: model_dir_hint(dir).unwrap_or_else(|| {
+                format!(
+                    "no {SIGNATURE_FILE} and no integer version folder (expected <base>/<version>/{SIGNATURE_FILE})"
+                )
+            }),
         }),
     }
 }
@@ -557,10 +587,28 @@ pub fn write_export_metadata(
     write_metrics(dir, metrics)
 }
 
+/// The `k` highest scores of one row of probabilities (or logits), best first, as
+/// `(class index, score)`; ties go to the lower index (as the `classes` output's ArgMax). The
+/// one ranking used by `predict`, `model run` and the server's responses.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+    idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    idx.truncate(k);
+    idx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::raster::{RasterMode, RasterSpec};
+
+    #[test]
+    fn top_k_is_best_first_with_ties_to_the_lower_index() {
+        let s = [0.1, 0.4, 0.1, 0.4];
+        assert_eq!(top_k(&s, 3), vec![(1, 0.4), (3, 0.4), (0, 0.1)]);
+        assert_eq!(top_k(&s, 9).len(), 4);
+        assert!(top_k(&s, 0).is_empty());
+    }
 
     fn spec(size: u32) -> FeatureSpec {
         FeatureSpec {

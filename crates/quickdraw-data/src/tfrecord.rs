@@ -118,6 +118,73 @@ impl TfRecordError {
     }
 }
 
+/// Whether `path` holds TFRecords: its name ends in `.tfrecord`, `.tfrecords` or `.tfrec`, or
+/// its first 12 bytes are a record header (a length followed by its masked CRC). The one rule
+/// every command uses to tell shards from drawing files.
+pub fn is_tfrecord(path: &Path) -> io::Result<bool> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if [".tfrecord", ".tfrecords", ".tfrec"]
+        .iter()
+        .any(|e| name.ends_with(e))
+    {
+        return Ok(true);
+    }
+    let mut head = [0u8; 12];
+    let n = read_up_to(&mut File::open(path)?, &mut head)?;
+    Ok(n == 12 && masked_crc32c(&head[..8]) == u32::from_le_bytes(head[8..].try_into().unwrap()))
+}
+
+/// Counts the records of a TFRecord file by walking the headers: each length CRC is checked,
+/// data CRCs are not (they are checked when the records are read).
+pub fn count_records(path: &Path) -> Result<u64, TfRecordError> {
+    let io_at = |offset: u64| {
+        move |source| TfRecordError::Io {
+            path: path.to_path_buf(),
+            offset,
+            source,
+        }
+    };
+    let file = File::open(path).map_err(io_at(0))?;
+    let len = file.metadata().map_err(io_at(0))?.len();
+    let mut r = BufReader::with_capacity(1 << 16, file);
+    let (mut pos, mut n) = (0u64, 0u64);
+    let mut header = [0u8; 12];
+    while pos < len {
+        if len - pos < 12 {
+            return Err(TfRecordError::Truncated {
+                path: path.to_path_buf(),
+                offset: pos,
+                what: format!("header has {} of 12 bytes", len - pos),
+            });
+        }
+        r.read_exact(&mut header).map_err(io_at(pos))?;
+        let len_bytes: [u8; 8] = header[..8].try_into().expect("8 bytes");
+        let crc = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+        if masked_crc32c(&len_bytes) != crc {
+            return Err(TfRecordError::Corrupt {
+                path: path.to_path_buf(),
+                offset: pos,
+                what: "length CRC mismatch".into(),
+            });
+        }
+        let rec = u64::from_le_bytes(len_bytes);
+        if pos + 16 + rec > len {
+            return Err(TfRecordError::Truncated {
+                path: path.to_path_buf(),
+                offset: pos,
+                what: format!("record of {rec} bytes runs past the end of the file"),
+            });
+        }
+        r.seek_relative(rec as i64 + 4).map_err(io_at(pos))?;
+        pos += 16 + rec;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Streaming TFRecord reader that verifies both CRCs of every record.
 pub struct TfRecordReader<R: Read> {
     inner: R,
@@ -247,6 +314,37 @@ mod tests {
         // Masked CRC of the length field of an empty record (8 zero bytes): 0x07980329, computed
         // with an independent bit-by-bit Python CRC-32C and TensorFlow's masking formula.
         assert_eq!(masked_crc32c(&0u64.to_le_bytes()), 0x0798_0329);
+    }
+
+    #[test]
+    fn sniffs_and_counts_records_by_their_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TfRecordWriter::new(Vec::new());
+        for r in [&b"a"[..], b"", &[9u8; 300]] {
+            w.write_record(r).unwrap();
+        }
+        let bytes = w.into_inner();
+        let shard = dir.path().join("train-00000");
+        std::fs::write(&shard, &bytes).unwrap();
+        assert!(is_tfrecord(&shard).unwrap());
+        assert_eq!(count_records(&shard).unwrap(), 3);
+        // Drawings are not records; a name says so even when the file is empty.
+        let ndjson = dir.path().join("cat.ndjson");
+        std::fs::write(&ndjson, b"{\"word\":\"cat\",\"drawing\":[]}\n").unwrap();
+        assert!(!is_tfrecord(&ndjson).unwrap());
+        let named = dir.path().join("empty.tfrecord");
+        std::fs::write(&named, b"").unwrap();
+        assert!(is_tfrecord(&named).unwrap());
+        assert_eq!(count_records(&named).unwrap(), 0);
+        // Cut inside the last record / flip a length byte: named with the byte offset.
+        std::fs::write(&shard, &bytes[..bytes.len() - 1]).unwrap();
+        let e = count_records(&shard).unwrap_err();
+        assert!(matches!(e, TfRecordError::Truncated { offset: 33, .. }), "{e}");
+        let mut bad = bytes.clone();
+        bad[17] ^= 1; // the second record's length
+        std::fs::write(&shard, &bad).unwrap();
+        let e = count_records(&shard).unwrap_err();
+        assert!(matches!(e, TfRecordError::Corrupt { offset: 17, .. }), "{e}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod reqlog;
 pub mod request;
 pub mod skew;
 pub mod store;
+/// Tiny ONNX models and exports for tests and benchmarks; not in release builds.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::net::SocketAddr;

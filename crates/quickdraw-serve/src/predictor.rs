@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quickdraw_data::Ink;
-use quickdraw_data::features::{FeatureError, PIXEL_SCALE, Preprocessed, preprocess};
+use quickdraw_data::features::{FeatureError, Preprocessed, preprocess};
 use quickdraw_data::signature::{self, ExportInfo, InputKind, SignatureError, load_export_dir};
 use quickdraw_data::strokes::StrokeFeatures;
 use tract_onnx::prelude::*;
@@ -59,10 +59,7 @@ impl Probabilities {
     }
     /// The `k` most probable classes of row `i`, best first (ties: lower index first).
     pub fn top_k(&self, i: usize, k: usize) -> Vec<(usize, f32)> {
-        let mut idx: Vec<(usize, f32)> = self.row(i).iter().copied().enumerate().collect();
-        idx.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        idx.truncate(k);
-        idx
+        quickdraw_data::signature::top_k(self.row(i), k)
     }
     /// Rows `r` as a batch of their own (a merged batch's share of one request).
     pub fn slice(&self, r: std::ops::Range<usize>) -> Probabilities {
@@ -381,7 +378,7 @@ impl Predictor {
     fn predict_image_slices(&self, images: &[&[u8]]) -> Result<Probabilities, PredictError> {
         let px: Vec<Vec<f32>> = images
             .iter()
-            .map(|i| i.iter().map(|&v| v as f32 * PIXEL_SCALE).collect())
+            .map(|i| quickdraw_data::features::model_pixels(i).collect())
             .collect();
         self.predict_pixels(&px)
     }

@@ -68,11 +68,8 @@ fn now() -> (i64, u128) {
 }
 
 fn fresh_key_id(seed: u128) -> u64 {
-    // splitmix64 of the time and request: unique enough for logs, no rand dependency.
-    let mut z = (seed as u64) ^ ((seed >> 64) as u64) ^ 0x9E37_79B9_7F4A_7C15;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) >> 11 // 53 bits: exact in JavaScript numbers too
+    // A hash of the time and request: unique enough for logs, no rand dependency.
+    quickdraw_data::split::mix64((seed as u64) ^ ((seed >> 64) as u64)) >> 11 // 53 bits: exact in JavaScript numbers too
 }
 
 /// The drawing as it is logged (word, recognized, timestamp, key_id set) and its sidecar.

@@ -640,12 +640,9 @@ pub fn to_model_input(
         (Instance::Drawing(d), _) => {
             let p = features::preprocess(&d.ink, spec).map_err(|e| bad(e.to_string()))?;
             match input {
-                InputKind::Image { .. } => Ok(ModelInput::Pixels(
-                    p.image
-                        .iter()
-                        .map(|&v| v as f32 * features::PIXEL_SCALE)
-                        .collect(),
-                )),
+                InputKind::Image { .. } => {
+                    Ok(ModelInput::Pixels(features::model_pixels(&p.image).collect()))
+                }
                 InputKind::Strokes => p
                     .strokes
                     .map(ModelInput::Sequence)
@@ -662,11 +659,7 @@ pub fn to_model_input(
                     spec.image_encoding
                 ))
             })?;
-            Ok(ModelInput::Pixels(
-                img.iter()
-                    .map(|&v| v as f32 * features::PIXEL_SCALE)
-                    .collect(),
-            ))
+            Ok(ModelInput::Pixels(features::model_pixels(&img).collect()))
         }
         (Instance::Example(bytes), InputKind::Strokes) => {
             let ex =

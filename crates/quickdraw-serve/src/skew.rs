@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use quickdraw_data::Drawing;
 use quickdraw_data::features::{FeatureSpec, is_raw, preprocess};
-use quickdraw_data::ingest::{IngestError, UnitReader, class_from_path, parse_unit};
+use quickdraw_data::ingest::{IngestError, LabelFrom, UnitReader, class_from_path, parse_unit};
 use quickdraw_data::simplify::simplify;
 use serde::Serialize;
 
@@ -119,7 +119,7 @@ pub fn read_sample(
                 break;
             }
             out.read += 1;
-            let d = match parse_unit(r.format, &u, &class) {
+            let d = match parse_unit(r.format, &u, &class, LabelFrom::File) {
                 Ok(d) => d,
                 Err(_) => {
                     out.rejected += 1;

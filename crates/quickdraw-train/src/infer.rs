@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use quickdraw_data::features::{FeatureSpec, PIXEL_SCALE};
+use quickdraw_data::features::FeatureSpec;
 use quickdraw_data::strokes::StrokeFeatures;
 
 use crate::device::{DeviceChoice, inference_device};
 use crate::error::{Result, TrainError};
-use crate::metrics::ranking;
 use crate::model::{Model, ModelInput, ModelKind, log_probs};
 use crate::modeldir::{self, CheckpointInfo, CheckpointSel, TrainConfig};
 use crate::pipeline::{Batch, Decoded, StrokeBatch};
@@ -84,7 +83,7 @@ impl TrainedModel {
     }
 
     /// Probabilities `[n, n_classes]` for `n` images given as `[n, 1, S, S]` floats in [0, 1]
-    /// (grey value * [`PIXEL_SCALE`]).
+    /// (grey value * [`PIXEL_SCALE`](quickdraw_data::features::PIXEL_SCALE)).
     pub fn predict_images(&self, images: &[f32], n: usize) -> Result<Vec<f32>> {
         let s = self.image_size();
         if self.kind().uses_strokes() {
@@ -110,7 +109,7 @@ impl TrainedModel {
     pub fn predict_images_u8(&self, images: &[&[u8]]) -> Result<Vec<f32>> {
         let floats: Vec<f32> = images
             .iter()
-            .flat_map(|im| im.iter().map(|&v| v as f32 * PIXEL_SCALE))
+            .flat_map(|im| quickdraw_data::features::model_pixels(im))
             .collect();
         self.predict_images(&floats, images.len())
     }
@@ -149,11 +148,3 @@ impl TrainedModel {
     }
 }
 
-/// The `k` most probable classes of one row of probabilities: `(label, probability)`.
-pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
-    ranking(probs)
-        .into_iter()
-        .take(k)
-        .map(|i| (i, probs[i]))
-        .collect()
-}

@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod model;
 pub mod modeldir;
 pub mod pipeline;
+/// Tiny datasets for tests; not in release builds.
+#[cfg(any(test, feature = "testing"))]
 pub mod testdata;
 pub mod train;
 pub mod trainer;
@@ -25,7 +27,7 @@ pub use burn;
 pub use device::DeviceChoice;
 pub use error::TrainError;
 pub use eval::{Comparison, EvaluateRequest, Evaluation, compare, evaluate};
-pub use infer::{TrainedModel, top_k};
+pub use infer::TrainedModel;
 pub use model::{ModelConfig, ModelKind};
 pub use modeldir::{CheckpointSel, OptimizerKind, TrainConfig};
 pub use train::{TrainObserver, TrainRequest, TrainSummary, install_interrupt_handler, train};

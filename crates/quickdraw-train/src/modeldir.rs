@@ -38,12 +38,15 @@ use crate::model::{Model, ModelConfig};
 use crate::pipeline::StreamPosition;
 
 pub const CONFIG_FILE: &str = "config.json";
-pub const LABELS_FILE: &str = "labels.txt";
+/// The class names, copied from the dataset (the one definition is the dataset manifest's).
+pub use quickdraw_data::manifest::LABELS_FILE;
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const EVAL_DIR: &str = "eval";
-pub const METRICS_FILE: &str = "metrics.jsonl";
+/// One JSON line per logged step and evaluation (not the export's `metrics.json`).
+pub const METRICS_LOG_FILE: &str = "metrics.jsonl";
 pub const EVALUATION_FILE: &str = "evaluation.json";
-pub const MODEL_FILE: &str = "model.bpk";
+/// A checkpoint's weights (burn record); not the export's `model.onnx`.
+pub const WEIGHTS_FILE: &str = "model.bpk";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 pub const STATE_FILE: &str = "state.json";
 /// Bumped when config.json changes meaning.
@@ -259,13 +262,13 @@ pub struct CheckpointInfo {
 
 impl CheckpointInfo {
     pub fn model_file(&self) -> PathBuf {
-        self.dir.join(MODEL_FILE)
+        self.dir.join(WEIGHTS_FILE)
     }
     pub fn optimizer_file(&self) -> PathBuf {
         self.dir.join(OPTIMIZER_FILE)
     }
 
-    /// Checks `file` (MODEL_FILE or OPTIMIZER_FILE) against the SHA-256 recorded in state.json.
+    /// Checks `file` (WEIGHTS_FILE or OPTIMIZER_FILE) against the SHA-256 recorded in state.json.
     pub fn verify(&self, file: &str) -> Result<()> {
         let Some(expected) = self.state.sha256.get(file) else {
             return Ok(()); // written before checksums existed
@@ -337,7 +340,7 @@ pub fn list_checkpoints(model_dir: &Path) -> Result<Vec<CheckpointInfo>> {
             continue;
         }
         let state_path = entry.path().join(STATE_FILE);
-        if [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE]
+        if [WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE]
             .iter()
             .any(|f| !entry.path().join(f).is_file())
         {
@@ -451,12 +454,12 @@ pub fn write_checkpoint(
             what: e.to_string(),
         }
     };
-    let mf = tmp.join(MODEL_FILE);
+    let mf = tmp.join(WEIGHTS_FILE);
     model.clone().save_file(&mf).map_err(ck_err(&mf))?;
     let of = tmp.join(OPTIMIZER_FILE);
     optimizer.save(&of).map_err(ck_err(&of))?;
     let mut state = state;
-    for (name, path) in [(MODEL_FILE, &mf), (OPTIMIZER_FILE, &of)] {
+    for (name, path) in [(WEIGHTS_FILE, &mf), (OPTIMIZER_FILE, &of)] {
         state.sha256.insert(name.to_string(), sha256_file(path)?);
     }
     let sf = tmp.join(STATE_FILE);
@@ -516,7 +519,7 @@ pub fn load_model(
     ck: &CheckpointInfo,
     device: &burn::tensor::Device,
 ) -> Result<Model> {
-    ck.verify(MODEL_FILE)?;
+    ck.verify(WEIGHTS_FILE)?;
     let path = ck.model_file();
     config
         .init(device)?
@@ -529,7 +532,7 @@ pub fn load_model(
 
 /// Reads `metrics.jsonl` (a truncated last line from a killed run is skipped).
 pub fn read_metrics(model_dir: &Path) -> Result<Vec<serde_json::Value>> {
-    let path = model_dir.join(METRICS_FILE);
+    let path = model_dir.join(METRICS_LOG_FILE);
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -543,7 +546,7 @@ pub fn read_metrics(model_dir: &Path) -> Result<Vec<serde_json::Value>> {
 /// Keeps only the `metrics.jsonl` lines of evaluations at or before `step` (a resumed run
 /// redoes the later ones).
 pub fn truncate_metrics(model_dir: &Path, step: u64) -> Result<usize> {
-    let path = model_dir.join(METRICS_FILE);
+    let path = model_dir.join(METRICS_LOG_FILE);
     if !path.exists() {
         return Ok(0);
     }
@@ -571,7 +574,7 @@ pub fn truncate_metrics(model_dir: &Path, step: u64) -> Result<usize> {
 
 /// Appends one line to `metrics.jsonl` and flushes it to disk.
 pub fn append_metrics(model_dir: &Path, line: &serde_json::Value) -> Result<()> {
-    let path = model_dir.join(METRICS_FILE);
+    let path = model_dir.join(METRICS_LOG_FILE);
     let mut f = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -597,7 +600,7 @@ pub fn artifacts(model_dir: &Path) -> Result<Vec<PathBuf>> {
             LABELS_FILE,
             CHECKPOINTS_DIR,
             EVAL_DIR,
-            METRICS_FILE,
+            METRICS_LOG_FILE,
             EVALUATION_FILE,
         ]
         .contains(&name.as_str())
@@ -614,6 +617,15 @@ pub fn artifacts(model_dir: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// quickdraw-data recognises a model dir passed as an export (`model show`, `serve`) by these
+    /// names, and points to the folder `export` writes by default.
+    #[test]
+    fn the_export_format_knows_the_model_dir_layout() {
+        use quickdraw_data::signature::{MODEL_DIR_EXPORT, MODEL_DIR_MARKERS};
+        assert_eq!(MODEL_DIR_MARKERS, [STATE_FILE, CHECKPOINTS_DIR]);
+        assert_eq!(MODEL_DIR_EXPORT, crate::export::EXPORT_DIR);
+    }
 
     #[test]
     fn checkpoint_selector() {

@@ -133,6 +133,7 @@ pub fn write_tiny_dataset(dir: &Path, t: &TinyDataset) -> Result<FeatureSpec> {
         per_class: BTreeMap::new(),
         totals: ClassCounts::default(),
         bytes_per_example: bytes as f64 / total.max(1) as f64,
+        warnings: Vec::new(),
     };
     let mp = dir.join(MANIFEST_FILE);
     std::fs::write(&mp, manifest.to_json()).map_err(TrainError::io(&mp))?;

@@ -348,9 +348,48 @@ impl UnitReader {
     }
 }
 
-/// Parses and validates one unit. `class` is the class of the file (its name): binary and npy
-/// records take it as their word; NDJSON records must carry it.
-pub fn parse_unit(format: Format, unit: &Unit, class: &str) -> Result<Drawing, Reject> {
+/// Where a record's class (its `word`) comes from: the rule every reader of drawings states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelFrom {
+    /// The file's name, as in Google's per-class files (`cat.ndjson`, `full_raw_cat.ndjson`): an
+    /// NDJSON record whose `word` is another class is rejected as `label_mismatch`.
+    #[default]
+    File,
+    /// The record's own `word`, for files that mix classes (exports, the server's request logs,
+    /// hand-labelled drawings). Binary and npy records carry no word and take the file's name.
+    Word,
+}
+
+impl LabelFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabelFrom::File => "file",
+            LabelFrom::Word => "word",
+        }
+    }
+}
+
+impl std::str::FromStr for LabelFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "file" => Ok(LabelFrom::File),
+            "word" => Ok(LabelFrom::Word),
+            _ => Err(format!("{s:?}: expected `file` or `word`")),
+        }
+    }
+}
+
+/// Parses and validates one unit: the one entry point from framed bytes to a [`Drawing`].
+/// `class` is the class of the file (its name, [`class_from_path`]): binary and npy records take
+/// it as their word; with [`LabelFrom::File`] NDJSON records must carry it.
+pub fn parse_unit(
+    format: Format,
+    unit: &Unit,
+    class: &str,
+    label_from: LabelFrom,
+) -> Result<Drawing, Reject> {
     if let Some(r) = &unit.reject {
         return Err(r.clone());
     }
@@ -372,8 +411,59 @@ pub fn parse_unit(format: Format, unit: &Unit, class: &str) -> Result<Drawing, R
         }
         Err(e) => return Err(e),
     };
-    check_drawing(&d, Some(class))?;
+    let expected = (format == Format::Ndjson && label_from == LabelFrom::File).then_some(class);
+    check_drawing(&d, expected)?;
     Ok(d)
+}
+
+/// Drawings of one file, one at a time: [`UnitReader`] framing plus [`parse_unit`] with the
+/// file's class and a [`LabelFrom`] rule, for the commands that read drawings sequentially
+/// (`inspect`, `predict`, `model run`, `simplify`, `stats`, `skew`; `convert` parses batches in
+/// parallel with the same two parts).
+pub struct DrawingReader {
+    units: UnitReader,
+    class: String,
+    label_from: LabelFrom,
+}
+
+impl DrawingReader {
+    /// `progress` counts the file's bytes as they are read.
+    pub fn open(
+        path: &Path,
+        label_from: LabelFrom,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<Self, IngestError> {
+        Ok(DrawingReader {
+            units: UnitReader::open(path, progress)?,
+            class: class_from_path(path),
+            label_from,
+        })
+    }
+
+    pub fn format(&self) -> Format {
+        self.units.format
+    }
+
+    /// The class the file's name gives ([`class_from_path`]).
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    /// Reads to the end and returns the SHA-256 and size of the file's bytes (see
+    /// [`UnitReader::finish`]).
+    pub fn finish(self) -> Result<(String, u64), IngestError> {
+        self.units.finish()
+    }
+
+    /// The next record's number (1-based line or record) and its drawing or why it was
+    /// rejected; `None` at the end of the file. I/O errors end the file.
+    pub fn next_drawing(&mut self) -> Result<Option<(u64, Result<Drawing, Reject>)>, IngestError> {
+        let Some(u) = self.units.next_record()? else {
+            return Ok(None);
+        };
+        let d = parse_unit(self.units.format, &u, &self.class, self.label_from);
+        Ok(Some((u.index, d)))
+    }
 }
 
 /// Reads a line of at most `MAX_LINE_BYTES` (+ newline). Returns the bytes without the newline,

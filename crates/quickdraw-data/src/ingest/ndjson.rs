@@ -192,6 +192,28 @@ fn short(v: &serde_json::Value) -> String {
     }
 }
 
+/// One line of Google's NDJSON format as [`to_line`], in the raw (`[x, y, t]` strokes) or, with
+/// `simplified`, the simplified layout (`[x, y]` only: times are dropped; the caller passes
+/// already simplified strokes).
+pub fn to_line_as(d: &Drawing, simplified: bool) -> String {
+    match (&d.ink, simplified) {
+        (Ink::Strokes(strokes), true) if strokes.iter().any(|s| s.t.is_some()) => {
+            let strokes = strokes
+                .iter()
+                .map(|s| Stroke {
+                    t: None,
+                    ..s.clone()
+                })
+                .collect();
+            to_line(&Drawing {
+                ink: Ink::Strokes(strokes),
+                ..d.clone()
+            })
+        }
+        _ => to_line(d),
+    }
+}
+
 /// Serialises a drawing as one line of Google's NDJSON format (raw when strokes carry `t`).
 pub fn to_line(d: &Drawing) -> String {
     use std::fmt::Write;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use quickdraw_data::classes::parse_class_spec;
 use quickdraw_data::convert::{self, ConvertConfig, ConvertError, Progress};
 use quickdraw_data::features::{FeatureSpec, ImageEncoding};
+use quickdraw_data::ingest::LabelFrom;
 use quickdraw_data::manifest::DatasetManifest;
 use quickdraw_data::raster::{RasterMode, RasterSpec};
 use quickdraw_data::split::{self, SPLITS, SplitPolicy};
@@ -27,9 +28,17 @@ pub struct ConvertArgs {
     #[arg(long, short)]
     pub output: PathBuf,
     /// Classes in label order: `cat,dog`, a group (`pets`, `zoo`, `animals`) or `@file`.
-    /// Default: every class found in the inputs (from file names), sorted.
+    /// Default: every class found in the inputs (file names, and words of mixed files), sorted.
+    /// With mixed files it is a filter: records of other words are counted as filtered.
     #[arg(long)]
     pub classes: Option<String>,
+    /// Where an NDJSON record's class comes from: `file` (its file's name, as Google's
+    /// per-class files: a record with another word is rejected as label_mismatch), `word` (the
+    /// record's own word, for files that mix classes: exports, request logs) or `auto` (`file`
+    /// when at least 90% of a file's first 1000 records carry its name, else `word`; said in
+    /// the summary). Binary and npy records have no word and always take the file's name.
+    #[arg(long, value_enum, default_value_t = LabelFromArg::Auto)]
+    pub label_from: LabelFromArg,
     /// Per-class quotas `train=5000,eval=1000,test=1000` (the default) or shares
     /// `train=0.8,eval=0.1,test=0.1`. With --eval-after, quotas apply only when given.
     #[arg(long)]
@@ -79,6 +88,24 @@ pub struct ConvertArgs {
     pub timing_json: Option<PathBuf>,
 }
 
+/// `--label-from`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelFromArg {
+    Auto,
+    File,
+    Word,
+}
+
+impl LabelFromArg {
+    fn rule(self) -> Option<LabelFrom> {
+        match self {
+            LabelFromArg::Auto => None,
+            LabelFromArg::File => Some(LabelFrom::File),
+            LabelFromArg::Word => Some(LabelFrom::Word),
+        }
+    }
+}
+
 pub fn config(a: &ConvertArgs) -> anyhow::Result<ConvertConfig> {
     let inputs = expand_globs(&a.input)?;
     let classes = a.classes.as_deref().map(parse_class_spec).transpose()?;
@@ -122,6 +149,7 @@ pub fn config(a: &ConvertArgs) -> anyhow::Result<ConvertConfig> {
         inputs,
         output: a.output.clone(),
         classes,
+        label_from: a.label_from.rule(),
         split: policy,
         shards: a.shards,
         features,
@@ -193,6 +221,17 @@ fn convert_cancellable(
     let plan = convert::plan(cfg)?;
     if !ctx.quiet {
         print_duplicates(&plan.duplicates);
+    }
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !ctx.quiet && !plan.mixed.is_empty() {
+        let names: Vec<String> = plan.mixed.iter().map(|f| f.path.display().to_string()).collect();
+        eprintln!(
+            "labels from each record's word (files that mix classes): {}; from file names: the other {} files",
+            names.join(", "),
+            plan.groups.iter().map(Vec::len).sum::<usize>()
+        );
     }
     let progress = Progress {
         cancel,
@@ -288,6 +327,19 @@ pub fn print_summary(m: &DatasetManifest, skipped_files: usize) {
     }
     if skipped_files > 0 {
         println!("input files of classes not selected (not read): {skipped_files}");
+    }
+    let by_word: Vec<&str> = m
+        .inputs
+        .iter()
+        .filter(|i| i.label_from == LabelFrom::Word)
+        .map(|i| i.path.as_str())
+        .collect();
+    if !by_word.is_empty() {
+        println!(
+            "labels: from each record's word in {} (mixed classes), from the file name in the other {} files",
+            by_word.join(", "),
+            m.inputs.len() - by_word.len()
+        );
     }
     let shards: usize = m.shards.values().map(Vec::len).sum();
     println!(

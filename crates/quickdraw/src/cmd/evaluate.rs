@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use quickdraw_data::events::encode_png;
 use quickdraw_train::metrics::{MetricsReport, confusion_image};
+use quickdraw_train::pipeline::file_list;
 use quickdraw_train::{CheckpointSel, DeviceChoice, EvaluateRequest};
 
 use super::Ctx;
@@ -15,9 +15,10 @@ pub struct EvaluateArgs {
     /// Model directory written by `quickdraw train`.
     #[arg(long, alias = "job-dir")]
     pub model_dir: PathBuf,
-    /// Evaluation shards (quoted glob, e.g. 'data/zoo/eval-*').
-    #[arg(long)]
-    pub eval_files: String,
+    /// Evaluation shards: files, globs ('data/zoo/eval-*') or a dataset directory (its eval
+    /// shards, from manifest.json); several values, or the flag repeated, are one set.
+    #[arg(long, num_args = 1.., required = true, value_name = "FILES")]
+    pub eval_files: Vec<String>,
     /// Which checkpoint: best (by eval accuracy during training), latest, or a step number.
     #[arg(long, default_value = "latest")]
     pub checkpoint: CheckpointSel,
@@ -27,7 +28,7 @@ pub struct EvaluateArgs {
     /// Batch size (default: max(64, the training batch size)).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// cpu or cuda[:N].
+    /// Where to evaluate: cpu, or cuda[:N] (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Print one JSON object (accuracy, top3_accuracy, map3, loss, examples, per_class, confusion, ...).
@@ -78,12 +79,12 @@ pub fn invalid_warning(m: &MetricsReport) -> Option<String> {
 pub fn write_confusion_png(m: &MetricsReport, path: &PathBuf) -> anyhow::Result<()> {
     let cell = (512 / m.confusion.len().max(1)).clamp(2, 64);
     let (px, side) = confusion_image(&m.confusion, cell);
-    let png = encode_png(&px, side, side, 1).context("encoding the confusion matrix PNG")?;
+    let png = quickdraw_data::image::encode_grey(&px, side, side);
     std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn run(a: EvaluateArgs, ctx: Ctx) -> anyhow::Result<()> {
-    let mut req = EvaluateRequest::new(a.model_dir.clone(), a.eval_files.clone());
+    let mut req = EvaluateRequest::new(a.model_dir.clone(), file_list(&a.eval_files, "eval")?);
     req.checkpoint = a.checkpoint;
     req.eval_steps = a.eval_steps;
     req.batch_size = a.batch_size;

@@ -1,17 +1,15 @@
 //! `quickdraw inspect`: print the records of any supported input or TFRecord shard, and render a
 //! labelled grid of drawings as PNG so a person can look at the data.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use quickdraw_data::example::{Example, Kind};
 use quickdraw_data::features::{self, FeatureSpec, ImageEncoding, decode_example, preprocess};
-use quickdraw_data::ingest::{UnitReader, class_from_path, ndjson::format_timestamp, parse_unit};
+use quickdraw_data::ingest::{DrawingReader, LabelFrom, ndjson::format_timestamp};
 use quickdraw_data::manifest::DatasetManifest;
 use quickdraw_data::raster::{RasterMode, RasterSpec};
-use quickdraw_data::tfrecord::{TfRecordReader, masked_crc32c};
+use quickdraw_data::tfrecord::{TfRecordReader, is_tfrecord};
 use quickdraw_data::{Drawing, Ink};
 use serde_json::json;
 
@@ -51,7 +49,7 @@ struct Shown {
 }
 
 pub fn run(a: InspectArgs, _ctx: Ctx) -> anyhow::Result<()> {
-    let shown = if is_tfrecord(&a.file)? {
+    let shown = if is_tfrecord(&a.file).with_context(|| format!("reading {}", a.file.display()))? {
         read_shard(&a)?
     } else {
         read_input(&a)?
@@ -68,7 +66,7 @@ pub fn run(a: InspectArgs, _ctx: Ctx) -> anyhow::Result<()> {
             .iter()
             .map(|s| (s.caption.as_str(), &s.image[..], s.size))
             .collect();
-        let bytes = grid_png(&cells, a.cols.max(1));
+        let bytes = quickdraw_data::image::captioned_grid(&cells, a.cols.max(1));
         std::fs::write(png, bytes).with_context(|| format!("writing {}", png.display()))?;
         eprintln!(
             "wrote a grid of {} drawings to {}",
@@ -79,34 +77,15 @@ pub fn run(a: InspectArgs, _ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A TFRecord file starts with a length whose masked CRC follows it.
-pub fn is_tfrecord(path: &Path) -> anyhow::Result<bool> {
-    let mut head = [0u8; 12];
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut n = 0;
-    while n < 12 {
-        match f
-            .read(&mut head[n..])
-            .with_context(|| format!("reading {}", path.display()))?
-        {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n == 12
-        && masked_crc32c(&head[..8]) == u32::from_le_bytes([head[8], head[9], head[10], head[11]]))
-}
-
 fn read_input(a: &InspectArgs) -> anyhow::Result<Vec<Shown>> {
-    let class = class_from_path(&a.file);
-    let mut r = UnitReader::open(&a.file, None)?;
+    let mut r = DrawingReader::open(&a.file, LabelFrom::Word, None)?;
     let spec = FeatureSpec {
         raster: RasterSpec::new(a.raster, 64, None),
         ..FeatureSpec::default()
     };
     let mut out = Vec::new();
     let mut seen = 0;
-    while let Some(u) = r.next_record()? {
+    while let Some((index, parsed)) = r.next_drawing()? {
         seen += 1;
         if seen <= a.skip {
             continue;
@@ -114,8 +93,8 @@ fn read_input(a: &InspectArgs) -> anyhow::Result<Vec<Shown>> {
         if out.len() >= a.limit {
             break;
         }
-        let loc = format!("{}:{}", a.file.display(), u.index);
-        match parse_unit(r.format, &u, &class) {
+        let loc = format!("{}:{}", a.file.display(), index);
+        match parsed {
             Ok(d) => {
                 let image = preprocess(&d.ink, &spec).map(|p| p.image).unwrap_or_else(|_| vec![0; spec.raster.pixels()]);
                 out.push(Shown {
@@ -290,72 +269,4 @@ fn read_shard(a: &InspectArgs) -> anyhow::Result<Vec<Shown>> {
         });
     }
     Ok(out)
-}
-
-/// Renders images with captions into a grid (white background, black ink, 8x8 bitmap font).
-pub fn grid_png(cells: &[(&str, &[u8], u32)], cols: usize) -> Vec<u8> {
-    const CELL: usize = 128;
-    const CAPTION: usize = 12;
-    const PAD: usize = 4;
-    let cols = cols.min(cells.len().max(1));
-    let rows = cells.len().div_ceil(cols).max(1);
-    let (w, h) = (
-        cols * (CELL + PAD) + PAD,
-        rows * (CELL + CAPTION + PAD) + PAD,
-    );
-    let mut img = vec![255u8; w * h];
-    for (i, (caption, pixels, size)) in cells.iter().enumerate() {
-        let (cx, cy) = (
-            PAD + (i % cols) * (CELL + PAD),
-            PAD + (i / cols) * (CELL + CAPTION + PAD),
-        );
-        draw_text(&mut img, w, cx, cy + 2, caption, CELL / 8);
-        let size = *size as usize;
-        for y in 0..CELL {
-            for x in 0..CELL {
-                let v = pixels
-                    .get((y * size / CELL) * size + x * size / CELL)
-                    .copied()
-                    .unwrap_or(0);
-                img[(cy + CAPTION + y) * w + cx + x] = 255 - v;
-            }
-        }
-        // Frame.
-        for x in 0..CELL {
-            img[(cy + CAPTION) * w + cx + x] = 160;
-            img[(cy + CAPTION + CELL - 1) * w + cx + x] = 160;
-        }
-        for y in 0..CELL {
-            img[(cy + CAPTION + y) * w + cx] = 160;
-            img[(cy + CAPTION + y) * w + cx + CELL - 1] = 160;
-        }
-    }
-    let mut out = Vec::new();
-    let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
-    enc.set_color(png::ColorType::Grayscale);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut wr = enc.write_header().expect("PNG header into memory");
-    wr.write_image_data(&img).expect("PNG data into memory");
-    drop(wr);
-    out
-}
-
-fn draw_text(img: &mut [u8], w: usize, x0: usize, y0: usize, text: &str, max_chars: usize) {
-    use font8x8::UnicodeFonts;
-    for (i, ch) in text.chars().take(max_chars).enumerate() {
-        let glyph = font8x8::BASIC_FONTS
-            .get(ch)
-            .or_else(|| font8x8::BASIC_FONTS.get('?'))
-            .unwrap_or([0; 8]);
-        for (gy, row) in glyph.iter().enumerate() {
-            for gx in 0..8 {
-                if row & (1 << gx) != 0 {
-                    let (x, y) = (x0 + i * 8 + gx, y0 + gy);
-                    if let Some(p) = img.get_mut(y * w + x) {
-                        *p = 0;
-                    }
-                }
-            }
-        }
-    }
 }

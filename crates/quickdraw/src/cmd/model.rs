@@ -5,13 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use quickdraw_data::Drawing;
 use quickdraw_data::features::{FeatureSpec, decode_example};
-use quickdraw_data::ingest::{self, Format, UnitReader, class_from_path, parse_unit};
+use quickdraw_data::ingest::{DrawingReader, LabelFrom};
 use quickdraw_data::signature::{self, ExportInfo, InputKind, TensorSpec, resolve_export_dir};
 use quickdraw_data::strokes::StrokeFeatures;
 use quickdraw_data::tfrecord::TfRecordReader;
-use quickdraw_data::validate::{RejectReason, check_drawing};
 use quickdraw_serve::predictor::Batch;
 use quickdraw_serve::request::{ModelInput, tensor};
 use quickdraw_serve::{Predictor, Probabilities};
@@ -72,7 +70,7 @@ pub struct RunArgs {
     #[arg(long, short = 'k', default_value_t = 3)]
     pub top_k: usize,
     /// Stop after this many drawings (over all inputs).
-    #[arg(long)]
+    #[arg(long, short = 'n')]
     pub limit: Option<usize>,
     /// Drawings per inference batch.
     #[arg(long, default_value_t = 256)]
@@ -512,33 +510,13 @@ fn model_input(
     strokes: Option<StrokeFeatures>,
 ) -> anyhow::Result<ModelInput> {
     Ok(match p.input() {
-        InputKind::Image { .. } => ModelInput::Pixels(
-            image
-                .iter()
-                .map(|&v| v as f32 * signature::PIXEL_SCALE)
-                .collect(),
-        ),
+        InputKind::Image { .. } => {
+            ModelInput::Pixels(quickdraw_data::features::model_pixels(&image).collect())
+        }
         InputKind::Strokes => ModelInput::Sequence(
             strokes.context("the export is a stroke model but the input has no stroke features")?,
         ),
     })
-}
-
-/// `parse_unit` (the converter's parsing and validation), without its rule that an NDJSON
-/// record's word must be the class named by the file.
-fn parse_drawing(
-    format: Format,
-    unit: &ingest::Unit,
-    class: &str,
-) -> Result<Drawing, quickdraw_data::validate::Reject> {
-    match parse_unit(format, unit, class) {
-        Err(r) if r.reason == RejectReason::LabelMismatch => {
-            let d = ingest::ndjson::parse_line(&unit.bytes)?;
-            check_drawing(&d, None)?;
-            Ok(d)
-        }
-        other => other,
-    }
 }
 
 fn run_model(a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
@@ -575,28 +553,27 @@ fn run_model(a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
     }
     let spec = p.info().features;
     for f in &a.input_ndjson {
-        let mut r = UnitReader::open(f, None)?;
-        let class = class_from_path(f);
+        let mut r = DrawingReader::open(f, LabelFrom::Word, None)?;
         while remaining > 0 {
-            let Some(u) = r.next_record()? else { break };
-            let d = match parse_drawing(r.format, &u, &class) {
+            let Some((index, parsed)) = r.next_drawing()? else { break };
+            let d = match parsed {
                 Ok(d) => d,
                 Err(rej) => {
                     rejected += 1;
                     if !ctx.quiet {
-                        eprintln!("warning: {}:{}: skipped: {rej}", f.display(), u.index);
+                        eprintln!("warning: {}:{index}: skipped: {rej}", f.display());
                     }
                     continue;
                 }
             };
             let pre = p
                 .preprocess(&d.ink)
-                .with_context(|| format!("{}:{}", f.display(), u.index))?;
+                .with_context(|| format!("{}:{index}", f.display()))?;
             let x = model_input(&p, pre.image, pre.strokes)?;
             let label = (!d.word.is_empty()).then(|| d.word.clone());
             pending.push(Item {
                 input: f.display().to_string(),
-                index: u.index,
+                index,
                 key_id: d.key_id,
                 label,
                 x,

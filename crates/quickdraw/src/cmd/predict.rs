@@ -2,18 +2,16 @@
 //! format (NDJSON, binary, numpy_bitmap, optionally .gz), preprocessed exactly as the model's
 //! training data (the FeatureSpec saved in the model dir).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use quickdraw_data::Drawing;
-use quickdraw_data::example::{Example, Kind};
+use quickdraw_data::example::Example;
 use quickdraw_data::features::{self, decode_example, decode_image, preprocess};
-use quickdraw_data::ingest::{self, Format, UnitReader};
-use quickdraw_data::tfrecord::{TfRecordReader, masked_crc32c};
-use quickdraw_data::validate::check_drawing;
+use quickdraw_data::ingest::{DrawingReader, LabelFrom};
+use quickdraw_data::tfrecord::{TfRecordReader, is_tfrecord};
 use quickdraw_train::pipeline::Decoded;
-use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel, top_k};
+use quickdraw_data::signature::top_k;
+use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel};
 use serde::Serialize;
 
 use super::{Ctx, expand_globs};
@@ -33,8 +31,9 @@ pub struct PredictArgs {
     #[arg(long, short = 'k', default_value_t = 3)]
     pub top_k: usize,
     /// Stop after this many drawings (over all inputs).
-    #[arg(long)]
+    #[arg(long, short = 'n')]
     pub limit: Option<usize>,
+    /// Where to run the model: cpu, or cuda[:N] (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// One JSON object per drawing (JSON lines) instead of a table.
@@ -66,33 +65,6 @@ struct Item {
     decoded: Decoded,
 }
 
-fn is_tfrecord(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if ["tfrecord", "tfrecords", "tfrec"]
-        .iter()
-        .any(|e| name.ends_with(&format!(".{e}")))
-    {
-        return true;
-    }
-    let mut head = [0u8; 12];
-    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)) {
-        Ok(()) => {
-            masked_crc32c(&head[..8]) == u32::from_le_bytes(head[8..].try_into().expect("4 bytes"))
-        }
-        Err(_) => false,
-    }
-}
-
-fn int64(ex: &Example, key: &str) -> Option<i64> {
-    match ex.get(key)?.kind.as_ref()? {
-        Kind::Int64List(l) if l.value.len() == 1 => Some(l.value[0]),
-        _ => None,
-    }
-}
-
 fn read_tfrecord(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result<Vec<Item>> {
     let spec = tm.feature_spec();
     let mut out = Vec::new();
@@ -111,8 +83,8 @@ fn read_tfrecord(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
         } else {
             None
         };
-        let label = int64(&ex, features::LABEL).and_then(|l| tm.labels().get(l as usize).cloned());
-        let key_id = int64(&ex, features::KEY_ID).unwrap_or(0) as u64;
+        let label = features::int64_feature(&ex, features::LABEL).ok().and_then(|l| tm.labels().get(l as usize).cloned());
+        let key_id = features::int64_feature(&ex, features::KEY_ID).ok().unwrap_or(0) as u64;
         out.push(Item {
             index,
             label,
@@ -128,27 +100,24 @@ fn read_tfrecord(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
     Ok(out)
 }
 
+/// Drawings of one input file; rejected records are skipped with a warning (as `model run`).
 fn read_drawings(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result<Vec<Item>> {
-    let mut r = UnitReader::open(path, None)?;
-    let class = ingest::class_from_path(path);
+    let mut r = DrawingReader::open(path, LabelFrom::Word, None)?;
     let mut out = Vec::new();
     while out.len() < limit {
-        let Some(unit) = r.next_record()? else { break };
-        let parsed: Result<Drawing, _> = match r.format {
-            Format::Ndjson => ingest::ndjson::parse_line(&unit.bytes),
-            Format::Binary => ingest::binary::parse_record(&unit.bytes, &class),
-            Format::NumpyBitmap => ingest::npy::parse_row(&unit.bytes, unit.index, &class),
+        let Some((index, parsed)) = r.next_drawing()? else { break };
+        let d = match parsed {
+            Ok(d) => d,
+            Err(rej) => {
+                eprintln!("warning: {}:{index}: skipped: {rej}", path.display());
+                continue;
+            }
         };
-        let d = parsed
-            .and_then(|d| check_drawing(&d, None).map(|()| d))
-            .map_err(|rej| {
-                anyhow::anyhow!("{}: record {}: {}", path.display(), unit.index, rej.detail)
-            })?;
         let p = preprocess(&d.ink, tm.feature_spec())
-            .with_context(|| format!("{}: record {}", path.display(), unit.index))?;
+            .with_context(|| format!("{}: record {index}", path.display()))?;
         let label = tm.labels().iter().find(|c| **c == d.word).cloned();
         out.push(Item {
-            index: unit.index,
+            index,
             label,
             decoded: Decoded {
                 label: -1,
@@ -174,7 +143,7 @@ pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
         if remaining == 0 {
             break;
         }
-        let items = if is_tfrecord(&f) {
+        let items = if is_tfrecord(&f).with_context(|| format!("reading {}", f.display()))? {
             read_tfrecord(&f, &tm, remaining)?
         } else {
             read_drawings(&f, &tm, remaining)?

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use quickdraw_data::Ink;
 use quickdraw_data::convert::expand_inputs;
-use quickdraw_data::ingest::{UnitReader, class_from_path, parse_unit};
+use quickdraw_data::ingest::{DrawingReader, LabelFrom};
 use quickdraw_data::simplify::simplify;
-use quickdraw_data::synth::to_ndjson_line;
+use quickdraw_data::ingest::ndjson::to_line_as;
 
 use super::{Ctx, expand_globs};
 
@@ -32,10 +32,9 @@ pub fn run(a: SimplifyArgs, ctx: Ctx) -> anyhow::Result<()> {
     let mut out = BufWriter::new(out);
     let (mut written, mut rejected) = (0u64, 0u64);
     for path in files {
-        let class = class_from_path(&path);
-        let mut r = UnitReader::open(&path, None)?;
-        while let Some(u) = r.next_record()? {
-            match parse_unit(r.format, &u, &class) {
+        let mut r = DrawingReader::open(&path, LabelFrom::Word, None)?;
+        while let Some((index, parsed)) = r.next_drawing()? {
+            match parsed {
                 Ok(mut d) => {
                     let Ink::Strokes(s) = &d.ink else {
                         anyhow::bail!(
@@ -44,12 +43,12 @@ pub fn run(a: SimplifyArgs, ctx: Ctx) -> anyhow::Result<()> {
                         );
                     };
                     d.ink = Ink::Strokes(simplify(s));
-                    writeln!(out, "{}", to_ndjson_line(&d, true)).context("writing output")?;
+                    writeln!(out, "{}", to_line_as(&d, true)).context("writing output")?;
                     written += 1;
                 }
                 Err(rej) => {
                     rejected += 1;
-                    eprintln!("{}:{}: rejected: {rej}", path.display(), u.index);
+                    eprintln!("{}:{index}: rejected: {rej}", path.display());
                 }
             }
         }

@@ -9,17 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
-use quickdraw_data::convert::{expand_inputs, is_shard_name};
+use quickdraw_data::convert::expand_inputs;
 use quickdraw_data::drawing::Ink;
-use quickdraw_data::features::decode_example;
 use quickdraw_data::ingest::ndjson::format_timestamp;
-use quickdraw_data::ingest::{UnitReader, class_from_path, parse_unit};
-use quickdraw_data::manifest::{
-    DatasetManifest, LABELS_FILE, MANIFEST_FILE, REJECTS_FILE, read_labels,
-};
-use quickdraw_data::tfrecord::TfRecordReader;
+use quickdraw_data::ingest::{DrawingReader, LabelFrom, class_from_path};
+use quickdraw_data::manifest::{DatasetCheck, MANIFEST_FILE, verify_with_progress};
 use rayon::prelude::*;
-use serde::Serialize;
 
 use super::{Ctx, expand_globs};
 use crate::progress;
@@ -65,7 +60,7 @@ pub fn run(a: StatsArgs, ctx: Ctx) -> anyhow::Result<()> {
     };
     let mut checks = Vec::new();
     for d in &datasets {
-        checks.push(check_dataset(d, ctx)?);
+        checks.push(verify_dataset(d, ctx)?);
     }
 
     if a.json {
@@ -83,7 +78,7 @@ pub fn run(a: StatsArgs, ctx: Ctx) -> anyhow::Result<()> {
             if input_stats.is_some() || checks.len() > 1 {
                 println!();
             }
-            c.print();
+            print_check(c);
         }
     }
     let bad: Vec<String> = checks
@@ -397,16 +392,14 @@ impl InputStats {
 
 /// Streams one file into the statistics of its class.
 fn file_stats(path: &Path, progress: &Arc<AtomicU64>) -> anyhow::Result<ClassStats> {
-    let class = class_from_path(path);
-    let mut r = UnitReader::open(path, Some(progress.clone()))?;
-    let format = r.format;
+    let mut r = DrawingReader::open(path, LabelFrom::File, Some(progress.clone()))?;
     let mut s = ClassStats {
         files: 1,
         ..Default::default()
     };
-    while let Some(u) = r.next_record()? {
+    while let Some((_, parsed)) = r.next_drawing()? {
         s.records += 1;
-        match parse_unit(format, &u, &class) {
+        match parsed {
             Err(rej) => {
                 *s.rejected
                     .entry(rej.reason.as_str().to_string())
@@ -473,349 +466,53 @@ fn input_stats(inputs: &[PathBuf], ctx: Ctx) -> anyhow::Result<InputStats> {
 // Dataset check
 // ---------------------------------------------------------------------------------------------
 
-/// Most decode problems reported per shard (the rest are counted).
-const MAX_PROBLEMS_PER_SHARD: usize = 10;
-
-/// The result of checking one dataset directory.
-#[derive(Debug, Serialize)]
-pub struct DatasetCheck {
-    pub path: String,
-    pub manifest: DatasetManifest,
-    pub shards_checked: usize,
-    pub examples_checked: u64,
-    pub bytes_checked: u64,
-    /// Examples found per split and class name.
-    pub found: BTreeMap<String, BTreeMap<String, u64>>,
-    pub problems: Vec<String>,
-    pub ok: bool,
-}
-
-impl DatasetCheck {
-    fn print(&self) {
-        let m = &self.manifest;
-        println!(
-            "dataset {} ({}, manifest version {})",
-            self.path, m.tool, m.manifest_version
-        );
-        println!("classes ({}): {}", m.classes.len(), m.classes.join(", "));
-        let f = &m.features;
-        println!(
-            "features: image {}x{} {:?} (raster {:?}, line width {}), strokes {}, simplify raw {}",
-            f.raster.size,
-            f.raster.size,
-            f.image_encoding,
-            f.raster.mode,
-            f.raster.line_width,
-            f.strokes
-                .map(|s| format!("max {} points", s.max_points))
-                .unwrap_or_else(|| "no".into()),
-            f.simplify_raw
-        );
-        println!("split: {}", m.split);
-        super::convert::print_summary(m, 0);
-        if self.ok {
-            println!(
-                "OK: {} shards, {} examples, {} bytes verified (CRCs, decoding, labels, counts)",
-                self.shards_checked, self.examples_checked, self.bytes_checked
-            );
-        } else {
-            println!("FAILED: {} problems:", self.problems.len());
-            for p in &self.problems {
-                println!("  {p}");
-            }
-        }
-    }
-}
-
-/// What reading one shard found.
-struct ShardResult {
-    examples: u64,
-    bytes: u64,
-    per_label: BTreeMap<i64, u64>,
-    problems: Vec<String>,
-}
-
-fn check_shard(path: &Path, m: &DatasetManifest) -> ShardResult {
-    let mut res = ShardResult {
-        examples: 0,
-        bytes: 0,
-        per_label: BTreeMap::new(),
-        problems: Vec::new(),
-    };
-    match fs::metadata(path) {
-        Ok(md) => res.bytes = md.len(),
-        Err(e) => {
-            res.problems.push(format!("{}: {e}", path.display()));
-            return res;
-        }
-    }
-    let mut reader = match TfRecordReader::open(path) {
-        Ok(r) => r,
-        Err(e) => {
-            res.problems.push(e.to_string());
-            return res;
-        }
-    };
-    let mut buf = Vec::new();
-    let mut extra = 0usize;
-    let mut report = |res: &mut ShardResult, msg: String| {
-        if res.problems.len() < MAX_PROBLEMS_PER_SHARD {
-            res.problems.push(msg);
-        } else {
-            extra += 1;
-        }
-    };
-    loop {
-        let offset = reader.offset();
-        match reader.read_into(&mut buf) {
-            Ok(false) => break,
-            Err(e) => {
-                // The framing is lost: the rest of the file cannot be read.
-                let msg = format!("{e} (after {} readable records)", res.examples);
-                report(&mut res, msg);
-                break;
-            }
-            Ok(true) => {}
-        }
-        let index = res.examples;
-        res.examples += 1;
-        match decode_example(&buf, &m.features) {
-            Err(e) => report(
-                &mut res,
-                format!("{}: record {index} at byte {offset}: {e}", path.display()),
-            ),
-            Ok(ex) => {
-                *res.per_label.entry(ex.label).or_default() += 1;
-                match usize::try_from(ex.label)
-                    .ok()
-                    .and_then(|l| m.classes.get(l))
-                {
-                    None => report(
-                        &mut res,
-                        format!(
-                            "{}: record {index} at byte {offset}: label {} is not below the number of classes ({})",
-                            path.display(),
-                            ex.label,
-                            m.classes.len()
-                        ),
-                    ),
-                    Some(c) if *c != ex.word => report(
-                        &mut res,
-                        format!(
-                            "{}: record {index} at byte {offset}: label {} is {c:?} but the word is {:?}",
-                            path.display(),
-                            ex.label,
-                            ex.word
-                        ),
-                    ),
-                    Some(_) => {}
-                }
-            }
-        }
-    }
-    if extra > 0 {
-        res.problems.push(format!(
-            "{}: {extra} more problems not listed",
-            path.display()
-        ));
-    }
-    res
-}
-
-fn check_dataset(dir: &Path, ctx: Ctx) -> anyhow::Result<DatasetCheck> {
-    let m = DatasetManifest::load(dir)?;
-    let mut problems = Vec::new();
-
-    // labels.txt must list the manifest's classes.
-    let labels_path = dir.join(LABELS_FILE);
-    match read_labels(&labels_path) {
-        Ok(l) if l != m.classes => problems.push(format!(
-            "{}: lists {:?}, the manifest's classes are {:?}",
-            labels_path.display(),
-            l,
-            m.classes
-        )),
-        Ok(_) => {}
-        Err(e) => problems.push(e.to_string()),
-    }
-
-    // Shard files on disk that the manifest does not list.
-    let mut on_disk = Vec::new();
-    for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let e = e.with_context(|| format!("listing {}", dir.display()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if is_shard_name(&name) && m.shard(&name).is_none() {
-            on_disk.push(name);
-        }
-    }
-    on_disk.sort();
-    for name in on_disk {
-        problems.push(format!(
-            "{}: shard file not listed in {MANIFEST_FILE}",
-            dir.join(name).display()
-        ));
-    }
-
-    // Read every listed shard (in parallel).
-    let shards: Vec<(&str, &quickdraw_data::manifest::ShardFile)> = m
-        .shards
-        .iter()
-        .flat_map(|(split, files)| files.iter().map(move |f| (split.as_str(), f)))
-        .collect();
-    let total_bytes: u64 = shards.iter().map(|(_, f)| f.bytes).sum();
-    let bar = progress::bar(ctx.quiet, Some(shards.len() as u64), "shards");
-    bar.set_message(format!(
-        "checking {} (~{} MB)",
-        dir.display(),
-        total_bytes >> 20
-    ));
-    let results: Vec<ShardResult> = shards
-        .par_iter()
-        .map(|(_, f)| {
-            let r = check_shard(&dir.join(&f.file), &m);
-            bar.inc(1);
-            r
-        })
-        .collect();
+/// The library's check with a progress bar over the shards.
+fn verify_dataset(dir: &Path, ctx: Ctx) -> anyhow::Result<DatasetCheck> {
+    let bar = progress::bar(ctx.quiet, Some(0), "shards");
+    bar.set_message(format!("checking {}", dir.display()));
+    let check = verify_with_progress(dir, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
     bar.finish_and_clear();
-
-    let mut found: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let (mut examples_checked, mut bytes_checked) = (0u64, 0u64);
-    for ((split, f), r) in shards.iter().zip(&results) {
-        let path = dir.join(&f.file);
-        problems.extend(r.problems.iter().cloned());
-        examples_checked += r.examples;
-        bytes_checked += r.bytes;
-        if path.is_file() {
-            if r.examples != f.examples {
-                problems.push(format!(
-                    "{}: {MANIFEST_FILE} says {} examples, the file holds {} readable records",
-                    path.display(),
-                    f.examples,
-                    r.examples
-                ));
-            }
-            if r.bytes != f.bytes {
-                problems.push(format!(
-                    "{}: {MANIFEST_FILE} says {} bytes, the file has {}",
-                    path.display(),
-                    f.bytes,
-                    r.bytes
-                ));
-            }
-        }
-        let per_class = found.entry(split.to_string()).or_default();
-        for (&label, &n) in &r.per_label {
-            let name = usize::try_from(label)
-                .ok()
-                .and_then(|l| m.classes.get(l).cloned())
-                .unwrap_or_else(|| format!("<label {label}>"));
-            *per_class.entry(name).or_default() += n;
-        }
-    }
-
-    // Per (split, class) counts against the manifest.
-    let mut keys: std::collections::BTreeSet<(String, String)> = std::collections::BTreeSet::new();
-    for (class, c) in &m.per_class {
-        for (split, &n) in &c.splits {
-            if n > 0 {
-                keys.insert((split.clone(), class.clone()));
-            }
-        }
-    }
-    for (split, per_class) in &found {
-        for class in per_class.keys() {
-            keys.insert((split.clone(), class.clone()));
-        }
-    }
-    for (split, class) in &keys {
-        let want = m
-            .per_class
-            .get(class)
-            .and_then(|c| c.splits.get(split))
-            .copied()
-            .unwrap_or(0);
-        let got = found
-            .get(split)
-            .and_then(|c| c.get(class))
-            .copied()
-            .unwrap_or(0);
-        if want != got {
-            let files: Vec<&str> = m
-                .shards
-                .get(split)
-                .map(|v| v.iter().map(|f| f.file.as_str()).collect())
-                .unwrap_or_default();
-            problems.push(format!(
-                "split {split:?}, class {class:?}: {MANIFEST_FILE} says {want} examples, the shards ({}) hold {got}",
-                files.join(", ")
-            ));
-        }
-    }
-    for class in m.per_class.keys() {
-        if !m.classes.contains(class) {
-            problems.push(format!(
-                "{MANIFEST_FILE}: per_class lists {class:?}, which is not one of its classes"
-            ));
-        }
-    }
-    for (class, c) in &m.per_class {
-        let split_sum: u64 = c.splits.values().sum();
-        if c.kept != split_sum {
-            problems.push(format!(
-                "{MANIFEST_FILE}: class {class:?} kept {} but its splits add up to {split_sum}",
-                c.kept
-            ));
-        }
-    }
-    let listed_examples: u64 = m.shards.values().flatten().map(|f| f.examples).sum();
-    if listed_examples != m.totals.kept {
-        problems.push(format!(
-            "{MANIFEST_FILE}: totals.kept is {} but the shards list {listed_examples} examples",
-            m.totals.kept
-        ));
-    }
-
-    // rejects.jsonl lists one line per rejected record.
-    let rejects = dir.join(REJECTS_FILE);
-    if let Ok(f) = fs::File::open(&rejects) {
-        use std::io::BufRead;
-        let mut lines = 0u64;
-        let mut r = std::io::BufReader::new(f);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match r.read_until(b'\n', &mut line) {
-                Ok(0) => break,
-                Ok(_) => lines += !line.iter().all(u8::is_ascii_whitespace) as u64,
-                Err(e) => {
-                    problems.push(format!("{}: {e}", rejects.display()));
-                    break;
-                }
-            }
-        }
-        if lines != m.totals.rejected_total() {
-            problems.push(format!(
-                "{}: lists {lines} records, {MANIFEST_FILE} counts {} rejected",
-                rejects.display(),
-                m.totals.rejected_total()
-            ));
-        }
-    }
-
-    let shards_checked = shards.len();
-    drop(shards);
-    Ok(DatasetCheck {
-        path: dir.display().to_string(),
-        ok: problems.is_empty(),
-        manifest: m,
-        shards_checked,
-        examples_checked,
-        bytes_checked,
-        found,
-        problems,
-    })
+    Ok(check?)
 }
+
+fn print_check(check: &DatasetCheck) {
+    let m = &check.manifest;
+    println!(
+        "dataset {} ({}, manifest version {})",
+        check.path, m.tool, m.manifest_version
+    );
+    println!("classes ({}): {}", m.classes.len(), m.classes.join(", "));
+    let f = &m.features;
+    println!(
+        "features: image {}x{} {:?} (raster {:?}, line width {}), strokes {}, simplify raw {}",
+        f.raster.size,
+        f.raster.size,
+        f.image_encoding,
+        f.raster.mode,
+        f.raster.line_width,
+        f.strokes
+            .map(|s| format!("max {} points", s.max_points))
+            .unwrap_or_else(|| "no".into()),
+        f.simplify_raw
+    );
+    println!("split: {}", m.split);
+    super::convert::print_summary(m, 0);
+    if check.ok {
+        println!(
+            "OK: {} shards, {} examples, {} bytes verified (CRCs, decoding, labels, counts)",
+            check.shards_checked, check.examples_checked, check.bytes_checked
+        );
+    } else {
+        println!("FAILED: {} problems:", check.problems.len());
+        for p in &check.problems {
+            println!("  {p}");
+        }
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

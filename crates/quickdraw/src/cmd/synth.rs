@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use quickdraw_data::simplify::simplify;
-use quickdraw_data::synth::{SHAPES, SynthConfig, synth_class, to_ndjson_line};
+use quickdraw_data::ingest::ndjson::to_line_as;
+use quickdraw_data::synth::{SHAPES, SynthConfig, synth_class};
 use quickdraw_data::{Drawing, Ink};
 
 use super::Ctx;
@@ -23,8 +24,9 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 1000)]
     pub per_class: usize,
     /// Output directory; one `<class>.ndjson` per class.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, short, alias = "out")]
+    pub output: PathBuf,
+    /// Seed of the generator: the same seed gives byte-identical files.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// `raw` (float coordinates with timing, as full/raw) or `simplified` (as full/simplified).
@@ -47,13 +49,13 @@ pub fn run(a: SynthArgs, ctx: Ctx) -> anyhow::Result<()> {
         seed: a.seed,
         unrecognized_share: a.unrecognized_share,
     };
-    let files = write_synth(&cfg, &a.out, a.format == "simplified", ctx)?;
+    let files = write_synth(&cfg, &a.output, a.format == "simplified", ctx)?;
     if !ctx.quiet {
         eprintln!(
             "wrote {} drawings in {} files under {}",
             a.classes * a.per_class,
             files.len(),
-            a.out.display()
+            a.output.display()
         );
     }
     Ok(())
@@ -84,7 +86,7 @@ pub fn write_synth(
             if simplified {
                 d = simplified_copy(d);
             }
-            writeln!(w, "{}", to_ndjson_line(&d, simplified))
+            writeln!(w, "{}", to_line_as(&d, simplified))
                 .with_context(|| format!("writing {}", tmp.display()))?;
             bar.inc(1);
         }

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::FeatureSpec;
 
+mod verify;
+pub use verify::{DatasetCheck, verify, verify_with_progress};
+
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const LABELS_FILE: &str = "labels.txt";
 pub const REJECTS_FILE: &str = "rejects.jsonl";
@@ -22,8 +25,11 @@ pub struct InputFile {
     pub gzip: bool,
     pub bytes: u64,
     pub sha256: String,
-    /// The class this file holds (from its name), if any.
+    /// The class this file holds (from its name); empty for a file that mixes classes.
     pub class: String,
+    /// Whether its records were labelled by the file's name or by their own `word`.
+    #[serde(default)]
+    pub label_from: crate::ingest::LabelFrom,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,6 +109,9 @@ pub struct DatasetManifest {
     pub totals: ClassCounts,
     /// Average serialized size of one example in the shards (bytes, framing included).
     pub bytes_per_example: f64,
+    /// Things the conversion warned about (e.g. bitmaps resized), for whoever reads the data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

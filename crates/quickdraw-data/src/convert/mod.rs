@@ -28,7 +28,9 @@ use rayon::prelude::*;
 
 use crate::drawing::{Drawing, Ink};
 use crate::features::{FeatureError, FeatureSpec, encode_example_into, is_raw, preprocess};
-use crate::ingest::{self, Format, IngestError, UnitReader, class_from_path, parse_unit};
+use crate::ingest::{
+    self, Format, IngestError, LabelFrom, UnitReader, class_from_path, parse_unit,
+};
 use crate::lock::{DirLock, LockError};
 use crate::manifest::{
     ClassCounts, DatasetManifest, InputFile, LABELS_FILE, MANIFEST_FILE, MANIFEST_VERSION,
@@ -42,6 +44,9 @@ use crate::validate::SpecError;
 /// Records parsed together in parallel; large enough to amortise scheduling, small enough to
 /// keep memory flat.
 pub const BATCH_RECORDS: usize = 1024;
+
+mod demux;
+pub use demux::{FILE_LABEL_SHARE, SNIFF_RECORDS};
 /// Rejected records listed in `rejects.jsonl` per reason by default (all are counted).
 pub const DEFAULT_MAX_LISTED_REJECTS: u64 = 10_000;
 /// Most shards per split: phase 2 keeps every shard of a split open at once, each with a
@@ -58,6 +63,9 @@ pub struct ConvertConfig {
     pub output: PathBuf,
     /// Classes in label order; `None` = every class found in the inputs, sorted.
     pub classes: Option<Vec<String>>,
+    /// Where an NDJSON record's class comes from (binary and npy records: always the file's
+    /// name); `None` = decided per file by [`demux::sniff`] (`--label-from auto`).
+    pub label_from: Option<LabelFrom>,
     pub split: SplitPolicy,
     pub shards: usize,
     pub features: FeatureSpec,
@@ -163,7 +171,11 @@ pub struct InputPlan {
     pub path: PathBuf,
     pub format: Format,
     pub gzip: bool,
+    /// The class of its records: the file's name, or (scratch files of a mixed input) the word.
     pub class: String,
+    pub label_from: LabelFrom,
+    /// Set on the scratch files [`demux`] splits a mixed input into.
+    pub origin: Option<Arc<demux::Origin>>,
 }
 
 /// What `convert` will do, before doing it.
@@ -172,6 +184,11 @@ pub struct Plan {
     pub classes: Vec<String>,
     /// Per class (label order), its input files in path order.
     pub groups: Vec<Vec<InputPlan>>,
+    /// NDJSON files labelled by each record's word (`--label-from word`, or `auto` on a file
+    /// that mixes classes), split by word when the run starts. Their words join `classes` then
+    /// (unless `--classes` selected the classes), so `classes` lists only the file-labelled
+    /// classes until [`run`] has read them.
+    pub mixed: Vec<InputPlan>,
     /// Files whose class was not selected (not read).
     pub skipped: Vec<PathBuf>,
     /// Input paths not read because they are a file already read or a directory loop, each
@@ -180,6 +197,8 @@ pub struct Plan {
     pub total_bytes: u64,
     /// Most records the inputs can hold, from their sizes (see [`max_records`]).
     pub max_records: u64,
+    /// What the user should know before the run (printed by the CLI, kept in the manifest).
+    pub warnings: Vec<String>,
 }
 
 /// Expands directories (recursively, sorted) into the supported files they contain; explicit
@@ -285,15 +304,28 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
         return Err(ConvertError::NoInputs(format!("{:?}", cfg.inputs)));
     }
     let mut by_class: BTreeMap<String, Vec<InputPlan>> = BTreeMap::new();
+    let mut mixed = Vec::new();
     for path in files {
         let (format, gzip) = ingest::detect(&path)?;
         let class = class_from_path(&path);
-        by_class.entry(class.clone()).or_default().push(InputPlan {
+        let label_from = match (format, cfg.label_from) {
+            (Format::Ndjson, Some(rule)) => rule,
+            (_, None) => demux::sniff(&path, format, gzip, &class)?,
+            _ => LabelFrom::File,
+        };
+        let f = InputPlan {
             path,
             format,
             gzip,
-            class,
-        });
+            class: class.clone(),
+            label_from,
+            origin: None,
+        };
+        if label_from == LabelFrom::Word {
+            mixed.push(f);
+        } else {
+            by_class.entry(class).or_default().push(f);
+        }
     }
     let classes = match &cfg.classes {
         Some(c) => c.clone(),
@@ -307,9 +339,12 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
     }
     let mut groups = Vec::new();
     for c in &classes {
-        let mut files = by_class
-            .remove(c)
-            .ok_or_else(|| ConvertError::MissingClass { class: c.clone() })?;
+        // A selected class may come from the mixed files only (checked once they are read).
+        let mut files = match by_class.remove(c) {
+            Some(f) => f,
+            None if !mixed.is_empty() => Vec::new(),
+            None => return Err(ConvertError::MissingClass { class: c.clone() }),
+        };
         files.sort_by(|a, b| a.path.cmp(&b.path));
         if cfg.features.strokes.is_some() {
             if let Some(f) = files.iter().find(|f| f.format == Format::NumpyBitmap) {
@@ -327,19 +362,42 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
         },
     )?;
     let size = |f: &InputPlan| fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
-    let total_bytes = groups.iter().flatten().map(size).sum();
+    let total_bytes = groups.iter().flatten().chain(&mixed).map(size).sum();
     let max_records = groups
         .iter()
         .flatten()
+        .chain(&mixed)
         .map(|f| max_records(f, size(f)))
         .sum();
+    let warnings = bitmap_warning(&groups, &cfg.features).into_iter().collect();
     Ok(Plan {
         classes,
         groups,
+        mixed,
         skipped,
         duplicates,
         total_bytes,
         max_records,
+        warnings,
+    })
+}
+
+/// numpy_bitmap files hold 28x28 images already rasterised by Google: at another `--size` they
+/// are resized, and the raster mode and line width do not apply to them.
+fn bitmap_warning(groups: &[Vec<InputPlan>], features: &FeatureSpec) -> Option<String> {
+    let n = groups
+        .iter()
+        .flatten()
+        .filter(|f| f.format == Format::NumpyBitmap)
+        .count();
+    let side = ingest::npy::NPY_SIDE as u32;
+    (n > 0 && features.raster.size != side).then(|| {
+        format!(
+            "{n} numpy_bitmap input file(s) hold {side}x{side} images: they are resized to \
+             {size}x{size}, and the raster mode and line width do not apply to them; use \
+             --size {side} to keep Google's pixels",
+            size = features.raster.size
+        )
     })
 }
 
@@ -418,14 +476,15 @@ pub fn run(
 
     // A bad raster configuration fails now, not after reading every input.
     crate::raster::check(&cfg.features.raster).map_err(FeatureError::from)?;
-    // Phase 1: classes in parallel.
+    // Phase 0: mixed files split by word; their words join the classes.
     let phase1 = std::time::Instant::now();
-    let results: Vec<Result<GroupOut, ConvertError>> = plan
-        .groups
+    let (classes, class_files, mut mixed_out) = label_mixed(cfg, plan, &tmp, progress)?;
+    // Phase 1: classes in parallel.
+    let results: Vec<Result<GroupOut, ConvertError>> = class_files
         .par_iter()
         .enumerate()
         .map(|(label, files)| {
-            let class = &plan.classes[label];
+            let class = &classes[label];
             convert_class(cfg, plan, label, class, files, &tmp, progress)
         })
         .collect();
@@ -434,12 +493,21 @@ pub fn run(
         groups.push(r?);
     }
 
-    // Rejects: concatenated in class order (deterministic), before the rate check so a failing
-    // run still says which records were bad.
+    // Rejects: concatenated in class order (deterministic), those of mixed files without a
+    // class last, before the rate check so a failing run still says which records were bad.
     let rejects_path = out.join(REJECTS_FILE);
-    merge_rejects(cfg, &tmp, &mut groups, &rejects_path)?;
+    let mut logs: Vec<(PathBuf, &mut GroupOut)> = groups
+        .iter_mut()
+        .enumerate()
+        .map(|(label, g)| (tmp.join(format!("rejects-{label}.jsonl")), g))
+        .collect();
+    if let Some((p, g)) = mixed_out.as_mut() {
+        logs.push((p.clone(), g));
+    }
+    merge_rejects(cfg, &mut logs, &rejects_path)?;
+    drop(logs);
     let mut totals = ClassCounts::default();
-    for g in &groups {
+    for g in groups.iter().chain(mixed_out.as_ref().map(|(_, g)| g)) {
         totals.add(&g.counts);
     }
     check_phase1(cfg, &totals, &groups, &rejects_path)?;
@@ -466,26 +534,30 @@ pub fn run(
 
     let encode_write_seconds = phase2.elapsed().as_secs_f64();
     let label_path = out.join(LABELS_FILE);
-    write_atomic(&label_path, labels_text(&plan.classes).as_bytes())?;
+    write_atomic(&label_path, labels_text(&classes).as_bytes())?;
     let examples: u64 = shards.values().flatten().map(|f| f.examples).sum();
     let shard_bytes: u64 = shards.values().flatten().map(|f| f.bytes).sum();
     let manifest = DatasetManifest {
         manifest_version: MANIFEST_VERSION,
         tool: cfg.tool.clone(),
-        classes: plan.classes.clone(),
+        classes: classes.clone(),
         features: cfg.features,
         seed: cfg.seed,
         split: serde_json::to_value(&cfg.split).unwrap_or_default(),
         include_unrecognized: cfg.include_unrecognized,
-        inputs: groups.iter().flat_map(|g| g.inputs.clone()).collect(),
+        inputs: groups
+            .iter()
+            .chain(mixed_out.as_ref().map(|(_, g)| g))
+            .flat_map(|g| g.inputs.clone())
+            .collect(),
         shards,
-        per_class: plan
-            .classes
+        per_class: classes
             .iter()
             .cloned()
             .zip(groups.iter().map(|g| g.counts.clone()))
             .collect(),
         totals,
+        warnings: plan.warnings.clone(),
         bytes_per_example: if examples == 0 {
             0.0
         } else {
@@ -536,17 +608,16 @@ struct RejectLine {
 /// class's `rejects_not_listed`.
 fn merge_rejects(
     cfg: &ConvertConfig,
-    tmp: &Path,
-    groups: &mut [GroupOut],
+    logs: &mut [(PathBuf, &mut GroupOut)],
     rejects_path: &Path,
 ) -> Result<(), ConvertError> {
     let mut w = BufWriter::new(File::create(rejects_path).map_err(io_err(rejects_path))?);
     let mut listed: BTreeMap<String, u64> = BTreeMap::new();
-    for (label, g) in groups.iter_mut().enumerate() {
-        let p = tmp.join(format!("rejects-{label}.jsonl"));
-        let f = BufReader::new(File::open(&p).map_err(io_err(&p))?);
+    for (p, g) in logs.iter_mut() {
+        let p = &*p;
+        let f = BufReader::new(File::open(p).map_err(io_err(p))?);
         for line in f.lines() {
-            let line = line.map_err(io_err(&p))?;
+            let line = line.map_err(io_err(p))?;
             let reason = serde_json::from_str::<RejectLine>(&line)
                 .map(|r| r.reason)
                 .unwrap_or_default();
@@ -699,6 +770,40 @@ struct EncodedChunk {
     records: Vec<(usize, bool)>,
 }
 
+/// The classes and each class's files once the mixed files are split by word (see [`demux`]):
+/// `--classes` as given, or the file-labelled classes and the words found, sorted. Also the
+/// mixed files' own counts (records without a class) and reject log, when there are any.
+#[allow(clippy::type_complexity)]
+fn label_mixed(
+    cfg: &ConvertConfig,
+    plan: &Plan,
+    tmp: &Path,
+    progress: &Progress,
+) -> Result<(Vec<String>, Vec<Vec<InputPlan>>, Option<(PathBuf, GroupOut)>), ConvertError> {
+    if plan.mixed.is_empty() {
+        return Ok((plan.classes.clone(), plan.groups.clone(), None));
+    }
+    let selected = cfg.classes.as_deref();
+    let mut d = demux::demux(cfg.max_listed_rejects, &plan.mixed, selected, tmp, progress)?;
+    let mut by_class: BTreeMap<String, Vec<InputPlan>> =
+        plan.classes.iter().cloned().zip(plan.groups.iter().cloned()).collect();
+    for (word, files) in std::mem::take(&mut d.files) {
+        by_class.entry(word).or_default().extend(files);
+    }
+    let classes = match selected {
+        Some(c) => c.to_vec(),
+        None => by_class.keys().cloned().collect(),
+    };
+    let mut groups = Vec::with_capacity(classes.len());
+    for c in &classes {
+        match by_class.remove(c) {
+            Some(files) if !files.is_empty() => groups.push(files),
+            _ => return Err(ConvertError::MissingClass { class: c.clone() }),
+        }
+    }
+    Ok((classes, groups, Some((d.rejects, d.out))))
+}
+
 fn convert_class(
     cfg: &ConvertConfig,
     plan: &Plan,
@@ -730,7 +835,13 @@ fn convert_class(
     let mut rejected_before = 0u64;
 
     for f in files {
-        let mut reader = UnitReader::open_as(&f.path, f.format, f.gzip, Some(counter.clone()))?;
+        // A mixed input's scratch file: its bytes were counted when it was split, and its
+        // rejects name the original file and line.
+        let own_counter = Arc::new(AtomicU64::new(0));
+        let file_counter = if f.origin.is_some() { &own_counter } else { &counter };
+        let mut reader = UnitReader::open_as(&f.path, f.format, f.gzip, Some(file_counter.clone()))?;
+        let mut origin_lines = f.origin.as_deref().map(demux::OriginLines::open).transpose()?;
+        let shown_path = f.origin.as_ref().map_or(&f.path, |o| &o.path);
         let mut format = None;
         let loc_key = if f.format == Format::Ndjson {
             "line"
@@ -751,7 +862,7 @@ fn convert_class(
             check_cancel(progress)?;
             let parsed: Vec<Outcome> = batch
                 .par_iter()
-                .map(|u| match parse_unit(f.format, u, class) {
+                .map(|u| match parse_unit(f.format, u, class, f.label_from) {
                     Ok(d) => Outcome::Keep(d),
                     Err(r) => Outcome::Reject(r),
                 })
@@ -759,6 +870,10 @@ fn convert_class(
             // Decide in input order: this is what makes quotas and output deterministic.
             for (u, o) in batch.iter().zip(parsed) {
                 counts.read += 1;
+                let index = match origin_lines.as_mut() {
+                    Some(lines) => lines.next_line()?,
+                    None => u.index,
+                };
                 match o {
                     Outcome::Reject(r) => {
                         let reason = r.reason.as_str();
@@ -770,8 +885,8 @@ fn convert_class(
                         }
                         *n += 1;
                         let line = serde_json::json!({
-                            "file": f.path.display().to_string(),
-                            loc_key: u.index,
+                            "file": shown_path.display().to_string(),
+                            loc_key: index,
                             "reason": reason,
                             "detail": r.detail,
                         });
@@ -826,14 +941,17 @@ fn convert_class(
         }
         rejected_before += count_missing_rows(&reader, &mut counts, &mut rejects, &rejects_path)?;
         let (sha256, bytes) = reader.finish()?;
-        inputs.push(InputFile {
-            path: f.path.display().to_string(),
-            format: format.unwrap_or_else(|| format_name(f.format, None)),
-            gzip: f.gzip,
-            bytes,
-            sha256,
-            class: class.to_string(),
-        });
+        if f.origin.is_none() {
+            inputs.push(InputFile {
+                path: f.path.display().to_string(),
+                format: format.unwrap_or_else(|| format_name(f.format, None)),
+                gzip: f.gzip,
+                bytes,
+                sha256,
+                class: class.to_string(),
+                label_from: f.label_from,
+            });
+        }
     }
     let now = counter.load(Ordering::Relaxed);
     progress
@@ -1155,6 +1273,124 @@ fn finish_shards(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(inputs: Vec<PathBuf>, output: PathBuf) -> ConvertConfig {
+        ConvertConfig {
+            inputs,
+            output,
+            classes: None,
+            label_from: None,
+            split: SplitPolicy::Fractions {
+                fractions: [1.0, 0.0, 0.0],
+            },
+            shards: 1,
+            features: FeatureSpec::default(),
+            seed: 0,
+            include_unrecognized: true,
+            max_reject_rate: 0.5,
+            max_listed_rejects: 100,
+            tool: "test".into(),
+        }
+    }
+
+    /// A file of synthetic drawings of classes 0 and 1 alternating, as a request log or an
+    /// export would mix them, with one line that has no word (line 4).
+    fn mixed_file(dir: &Path) -> (PathBuf, [String; 2]) {
+        let synth = crate::synth::SynthConfig {
+            classes: 2,
+            per_class: 10,
+            ..Default::default()
+        };
+        let names = synth.class_names();
+        let a: Vec<Drawing> = crate::synth::synth_class(0, &synth).collect();
+        let b: Vec<Drawing> = crate::synth::synth_class(1, &synth).collect();
+        let mut text = String::new();
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            text += &(ingest::ndjson::to_line(x) + "\n");
+            if i == 1 {
+                text += "{\"drawing\":[[[1,2],[3,4]]]}\n";
+            }
+            text += &(ingest::ndjson::to_line(y) + "\n");
+        }
+        let p = dir.join("requests-2026-12-01.ndjson");
+        std::fs::write(&p, text).unwrap();
+        (p, [names[0].to_string(), names[1].to_string()])
+    }
+
+    #[test]
+    fn a_mixed_file_is_labelled_by_each_records_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, names) = mixed_file(dir.path());
+        let cfg = config(vec![input.clone()], dir.path().join("out"));
+        let plan = plan(&cfg).unwrap();
+        assert_eq!(plan.mixed.len(), 1, "auto finds the mixed file");
+        let r = run(&cfg, &plan, &Progress::default()).unwrap();
+        let m = &r.manifest;
+        assert_eq!(m.classes, names.to_vec());
+        assert_eq!((m.totals.read, m.totals.kept), (21, 20));
+        assert_eq!(m.per_class[&names[0]].kept, 10);
+        assert_eq!(m.per_class[&names[1]].kept, 10);
+        // The manifest lists the original file (not the scratch files), labelled by word.
+        assert_eq!(m.inputs.len(), 1);
+        assert_eq!(m.inputs[0].path, input.display().to_string());
+        assert_eq!(m.inputs[0].label_from, LabelFrom::Word);
+        // The record without a word is rejected at its own line of the original file.
+        let rejects = std::fs::read_to_string(&r.rejects_path).unwrap();
+        let line: serde_json::Value = serde_json::from_str(rejects.trim()).unwrap();
+        assert_eq!(line["file"], input.display().to_string());
+        assert_eq!(line["line"], 4);
+        assert_eq!(line["reason"], "missing_field");
+        let check = crate::manifest::verify(&cfg.output).unwrap();
+        assert!(check.ok, "{:?}", check.problems);
+    }
+
+    #[test]
+    fn classes_filter_a_mixed_file_and_file_rule_rejects_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, names) = mixed_file(dir.path());
+        // --classes keeps one word; the other's records are counted as filtered, not lost.
+        let mut cfg = config(vec![input.clone()], dir.path().join("one"));
+        cfg.classes = Some(vec![names[1].clone()]);
+        cfg.label_from = Some(LabelFrom::Word);
+        let r = run(&cfg, &plan(&cfg).unwrap(), &Progress::default()).unwrap();
+        assert_eq!(r.manifest.classes, vec![names[1].clone()]);
+        assert_eq!(r.manifest.totals.kept, 10);
+        assert_eq!(r.manifest.totals.filtered["class_not_selected"], 10);
+        assert_eq!(r.manifest.totals.read, 21);
+        // A rejected mismatch of a mixed file, with `file`: its name is no class of its records.
+        let mut cfg = config(vec![input], dir.path().join("strict"));
+        cfg.label_from = Some(LabelFrom::File);
+        let e = run(&cfg, &plan(&cfg).unwrap(), &Progress::default()).unwrap_err();
+        assert!(matches!(e, ConvertError::TooManyRejects { .. }), "{e}");
+    }
+
+    #[test]
+    fn bitmaps_at_another_size_are_named_in_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut npy = Vec::new();
+        ingest::npy::write_header(2, &mut npy);
+        npy.extend_from_slice(&[0u8; 2 * 784]);
+        std::fs::write(dir.path().join("cat.npy"), &npy).unwrap();
+        let mut cfg = ConvertConfig {
+            inputs: vec![dir.path().to_path_buf()],
+            output: dir.path().join("out"),
+            classes: None,
+            label_from: None,
+            split: SplitPolicy::default(),
+            shards: 1,
+            features: FeatureSpec::default(),
+            seed: 0,
+            include_unrecognized: false,
+            max_reject_rate: 0.05,
+            max_listed_rejects: 10,
+            tool: "test".into(),
+        };
+        let w = plan(&cfg).unwrap().warnings;
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("resized to 64x64") && w[0].contains("--size 28"), "{w:?}");
+        cfg.features.raster.size = 28;
+        assert!(plan(&cfg).unwrap().warnings.is_empty());
+    }
 
     #[test]
     fn shard_names() {

@@ -1,0 +1,314 @@
+//! Labels from each record's `word` (`convert --label-from word`, or `auto` on a file that
+//! mixes classes): such files are split by word into per-class scratch NDJSON files before the
+//! per-class conversion, with a side file of each line's original line number, so that rejects
+//! still name the original file and line and the manifest lists the original file with its hash.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use super::{ConvertError, GroupOut, InputPlan, Progress, check_cancel, format_name, io_err};
+use crate::ingest::{self, Format, LabelFrom, Unit, UnitReader, parse_unit};
+use crate::manifest::{ClassCounts, InputFile};
+use crate::validate::{Reject, RejectReason};
+
+/// Records sampled per NDJSON file by `--label-from auto`.
+pub const SNIFF_RECORDS: usize = 1000;
+/// `auto` keeps the file name as the label when at least this share of the sampled records
+/// carry it (a per-class file with a few stray records: those are rejected as
+/// `label_mismatch`); below it the file is read as mixed.
+pub const FILE_LABEL_SHARE: f64 = 0.9;
+
+/// Where the lines of a scratch file came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    /// The mixed input file.
+    pub path: PathBuf,
+    /// One little-endian `u64` per scratch line: its line number in `path`.
+    pub lines: PathBuf,
+}
+
+/// Only the word of a record (the rest is skipped, not built).
+#[derive(serde::Deserialize)]
+struct WordOnly<'a> {
+    #[serde(borrow)]
+    word: Cow<'a, str>,
+}
+
+fn word_of(bytes: &[u8]) -> Option<String> {
+    serde_json::from_slice::<WordOnly>(bytes)
+        .ok()
+        .map(|w| w.word.into_owned())
+        .filter(|w| !w.is_empty())
+}
+
+/// `--label-from auto` for one NDJSON file: [`LabelFrom::File`] when at least
+/// [`FILE_LABEL_SHARE`] of its first [`SNIFF_RECORDS`] records with a word carry the file's
+/// class, else [`LabelFrom::Word`]. Binary and npy files are always labelled by their name.
+pub fn sniff(path: &Path, format: Format, gzip: bool, class: &str) -> Result<LabelFrom, ConvertError> {
+    if format != Format::Ndjson {
+        return Ok(LabelFrom::File);
+    }
+    let mut r = UnitReader::open_as(path, format, gzip, None)?;
+    let (mut seen, mut same) = (0usize, 0usize);
+    while seen < SNIFF_RECORDS {
+        let Some(u) = r.next_record()? else { break };
+        if let Some(w) = word_of(&u.bytes) {
+            seen += 1;
+            same += usize::from(w == class);
+        }
+    }
+    Ok(if seen > 0 && (same as f64) < FILE_LABEL_SHARE * seen as f64 {
+        LabelFrom::Word
+    } else {
+        LabelFrom::File
+    })
+}
+
+/// The mixed files split by word.
+pub struct Demuxed {
+    /// Per word, its scratch files (one per mixed input holding that word), in input order.
+    pub files: BTreeMap<String, Vec<InputPlan>>,
+    /// Records that cannot be labelled (rejected) or whose word is not a selected class
+    /// (filtered, `class_not_selected`), and the mixed inputs themselves for the manifest.
+    pub out: GroupOut,
+    /// Where those rejects are listed (merged into `rejects.jsonl` after the classes').
+    pub rejects: PathBuf,
+}
+
+/// Splits every mixed file by word into `tmp/mixed/`. With `selected`, words outside it are
+/// counted as filtered instead of becoming classes.
+pub fn demux(
+    cfg_max_listed: u64,
+    mixed: &[InputPlan],
+    selected: Option<&[String]>,
+    tmp: &Path,
+    progress: &Progress,
+) -> Result<Demuxed, ConvertError> {
+    let dir = tmp.join("mixed");
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let rejects_path = tmp.join("rejects-mixed.jsonl");
+    let mut rejects = BufWriter::new(File::create(&rejects_path).map_err(io_err(&rejects_path))?);
+    let mut d = Demuxed {
+        files: BTreeMap::new(),
+        out: GroupOut {
+            counts: ClassCounts::default(),
+            inputs: Vec::new(),
+            per_split: [0; 3],
+        },
+        rejects: rejects_path.clone(),
+    };
+    let mut listed: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (i, f) in mixed.iter().enumerate() {
+        let mut sink = Sink {
+            dir: &dir,
+            file: i,
+            writers: BTreeMap::new(),
+        };
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut reader = UnitReader::open_as(&f.path, f.format, f.gzip, Some(counter.clone()))?;
+        let mut format = None;
+        let mut reported = 0u64;
+        loop {
+            let mut batch: Vec<Unit> = Vec::with_capacity(super::BATCH_RECORDS);
+            while batch.len() < super::BATCH_RECORDS {
+                match reader.next_record()? {
+                    Some(u) => batch.push(u),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            check_cancel(progress)?;
+            let routed: Vec<Result<String, Reject>> = batch.par_iter().map(route).collect();
+            for (u, r) in batch.iter().zip(routed) {
+                match r {
+                    Ok(word) if selected.is_some_and(|s| !s.contains(&word)) => {
+                        d.out.counts.read += 1;
+                        *d.out.counts.filtered.entry("class_not_selected".into()).or_default() += 1;
+                    }
+                    Ok(word) => {
+                        if format.is_none() {
+                            let first = ingest::ndjson::parse_line(&u.bytes).ok();
+                            format = Some(format_name(f.format, first.as_ref()));
+                        }
+                        sink.write(&word, u)?;
+                    }
+                    Err(rej) => {
+                        let reason = rej.reason.as_str();
+                        d.out.counts.read += 1;
+                        *d.out.counts.rejected.entry(reason.to_string()).or_default() += 1;
+                        let n = listed.entry(reason).or_default();
+                        if *n >= cfg_max_listed {
+                            d.out.counts.rejects_not_listed += 1;
+                            continue;
+                        }
+                        *n += 1;
+                        let line = serde_json::json!({
+                            "file": f.path.display().to_string(),
+                            "line": u.index,
+                            "reason": reason,
+                            "detail": rej.detail,
+                        });
+                        writeln!(rejects, "{line}").map_err(io_err(&rejects_path))?;
+                    }
+                }
+            }
+            let now = counter.load(Ordering::Relaxed);
+            progress.bytes_read.fetch_add(now - reported, Ordering::Relaxed);
+            reported = now;
+        }
+        let (sha256, bytes) = reader.finish()?;
+        d.out.inputs.push(InputFile {
+            path: f.path.display().to_string(),
+            format: format.unwrap_or_else(|| format_name(f.format, None)),
+            gzip: f.gzip,
+            bytes,
+            sha256,
+            class: String::new(),
+            label_from: LabelFrom::Word,
+        });
+        for (word, plan) in sink.finish(f)? {
+            d.files.entry(word).or_default().push(plan);
+        }
+    }
+    rejects.flush().map_err(io_err(&rejects_path))?;
+    Ok(d)
+}
+
+/// The class of one record of a mixed file, or why it has none (the full parser names the
+/// reason; a record that parses but has an empty word is `missing_field`).
+fn route(u: &Unit) -> Result<String, Reject> {
+    if u.reject.is_none() {
+        if let Some(w) = word_of(&u.bytes) {
+            return Ok(w);
+        }
+    }
+    match parse_unit(Format::Ndjson, u, "", LabelFrom::Word) {
+        Err(r) => Err(r),
+        Ok(_) => Err(Reject::new(
+            RejectReason::MissingField,
+            "empty \"word\": a record of a mixed file must name its class",
+        )),
+    }
+}
+
+/// The scratch files of one mixed input: per word, its lines and their line numbers.
+struct Sink<'a> {
+    dir: &'a Path,
+    file: usize,
+    writers: BTreeMap<String, (PathBuf, BufWriter<File>, BufWriter<File>)>,
+}
+
+impl Sink<'_> {
+    fn write(&mut self, word: &str, u: &Unit) -> Result<(), ConvertError> {
+        if !self.writers.contains_key(word) {
+            let k = self.writers.len();
+            let base = self.dir.join(format!("{}-{k}", self.file));
+            let data = base.with_extension("ndjson");
+            let lines = base.with_extension("lines");
+            let open = |p: &Path| File::create(p).map(|f| BufWriter::with_capacity(1 << 16, f));
+            let dw = open(&data).map_err(io_err(&data))?;
+            let lw = open(&lines).map_err(io_err(&lines))?;
+            self.writers.insert(word.to_string(), (data, dw, lw));
+        }
+        let (data, dw, lw) = self.writers.get_mut(word).expect("inserted above");
+        dw.write_all(&u.bytes)
+            .and_then(|()| dw.write_all(b"\n"))
+            .and_then(|()| lw.write_all(&u.index.to_le_bytes()))
+            .map_err(io_err(data))
+    }
+
+    fn finish(self, f: &InputPlan) -> Result<Vec<(String, InputPlan)>, ConvertError> {
+        let mut out = Vec::with_capacity(self.writers.len());
+        for (word, (data, mut dw, mut lw)) in self.writers {
+            dw.flush().map_err(io_err(&data))?;
+            lw.flush().map_err(io_err(&data))?;
+            let plan = InputPlan {
+                path: data.clone(),
+                format: Format::Ndjson,
+                gzip: false,
+                class: word.clone(),
+                label_from: LabelFrom::File,
+                origin: Some(Arc::new(Origin {
+                    path: f.path.clone(),
+                    lines: data.with_extension("lines"),
+                })),
+            };
+            out.push((word, plan));
+        }
+        Ok(out)
+    }
+}
+
+/// Reads the original line numbers of a scratch file, one per unit, in order.
+pub struct OriginLines {
+    r: BufReader<File>,
+    path: PathBuf,
+}
+
+impl OriginLines {
+    pub fn open(o: &Origin) -> Result<Self, ConvertError> {
+        let f = File::open(&o.lines).map_err(io_err(&o.lines))?;
+        Ok(OriginLines {
+            r: BufReader::with_capacity(1 << 16, f),
+            path: o.lines.clone(),
+        })
+    }
+
+    pub fn next_line(&mut self) -> Result<u64, ConvertError> {
+        let mut b = [0u8; 8];
+        self.r.read_exact(&mut b).map_err(io_err(&self.path))?;
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing_keeps_per_class_files_and_finds_mixed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |w: &str| format!("{{\"word\":\"{w}\",\"drawing\":[]}}\n");
+        let write = |name: &str, words: &[&str]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, words.iter().map(|w| line(w)).collect::<String>()).unwrap();
+            p
+        };
+        // 19 of 20 carry the file's class (95% >= 90%): labelled by file.
+        let mut cats = vec!["cat"; 19];
+        cats.push("dog");
+        let p = write("cat.ndjson", &cats);
+        assert_eq!(sniff(&p, Format::Ndjson, false, "cat").unwrap(), LabelFrom::File);
+        let p = write("log.ndjson", &["cat", "dog", "cat"]);
+        assert_eq!(sniff(&p, Format::Ndjson, false, "log").unwrap(), LabelFrom::Word);
+        assert_eq!(sniff(&p, Format::Binary, false, "log").unwrap(), LabelFrom::File);
+    }
+
+    #[test]
+    fn records_without_a_word_are_rejected_with_the_reason() {
+        let unit = |s: &str| Unit {
+            index: 1,
+            bytes: s.as_bytes().to_vec(),
+            truncated: false,
+            reject: None,
+        };
+        assert_eq!(route(&unit(r#"{"word":"cat","drawing":[]}"#)).unwrap(), "cat");
+        assert_eq!(
+            route(&unit("{oops")).unwrap_err().reason,
+            RejectReason::InvalidJson
+        );
+        assert_eq!(
+            route(&unit(r#"{"drawing":[[[1,2],[3,4]]]}"#)).unwrap_err().reason,
+            RejectReason::MissingField
+        );
+    }
+}
