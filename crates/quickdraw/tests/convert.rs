@@ -19,26 +19,7 @@ use quickdraw_data::synth::{SynthConfig, synth_class, to_ndjson_line};
 use quickdraw_data::tfrecord::TfRecordReader;
 use quickdraw_data::{Drawing, Ink};
 
-mod common;
-
-const BIN: &str = env!("CARGO_BIN_EXE_quickdraw");
-
-fn qd(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run quickdraw")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let o = qd(args);
-    assert!(
-        o.status.success(),
-        "quickdraw {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
+use crate::util::{self, BIN, ok, qd, stderr};
 
 fn drawings(class: usize, n: usize, seed: u64) -> Vec<Drawing> {
     let cfg = SynthConfig {
@@ -573,8 +554,8 @@ fn amld_mode_writes_binary_pixels() {
 
 /// Runs TensorFlow's reader on a dataset dir (skips without the venv unless CI requires it).
 fn tensorflow_rows(dir: &Path) -> Option<Vec<serde_json::Value>> {
-    let root = common::repo_root();
-    let python = common::verification_python()?;
+    let root = util::repo_root();
+    let python = util::verification_python()?;
     let required = std::env::var_os("QUICKDRAW_REQUIRE_PYTHON").is_some();
     let rows = dir.join("tf-rows.jsonl");
     let o = Command::new(&python)
@@ -722,10 +703,6 @@ fn convert(input: &Path, out: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     qd(&args)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Names in `dir` that a finished or failed run must not leave: scratch directories and `.tmp`.

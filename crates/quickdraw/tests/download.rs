@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
+
+use crate::util::{bin, ndjson, text};
 
 /// How the server answers for one path.
 #[derive(Clone)]
@@ -179,30 +181,6 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `n` valid simplified records of `word` in Google's NDJSON format.
-fn ndjson(word: &str, n: usize) -> Vec<u8> {
-    let countries = ["VE", "US", "GB", "DE", "FR"];
-    let mut out = String::new();
-    for i in 0..n {
-        let x: Vec<String> = (0..8)
-            .map(|j| ((i * 7 + j * 31) % 256).to_string())
-            .collect();
-        let y: Vec<String> = (0..8)
-            .map(|j| ((i * 13 + j * 17) % 256).to_string())
-            .collect();
-        out.push_str(&format!(
-            "{{\"word\":\"{word}\",\"countrycode\":\"{}\",\"timestamp\":\"2017-03-02 23:25:{:02}.07453 UTC\",\"recognized\":{},\"key_id\":\"{}\",\"drawing\":[[[{}],[{}]],[[130,113,99],[72,40,27]]]}}\n",
-            countries[i % countries.len()],
-            i % 60,
-            i % 4 != 0,
-            5201136883597312u64 + i as u64,
-            x.join(","),
-            y.join(",")
-        ));
-    }
-    out.into_bytes()
-}
-
 fn npy(rows: usize) -> Vec<u8> {
     let mut out = Vec::new();
     quickdraw_data::ingest::npy::write_header(rows as u64, &mut out);
@@ -211,7 +189,7 @@ fn npy(rows: usize) -> Vec<u8> {
 }
 
 fn download(server: &Server, dest: &Path, extra: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quickdraw"));
+    let mut cmd = bin();
     cmd.arg("download").arg("--dest").arg(dest).args([
         "--base-url",
         &server.base,
@@ -237,15 +215,6 @@ fn download(server: &Server, dest: &Path, extra: &[&str]) -> Output {
     cmd.output().expect("run quickdraw download")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn no_part_files(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
@@ -256,8 +225,8 @@ fn no_part_files(dir: &Path) {
 #[test]
 fn downloads_two_classes_byte_identical() {
     let server = Server::start();
-    let cat = ndjson("cat", 40);
-    let turtle = ndjson("sea turtle", 25);
+    let cat = ndjson("cat", 40).into_bytes();
+    let turtle = ndjson("sea turtle", 25).into_bytes();
     server.put("/full/simplified/cat.ndjson", &cat, Mode::Normal);
     server.put(
         "/full/simplified/sea%20turtle.ndjson",
@@ -285,8 +254,8 @@ fn downloads_two_classes_byte_identical() {
 #[test]
 fn resumes_after_a_cut_connection_and_a_leftover_part_file() {
     let server = Server::start();
-    let cat = ndjson("cat", 60);
-    let dog = ndjson("dog", 60);
+    let cat = ndjson("cat", 60).into_bytes();
+    let dog = ndjson("dog", 60).into_bytes();
     assert!(cat.len() > 5000);
     server.put("/full/simplified/cat.ndjson", &cat, Mode::CutOnce(3000));
     server.put("/full/simplified/dog.ndjson", &dog, Mode::Normal);
@@ -316,8 +285,8 @@ fn resumes_after_a_cut_connection_and_a_leftover_part_file() {
 #[test]
 fn complete_files_are_skipped_and_cut_ones_resumed() {
     let server = Server::start();
-    let cat = ndjson("cat", 30);
-    let dog = ndjson("dog", 30);
+    let cat = ndjson("cat", 30).into_bytes();
+    let dog = ndjson("dog", 30).into_bytes();
     server.put("/full/simplified/cat.ndjson", &cat, Mode::Normal);
     server.put("/full/simplified/dog.ndjson", &dog, Mode::Normal);
     let tmp = tempfile::tempdir().unwrap();
@@ -349,7 +318,7 @@ fn complete_files_are_skipped_and_cut_ones_resumed() {
 #[test]
 fn a_missing_class_fails_after_the_others_are_downloaded() {
     let server = Server::start();
-    let cat = ndjson("cat", 20);
+    let cat = ndjson("cat", 20).into_bytes();
     server.put("/full/simplified/cat.ndjson", &cat, Mode::Normal);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().to_path_buf();
@@ -371,7 +340,7 @@ fn a_missing_class_fails_after_the_others_are_downloaded() {
 #[test]
 fn a_body_shorter_than_its_content_length_is_incomplete() {
     let server = Server::start();
-    let cat = ndjson("cat", 20);
+    let cat = ndjson("cat", 20).into_bytes();
     server.put("/full/simplified/cat.ndjson", &cat, Mode::LyingLength);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().to_path_buf();
@@ -398,7 +367,7 @@ fn a_body_shorter_than_its_content_length_is_incomplete() {
 #[test]
 fn ndjson_cut_mid_line_is_rejected_even_with_a_matching_length() {
     let server = Server::start();
-    let cat = ndjson("cat", 20);
+    let cat = ndjson("cat", 20).into_bytes();
     server.put(
         "/full/simplified/cat.ndjson",
         &cat[..cat.len() - 10],
@@ -425,7 +394,7 @@ fn numpy_bitmaps_and_other_formats_use_google_paths() {
     short.truncate(short.len() - 784);
     server.put("/full/numpy_bitmap/cat.npy", &good, Mode::Normal);
     server.put("/full/numpy_bitmap/dog.npy", &short, Mode::Normal);
-    server.put("/full/raw/cat.ndjson", &ndjson("cat", 3), Mode::Normal);
+    server.put("/full/raw/cat.ndjson", &ndjson("cat", 3).into_bytes(), Mode::Normal);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().to_path_buf();
     let out = download(

@@ -17,37 +17,7 @@ use quickdraw_train::model::Model;
 use quickdraw_train::modeldir::{TrainConfig, load_model, select_checkpoint};
 use serde_json::Value;
 
-mod common;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quickdraw"))
-        .args(args)
-        .output()
-        .expect("run quickdraw")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(args: &[&str]) -> Output {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "quickdraw {args:?} failed: {}",
-        text(&o)
-    );
-    o
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
+use crate::util::{self, ok, qd, s, text};
 
 fn last_line(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout)
@@ -104,7 +74,7 @@ impl Data {
             "--per-class",
             "60",
             "--out",
-            &s(&raw),
+            s(&raw),
             "--seed",
             "1",
         ]);
@@ -112,9 +82,9 @@ impl Data {
             "--quiet",
             "convert",
             "--input",
-            &s(&raw),
+            s(&raw),
             "--output",
-            &s(&shards),
+            s(&shards),
             "--size",
             "16",
             "--split",
@@ -182,7 +152,7 @@ fn export(model_dir: &Path, extra: &[&str]) -> (Output, PathBuf) {
         check.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    (run(&args), check)
+    (qd(&args), check)
 }
 
 /// Exports, expecting success; returns (version folder, check file).
@@ -303,8 +273,8 @@ fn burn_and_tract_agree(model_dir: &Path, version_dir: &Path, inputs: &[PathBuf]
 
 /// Runs tests/python/check_onnx.py on check files (skips without the venv unless required).
 fn python_check(checks: &[PathBuf]) {
-    let root = common::repo_root();
-    let Some(python) = common::verification_python() else {
+    let root = util::repo_root();
+    let Some(python) = util::verification_python() else {
         return;
     };
     let required = std::env::var_os("QUICKDRAW_REQUIRE_PYTHON").is_some();

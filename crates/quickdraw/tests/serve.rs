@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -17,29 +17,9 @@ use quickdraw_data::{Drawing, Ink, Stroke};
 use quickdraw_serve::testing;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_quickdraw");
+use crate::util::{BIN, ok_stdout, qd, repo_root, s};
+
 const SIZE: u32 = 8;
-
-fn qd(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run quickdraw")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = qd(args);
-    assert!(
-        o.status.success(),
-        "quickdraw {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// "Γ" (most ink left once centred) or its mirror image.
 fn gamma(key_id: u64, mirrored: bool) -> Drawing {
@@ -61,7 +41,7 @@ fn gamma(key_id: u64, mirrored: bool) -> Drawing {
 fn model_show_prints_the_signature() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = testing::write_demo_export(tmp.path(), 3, SIZE).unwrap();
-    let out = ok(&["model", "show", "--dir", s(&dir)]);
+    let out = ok_stdout(&["model", "show", "--dir", s(&dir)]);
     for needle in [
         "(version 3)",
         "model: linear",
@@ -79,13 +59,13 @@ fn model_show_prints_the_signature() {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
     // A base folder shows its newest version; --all loads the ONNX graph with tract.
-    let all = ok(&["model", "show", "--dir", s(tmp.path()), "--all"]);
+    let all = ok_stdout(&["model", "show", "--dir", s(tmp.path()), "--all"]);
     assert!(
         all.contains("onnx:") && all.contains("symbolic batch") && all.contains("   2 right"),
         "{all}"
     );
     let v: Value =
-        serde_json::from_str(&ok(&["model", "show", "--dir", s(&dir), "--all", "--json"])).unwrap();
+        serde_json::from_str(&ok_stdout(&["model", "show", "--dir", s(&dir), "--all", "--json"])).unwrap();
     assert_eq!(v["version"], 3);
     assert_eq!(
         v["signature"]["inputs"]["img_8"]["shape"],
@@ -129,7 +109,7 @@ fn model_run_json_on_drawings_examples_and_tensors() {
     .unwrap();
     writeln!(f, "{{\"broken\": true}}").unwrap();
     drop(f);
-    let out = ok(&[
+    let out = ok_stdout(&[
         "model",
         "run",
         "--dir",
@@ -163,7 +143,7 @@ fn model_run_json_on_drawings_examples_and_tensors() {
     }
     w.flush().unwrap();
     drop(w);
-    let ex = json_lines(&ok(&[
+    let ex = json_lines(&ok_stdout(&[
         "model",
         "run",
         "--dir",
@@ -184,7 +164,7 @@ fn model_run_json_on_drawings_examples_and_tensors() {
     }
 
     // Tensors: np-style shorthand and nested JSON lists.
-    let t = json_lines(&ok(&[
+    let t = json_lines(&ok_stdout(&[
         "model",
         "run",
         "--dir",
@@ -199,7 +179,7 @@ fn model_run_json_on_drawings_examples_and_tensors() {
         .map(|_| (0..8).map(|x| if x < 4 { 1.0 } else { 0.0 }).collect())
         .collect();
     let expr = format!("img_8={}", serde_json::to_string(&left).unwrap());
-    let t = json_lines(&ok(&[
+    let t = json_lines(&ok_stdout(&[
         "model",
         "run",
         "--dir",
@@ -210,7 +190,7 @@ fn model_run_json_on_drawings_examples_and_tensors() {
     ]));
     assert_eq!(t[0]["class"], "left");
     // Text output and errors naming the expected input.
-    let text = ok(&[
+    let text = ok_stdout(&[
         "model",
         "run",
         "--dir",
@@ -556,7 +536,7 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
         .collect();
     assert_eq!(versions, vec![1, 2, 2]);
     let data = tmp.path().join("from-logs");
-    ok(&[
+    ok_stdout(&[
         "convert",
         "-q",
         "--input",
@@ -576,7 +556,7 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
 
     // Skew of the log against a training set made by synth + convert.
     let raw = tmp.path().join("raw");
-    ok(&[
+    ok_stdout(&[
         "synth",
         "-q",
         "--classes",
@@ -605,8 +585,8 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
         "--input",
     ];
     args.extend(raws.iter().map(|p| s(p)));
-    ok(&args);
-    let report: Value = serde_json::from_str(&ok(&[
+    ok_stdout(&args);
+    let report: Value = serde_json::from_str(&ok_stdout(&[
         "skew",
         "-q",
         "--log",
@@ -643,7 +623,7 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
         .map(|c| c["feature"].as_str().unwrap())
         .collect();
     assert_eq!(cats, ["country", "predicted_class"]);
-    let text = ok(&[
+    let text = ok_stdout(&[
         "skew",
         "-q",
         "--log",
@@ -667,13 +647,6 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
         "0.0001",
     ]);
     assert!(!o.status.success(), "drift above the threshold fails");
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
 }
 
 #[test]
@@ -809,7 +782,7 @@ fn onnxruntime_runs_the_same_model_as_tract_in_model_run_and_serve() {
         let mut args = vec!["model", "run", "--dir", s(&dir), "--input-ndjson", s(&nd)];
         args.extend_from_slice(extra);
         args.push("--json");
-        json_lines(&ok(&args))
+        json_lines(&ok_stdout(&args))
             .iter()
             .map(|v| {
                 v["probabilities"]

@@ -3,55 +3,11 @@
 //! shard) on fixtures generated here.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use quickdraw_data::tfrecord::{TfRecordReader, TfRecordWriter};
 
-fn quickdraw(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quickdraw"))
-        .args(args)
-        .output()
-        .expect("run quickdraw")
-}
-
-fn run(args: &[&str]) -> Output {
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    quickdraw(&args)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `n` valid records of `word`: strokes of 8 + 3 points, countries cycling VE, US, GB, DE, FR,
-/// every fourth not recognised, timestamps 2017-03-02 23:25:00 + i seconds.
-fn ndjson(word: &str, n: usize) -> String {
-    let countries = ["VE", "US", "GB", "DE", "FR"];
-    let mut out = String::new();
-    for i in 0..n {
-        let x: Vec<String> = (0..8)
-            .map(|j| ((i * 7 + j * 31) % 256).to_string())
-            .collect();
-        let y: Vec<String> = (0..8)
-            .map(|j| ((i * 13 + j * 17) % 256).to_string())
-            .collect();
-        out.push_str(&format!(
-            "{{\"word\":\"{word}\",\"countrycode\":\"{}\",\"timestamp\":\"2017-03-02 23:25:{:02}.07453 UTC\",\"recognized\":{},\"key_id\":\"{}\",\"drawing\":[[[{}],[{}]],[[130,113,99],[72,40,27]]]}}\n",
-            countries[i % countries.len()],
-            i % 60,
-            i % 4 != 0,
-            5201136883597312u64 + (word.len() * 1000 + i) as u64,
-            x.join(","),
-            y.join(",")
-        ));
-    }
-    out
-}
+use crate::util::{bin, ndjson, qd, text};
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -73,7 +29,7 @@ fn fixture() -> Fixture {
     .unwrap();
     std::fs::write(input.join("dog.ndjson"), ndjson("dog", 30)).unwrap();
     let dataset = root.join("shards");
-    let out = run(&[
+    let out = qd(&[
         "--quiet",
         "convert",
         "--input",
@@ -108,11 +64,12 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn stats(path: &Path, json: bool) -> Output {
-    let mut args = vec![std::ffi::OsStr::new("stats"), path.as_os_str()];
+    let mut cmd = bin();
+    cmd.arg("stats").arg(path);
     if json {
-        args.push(std::ffi::OsStr::new("--json"));
+        cmd.arg("--json");
     }
-    quickdraw(&args)
+    cmd.output().expect("run quickdraw")
 }
 
 #[test]

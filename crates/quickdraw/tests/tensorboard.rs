@@ -8,18 +8,7 @@ use std::process::Command;
 
 use quickdraw_data::events::{Kind, What, event_files, read_events};
 
-mod common;
-
-const BIN: &str = env!("CARGO_BIN_EXE_quickdraw");
-
-fn ok(args: &[&str]) {
-    let o = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "quickdraw {args:?}:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use crate::util::{self, ok};
 
 /// expected.json for check_events.py, from what our own reader finds in a log directory.
 fn expected(dir: &Path) -> (serde_json::Value, Vec<String>) {
@@ -127,8 +116,8 @@ fn tensorboard_reads_training_and_eval_summaries() {
         "6",
     ]);
 
-    let root = common::repo_root();
-    let Some(python) = common::verification_python() else {
+    let root = util::repo_root();
+    let Some(python) = util::verification_python() else {
         return;
     };
     for (dir, must) in [

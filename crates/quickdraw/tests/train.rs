@@ -9,29 +9,7 @@ use std::time::{Duration, Instant};
 use quickdraw_data::events::{Kind, What, event_files, read_events, read_scalars};
 use quickdraw_train::testdata::{TinyDataset, write_tiny_dataset};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_quickdraw"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run quickdraw")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "quickdraw {args:?} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::util::{bin, ok, ok_owned, qd, qd_owned, s, stderr};
 
 struct Data {
     _tmp: tempfile::TempDir,
@@ -65,10 +43,6 @@ impl Data {
     }
 }
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// `quickdraw train` args for a small run.
 fn train_args(d: &Data, model: &str, dir: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = vec![
@@ -77,7 +51,7 @@ fn train_args(d: &Data, model: &str, dir: &Path, steps: u64, extra: &[&str]) -> 
         "--model".into(),
         model.into(),
         "--model-dir".into(),
-        s(dir),
+        s(dir).into(),
         "--train-files".into(),
         d.train(),
         "--eval-files".into(),
@@ -97,7 +71,7 @@ fn train_args(d: &Data, model: &str, dir: &Path, steps: u64, extra: &[&str]) -> 
 
 fn train(d: &Data, model: &str, dir: &Path, steps: u64, extra: &[&str]) -> Output {
     let args = train_args(d, model, dir, steps, extra);
-    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    ok_owned(&args)
 }
 
 /// Training losses logged at every step.
@@ -144,7 +118,7 @@ fn eval_json(dir: &Path, d: &Data) -> serde_json::Value {
         "--quiet",
         "evaluate",
         "--model-dir",
-        &s(dir),
+        s(dir),
         "--eval-files",
         &d.eval(),
         "--json",
@@ -258,7 +232,7 @@ fn linear_trains_loss_falls_and_writes_the_model_dir() {
         assert!(eval_tags.iter().any(|x| x == t), "eval {t}");
     }
     // metrics --csv exports both runs.
-    let out = ok(&["metrics", "--model-dir", &s(&dir), "--csv"]);
+    let out = ok(&["metrics", "--model-dir", s(&dir), "--csv"]);
     let csv = String::from_utf8_lossy(&out.stdout);
     assert!(csv.starts_with("run,tag,step,wall_time,value\n"), "{csv}");
     assert!(csv.contains("\ntrain,loss,1,"), "{csv}");
@@ -337,10 +311,7 @@ fn rnn_trains_on_strokes_and_loss_falls() {
 #[test]
 fn rnn_without_stroke_features_is_refused() {
     let d = Data::new(false);
-    let out = run(&train_args(&d, "rnn", &d.model_dir("r"), 5, &[])
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    let out = qd_owned(&train_args(&d, "rnn", &d.model_dir("r"), 5, &[]));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--strokes"), "{}", stderr(&out));
 }
@@ -387,14 +358,14 @@ fn evaluate_json_png_and_report_file() {
         "--quiet",
         "evaluate",
         "--model-dir",
-        &s(&dir),
+        s(&dir),
         "--eval-files",
         &d.eval(),
         "--json",
         "--checkpoint",
         "10",
         "--png",
-        &s(&png),
+        s(&png),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.trim().lines().count(), 1, "one JSON object: {text}");
@@ -412,7 +383,7 @@ fn evaluate_json_png_and_report_file() {
         "--quiet",
         "evaluate",
         "--model-dir",
-        &s(&dir),
+        s(&dir),
         "--eval-files",
         &d.eval(),
         "--json",
@@ -428,7 +399,7 @@ fn evaluate_json_png_and_report_file() {
         "--quiet",
         "evaluate",
         "--model-dir",
-        &s(&dir),
+        s(&dir),
         "--eval-files",
         &d.eval(),
     ]);
@@ -478,7 +449,7 @@ fn changed_config_is_refused_unless_overwrite() {
     let dir = d.model_dir("m");
     train(&d, "linear", &dir, 5, &[]);
     let args = train_args(&d, "linear", &dir, 10, &["--learning-rate", "0.5"]);
-    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = qd_owned(&args);
     assert!(!out.status.success());
     let e = stderr(&out);
     assert!(
@@ -502,10 +473,7 @@ fn changed_config_is_refused_unless_overwrite() {
     let foreign = d.model_dir("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("thesis.tex"), "precious").unwrap();
-    let out = run(&train_args(&d, "linear", &foreign, 5, &[])
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    let out = qd_owned(&train_args(&d, "linear", &foreign, 5, &[]));
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("not a model directory"),
@@ -520,7 +488,7 @@ fn warm_start_is_loud_and_starts_at_step_zero() {
     let a = d.model_dir("a");
     let b = d.model_dir("b");
     train(&d, "linear", &a, 10, &[]);
-    let out = train(&d, "linear", &b, 5, &["--warm-start-from", &s(&a)]);
+    let out = train(&d, "linear", &b, 5, &["--warm-start-from", s(&a)]);
     assert!(stderr(&out).contains("WARM START"), "{}", stderr(&out));
     assert_eq!(checkpoint_steps(&b), vec![5]);
 }
@@ -528,12 +496,7 @@ fn warm_start_is_loud_and_starts_at_step_zero() {
 #[test]
 fn n_classes_is_checked_against_labels() {
     let d = Data::new(false);
-    let out = run(
-        &train_args(&d, "linear", &d.model_dir("m"), 5, &["--n-classes", "4"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let out = qd_owned(&train_args(&d, "linear", &d.model_dir("m"), 5, &["--n-classes", "4"]));
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("--n-classes 4") && stderr(&out).contains("3 classes"),
@@ -546,10 +509,7 @@ fn n_classes_is_checked_against_labels() {
 fn missing_manifest_fails_with_a_clear_message() {
     let d = Data::new(false);
     std::fs::remove_file(d.dir.join("manifest.json")).unwrap();
-    let out = run(&train_args(&d, "linear", &d.model_dir("m"), 5, &[])
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    let out = qd_owned(&train_args(&d, "linear", &d.model_dir("m"), 5, &[]));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("manifest.json"), "{}", stderr(&out));
 }
@@ -616,7 +576,7 @@ fn killed_run_resumes_cleanly() {
         target,
         &["--hidden", "256", "--checkpoint-every", "3"],
     );
-    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = ok_owned(&args);
     assert!(
         stderr(&out).contains(&format!("resuming from step {last}")),
         "{}",
@@ -660,8 +620,8 @@ fn compare_and_predict() {
     let out = ok(&[
         "--quiet",
         "compare",
-        &s(&a),
-        &s(&b),
+        s(&a),
+        s(&b),
         "--eval-files",
         &d.eval(),
         "--json",
@@ -682,8 +642,8 @@ fn compare_and_predict() {
     let out = ok(&[
         "--quiet",
         "compare",
-        &s(&a),
-        &s(&b),
+        s(&a),
+        s(&b),
         "--eval-files",
         &d.eval(),
     ]);
@@ -695,8 +655,8 @@ fn compare_and_predict() {
         "--quiet",
         "predict",
         "--model-dir",
-        &s(&b),
-        &s(&shard),
+        s(&b),
+        s(&shard),
         "--json",
         "--limit",
         "5",
@@ -728,7 +688,7 @@ fn compare_and_predict() {
         .map(|dr| quickdraw_data::synth::to_ndjson_line(&dr, false) + "\n")
         .collect();
     std::fs::write(&nd, text).unwrap();
-    let out = ok(&["--quiet", "predict", "--model-dir", &s(&b), &s(&nd)]);
+    let out = ok(&["--quiet", "predict", "--model-dir", s(&b), s(&nd)]);
     let t = String::from_utf8_lossy(&out.stdout);
     assert_eq!(t.lines().count(), 1 + 6, "header + 6 drawings: {t}");
 }
@@ -736,7 +696,7 @@ fn compare_and_predict() {
 // ---- Reliability (issue 11): metrics never lie, checkpoints are verified, one writer ----
 
 fn fail(args: &[String]) -> String {
-    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = qd_owned(&args);
     assert!(
         !out.status.success(),
         "quickdraw {args:?} should have failed\nstderr: {}",
@@ -785,10 +745,10 @@ fn a_diverged_model_scores_as_wrong_and_training_stops_on_nan() {
         (state["eval_accuracy"].as_f64().unwrap() - acc).abs() < 1e-12,
         "state.json must record the honest accuracy: {state}"
     );
-    let err = stderr(&run(&[
+    let err = stderr(&qd(&[
         "evaluate",
         "--model-dir",
-        &s(&dir),
+        s(&dir),
         "--eval-files",
         &d.eval(),
     ]));
@@ -818,7 +778,7 @@ fn flipped_bytes_in_a_checkpoint_are_refused_by_evaluate_resume_and_export() {
     let eval = [
         "evaluate".to_string(),
         "--model-dir".into(),
-        s(&dir),
+        s(&dir).into(),
         "--eval-files".into(),
         d.eval(),
     ];
@@ -828,21 +788,21 @@ fn flipped_bytes_in_a_checkpoint_are_refused_by_evaluate_resume_and_export() {
         vec![
             "export".into(),
             "--model-dir".into(),
-            s(&dir),
+            s(&dir).into(),
             "--eval-files".into(),
             d.eval(),
             "--export-dir".into(),
-            s(&dir.join("export")),
+            s(&dir.join("export")).into(),
         ],
     ] {
         let err = fail(&args);
         assert!(
-            err.contains("checksum mismatch") && err.contains(&s(&ck.join("model.bpk"))),
+            err.contains("checksum mismatch") && err.contains(s(&ck.join("model.bpk"))),
             "{args:?}: {err}"
         );
     }
     flip("model.bpk"); // restored
-    ok(&eval.iter().map(String::as_str).collect::<Vec<_>>());
+    ok_owned(&eval);
     flip("optimizer.bpk");
     let err = fail(&train_args(&d, "linear", &dir, 10, &["--learning-rate", "0.01"]));
     assert!(
@@ -884,7 +844,7 @@ fn a_stray_shard_matched_by_the_pattern_is_refused_by_name() {
     let dir = d.model_dir("stray");
     let err = fail(&train_args(&d, "linear", &dir, 2, &[]));
     assert!(
-        err.contains(&s(&stray)) && err.contains("not a shard of this dataset"),
+        err.contains(s(&stray)) && err.contains("not a shard of this dataset"),
         "{err}"
     );
     std::fs::remove_file(&stray).unwrap();
@@ -892,7 +852,7 @@ fn a_stray_shard_matched_by_the_pattern_is_refused_by_name() {
     let ours = d.dir.join("train-00001-of-00002.tfrecord");
     std::fs::copy(other.join("train-00000-of-00001.tfrecord"), &ours).unwrap();
     let err = fail(&train_args(&d, "linear", &dir, 2, &[]));
-    assert!(err.contains(&s(&ours)) && err.contains("comes from another dataset"), "{err}");
+    assert!(err.contains(s(&ours)) && err.contains("comes from another dataset"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,15 @@
+//! The one integration-test binary of the `quickdraw` CLI (like ripgrep's `tests/tests.rs`):
+//! every module drives the real binary, with the shared helpers of `util`. Run one area with a
+//! filter, e.g. `cargo test --workspace --locked --test integration train::`.
+
+mod util;
+
+mod convert;
+mod download;
+#[cfg(feature = "train")]
+mod export;
+mod serve;
+mod stats;
+mod tensorboard;
+#[cfg(feature = "train")]
+mod train;
