@@ -393,58 +393,22 @@ pub fn stage(req: &ExportRequest) -> Result<StagedExport> {
     if !bad.is_empty() {
         return Err(ExportError::NonFinite { what, params: bad });
     }
-
-    // Evaluation of the checkpoint and of the class-prior baseline.
-    let eval_files = req.eval_files.clone().or_else(|| tm.config.data.eval_files.clone()).ok_or_else(|| {
-        ExportError::Config(format!(
-            "{}: no eval files recorded in config.json (trained without --eval-files); pass --eval-files GLOB",
-            req.model_dir.display()
-        ))
-    })?;
-    let src = DataSource::open(&eval_files)?;
-    let eval_req = EvaluateRequest {
-        model_dir: req.model_dir.clone(),
-        eval_files: eval_files.clone(),
-        checkpoint: req.checkpoint,
-        eval_steps: req.eval_steps,
-        batch_size: req.batch_size,
-        device: req.device,
-        write_report: false,
-    };
-    let evaluation = evaluate_loaded(&tm, &src, &eval_req, false)?.0.metrics;
-    let baseline = baseline_of(&tm, &evaluation);
-    let previous = previous_export(&req.export_base)?;
-    let problems = gate_problems(&evaluation, &baseline, previous.as_ref());
-    if !problems.is_empty() && !req.force {
-        return Err(ExportError::Refused {
-            what,
-            reasons: problems,
-        });
-    }
+    let gated = evaluate_and_gate(req, &tm, what)?;
 
     // The graph and the check sample.
     let onnx = build_onnx(&tm)?;
-    let batch = first_batch(&src, kind, tm.n_classes(), req.sample_size)?
-        .ok_or_else(|| ExportError::Config(format!("{eval_files:?}: the eval set is empty")))?;
+    let batch =
+        first_batch(&gated.src, kind, tm.n_classes(), req.sample_size)?.ok_or_else(|| {
+            ExportError::Config(format!("{:?}: the eval set is empty", gated.eval_files))
+        })?;
     let sample = check_sample(&tm, &batch)?;
-
-    let model_config = serde_json::to_value(&tm.config.model).unwrap_or(serde_json::Value::Null);
-    let info = ModelInfo {
-        kind: model_type(kind),
-        config: model_config,
-    };
-    let signature = if kind.uses_strokes() {
-        Signature::strokes(info, tm.n_classes())
-    } else {
-        Signature::image(info, tm.image_size() as u32, tm.n_classes())
-    };
     let metrics = metrics_json(
         &tm,
-        &eval_files,
-        &evaluation,
-        &baseline,
-        previous.as_ref(),
-        &problems,
+        &gated.eval_files,
+        &gated.evaluation,
+        &gated.baseline,
+        gated.previous.as_ref(),
+        &gated.problems,
         req.force,
     );
 
@@ -464,38 +428,110 @@ pub fn stage(req: &ExportRequest) -> Result<StagedExport> {
         kind,
         step: tm.step(),
         checkpoint_dir: tm.checkpoint.dir.clone(),
-        eval_files,
-        evaluation,
-        baseline,
-        previous,
-        overridden: problems,
-        signature,
+        eval_files: gated.eval_files,
+        evaluation: gated.evaluation,
+        baseline: gated.baseline,
+        previous: gated.previous,
+        overridden: gated.problems,
+        signature: signature_of(&tm),
         onnx_bytes: onnx.len(),
         sample,
         verified: None,
         published: false,
     };
-    fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
-    write_export_metadata(
-        &tmp_dir,
-        &staged.signature,
-        tm.labels(),
-        tm.feature_spec(),
-        &metrics,
-    )?;
-    let model_path = tmp_dir.join(signature::MODEL_FILE);
-    fs::write(&model_path, &onnx).map_err(io(&model_path))?;
+    write_version(&tmp_dir, &staged.signature, &tm, &metrics, &onnx)?;
+    Ok(staged)
+}
+
+/// What the gate saw: the evaluation of the checkpoint, the baseline, the newest version, and
+/// the objections (overridden by `--force`).
+struct Gated {
+    eval_files: String,
+    src: DataSource,
+    evaluation: MetricsReport,
+    baseline: BaselineInfo,
+    previous: Option<PreviousExport>,
+    problems: Vec<String>,
+}
+
+/// Evaluates the checkpoint (and the class-prior baseline) on the eval shards and applies the
+/// gate; refuses unless it passes or `--force` is given.
+fn evaluate_and_gate(req: &ExportRequest, tm: &TrainedModel, what: String) -> Result<Gated> {
+    let eval_files = req.eval_files.clone().or_else(|| tm.config.data.eval_files.clone()).ok_or_else(|| {
+        ExportError::Config(format!(
+            "{}: no eval files recorded in config.json (trained without --eval-files); pass --eval-files GLOB",
+            req.model_dir.display()
+        ))
+    })?;
+    let src = DataSource::open(&eval_files)?;
+    let eval_req = EvaluateRequest {
+        model_dir: req.model_dir.clone(),
+        eval_files: eval_files.clone(),
+        checkpoint: req.checkpoint,
+        eval_steps: req.eval_steps,
+        batch_size: req.batch_size,
+        device: req.device,
+        write_report: false,
+    };
+    let evaluation = evaluate_loaded(tm, &src, &eval_req, false)?.0.metrics;
+    let baseline = baseline_of(tm, &evaluation);
+    let previous = previous_export(&req.export_base)?;
+    let problems = gate_problems(&evaluation, &baseline, previous.as_ref());
+    if !problems.is_empty() && !req.force {
+        return Err(ExportError::Refused {
+            what,
+            reasons: problems,
+        });
+    }
+    Ok(Gated {
+        eval_files,
+        src,
+        evaluation,
+        baseline,
+        previous,
+        problems,
+    })
+}
+
+/// The serving signature of a loaded model.
+fn signature_of(tm: &TrainedModel) -> Signature {
+    let kind = tm.kind();
+    let model_config = serde_json::to_value(&tm.config.model).unwrap_or(serde_json::Value::Null);
+    let info = ModelInfo {
+        kind: model_type(kind),
+        config: model_config,
+    };
+    if kind.uses_strokes() {
+        Signature::strokes(info, tm.n_classes())
+    } else {
+        Signature::image(info, tm.image_size() as u32, tm.n_classes())
+    }
+}
+
+/// Writes a version's files into `dir` (signature, labels, preprocessing, metrics, `model.onnx`)
+/// and syncs them.
+fn write_version(
+    dir: &Path,
+    signature: &Signature,
+    tm: &TrainedModel,
+    metrics: &serde_json::Value,
+    onnx: &[u8],
+) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    write_export_metadata(dir, signature, tm.labels(), tm.feature_spec(), metrics)?;
+    let model_path = dir.join(signature::MODEL_FILE);
+    fs::write(&model_path, onnx).map_err(io(&model_path))?;
     for f in [
         model_path,
-        tmp_dir.join(signature::SIGNATURE_FILE),
-        tmp_dir.join(signature::METRICS_FILE),
+        dir.join(signature::SIGNATURE_FILE),
+        dir.join(signature::METRICS_FILE),
     ] {
         fs::File::open(&f)
             .and_then(|f| f.sync_all())
             .map_err(io(&f))?;
     }
-    sync_dir(&tmp_dir);
-    Ok(staged)
+    sync_dir(dir);
+    Ok(())
 }
 
 fn metrics_json(

@@ -364,6 +364,18 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
         i64_init("c_hidden", &[1], &[h as i64]),
     ]);
     let n = &mut g.node;
+    reverse_and_mask(n, s, l);
+    zero_states(n);
+    for (dir, x) in [("forward", s), ("backward", "reversed")] {
+        lstm_direction(n, dir, x, h);
+    }
+    output_layer(n);
+    Ok(model)
+}
+
+/// `reversed` (each sequence of `strokes` reversed within its length, the padding left at the
+/// end) and `mask` `[N, T, 1]` (1 inside the length) from `lengths`.
+fn reverse_and_mask(n: &mut Vec<NodeProto>, s: &str, l: &str) {
     // T = shape(strokes)[1]; t = [0, 1, .., T-1] as [1, T].
     n.push(node("shape", "Shape", &[s], &["shape"], vec![]));
     n.push(node(
@@ -453,6 +465,10 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
         &["mask"],
         vec![],
     ));
+}
+
+/// Zero initial LSTM states `state0` `[1, N, H]`.
+fn zero_states(n: &mut Vec<NodeProto>) {
     // Zero initial states [1, N, H], given explicitly: tract needs them for a symbolic batch.
     n.push(node(
         "batch",
@@ -475,53 +491,60 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
         &["state0"],
         vec![tensor_attr("value", f32_init("", &[1], &[0.0]))],
     ));
-    for (dir, x) in [("forward", s), ("backward", "reversed")] {
-        let names = |suffix: &str| format!("{dir}_{suffix}");
-        let (xt, y, y3, yb, ym, hsum) = (
-            names("x"),
-            names("y"),
-            names("y3"),
-            names("yb"),
-            names("ym"),
-            names("sum"),
-        );
-        let (w, r, b) = (format!("{dir}.W"), format!("{dir}.R"), format!("{dir}.B"));
-        // [N, T, 3] -> [T, N, 3] -> LSTM Y [T, 1, N, H] -> [T, N, H] -> [N, T, H]
-        n.push(node(
-            &xt,
-            "Transpose",
-            &[x],
-            &[&xt],
-            vec![ints_attr("perm", &[1, 0, 2])],
-        ));
-        n.push(node(
-            &y,
-            "LSTM",
-            &[&xt, &w, &r, &b, "", "state0", "state0"],
-            &[&y],
-            vec![
-                int_attr("hidden_size", h as i64),
-                string_attr("direction", "forward"),
-            ],
-        ));
-        n.push(node(&y3, "Squeeze", &[&y, "c_one"], &[&y3], vec![]));
-        n.push(node(
-            &yb,
-            "Transpose",
-            &[&y3],
-            &[&yb],
-            vec![ints_attr("perm", &[1, 0, 2])],
-        ));
-        // Outputs in the padding zeroed, summed over time -> [N, H]
-        n.push(node(&ym, "Mul", &[&yb, "mask"], &[&ym], vec![]));
-        n.push(node(
-            &hsum,
-            "ReduceSum",
-            &[&ym, "c_one"],
-            &[&hsum],
-            vec![int_attr("keepdims", 0)],
-        ));
-    }
+}
+
+/// One direction: a forward `LSTM` over `x` `[N, T, 3]`, outputs in the padding zeroed and
+/// summed over time -> `<dir>_sum` `[N, H]`.
+fn lstm_direction(n: &mut Vec<NodeProto>, dir: &str, x: &str, h: usize) {
+    let names = |suffix: &str| format!("{dir}_{suffix}");
+    let (xt, y, y3, yb, ym, hsum) = (
+        names("x"),
+        names("y"),
+        names("y3"),
+        names("yb"),
+        names("ym"),
+        names("sum"),
+    );
+    let (w, r, b) = (format!("{dir}.W"), format!("{dir}.R"), format!("{dir}.B"));
+    // [N, T, 3] -> [T, N, 3] -> LSTM Y [T, 1, N, H] -> [T, N, H] -> [N, T, H]
+    n.push(node(
+        &xt,
+        "Transpose",
+        &[x],
+        &[&xt],
+        vec![ints_attr("perm", &[1, 0, 2])],
+    ));
+    n.push(node(
+        &y,
+        "LSTM",
+        &[&xt, &w, &r, &b, "", "state0", "state0"],
+        &[&y],
+        vec![
+            int_attr("hidden_size", h as i64),
+            string_attr("direction", "forward"),
+        ],
+    ));
+    n.push(node(&y3, "Squeeze", &[&y, "c_one"], &[&y3], vec![]));
+    n.push(node(
+        &yb,
+        "Transpose",
+        &[&y3],
+        &[&yb],
+        vec![ints_attr("perm", &[1, 0, 2])],
+    ));
+    // Outputs in the padding zeroed, summed over time -> [N, H]
+    n.push(node(&ym, "Mul", &[&yb, "mask"], &[&ym], vec![]));
+    n.push(node(
+        &hsum,
+        "ReduceSum",
+        &[&ym, "c_one"],
+        &[&hsum],
+        vec![int_attr("keepdims", 0)],
+    ));
+}
+
+/// The output layer on the two directions' sums -> `logits`.
+fn output_layer(n: &mut Vec<NodeProto>) {
     n.push(node(
         "features",
         "Concat",
@@ -543,7 +566,6 @@ fn rnn_graph(rnn: &Rnn, n_classes: usize) -> Result<ModelProto> {
         &[signature::LOGITS],
         vec![],
     ));
-    Ok(model)
 }
 
 #[cfg(test)]
