@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
-use super::{ConvertError, GroupOut, InputPlan, Progress, check_cancel, format_name, io_err};
+use super::{
+    ConvertError, GroupOut, InputPlan, Progress, RejectLog, check_cancel, format_name, io_err,
+};
 use crate::ingest::{self, Format, LabelFrom, Unit, UnitReader, parse_unit};
 use crate::manifest::{ClassCounts, InputFile};
 use crate::validate::{Reject, RejectReason};
@@ -85,7 +87,7 @@ pub struct Demuxed {
 /// Splits every mixed file by word into `tmp/mixed/`. With `selected`, words outside it are
 /// counted as filtered instead of becoming classes.
 pub fn demux(
-    cfg_max_listed: u64,
+    max_listed: u64,
     mixed: &[InputPlan],
     selected: Option<&[String]>,
     tmp: &Path,
@@ -93,8 +95,7 @@ pub fn demux(
 ) -> Result<Demuxed, ConvertError> {
     let dir = tmp.join("mixed");
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let rejects_path = tmp.join("rejects-mixed.jsonl");
-    let mut rejects = BufWriter::new(File::create(&rejects_path).map_err(io_err(&rejects_path))?);
+    let mut rejects = RejectLog::create(tmp.join("rejects-mixed.jsonl"), max_listed)?;
     let mut d = Demuxed {
         files: BTreeMap::new(),
         out: GroupOut {
@@ -102,9 +103,8 @@ pub fn demux(
             inputs: Vec::new(),
             per_split: [0; 3],
         },
-        rejects: rejects_path.clone(),
+        rejects: PathBuf::new(),
     };
-    let mut listed: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (i, f) in mixed.iter().enumerate() {
         let mut sink = Sink {
             dir: &dir,
@@ -142,22 +142,8 @@ pub fn demux(
                         sink.write(&word, u)?;
                     }
                     Err(rej) => {
-                        let reason = rej.reason.as_str();
                         d.out.counts.read += 1;
-                        *d.out.counts.rejected.entry(reason.to_string()).or_default() += 1;
-                        let n = listed.entry(reason).or_default();
-                        if *n >= cfg_max_listed {
-                            d.out.counts.rejects_not_listed += 1;
-                            continue;
-                        }
-                        *n += 1;
-                        let line = serde_json::json!({
-                            "file": f.path.display().to_string(),
-                            "line": u.index,
-                            "reason": reason,
-                            "detail": rej.detail,
-                        });
-                        writeln!(rejects, "{line}").map_err(io_err(&rejects_path))?;
+                        rejects.add(&mut d.out.counts, &f.path, "line", u.index, &rej)?;
                     }
                 }
             }
@@ -179,7 +165,7 @@ pub fn demux(
             d.files.entry(word).or_default().push(plan);
         }
     }
-    rejects.flush().map_err(io_err(&rejects_path))?;
+    d.rejects = rejects.finish()?;
     Ok(d)
 }
 

@@ -597,6 +597,63 @@ impl Drop for Scratch<'_> {
     }
 }
 
+/// One worker's reject log: a JSON line per rejected record naming its file and line (or
+/// record), at most `max` per reason; the rest are only counted (`rejects_not_listed`).
+/// [`merge_rejects`] caps the lines again over all logs.
+struct RejectLog {
+    w: BufWriter<File>,
+    path: PathBuf,
+    listed: BTreeMap<&'static str, u64>,
+    max: u64,
+}
+
+impl RejectLog {
+    fn create(path: PathBuf, max: u64) -> Result<Self, ConvertError> {
+        let w = BufWriter::new(File::create(&path).map_err(io_err(&path))?);
+        Ok(RejectLog {
+            w,
+            path,
+            listed: BTreeMap::new(),
+            max,
+        })
+    }
+
+    /// Counts `r` as rejected in `counts` and lists it at `file`, `loc_key` (`line` or
+    /// `record`) `index`.
+    fn add(
+        &mut self,
+        counts: &mut ClassCounts,
+        file: &Path,
+        loc_key: &str,
+        index: u64,
+        r: &crate::validate::Reject,
+    ) -> Result<(), ConvertError> {
+        let reason = r.reason.as_str();
+        *counts.rejected.entry(reason.to_string()).or_default() += 1;
+        let n = self.listed.entry(reason).or_default();
+        if *n >= self.max {
+            counts.rejects_not_listed += 1;
+            return Ok(());
+        }
+        *n += 1;
+        self.line(serde_json::json!({
+            "file": file.display().to_string(),
+            loc_key: index,
+            "reason": reason,
+            "detail": r.detail,
+        }))
+    }
+
+    fn line(&mut self, v: serde_json::Value) -> Result<(), ConvertError> {
+        writeln!(self.w, "{v}").map_err(io_err(&self.path))
+    }
+
+    fn finish(mut self) -> Result<PathBuf, ConvertError> {
+        self.w.flush().map_err(io_err(&self.path))?;
+        Ok(self.path)
+    }
+}
+
 /// The lines of one reject log entry that `merge_rejects` needs.
 #[derive(serde::Deserialize)]
 struct RejectLine {
@@ -824,14 +881,14 @@ fn convert_class(
             File::create(&p).map_err(io_err(&p))?,
         ));
     }
-    let rejects_path = tmp.join(format!("rejects-{label}.jsonl"));
-    let mut rejects = BufWriter::new(File::create(&rejects_path).map_err(io_err(&rejects_path))?);
+    let mut rejects = RejectLog::create(
+        tmp.join(format!("rejects-{label}.jsonl")),
+        cfg.max_listed_rejects,
+    )?;
     let mut inputs = Vec::new();
     let counter = Arc::new(AtomicU64::new(0));
     let mut reported = 0u64;
     let mut record = Vec::with_capacity(4096);
-    // Lines listed per reason in this class's log (merge_rejects caps them over all classes).
-    let mut listed: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut rejected_before = 0u64;
 
     for f in files {
@@ -876,21 +933,7 @@ fn convert_class(
                 };
                 match o {
                     Outcome::Reject(r) => {
-                        let reason = r.reason.as_str();
-                        *counts.rejected.entry(reason.to_string()).or_default() += 1;
-                        let n = listed.entry(reason).or_default();
-                        if *n >= cfg.max_listed_rejects {
-                            counts.rejects_not_listed += 1;
-                            continue;
-                        }
-                        *n += 1;
-                        let line = serde_json::json!({
-                            "file": shown_path.display().to_string(),
-                            loc_key: index,
-                            "reason": reason,
-                            "detail": r.detail,
-                        });
-                        writeln!(rejects, "{line}").map_err(io_err(&rejects_path))?;
+                        rejects.add(&mut counts, shown_path, loc_key, index, &r)?;
                     }
                     Outcome::Keep(d) => {
                         if format.is_none() {
@@ -939,7 +982,7 @@ fn convert_class(
         if splitter.all_full() {
             counts.quota_filled_early = true;
         }
-        rejected_before += count_missing_rows(&reader, &mut counts, &mut rejects, &rejects_path)?;
+        rejected_before += count_missing_rows(&reader, &mut counts, &mut rejects)?;
         let (sha256, bytes) = reader.finish()?;
         if f.origin.is_none() {
             inputs.push(InputFile {
@@ -960,7 +1003,7 @@ fn convert_class(
     for (s, w) in spills.iter_mut().enumerate() {
         w.flush().map_err(io_err(&tmp.join(SPLITS[s])))?;
     }
-    rejects.flush().map_err(io_err(&rejects_path))?;
+    rejects.finish()?;
     Ok(GroupOut {
         counts,
         inputs,
@@ -973,8 +1016,7 @@ fn convert_class(
 fn count_missing_rows(
     reader: &UnitReader,
     counts: &mut ClassCounts,
-    rejects: &mut impl Write,
-    rejects_path: &Path,
+    rejects: &mut RejectLog,
 ) -> Result<u64, ConvertError> {
     let Some((announced, found)) = reader.missing_rows() else {
         return Ok(0);
@@ -982,7 +1024,7 @@ fn count_missing_rows(
     let missing = announced - found;
     counts.read += missing;
     *counts.rejected.entry("truncated".into()).or_default() += missing;
-    let line = serde_json::json!({
+    rejects.line(serde_json::json!({
         "file": reader.path.display().to_string(),
         "record": found + 1,
         "reason": "truncated",
@@ -991,8 +1033,7 @@ fn count_missing_rows(
              rows {}..={announced} ({missing}) are missing",
             found + 1
         ),
-    });
-    writeln!(rejects, "{line}").map_err(io_err(rejects_path))?;
+    }))?;
     Ok(missing)
 }
 
