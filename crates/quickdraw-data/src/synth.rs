@@ -192,10 +192,6 @@ pub fn synth_drawing(class: usize, index: u64, seed: u64) -> SynthRecord {
     }
 }
 
-// Moved to the NDJSON module; the re-export keeps the integration tests building until they
-// import it from there (TODO: remove with the test-binary merge).
-pub use crate::ingest::ndjson::to_line_as as to_ndjson_line;
-
 // ---------------------------------------------------------------------------------------------
 // Randomness helpers
 

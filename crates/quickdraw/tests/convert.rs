@@ -15,11 +15,12 @@ use quickdraw_data::manifest::DatasetManifest;
 use quickdraw_data::raster::{RasterMode, RasterSpec};
 use quickdraw_data::simplify::simplify;
 use quickdraw_data::strokes::StrokeSpec;
-use quickdraw_data::synth::{SynthConfig, synth_class, to_ndjson_line};
+use quickdraw_data::ingest::ndjson::to_line_as;
+use quickdraw_data::synth::{SynthConfig, synth_class};
 use quickdraw_data::tfrecord::TfRecordReader;
 use quickdraw_data::{Drawing, Ink};
 
-use crate::util::{self, BIN, ok, qd, stderr};
+use crate::util::{self, BIN, ok, qd, s, stderr};
 
 fn drawings(class: usize, n: usize, seed: u64) -> Vec<Drawing> {
     let cfg = SynthConfig {
@@ -41,7 +42,7 @@ fn simplified(mut d: Drawing) -> Drawing {
 fn write_ndjson(path: &Path, ds: &[Drawing], simplified_format: bool) {
     let mut f = fs::File::create(path).unwrap();
     for d in ds {
-        writeln!(f, "{}", to_ndjson_line(d, simplified_format)).unwrap();
+        writeln!(f, "{}", to_line_as(d, simplified_format)).unwrap();
     }
 }
 
@@ -221,7 +222,7 @@ fn every_reject_reason_is_counted_and_listed() {
         .into_iter()
         .map(|mut d| {
             d.recognized = true;
-            to_ndjson_line(&simplified(d), true)
+            to_line_as(&simplified(d), true)
         })
         .collect();
     let head = r#"{"word":"circle","countrycode":"CH","timestamp":"2017-03-02 23:25:10.07453 UTC","recognized":true,"key_id":"#;
@@ -367,7 +368,7 @@ fn synth_input(dir: &Path, classes: usize, per_class: usize) {
         &classes.to_string(),
         "--per-class",
         &per_class.to_string(),
-        "--out",
+        "--output",
         dir.to_str().unwrap(),
     ]);
 }
@@ -992,4 +993,64 @@ fn ctrl_c_removes_the_scratch_space_and_says_so() {
     );
     assert!(scratch_left(&out).is_empty(), "{:?}", scratch_left(&out));
     assert!(!out.join("manifest.json").exists());
+}
+
+/// A request log or export mixes classes: by default (`auto`) its records are labelled by their
+/// word and the summary says so; `--label-from file` rejects them all as before.
+#[test]
+fn mixed_class_ndjson_is_labelled_by_word_and_said_in_the_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mixed = tmp.path().join("exported.ndjson");
+    let mut ds = drawings(0, 30, 3);
+    ds.extend(drawings(1, 30, 3));
+    ds.iter_mut().for_each(|d| d.recognized = true);
+    write_ndjson(&mixed, &ds, false);
+    let out = tmp.path().join("out");
+    let o = ok(&[
+        "convert", "--input", s(&mixed), "--output", s(&out), "--split", "train=0.8,eval=0.2",
+        "--shards", "1",
+    ]);
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        summary.contains("labels: from each record's word in") && summary.contains("exported.ndjson"),
+        "{summary}"
+    );
+    let m = DatasetManifest::load(&out).unwrap();
+    let words: BTreeSet<&str> = ds.iter().map(|d| d.word.as_str()).collect();
+    assert_eq!(m.classes, words.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+    assert_eq!(m.totals.kept, 60);
+    assert_eq!(m.totals.rejected_total(), 0);
+
+    // The old rule, asked for: every record's word differs from the file's name.
+    let strict = tmp.path().join("strict");
+    let err = util::fails(&[
+        "convert", "--input", s(&mixed), "--output", s(&strict), "--label-from", "file",
+        "--shards", "1",
+    ]);
+    assert!(err.contains("rejected"), "{err}");
+    let rejects = fs::read_to_string(strict.join("rejects.jsonl")).unwrap();
+    assert!(rejects.contains("label_mismatch"), "{rejects}");
+}
+
+/// numpy_bitmap files are 28x28: converting them at 64 px says they are resized and how not to.
+#[test]
+fn bitmaps_resized_to_another_size_are_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    fs::create_dir_all(&dir).unwrap();
+    npy_file(&dir.join("fish.npy"), 40, 40);
+    let out = tmp.path().join("out");
+    let args = ["convert", "--input", s(&dir), "--output", s(&out), "--shards", "1", "--split", "train=1.0"];
+    let o = ok(&args);
+    let err = stderr(&o);
+    assert!(err.contains("warning: 1 numpy_bitmap input file(s) hold 28x28 images"), "{err}");
+    assert!(err.contains("--size 28"), "{err}");
+    let m = DatasetManifest::load(&out).unwrap();
+    assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+    let mut at28 = args.to_vec();
+    let out28 = tmp.path().join("out28");
+    at28[4] = s(&out28);
+    at28.extend(["--size", "28"]);
+    let o = ok(&at28);
+    assert!(!stderr(&o).contains("warning:"), "{}", stderr(&o));
 }

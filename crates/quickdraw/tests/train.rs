@@ -685,7 +685,7 @@ fn compare_and_predict() {
         unrecognized_share: 0.0,
     };
     let text: String = quickdraw_data::synth::synth_all(&cfg)
-        .map(|dr| quickdraw_data::synth::to_ndjson_line(&dr, false) + "\n")
+        .map(|dr| quickdraw_data::ingest::ndjson::to_line_as(&dr, false) + "\n")
         .collect();
     std::fs::write(&nd, text).unwrap();
     let out = ok(&["--quiet", "predict", "--model-dir", s(&b), s(&nd)]);
