@@ -1,5 +1,5 @@
-//! Draws on the page of a running `quickdraw serve` in headless Chromium and checks that live
-//! guesses appear and come from the server.
+//! Draws on the page of a running `quickdraw serve` in headless Chromium and checks that the
+//! model's classes are listed and that live guesses appear and come from the server.
 //!
 //! Usage: node draw.mjs URL [ARTIFACT_DIR]   (env CHROMIUM: browser binary, default /usr/bin/chromium)
 //! Exit 0 on success; prints one JSON summary line; saves draw.png (and failure.png) in ARTIFACT_DIR.
@@ -67,6 +67,10 @@ try {
   await page.goto(url);
   await page.waitForFunction(() => /^\d+$/.test(document.getElementById("version").textContent), null, { timeout: 10000 });
   summary.version_shown = await page.textContent("#version");
+  // The classes the model knows are listed (from the metadata's labels).
+  await page.waitForFunction(() => document.querySelectorAll("#classes li").length > 0, null, { timeout: 10000 });
+  summary.classes_shown = await page.$$eval("#classes li", (lis) => lis.map((li) => li.dataset.label));
+  summary.n_classes_shown = await page.textContent("#n-classes");
 
   // Draw a triangle and a line with mouse events, points a few ms apart.
   const box = await page.locator("#pad").boundingBox();

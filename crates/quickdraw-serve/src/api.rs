@@ -400,7 +400,8 @@ fn tensor_info(t: &TensorSpec) -> Value {
     })
 }
 
-/// `GetModelMetadataResponse` as TensorFlow Serving writes it.
+/// `GetModelMetadataResponse` as TensorFlow Serving writes it, plus `metadata.labels`: the class
+/// names (index = class id), which the drawing page lists.
 pub fn metadata_json(model_name: &str, p: &Predictor) -> Value {
     let sig = &p.info().signature;
     let map = |m: &std::collections::BTreeMap<String, TensorSpec>| -> Value {
@@ -418,7 +419,7 @@ pub fn metadata_json(model_name: &str, p: &Predictor) -> Value {
                 }
             },
             "function_aliases": {},
-        }},
+        }, "labels": p.labels()},
     })
 }
 

@@ -86,6 +86,8 @@ pub enum StoreError {
         "{0} is a version folder; pass its parent as the model base path (TensorFlow Serving's layout <base>/<version>/)"
     )]
     VersionDir(PathBuf),
+    #[error("{}: {hint}", .dir.display())]
+    ModelDir { dir: PathBuf, hint: String },
 }
 
 impl ModelStore {
@@ -101,6 +103,12 @@ impl ModelStore {
         }
         if base.join(signature::SIGNATURE_FILE).exists() {
             return Err(StoreError::VersionDir(base.to_path_buf()));
+        }
+        if let Some(hint) = signature::model_dir_hint(base) {
+            return Err(StoreError::ModelDir {
+                dir: base.to_path_buf(),
+                hint,
+            });
         }
         let s = ModelStore {
             base: base.to_path_buf(),

@@ -61,15 +61,74 @@ pub struct DataSource {
     pub labels: Vec<String>,
 }
 
+/// Separates the entries of a file list in one `pattern` string ([`file_list`] joins them,
+/// [`DataSource::open`] splits them): a newline, which no typed file name or glob contains.
+pub const FILE_LIST_SEPARATOR: char = '\n';
+
+/// The values of a `--train-files` / `--eval-files` flag as the one string a request carries
+/// (see [`DataSource::open`]). Each value is a shard file, a glob pattern (`'data/zoo/train-*'`),
+/// or a dataset directory, which stands for its `split` shards as listed in its manifest.json.
+/// One file or pattern is passed on unchanged.
+pub fn file_list<S: AsRef<str>>(values: &[S], split: &str) -> Result<String> {
+    let mut entries: Vec<String> = Vec::new();
+    for v in values {
+        let v = v.as_ref();
+        let dir = Path::new(v);
+        if !dir.is_dir() {
+            entries.push(v.to_string());
+            continue;
+        }
+        let m = load_manifest(dir)?;
+        let shards = m
+            .shards
+            .get(split)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                let listed: Vec<&str> = m
+                    .shards
+                    .iter()
+                    .filter(|(_, s)| !s.is_empty())
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                TrainError::Config(format!(
+                    "{}: the dataset has no {split} shards ({} lists: {})",
+                    dir.display(),
+                    dir.join(MANIFEST_FILE).display(),
+                    if listed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        listed.join(", ")
+                    }
+                ))
+            })?;
+        for s in shards {
+            // Listed names are literal paths, never patterns.
+            entries.push(glob::Pattern::escape(&dir.join(&s.file).to_string_lossy()));
+        }
+    }
+    if let Some(bad) = entries.iter().find(|e| e.contains(FILE_LIST_SEPARATOR)) {
+        return Err(TrainError::Config(format!(
+            "{bad:?}: file names with a line break are not supported"
+        )));
+    }
+    Ok(entries.join(&FILE_LIST_SEPARATOR.to_string()))
+}
+
 impl DataSource {
-    /// Expands `pattern` and loads the manifest and labels next to the matched shards.
+    /// Expands `pattern` (shard files or glob patterns, several separated by
+    /// [`FILE_LIST_SEPARATOR`], as [`file_list`] writes them) and loads the manifest and labels
+    /// next to the matched shards.
     pub fn open(pattern: &str) -> Result<Self> {
-        let paths = glob::glob(pattern).map_err(|source| TrainError::Pattern {
-            pattern: pattern.to_string(),
-            source,
-        })?;
+        let mut paths: Vec<PathBuf> = Vec::new();
+        for p in pattern.split(FILE_LIST_SEPARATOR) {
+            let matched = glob::glob(p).map_err(|source| TrainError::Pattern {
+                pattern: p.to_string(),
+                source,
+            })?;
+            paths.extend(matched.filter_map(|p| p.ok()));
+        }
         let mut files: Vec<PathBuf> = paths
-            .filter_map(|p| p.ok())
+            .into_iter()
             .filter(|p| p.is_file())
             .filter(|p| {
                 let name = p

@@ -1,4 +1,5 @@
-//! `quickdraw` binary entry point: parse, run, print the error chain once, exit code.
+//! `quickdraw` binary entry point: parse the command line and run it (`cmd::main` prints the
+//! error and picks the exit code).
 
 use std::process::ExitCode;
 
@@ -15,12 +16,5 @@ mod progress;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    match cmd::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cmd::main(cli::Cli::parse())
 }

@@ -73,7 +73,7 @@ impl Data {
             "3",
             "--per-class",
             "60",
-            "--out",
+            "--output",
             s(&raw),
             "--seed",
             "1",

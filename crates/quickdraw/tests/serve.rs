@@ -17,7 +17,7 @@ use quickdraw_data::{Drawing, Ink, Stroke};
 use quickdraw_serve::testing;
 use serde_json::{Value, json};
 
-use crate::util::{BIN, ok_stdout, qd, repo_root, s};
+use crate::util::{BIN, fails, ok_stdout, qd, repo_root, s};
 
 const SIZE: u32 = 8;
 
@@ -451,6 +451,93 @@ fn drawing_json(d: &Drawing) -> Value {
 }
 
 #[test]
+fn the_page_and_the_metadata_name_the_classes_the_model_knows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = testing::write_demo_export(tmp.path(), 1, SIZE).unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    let (code, v) = server.get("/v1/models/quickdraw/metadata");
+    assert_eq!(code, 200, "{v}");
+    let labels: Vec<String> = std::fs::read_to_string(dir.join("assets/labels.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(v["metadata"]["labels"], json!(labels), "{v}");
+    let mut page = Server::agent()
+        .get(&format!("{}/", server.url))
+        .call()
+        .unwrap();
+    let html = page.body_mut().read_to_string().unwrap();
+    assert!(
+        html.contains("id=\"classes\"") && html.contains("metadata.labels"),
+        "the page lists the classes from the metadata"
+    );
+    server.stop();
+}
+
+/// A training model dir (state.json, checkpoints/) where an export is expected is named as such,
+/// with the export folder to use instead.
+#[test]
+fn a_model_dir_given_as_an_export_points_to_its_export_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("models/cnn");
+    std::fs::create_dir_all(model.join("checkpoints/ckpt-10")).unwrap();
+    std::fs::write(model.join("state.json"), "{}").unwrap();
+    let export = model.join("export");
+    let check = |err: &str, what: &str| {
+        assert!(
+            err.contains("model directory") && err.contains("not an export"),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains(s(&export)),
+            "{what} names {}: {err}",
+            export.display()
+        );
+    };
+    // No export yet: say how to make one.
+    let err = fails(&["model", "show", "--dir", s(&model)]);
+    check(&err, "model show");
+    assert!(err.contains("quickdraw export --model-dir"), "{err}");
+    // With exported versions: point to them, in `model show`, `model run` and `serve`.
+    testing::write_demo_export(&export, 1, SIZE).unwrap();
+    check(&fails(&["model", "show", "--dir", s(&model)]), "model show");
+    check(
+        &fails(&[
+            "model",
+            "run",
+            "--dir",
+            s(&model),
+            "--input-exprs",
+            "img_8=np.zeros((1,1,8,8))",
+        ]),
+        "model run",
+    );
+    // serve must refuse at once (it would otherwise wait for versions to appear).
+    let mut child = Command::new(BIN)
+        .args(["serve", "--model-base-path", s(&model), "--port", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started on a model dir instead of refusing it");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    check(&String::from_utf8_lossy(&o.stderr), "serve");
+    // The export folder itself is served.
+    let o = qd(&["model", "show", "--dir", s(&export)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
 fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("export");
@@ -563,7 +650,7 @@ fn serve_reloads_new_versions_skips_broken_ones_and_logs_requests() {
         "3",
         "--per-class",
         "60",
-        "--out",
+        "--output",
         s(&raw),
     ]);
     let train = tmp.path().join("train");
@@ -680,7 +767,12 @@ fn browser_draws_and_gets_live_predictions() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("export");
-    testing::write_demo_export(&base, 4, 28).unwrap();
+    let version_dir = testing::write_demo_export(&base, 4, 28).unwrap();
+    let labels: Vec<String> = std::fs::read_to_string(version_dir.join("assets/labels.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     let logs = tmp.path().join("logs");
     let server = Server::start(&base, &["--log-requests", s(&logs)]);
     let artifacts = root.join("target/test-artifacts");
@@ -698,6 +790,12 @@ fn browser_draws_and_gets_live_predictions() {
     eprintln!("draw.mjs: {summary}");
     assert_eq!(summary["ok"], true);
     assert_eq!(summary["version_shown"], "4");
+    assert_eq!(
+        summary["classes_shown"],
+        json!(labels),
+        "the page lists the model's classes"
+    );
+    assert_eq!(summary["n_classes_shown"], labels.len().to_string());
     assert!(artifacts.join("draw.png").is_file());
     let server_log = server.stop().join("\n");
     assert!(

@@ -72,7 +72,7 @@ fn tensorboard_reads_training_and_eval_summaries() {
         "3",
         "--per-class",
         "40",
-        "--out",
+        "--output",
         &p(&raw),
     ]);
     ok(&[

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod cli;
 mod convert;
 mod download;
 #[cfg(feature = "train")]

@@ -42,6 +42,17 @@ pub fn ok_stdout(args: &[&str]) -> String {
     stdout(&ok(args))
 }
 
+/// Runs `quickdraw args...`, fails the test if it succeeds, and returns its stderr.
+pub fn fails(args: &[&str]) -> String {
+    let o = qd(args);
+    assert!(
+        !o.status.success(),
+        "quickdraw {args:?} should fail: {}",
+        text(&o)
+    );
+    stderr(&o)
+}
+
 /// Status, stdout and stderr of a run, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(

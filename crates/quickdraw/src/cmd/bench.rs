@@ -39,6 +39,7 @@ pub struct BenchTrainArgs {
     /// Untimed steps first (Keras traces its graph; burn allocates).
     #[arg(long, default_value_t = 5)]
     pub warmup: u64,
+    /// Examples per training step (both frameworks).
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Existing shard folder (`train-*` and manifest.json); default: synthesise 10 classes and
@@ -285,7 +286,7 @@ fn bench_train(a: BenchTrainArgs, ctx: Ctx) -> anyhow::Result<()> {
                             "10",
                             "--per-class",
                             "700",
-                            "--out",
+                            "--output",
                         ])
                         .arg(&synth),
                     "quickdraw synth",

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use quickdraw_train::pipeline::file_list;
 use quickdraw_train::{CheckpointSel, DeviceChoice};
 
 use super::Ctx;
@@ -14,15 +15,17 @@ pub struct CompareArgs {
     pub dir_a: PathBuf,
     /// Model B (compared with A: deltas are B - A).
     pub dir_b: PathBuf,
-    /// Evaluation shards (quoted glob).
-    #[arg(long)]
-    pub eval_files: String,
+    /// Evaluation shards: files, globs ('data/zoo/eval-*') or a dataset directory (its eval
+    /// shards, from manifest.json); several values, or the flag repeated, are one set.
+    #[arg(long, num_args = 1.., required = true, value_name = "FILES")]
+    pub eval_files: Vec<String>,
     /// Checkpoint of both models: best, latest or a step number.
     #[arg(long, default_value = "latest")]
     pub checkpoint: CheckpointSel,
     /// Evaluate only this many batches (of 256).
     #[arg(long)]
     pub eval_steps: Option<u64>,
+    /// Where to evaluate: cpu, or cuda[:N] (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Flipped examples listed in the table (all are in --json).
@@ -37,7 +40,7 @@ pub fn run(a: CompareArgs, _ctx: Ctx) -> anyhow::Result<()> {
     let c = quickdraw_train::compare(
         &a.dir_a,
         &a.dir_b,
-        &a.eval_files,
+        &file_list(&a.eval_files, "eval")?,
         a.checkpoint,
         a.eval_steps,
         a.device,

@@ -10,13 +10,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::Ctx;
+use super::{Ctx, shell_line};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Working directory for the demo's data, models and exports.
-    #[arg(long, default_value = "demo-out")]
-    pub out: PathBuf,
+    #[arg(long, short, alias = "out", default_value = "demo-out")]
+    pub output: PathBuf,
     /// Synthetic classes (at most 12).
     #[arg(long, default_value_t = 6)]
     pub classes: usize,
@@ -39,7 +39,7 @@ pub struct DemoArgs {
 
 fn step(ctx: Ctx, title: &str, args: &[String]) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("locating the quickdraw binary")?;
-    eprintln!("\n==> {title}\n    $ quickdraw {}", args.join(" "));
+    eprintln!("\n==> {title}\n    $ quickdraw {}", shell_line(args));
     let start = Instant::now();
     let mut cmd = Command::new(exe);
     cmd.args(args);
@@ -55,7 +55,7 @@ fn step(ctx: Ctx, title: &str, args: &[String]) -> anyhow::Result<String> {
     anyhow::ensure!(
         out.status.success(),
         "stage {title:?} failed (quickdraw {})",
-        args.join(" ")
+        shell_line(args)
     );
     eprintln!("    ({:.1} s)", start.elapsed().as_secs_f64());
     Ok(stdout)
@@ -67,11 +67,11 @@ fn s(p: &Path) -> String {
 
 pub fn run(a: DemoArgs, ctx: Ctx) -> anyhow::Result<()> {
     let total = Instant::now();
-    let raw = a.out.join("raw");
-    let data = a.out.join("shards");
-    let models = a.out.join("models");
+    let raw = a.output.join("raw");
+    let data = a.output.join("shards");
+    let models = a.output.join("models");
     let (baseline, cnn) = (models.join("baseline"), models.join("cnn"));
-    let export = a.out.join("export");
+    let export = a.output.join("export");
     let train_glob = format!("{}/train-*", s(&data));
     let eval_glob = format!("{}/eval-*", s(&data));
     let v = |x: &str| x.to_string();
@@ -85,7 +85,7 @@ pub fn run(a: DemoArgs, ctx: Ctx) -> anyhow::Result<()> {
             a.classes.to_string(),
             v("--per-class"),
             a.per_class.to_string(),
-            v("--out"),
+            v("--output"),
             s(&raw),
         ],
     )?;
@@ -178,7 +178,7 @@ pub fn run(a: DemoArgs, ctx: Ctx) -> anyhow::Result<()> {
     eprintln!(
         "\ndemo pipeline finished in {:.0} s; artifacts under {}",
         total.elapsed().as_secs_f64(),
-        a.out.display()
+        a.output.display()
     );
     if a.no_serve {
         return Ok(());

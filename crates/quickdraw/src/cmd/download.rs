@@ -21,7 +21,7 @@ use quickdraw_data::classes::parse_class_spec;
 use quickdraw_data::ingest::{Format, UnitReader, ndjson};
 use quickdraw_data::validate::MAX_LINE_BYTES;
 
-use super::Ctx;
+use super::{Ctx, error_chain};
 use crate::progress;
 
 /// Google's public bucket, served over HTTPS.
@@ -230,7 +230,9 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
                             job.path.display()
                         )),
                         // Failures are reported even under --quiet.
-                        Err(e) => multi.suspend(|| eprintln!("{}: FAILED: {e:#}", job.class)),
+                        Err(e) => {
+                            multi.suspend(|| eprintln!("{}: FAILED: {}", job.class, error_chain(e)))
+                        }
                     }
                     if let Ok(mut v) = results.lock() {
                         v[i] = Some(r);
@@ -248,7 +250,7 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
         match r {
             Some(Ok(Done::Downloaded { .. })) => downloaded += 1,
             Some(Ok(Done::Skipped { .. })) => skipped += 1,
-            Some(Err(e)) => failed.push(format!("{} ({e:#})", job.class)),
+            Some(Err(e)) => failed.push(format!("{} ({})", job.class, error_chain(&e))),
             None => failed.push(format!("{} (not attempted)", job.class)),
         }
     }
@@ -379,8 +381,10 @@ fn download_with_retries(
                 }
                 let wait = (a.retry_wait * 2f64.powi(failures as i32 - 1)).min(60.0);
                 say(format!(
-                    "{}: {e:#}; retrying in {wait:.1} s ({failures}/{})",
-                    job.class, a.retries
+                    "{}: {}; retrying in {wait:.1} s ({failures}/{})",
+                    job.class,
+                    error_chain(&e),
+                    a.retries
                 ));
                 std::thread::sleep(Duration::from_secs_f64(wait));
             }

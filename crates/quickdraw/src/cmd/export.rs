@@ -26,9 +26,10 @@ pub struct ExportArgs {
     /// Base folder of the versions, as `serve --model-base-path` reads it (default: <model-dir>/export).
     #[arg(long, value_name = "DIR")]
     pub export_dir: Option<PathBuf>,
-    /// Eval shards for the export gate and metrics.json (default: those the model was trained with).
-    #[arg(long, value_name = "GLOB")]
-    pub eval_files: Option<String>,
+    /// Eval shards for the export gate and metrics.json: files, globs or a dataset directory
+    /// (its eval shards), as for `train --eval-files` (default: those the model was trained with).
+    #[arg(long, num_args = 1.., value_name = "FILES")]
+    pub eval_files: Vec<String>,
     /// Evaluate only this many batches (default: the whole eval set).
     #[arg(long)]
     pub eval_steps: Option<u64>,
@@ -39,7 +40,7 @@ pub struct ExportArgs {
     /// version (non-finite weights are refused regardless).
     #[arg(long)]
     pub force: bool,
-    /// cpu or cuda[:N] (evaluation).
+    /// Where to evaluate: cpu, or cuda[:N] (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Do not run the exported graph with tract to compare it with burn before publishing.
@@ -137,7 +138,10 @@ pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
     if let Some(d) = &a.export_dir {
         req.export_base = d.clone();
     }
-    req.eval_files = a.eval_files.clone();
+    req.eval_files = match a.eval_files.as_slice() {
+        [] => None,
+        v => Some(quickdraw_train::pipeline::file_list(v, "eval")?),
+    };
     req.eval_steps = a.eval_steps;
     req.batch_size = a.batch_size;
     req.force = a.force;

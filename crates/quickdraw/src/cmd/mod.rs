@@ -3,6 +3,7 @@
 pub mod bench;
 #[cfg(feature = "train")]
 pub mod compare;
+pub mod completions;
 pub mod convert;
 #[cfg(feature = "train")]
 pub mod demo;
@@ -26,6 +27,7 @@ pub mod synth;
 pub mod train;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 
@@ -101,6 +103,27 @@ pub fn expand_globs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// A command line as a POSIX shell reads it back: words with anything but letters, digits and
+/// `_-+=./:,@%` are single-quoted, so printed globs (`'data/train-*'`) reach the program
+/// unexpanded when pasted.
+pub fn shell_line<S: AsRef<str>>(words: &[S]) -> String {
+    let quote = |w: &str| -> String {
+        let plain = !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-+=./:,@%".contains(c));
+        if plain {
+            w.to_string()
+        } else {
+            format!("'{}'", w.replace('\'', r"'\''"))
+        }
+    };
+    words
+        .iter()
+        .map(|w| quote(w.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The text table of `predict` and `model run`: its header, for the top `k` classes.
 pub fn prediction_header(k: usize) -> String {
     format!(
@@ -135,6 +158,35 @@ pub struct Ctx {
     pub quiet: bool,
 }
 
+/// Runs the parsed command line; on failure prints `error: ` and the causes, each once.
+pub fn main(cli: Cli) -> ExitCode {
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", error_chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line (`context: error: cause`), each cause once: a cause
+/// whose text is already part of the line is skipped, since library errors often carry their
+/// source in their own message too (`"{path}: {source}"`).
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let msg = cause.to_string();
+        if msg.is_empty() || line.contains(&msg) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+    }
+    line
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx { quiet: cli.quiet };
     match cli.command {
@@ -162,5 +214,54 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Metrics(a) => metrics::run(a, ctx),
         #[cfg(feature = "train")]
         Command::Export(a) => export::run(a, ctx),
+        Command::Completions(a) => completions::run(a, ctx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{error_chain, shell_line};
+
+    #[test]
+    fn printed_command_lines_quote_globs_and_spaces() {
+        assert_eq!(
+            shell_line(&[
+                "train",
+                "--train-files",
+                "data/train-*",
+                "--model-dir",
+                "my models/a"
+            ]),
+            "train --train-files 'data/train-*' --model-dir 'my models/a'"
+        );
+        assert_eq!(shell_line(&["it's", ""]), r"'it'\''s' ''");
+    }
+
+    /// `"{path}: {source}"` that also returns `source` from `source()`, as thiserror makes it.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "data/x.json: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(Wrapped(io)).context("reading the manifest");
+        assert_eq!(
+            error_chain(&err),
+            "reading the manifest: data/x.json: no such file"
+        );
+        let plain = anyhow::Error::new(std::io::Error::other("disk full")).context("writing");
+        assert_eq!(error_chain(&plain), "writing: disk full");
     }
 }

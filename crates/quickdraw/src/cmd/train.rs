@@ -7,7 +7,7 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use quickdraw_train::metrics::MetricsReport;
 use quickdraw_train::model::{ModelKind, parse_conv, parse_widths};
-use quickdraw_train::pipeline::{DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER};
+use quickdraw_train::pipeline::{DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER, file_list};
 use quickdraw_train::train::StepStats;
 use quickdraw_train::{DeviceChoice, OptimizerKind, TrainObserver, TrainRequest, TrainSummary};
 
@@ -22,15 +22,18 @@ pub struct TrainArgs {
     /// Model directory (config, checkpoints, TensorBoard events); re-running resumes.
     #[arg(long, alias = "job-dir")]
     pub model_dir: PathBuf,
-    /// Training shards, a quoted glob such as 'data/zoo/train-*' (manifest.json must be next to them).
-    #[arg(long)]
-    pub train_files: String,
-    /// Evaluation shards (quoted glob); evaluated every --eval-every steps and at the end.
-    #[arg(long)]
-    pub eval_files: Option<String>,
+    /// Training shards: files, globs ('data/zoo/train-*') or a dataset directory (its train
+    /// shards, from manifest.json); several values, or the flag repeated, are one set.
+    #[arg(long, num_args = 1.., required = true, value_name = "FILES")]
+    pub train_files: Vec<String>,
+    /// Evaluation shards, given as for --train-files (a directory: its eval shards); evaluated
+    /// every --eval-every steps and at the end.
+    #[arg(long, num_args = 1.., value_name = "FILES")]
+    pub eval_files: Vec<String>,
     /// Train until this global step.
     #[arg(long, default_value_t = 1000)]
     pub train_steps: u64,
+    /// Examples per training step.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Number of classes; defaults to the length of labels.txt and must match it.
@@ -63,7 +66,7 @@ pub struct TrainArgs {
     /// Initialise the weights from another model dir's latest checkpoint (same architecture).
     #[arg(long, value_name = "DIR")]
     pub warm_start_from: Option<PathBuf>,
-    /// cpu, or cuda[:N] (needs a build with --features cuda).
+    /// Where to train: cpu, or cuda[:N] (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// DNN hidden layer widths: `1000` or a comma list `512,256`.
@@ -212,7 +215,8 @@ fn parse_list(
 
 pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     let stop = quickdraw_train::install_interrupt_handler()?;
-    let mut req = TrainRequest::new(a.model, a.model_dir.clone(), a.train_files.clone());
+    let train_files = file_list(&a.train_files, "train")?;
+    let mut req = TrainRequest::new(a.model, a.model_dir.clone(), train_files);
     req.hidden = parse_list("hidden", &a.hidden, parse_widths)?;
     req.conv = a
         .conv
@@ -228,7 +232,10 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     req.batch_size = a.batch_size;
     req.seed = a.seed;
     req.shuffle_buffer = a.shuffle_buffer;
-    req.eval_files = a.eval_files.clone();
+    req.eval_files = match a.eval_files.as_slice() {
+        [] => None,
+        v => Some(file_list(v, "eval")?),
+    };
     req.train_steps = a.train_steps;
     req.eval_steps = a.eval_steps;
     req.eval_every = a.eval_every;
