@@ -17,20 +17,20 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
-use quickdraw_data::example::{Example, Kind};
+use quickdraw_data::example::Example;
 use quickdraw_data::features::{self, FeatureSpec, PIXEL_SCALE, decode_example, decode_image};
 use quickdraw_data::manifest::{
     DatasetManifest, LABELS_FILE, MANIFEST_FILE, REJECTS_FILE, read_labels,
 };
 use quickdraw_data::strokes::StrokeFeatures;
-use quickdraw_data::tfrecord::{TfRecordError, TfRecordReader, masked_crc32c};
+use quickdraw_data::tfrecord::{TfRecordReader, count_records};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -187,7 +187,7 @@ impl DataSource {
         let counts = files
             .par_iter()
             .map(|f| count_records(f))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         for (f, &n) in files.iter().zip(&counts) {
             let d = dir_of(f);
             check_listed(f, n, &d, &manifests[&d])?;
@@ -256,60 +256,6 @@ fn load_manifest(dir: &Path) -> Result<DatasetManifest> {
         });
     }
     Ok(DatasetManifest::load(&path)?)
-}
-
-/// Counts the records of a TFRecord file by walking the headers (each length CRC is checked;
-/// data CRCs are checked when the records are read).
-pub fn count_records(path: &Path) -> Result<u64> {
-    let file = File::open(path).map_err(|source| TfRecordError::Io {
-        path: path.to_path_buf(),
-        offset: 0,
-        source,
-    })?;
-    let len = file.metadata().map_err(TrainError::io(path))?.len();
-    let mut r = BufReader::with_capacity(1 << 16, file);
-    let (mut pos, mut n) = (0u64, 0u64);
-    let mut header = [0u8; 12];
-    while pos < len {
-        if len - pos < 12 {
-            return Err(TfRecordError::Truncated {
-                path: path.to_path_buf(),
-                offset: pos,
-                what: format!("header has {} of 12 bytes", len - pos),
-            }
-            .into());
-        }
-        r.read_exact(&mut header)
-            .map_err(|source| TfRecordError::Io {
-                path: path.to_path_buf(),
-                offset: pos,
-                source,
-            })?;
-        let len_bytes: [u8; 8] = header[..8].try_into().expect("8 bytes");
-        let crc = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
-        if masked_crc32c(&len_bytes) != crc {
-            return Err(TfRecordError::Corrupt {
-                path: path.to_path_buf(),
-                offset: pos,
-                what: "length CRC mismatch".into(),
-            }
-            .into());
-        }
-        let rec = u64::from_le_bytes(len_bytes);
-        if pos + 16 + rec > len {
-            return Err(TfRecordError::Truncated {
-                path: path.to_path_buf(),
-                offset: pos,
-                what: format!("record of {rec} bytes runs past the end of the file"),
-            }
-            .into());
-        }
-        r.seek_relative(rec as i64 + 4)
-            .map_err(TrainError::io(path))?;
-        pos += 16 + rec;
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// Where a stream is: `offset` examples of epoch `epoch` have been emitted.
@@ -566,13 +512,6 @@ pub struct Decoded {
     pub strokes: Option<StrokeFeatures>,
 }
 
-fn int64_feature(ex: &Example, key: &str) -> Option<i64> {
-    match ex.get(key)?.kind.as_ref()? {
-        Kind::Int64List(l) if l.value.len() == 1 => Some(l.value[0]),
-        _ => None,
-    }
-}
-
 /// Decodes one example (used by the pipeline and by `predict`).
 pub fn decode_item(files: &[PathBuf], item: &RawItem, opts: &DecodeOptions) -> Result<Decoded> {
     let path = || files.get(item.file as usize).cloned().unwrap_or_default();
@@ -592,9 +531,10 @@ pub fn decode_item(files: &[PathBuf], item: &RawItem, opts: &DecodeOptions) -> R
     } else {
         let ex = Example::from_bytes(&item.bytes).map_err(|e| err(e.into()))?;
         let image = decode_image(&ex, &opts.spec).map_err(err)?;
-        let label = int64_feature(&ex, features::LABEL)
-            .ok_or_else(|| err(features::FeatureError::Missing(features::LABEL.into())))?;
-        let key_id = int64_feature(&ex, features::KEY_ID).unwrap_or(0) as u64;
+        let label = features::int64_feature(&ex, features::LABEL).map_err(err)?;
+        let key_id = features::int64_feature(&ex, features::KEY_ID)
+            .ok()
+            .unwrap_or(0) as u64;
         Decoded {
             label,
             image,
@@ -681,7 +621,7 @@ impl Batch {
         let px = image_size * image_size;
         let mut images = Vec::with_capacity(items.len() * px);
         for d in items {
-            images.extend(d.image.iter().map(|&v| v as f32 * PIXEL_SCALE));
+            images.extend(features::model_pixels(&d.image));
         }
         let strokes = if items.iter().all(|d| d.strokes.is_some()) && !items.is_empty() {
             let feats: Vec<&StrokeFeatures> =
@@ -860,12 +800,13 @@ pub fn count_labels(src: &DataSource, n_classes: usize) -> Result<Vec<u64>> {
                     offset,
                     source: e.into(),
                 })?;
-                let label =
-                    int64_feature(&ex, features::LABEL).ok_or_else(|| TrainError::Decode {
+                let label = features::int64_feature(&ex, features::LABEL).map_err(|source| {
+                    TrainError::Decode {
                         path: path.clone(),
                         offset,
-                        source: features::FeatureError::Missing(features::LABEL.into()),
-                    })?;
+                        source,
+                    }
+                })?;
                 if label < 0 || label >= opts.n_classes as i64 {
                     return Err(TrainError::BadLabel {
                         path: path.clone(),

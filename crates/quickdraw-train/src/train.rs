@@ -427,23 +427,6 @@ fn write_histograms(model: &Model, writer: &mut EventWriter, step: u64) -> Resul
     v.error.map_or(Ok(()), Err)
 }
 
-/// Tiles grey images into one grid image (1 px gaps); returns pixels and (width, height).
-pub fn image_grid(images: &[Vec<u8>], side: usize) -> (Vec<u8>, u32, u32) {
-    let n = images.len().max(1);
-    let cols = (n as f64).sqrt().ceil() as usize;
-    let rows = n.div_ceil(cols);
-    let (w, h) = (cols * (side + 1) + 1, rows * (side + 1) + 1);
-    let mut px = vec![64u8; w * h];
-    for (i, img) in images.iter().enumerate() {
-        let (r, c) = (i / cols, i % cols);
-        for y in 0..side {
-            let dst = (1 + r * (side + 1) + y) * w + 1 + c * (side + 1);
-            px[dst..dst + side].copy_from_slice(&img[y * side..(y + 1) * side]);
-        }
-    }
-    (px, w as u32, h as u32)
-}
-
 /// Trains as requested; see the module docs.
 pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSummary> {
     let setup = set_up(req, obs)?;
@@ -823,7 +806,7 @@ impl<'a> Run<'a> {
         if !self.inputs_logged {
             let n = batch.size.min(16);
             let imgs: Vec<Vec<u8>> = (0..n).map(|i| batch.image_u8(i)).collect();
-            let (px, w, h) = image_grid(&imgs, batch.image_size);
+            let (px, w, h) = quickdraw_data::image::tile(&imgs, batch.image_size);
             self.events
                 .add_png_gray("inputs", &px, w, h, self.step as i64)?;
             self.inputs_logged = true;
