@@ -234,7 +234,8 @@ impl CheckSample {
     }
 }
 
-/// A version written to its temporary folder, not yet visible to servers.
+/// A version written to its temporary folder by [`stage`] (not yet visible to servers), or, as
+/// [`export`] returns it, checked and published as `final_dir`.
 #[derive(Debug)]
 pub struct StagedExport {
     pub version: u64,
@@ -606,15 +607,25 @@ pub fn verify(staged: &StagedExport, verifier: &dyn ExportVerifier) -> Result<Ve
         dir: staged.tmp_dir.clone(),
         what,
     };
-    let (s, engine) = (&staged.sample, verifier.engine());
-    let out = verifier.run(&staged.tmp_dir, s).map_err(fail)?;
+    let out = verifier
+        .run(&staged.tmp_dir, &staged.sample)
+        .map_err(fail)?;
+    compare_outputs(&staged.sample, &out, verifier.engine()).map_err(fail)
+}
+
+/// Compares an engine's outputs on the check sample with burn's (see [`verify`]).
+fn compare_outputs(
+    s: &CheckSample,
+    out: &EngineOutputs,
+    engine: &str,
+) -> std::result::Result<Verified, String> {
     let c = s.n_classes;
     if out.classes.len() != s.n || out.probabilities.len() != s.n * c {
-        return Err(fail(format!(
+        return Err(format!(
             "{engine} returned {} rows for {} inputs",
             out.classes.len(),
             s.n
-        )));
+        ));
     }
     let mut max = 0f32;
     for i in 0..s.n {
@@ -624,17 +635,17 @@ pub fn verify(staged: &StagedExport, verifier: &dyn ExportVerifier) -> Result<Ve
         }
         let argmax = ranking(row)[0] as i64;
         if out.classes[i] != argmax {
-            return Err(fail(format!(
+            return Err(format!(
                 "example {i}: the classes output {} is not the argmax {argmax}",
                 out.classes[i]
-            )));
+            ));
         }
     }
     if max > CHECK_TOLERANCE {
-        return Err(fail(format!(
+        return Err(format!(
             "the exported graph disagrees with burn: probabilities differ by up to {max:e} (> {CHECK_TOLERANCE:e}) on {} eval examples",
             s.n
-        )));
+        ));
     }
     Ok(Verified {
         engine: engine.to_string(),
@@ -665,5 +676,45 @@ mod tests {
             fs::create_dir(tmp.path().join(d)).unwrap();
         }
         assert_eq!(next_version(tmp.path()).unwrap(), 8);
+    }
+
+    /// Two examples over three classes, as burn computed them.
+    fn sample() -> CheckSample {
+        CheckSample {
+            n: 2,
+            n_classes: 3,
+            inputs: SampleInputs::Images {
+                key: "img_1".into(),
+                size: 1,
+                pixels: vec![0.0, 1.0],
+            },
+            labels: vec![0, 2],
+            logits: vec![0.0; 6],
+            probabilities: vec![0.7, 0.2, 0.1, 0.1, 0.3, 0.6],
+        }
+    }
+
+    #[test]
+    fn engine_outputs_must_match_burn() {
+        let s = sample();
+        let out = |probabilities: Vec<f32>, classes: Vec<i64>| EngineOutputs {
+            probabilities,
+            classes,
+        };
+        let close = vec![0.70001, 0.2, 0.09999, 0.1, 0.3, 0.6];
+        let v = compare_outputs(&s, &out(close.clone(), vec![0, 2]), "e").unwrap();
+        assert_eq!((v.engine.as_str(), v.examples), ("e", 2));
+        assert!(v.max_difference > 0.0 && v.max_difference <= CHECK_TOLERANCE);
+
+        let far = vec![0.6, 0.3, 0.1, 0.1, 0.3, 0.6];
+        let e = compare_outputs(&s, &out(far, vec![0, 2]), "e").unwrap_err();
+        assert!(e.contains("disagrees with burn"), "{e}");
+        let e = compare_outputs(&s, &out(close.clone(), vec![0, 1]), "e").unwrap_err();
+        assert!(
+            e.contains("example 1") && e.contains("not the argmax 2"),
+            "{e}"
+        );
+        let e = compare_outputs(&s, &out(close[..3].to_vec(), vec![0]), "e").unwrap_err();
+        assert!(e.contains("e returned 1 rows for 2 inputs"), "{e}");
     }
 }
