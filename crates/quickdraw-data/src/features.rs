@@ -281,7 +281,8 @@ pub fn encode_example_into(
                 ),
                 ImageEncoding::Bytes => (key, BYTES, encoded(&|b| put_bytes_list(b, &p.image))),
                 ImageEncoding::Png => {
-                    let png = crate::image::encode_grey(&p.image, spec.raster.size, spec.raster.size);
+                    let png =
+                        crate::image::encode_grey(&p.image, spec.raster.size, spec.raster.size);
                     (key, BYTES, encoded(&|b| put_bytes_list(b, &png)))
                 }
             },
@@ -423,7 +424,11 @@ pub fn encode_example_prost(
     let img = match spec.image_encoding {
         ImageEncoding::Int64 => Feature::int64s(p.image.iter().map(|&v| v as i64).collect()),
         ImageEncoding::Bytes => Feature::bytes(p.image.clone()),
-        ImageEncoding::Png => Feature::bytes(crate::image::encode_grey(&p.image, spec.raster.size, spec.raster.size)),
+        ImageEncoding::Png => Feature::bytes(crate::image::encode_grey(
+            &p.image,
+            spec.raster.size,
+            spec.raster.size,
+        )),
     };
     f.insert(image_key(spec.raster.size), img);
     f.insert(WORD.to_string(), Feature::bytes(d.word.as_bytes().to_vec()));
@@ -528,12 +533,11 @@ pub fn decode_image(ex: &Example, spec: &FeatureSpec) -> Result<Vec<u8>, Feature
             v.iter().map(|&p| p as u8).collect()
         }
         ImageEncoding::Bytes => bytes(ex, &key)?.to_vec(),
-        ImageEncoding::Png => crate::image::decode_grey(bytes(ex, &key)?, spec.raster.size).map_err(|what| {
-            FeatureError::BadValue {
+        ImageEncoding::Png => crate::image::decode_grey(bytes(ex, &key)?, spec.raster.size)
+            .map_err(|what| FeatureError::BadValue {
                 key: key.clone(),
                 what,
-            }
-        })?,
+            })?,
     };
     if image.len() != n {
         return Err(FeatureError::WrongLength {

@@ -36,7 +36,11 @@ pub fn encode(pixels: &[u8], w: u32, h: u32, channels: u32) -> Result<Vec<u8>, p
 ///
 /// Panics when `pixels.len() != w * h` (a programming error: callers build the buffer).
 pub fn encode_grey(pixels: &[u8], w: u32, h: u32) -> Vec<u8> {
-    assert_eq!(pixels.len(), w as usize * h as usize, "grey image buffer size");
+    assert_eq!(
+        pixels.len(),
+        w as usize * h as usize,
+        "grey image buffer size"
+    );
     // Into a Vec with matching dimensions, encoding cannot fail.
     encode(pixels, w, h, 1).expect("PNG into memory")
 }
@@ -173,7 +177,9 @@ mod tests {
     }
 
     fn decode_any(bytes: &[u8]) -> Vec<u8> {
-        let mut r = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+        let mut r = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
         let mut buf = vec![0; r.output_buffer_size()];
         let info = r.next_frame(&mut buf).unwrap();
         buf.truncate(info.buffer_size());

@@ -122,7 +122,10 @@ mod tests {
 
     #[test]
     fn holder_text_is_parsed() {
-        assert_eq!(holder_description("pid 7\nquickdraw train\n"), "pid 7: quickdraw train");
+        assert_eq!(
+            holder_description("pid 7\nquickdraw train\n"),
+            "pid 7: quickdraw train"
+        );
         assert_eq!(holder_description(""), "pid unknown");
     }
 }

@@ -29,9 +29,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::drawing::{Drawing, Ink, Stroke};
-use crate::split::mix64;
 #[cfg(test)]
 use crate::ingest::ndjson::to_line_as;
+use crate::split::mix64;
 
 /// The synthetic classes, in class-index order.
 pub const SHAPES: &[&str] = &[

@@ -339,12 +339,18 @@ mod tests {
         // Cut inside the last record / flip a length byte: named with the byte offset.
         std::fs::write(&shard, &bytes[..bytes.len() - 1]).unwrap();
         let e = count_records(&shard).unwrap_err();
-        assert!(matches!(e, TfRecordError::Truncated { offset: 33, .. }), "{e}");
+        assert!(
+            matches!(e, TfRecordError::Truncated { offset: 33, .. }),
+            "{e}"
+        );
         let mut bad = bytes.clone();
         bad[17] ^= 1; // the second record's length
         std::fs::write(&shard, &bad).unwrap();
         let e = count_records(&shard).unwrap_err();
-        assert!(matches!(e, TfRecordError::Corrupt { offset: 17, .. }), "{e}");
+        assert!(
+            matches!(e, TfRecordError::Corrupt { offset: 17, .. }),
+            "{e}"
+        );
     }
 
     #[test]

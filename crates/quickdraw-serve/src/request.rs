@@ -640,9 +640,9 @@ pub fn to_model_input(
         (Instance::Drawing(d), _) => {
             let p = features::preprocess(&d.ink, spec).map_err(|e| bad(e.to_string()))?;
             match input {
-                InputKind::Image { .. } => {
-                    Ok(ModelInput::Pixels(features::model_pixels(&p.image).collect()))
-                }
+                InputKind::Image { .. } => Ok(ModelInput::Pixels(
+                    features::model_pixels(&p.image).collect(),
+                )),
                 InputKind::Strokes => p
                     .strokes
                     .map(ModelInput::Sequence)

@@ -309,7 +309,9 @@ pub fn compare(
     for (x, y) in pa.iter().zip(&pb) {
         debug_assert_eq!(x.key_id, y.key_id);
         let (ra, rb) = (x.predicted == Some(x.label), y.predicted == Some(y.label));
-        let name = |p: Option<usize>| p.map_or_else(|| INVALID_PREDICTION.to_string(), |p| names[p].clone());
+        let name = |p: Option<usize>| {
+            p.map_or_else(|| INVALID_PREDICTION.to_string(), |p| names[p].clone())
+        };
         if ra != rb {
             if rb {
                 fixed += 1;

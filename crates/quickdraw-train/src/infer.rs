@@ -147,4 +147,3 @@ impl TrainedModel {
         Ok(self.probs(ModelInput::from_batch(batch, self.kind(), &self.device)?))
     }
 }
-

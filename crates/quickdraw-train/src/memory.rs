@@ -106,7 +106,9 @@ mod tests {
     fn a_million_examples_are_refused_with_the_limit() {
         let m = ModelConfig::new(ModelKind::Cnn, 10, 64);
         let avail = 16u64 << 30;
-        let err = check_batch_size(&m, 1_000_000, 0, 4, avail).unwrap_err().to_string();
+        let err = check_batch_size(&m, 1_000_000, 0, 4, avail)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--batch-size 1000000 needs about"), "{err}");
         let limit: u64 = err.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(limit > 64 && limit < 1_000_000, "{err}");

@@ -32,7 +32,8 @@ pub fn in_top_k(scores: &[f32], label: usize, k: usize) -> bool {
 /// that fail this; they count as wrong predictions everywhere (an unordered NaN would otherwise
 /// rank the true class first and score accuracy 1.0).
 pub fn is_valid_scores(scores: &[f32]) -> bool {
-    !scores.iter().any(|v| v.is_nan() || *v == f32::INFINITY) && scores.iter().any(|v| v.is_finite())
+    !scores.iter().any(|v| v.is_nan() || *v == f32::INFINITY)
+        && scores.iter().any(|v| v.is_finite())
 }
 
 /// The top class of a valid row of scores; `None` for an invalid one (see [`is_valid_scores`]).

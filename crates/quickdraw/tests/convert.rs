@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use quickdraw_data::features::{FeatureSpec, ImageEncoding, decode_example, preprocess};
+use quickdraw_data::ingest::ndjson::to_line_as;
 use quickdraw_data::ingest::{binary, npy};
 use quickdraw_data::lock::{DirLock, LOCK_FILE};
 use quickdraw_data::manifest::DatasetManifest;
 use quickdraw_data::raster::{RasterMode, RasterSpec};
 use quickdraw_data::simplify::simplify;
 use quickdraw_data::strokes::StrokeSpec;
-use quickdraw_data::ingest::ndjson::to_line_as;
 use quickdraw_data::synth::{SynthConfig, synth_class};
 use quickdraw_data::tfrecord::TfRecordReader;
 use quickdraw_data::{Drawing, Ink};
@@ -1007,25 +1007,43 @@ fn mixed_class_ndjson_is_labelled_by_word_and_said_in_the_summary() {
     write_ndjson(&mixed, &ds, false);
     let out = tmp.path().join("out");
     let o = ok(&[
-        "convert", "--input", s(&mixed), "--output", s(&out), "--split", "train=0.8,eval=0.2",
-        "--shards", "1",
+        "convert",
+        "--input",
+        s(&mixed),
+        "--output",
+        s(&out),
+        "--split",
+        "train=0.8,eval=0.2",
+        "--shards",
+        "1",
     ]);
     let summary = String::from_utf8_lossy(&o.stdout);
     assert!(
-        summary.contains("labels: from each record's word in") && summary.contains("exported.ndjson"),
+        summary.contains("labels: from each record's word in")
+            && summary.contains("exported.ndjson"),
         "{summary}"
     );
     let m = DatasetManifest::load(&out).unwrap();
     let words: BTreeSet<&str> = ds.iter().map(|d| d.word.as_str()).collect();
-    assert_eq!(m.classes, words.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        m.classes,
+        words.iter().map(|w| w.to_string()).collect::<Vec<_>>()
+    );
     assert_eq!(m.totals.kept, 60);
     assert_eq!(m.totals.rejected_total(), 0);
 
     // The old rule, asked for: every record's word differs from the file's name.
     let strict = tmp.path().join("strict");
     let err = util::fails(&[
-        "convert", "--input", s(&mixed), "--output", s(&strict), "--label-from", "file",
-        "--shards", "1",
+        "convert",
+        "--input",
+        s(&mixed),
+        "--output",
+        s(&strict),
+        "--label-from",
+        "file",
+        "--shards",
+        "1",
     ]);
     assert!(err.contains("rejected"), "{err}");
     let rejects = fs::read_to_string(strict.join("rejects.jsonl")).unwrap();
@@ -1040,10 +1058,23 @@ fn bitmaps_resized_to_another_size_are_warned_about() {
     fs::create_dir_all(&dir).unwrap();
     npy_file(&dir.join("fish.npy"), 40, 40);
     let out = tmp.path().join("out");
-    let args = ["convert", "--input", s(&dir), "--output", s(&out), "--shards", "1", "--split", "train=1.0"];
+    let args = [
+        "convert",
+        "--input",
+        s(&dir),
+        "--output",
+        s(&out),
+        "--shards",
+        "1",
+        "--split",
+        "train=1.0",
+    ];
     let o = ok(&args);
     let err = stderr(&o);
-    assert!(err.contains("warning: 1 numpy_bitmap input file(s) hold 28x28 images"), "{err}");
+    assert!(
+        err.contains("warning: 1 numpy_bitmap input file(s) hold 28x28 images"),
+        "{err}"
+    );
     assert!(err.contains("--size 28"), "{err}");
     let m = DatasetManifest::load(&out).unwrap();
     assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);

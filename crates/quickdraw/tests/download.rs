@@ -394,7 +394,11 @@ fn numpy_bitmaps_and_other_formats_use_google_paths() {
     short.truncate(short.len() - 784);
     server.put("/full/numpy_bitmap/cat.npy", &good, Mode::Normal);
     server.put("/full/numpy_bitmap/dog.npy", &short, Mode::Normal);
-    server.put("/full/raw/cat.ndjson", &ndjson("cat", 3).into_bytes(), Mode::Normal);
+    server.put(
+        "/full/raw/cat.ndjson",
+        &ndjson("cat", 3).into_bytes(),
+        Mode::Normal,
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().to_path_buf();
     let out = download(

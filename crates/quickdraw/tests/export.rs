@@ -434,8 +434,9 @@ fn non_finite_weights_are_never_exported() {
     let state_path = ck.dir.join("state.json");
     let mut state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
-    state["sha256"]["model.bpk"] =
-        quickdraw_train::modeldir::sha256_file(&ck.model_file()).unwrap().into();
+    state["sha256"]["model.bpk"] = quickdraw_train::modeldir::sha256_file(&ck.model_file())
+        .unwrap()
+        .into();
     std::fs::write(&state_path, state.to_string()).unwrap();
 
     let step = ck.state.step.to_string();

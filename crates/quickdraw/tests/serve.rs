@@ -64,8 +64,15 @@ fn model_show_prints_the_signature() {
         all.contains("onnx:") && all.contains("symbolic batch") && all.contains("   2 right"),
         "{all}"
     );
-    let v: Value =
-        serde_json::from_str(&ok_stdout(&["model", "show", "--dir", s(&dir), "--all", "--json"])).unwrap();
+    let v: Value = serde_json::from_str(&ok_stdout(&[
+        "model",
+        "show",
+        "--dir",
+        s(&dir),
+        "--all",
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(v["version"], 3);
     assert_eq!(
         v["signature"]["inputs"]["img_8"]["shape"],

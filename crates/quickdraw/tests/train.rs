@@ -496,7 +496,13 @@ fn warm_start_is_loud_and_starts_at_step_zero() {
 #[test]
 fn n_classes_is_checked_against_labels() {
     let d = Data::new(false);
-    let out = qd_owned(&train_args(&d, "linear", &d.model_dir("m"), 5, &["--n-classes", "4"]));
+    let out = qd_owned(&train_args(
+        &d,
+        "linear",
+        &d.model_dir("m"),
+        5,
+        &["--n-classes", "4"],
+    ));
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("--n-classes 4") && stderr(&out).contains("3 classes"),
@@ -719,8 +725,15 @@ fn a_diverged_model_scores_as_wrong_and_training_stops_on_nan() {
     let ev = eval_json(&dir, &d);
     let n = ev["examples"].as_u64().unwrap();
     let invalid = ev["invalid_predictions"].as_u64().unwrap();
-    assert!(invalid > 0, "expected NaN outputs from a diverged model: {ev}");
-    assert!(ev["loss"].is_null(), "loss must be NaN (null), got {}", ev["loss"]);
+    assert!(
+        invalid > 0,
+        "expected NaN outputs from a diverged model: {ev}"
+    );
+    assert!(
+        ev["loss"].is_null(),
+        "loss must be NaN (null), got {}",
+        ev["loss"]
+    );
     let acc = ev["accuracy"].as_f64().unwrap();
     assert!(
         acc <= (n - invalid) as f64 / n as f64,
@@ -736,7 +749,10 @@ fn a_diverged_model_scores_as_wrong_and_training_stops_on_nan() {
         .map(|i| ev["confusion"][i][i].as_u64().unwrap())
         .sum();
     assert_eq!(confusion_total, n - invalid);
-    assert!((acc - diagonal as f64 / n as f64).abs() < 1e-12, "confusion disagrees: {ev}");
+    assert!(
+        (acc - diagonal as f64 / n as f64).abs() < 1e-12,
+        "confusion disagrees: {ev}"
+    );
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(last_checkpoint_dir(&dir).join("state.json")).unwrap(),
     )
@@ -752,12 +768,24 @@ fn a_diverged_model_scores_as_wrong_and_training_stops_on_nan() {
         "--eval-files",
         &d.eval(),
     ]));
-    assert!(err.contains("WARNING") && err.contains("NaN or infinite"), "{err}");
+    assert!(
+        err.contains("WARNING") && err.contains("NaN or infinite"),
+        "{err}"
+    );
 
     // Going on from there, the loss is NaN at once: training stops, keeping the last checkpoint.
-    let err = fail(&train_args(&d, "linear", &dir, 5, &["--learning-rate", "1e38"]));
+    let err = fail(&train_args(
+        &d,
+        "linear",
+        &dir,
+        5,
+        &["--learning-rate", "1e38"],
+    ));
     assert!(err.contains("TerminateOnNaN"), "{err}");
-    assert!(err.contains("step-00000001"), "names the last good checkpoint: {err}");
+    assert!(
+        err.contains("step-00000001"),
+        "names the last good checkpoint: {err}"
+    );
     assert_eq!(checkpoint_steps(&dir), vec![1]);
 }
 
@@ -804,7 +832,13 @@ fn flipped_bytes_in_a_checkpoint_are_refused_by_evaluate_resume_and_export() {
     flip("model.bpk"); // restored
     ok_owned(&eval);
     flip("optimizer.bpk");
-    let err = fail(&train_args(&d, "linear", &dir, 10, &["--learning-rate", "0.01"]));
+    let err = fail(&train_args(
+        &d,
+        "linear",
+        &dir,
+        10,
+        &["--learning-rate", "0.01"],
+    ));
     assert!(
         err.contains("checksum mismatch") && err.contains("optimizer.bpk"),
         "{err}"
@@ -820,7 +854,10 @@ fn a_batch_size_that_cannot_fit_is_refused_before_training() {
     args[i + 1] = "100000000".into();
     let err = fail(&args);
     assert!(err.contains("--batch-size 100000000 needs about"), "{err}");
-    assert!(err.contains("the largest batch size that fits is about"), "{err}");
+    assert!(
+        err.contains("the largest batch size that fits is about"),
+        "{err}"
+    );
     assert!(checkpoint_steps(&dir).is_empty());
 }
 
@@ -852,7 +889,10 @@ fn a_stray_shard_matched_by_the_pattern_is_refused_by_name() {
     let ours = d.dir.join("train-00001-of-00002.tfrecord");
     std::fs::copy(other.join("train-00000-of-00001.tfrecord"), &ours).unwrap();
     let err = fail(&train_args(&d, "linear", &dir, 2, &[]));
-    assert!(err.contains(s(&ours)) && err.contains("comes from another dataset"), "{err}");
+    assert!(
+        err.contains(s(&ours)) && err.contains("comes from another dataset"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -873,7 +913,13 @@ fn a_second_run_on_the_same_model_dir_is_refused_naming_the_holder() {
     assert!(err.contains("model directory is already in use"), "{err}");
     assert!(err.contains(&format!("pid {}", child.id())), "{err}");
     // Freed by the OS when the holder dies: training resumes.
-    train(&d, "dnn", &dir, 4, &["--hidden", "256", "--checkpoint-every", "3"]);
+    train(
+        &d,
+        "dnn",
+        &dir,
+        4,
+        &["--hidden", "256", "--checkpoint-every", "3"],
+    );
 }
 
 #[test]
@@ -884,7 +930,14 @@ fn resume_with_dropout_matches_an_uninterrupted_run_exactly() {
     let d = Data::new(false);
     let a = d.model_dir("drop-a");
     let b = d.model_dir("drop-b");
-    let common = ["--hidden", "32", "--dropout", "0.5", "--checkpoint-every", "5"];
+    let common = [
+        "--hidden",
+        "32",
+        "--dropout",
+        "0.5",
+        "--checkpoint-every",
+        "5",
+    ];
     train(&d, "dnn", &a, 6, &common);
     train(&d, "dnn", &a, 12, &common);
     train(&d, "dnn", &b, 12, &common);

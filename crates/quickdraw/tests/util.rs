@@ -26,14 +26,22 @@ pub fn qd_owned(args: &[String]) -> Output {
 /// succeeds.
 pub fn ok(args: &[&str]) -> Output {
     let o = qd(args);
-    assert!(o.status.success(), "quickdraw {args:?} failed: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "quickdraw {args:?} failed: {}",
+        text(&o)
+    );
     o
 }
 
 /// [`ok`] with owned arguments.
 pub fn ok_owned(args: &[String]) -> Output {
     let o = qd_owned(args);
-    assert!(o.status.success(), "quickdraw {args:?} failed: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "quickdraw {args:?} failed: {}",
+        text(&o)
+    );
     o
 }
 

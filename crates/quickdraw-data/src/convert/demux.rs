@@ -53,7 +53,12 @@ fn word_of(bytes: &[u8]) -> Option<String> {
 /// `--label-from auto` for one NDJSON file: [`LabelFrom::File`] when at least
 /// [`FILE_LABEL_SHARE`] of its first [`SNIFF_RECORDS`] records with a word carry the file's
 /// class, else [`LabelFrom::Word`]. Binary and npy files are always labelled by their name.
-pub fn sniff(path: &Path, format: Format, gzip: bool, class: &str) -> Result<LabelFrom, ConvertError> {
+pub fn sniff(
+    path: &Path,
+    format: Format,
+    gzip: bool,
+    class: &str,
+) -> Result<LabelFrom, ConvertError> {
     if format != Format::Ndjson {
         return Ok(LabelFrom::File);
     }
@@ -66,11 +71,13 @@ pub fn sniff(path: &Path, format: Format, gzip: bool, class: &str) -> Result<Lab
             same += usize::from(w == class);
         }
     }
-    Ok(if seen > 0 && (same as f64) < FILE_LABEL_SHARE * seen as f64 {
-        LabelFrom::Word
-    } else {
-        LabelFrom::File
-    })
+    Ok(
+        if seen > 0 && (same as f64) < FILE_LABEL_SHARE * seen as f64 {
+            LabelFrom::Word
+        } else {
+            LabelFrom::File
+        },
+    )
 }
 
 /// The mixed files split by word.
@@ -132,7 +139,11 @@ pub fn demux(
                 match r {
                     Ok(word) if selected.is_some_and(|s| !s.contains(&word)) => {
                         d.out.counts.read += 1;
-                        *d.out.counts.filtered.entry("class_not_selected".into()).or_default() += 1;
+                        *d.out
+                            .counts
+                            .filtered
+                            .entry("class_not_selected".into())
+                            .or_default() += 1;
                     }
                     Ok(word) => {
                         if format.is_none() {
@@ -148,7 +159,9 @@ pub fn demux(
                 }
             }
             let now = counter.load(Ordering::Relaxed);
-            progress.bytes_read.fetch_add(now - reported, Ordering::Relaxed);
+            progress
+                .bytes_read
+                .fetch_add(now - reported, Ordering::Relaxed);
             reported = now;
         }
         let (sha256, bytes) = reader.finish()?;
@@ -273,10 +286,19 @@ mod tests {
         let mut cats = vec!["cat"; 19];
         cats.push("dog");
         let p = write("cat.ndjson", &cats);
-        assert_eq!(sniff(&p, Format::Ndjson, false, "cat").unwrap(), LabelFrom::File);
+        assert_eq!(
+            sniff(&p, Format::Ndjson, false, "cat").unwrap(),
+            LabelFrom::File
+        );
         let p = write("log.ndjson", &["cat", "dog", "cat"]);
-        assert_eq!(sniff(&p, Format::Ndjson, false, "log").unwrap(), LabelFrom::Word);
-        assert_eq!(sniff(&p, Format::Binary, false, "log").unwrap(), LabelFrom::File);
+        assert_eq!(
+            sniff(&p, Format::Ndjson, false, "log").unwrap(),
+            LabelFrom::Word
+        );
+        assert_eq!(
+            sniff(&p, Format::Binary, false, "log").unwrap(),
+            LabelFrom::File
+        );
     }
 
     #[test]
@@ -287,13 +309,18 @@ mod tests {
             truncated: false,
             reject: None,
         };
-        assert_eq!(route(&unit(r#"{"word":"cat","drawing":[]}"#)).unwrap(), "cat");
+        assert_eq!(
+            route(&unit(r#"{"word":"cat","drawing":[]}"#)).unwrap(),
+            "cat"
+        );
         assert_eq!(
             route(&unit("{oops")).unwrap_err().reason,
             RejectReason::InvalidJson
         );
         assert_eq!(
-            route(&unit(r#"{"drawing":[[[1,2],[3,4]]]}"#)).unwrap_err().reason,
+            route(&unit(r#"{"drawing":[[[1,2],[3,4]]]}"#))
+                .unwrap_err()
+                .reason,
             RejectReason::MissingField
         );
     }

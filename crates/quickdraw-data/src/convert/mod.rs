@@ -836,14 +836,25 @@ fn label_mixed(
     plan: &Plan,
     tmp: &Path,
     progress: &Progress,
-) -> Result<(Vec<String>, Vec<Vec<InputPlan>>, Option<(PathBuf, GroupOut)>), ConvertError> {
+) -> Result<
+    (
+        Vec<String>,
+        Vec<Vec<InputPlan>>,
+        Option<(PathBuf, GroupOut)>,
+    ),
+    ConvertError,
+> {
     if plan.mixed.is_empty() {
         return Ok((plan.classes.clone(), plan.groups.clone(), None));
     }
     let selected = cfg.classes.as_deref();
     let mut d = demux::demux(cfg.max_listed_rejects, &plan.mixed, selected, tmp, progress)?;
-    let mut by_class: BTreeMap<String, Vec<InputPlan>> =
-        plan.classes.iter().cloned().zip(plan.groups.iter().cloned()).collect();
+    let mut by_class: BTreeMap<String, Vec<InputPlan>> = plan
+        .classes
+        .iter()
+        .cloned()
+        .zip(plan.groups.iter().cloned())
+        .collect();
     for (word, files) in std::mem::take(&mut d.files) {
         by_class.entry(word).or_default().extend(files);
     }
@@ -895,9 +906,18 @@ fn convert_class(
         // A mixed input's scratch file: its bytes were counted when it was split, and its
         // rejects name the original file and line.
         let own_counter = Arc::new(AtomicU64::new(0));
-        let file_counter = if f.origin.is_some() { &own_counter } else { &counter };
-        let mut reader = UnitReader::open_as(&f.path, f.format, f.gzip, Some(file_counter.clone()))?;
-        let mut origin_lines = f.origin.as_deref().map(demux::OriginLines::open).transpose()?;
+        let file_counter = if f.origin.is_some() {
+            &own_counter
+        } else {
+            &counter
+        };
+        let mut reader =
+            UnitReader::open_as(&f.path, f.format, f.gzip, Some(file_counter.clone()))?;
+        let mut origin_lines = f
+            .origin
+            .as_deref()
+            .map(demux::OriginLines::open)
+            .transpose()?;
         let shown_path = f.origin.as_ref().map_or(&f.path, |o| &o.path);
         let mut format = None;
         let loc_key = if f.format == Format::Ndjson {
@@ -1428,7 +1448,10 @@ mod tests {
         };
         let w = plan(&cfg).unwrap().warnings;
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("resized to 64x64") && w[0].contains("--size 28"), "{w:?}");
+        assert!(
+            w[0].contains("resized to 64x64") && w[0].contains("--size 28"),
+            "{w:?}"
+        );
         cfg.features.raster.size = 28;
         assert!(plan(&cfg).unwrap().warnings.is_empty());
     }

@@ -404,7 +404,10 @@ mod tests {
         assert!(!bad.ok);
         let all = bad.problems.join("\n");
         assert!(all.contains(shard.as_str()) && all.contains("CRC"), "{all}");
-        assert!(all.contains("eval-00009-of-00010: shard file not listed"), "{all}");
+        assert!(
+            all.contains("eval-00009-of-00010: shard file not listed"),
+            "{all}"
+        );
         assert!(all.contains("labels.txt: lists [\"x\"]"), "{all}");
     }
 }

@@ -226,7 +226,11 @@ fn convert_cancellable(
         eprintln!("warning: {w}");
     }
     if !ctx.quiet && !plan.mixed.is_empty() {
-        let names: Vec<String> = plan.mixed.iter().map(|f| f.path.display().to_string()).collect();
+        let names: Vec<String> = plan
+            .mixed
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect();
         eprintln!(
             "labels from each record's word (files that mix classes): {}; from file names: the other {} files",
             names.join(", "),

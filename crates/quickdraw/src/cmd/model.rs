@@ -555,7 +555,9 @@ fn run_model(a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
     for f in &a.input_ndjson {
         let mut r = DrawingReader::open(f, LabelFrom::Word, None)?;
         while remaining > 0 {
-            let Some((index, parsed)) = r.next_drawing()? else { break };
+            let Some((index, parsed)) = r.next_drawing()? else {
+                break;
+            };
             let d = match parsed {
                 Ok(d) => d,
                 Err(rej) => {

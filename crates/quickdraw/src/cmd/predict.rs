@@ -8,9 +8,9 @@ use anyhow::Context;
 use quickdraw_data::example::Example;
 use quickdraw_data::features::{self, decode_example, decode_image, preprocess};
 use quickdraw_data::ingest::{DrawingReader, LabelFrom};
+use quickdraw_data::signature::top_k;
 use quickdraw_data::tfrecord::{TfRecordReader, is_tfrecord};
 use quickdraw_train::pipeline::Decoded;
-use quickdraw_data::signature::top_k;
 use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel};
 use serde::Serialize;
 
@@ -83,8 +83,12 @@ fn read_tfrecord(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
         } else {
             None
         };
-        let label = features::int64_feature(&ex, features::LABEL).ok().and_then(|l| tm.labels().get(l as usize).cloned());
-        let key_id = features::int64_feature(&ex, features::KEY_ID).ok().unwrap_or(0) as u64;
+        let label = features::int64_feature(&ex, features::LABEL)
+            .ok()
+            .and_then(|l| tm.labels().get(l as usize).cloned());
+        let key_id = features::int64_feature(&ex, features::KEY_ID)
+            .ok()
+            .unwrap_or(0) as u64;
         out.push(Item {
             index,
             label,
@@ -105,7 +109,9 @@ fn read_drawings(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
     let mut r = DrawingReader::open(path, LabelFrom::Word, None)?;
     let mut out = Vec::new();
     while out.len() < limit {
-        let Some((index, parsed)) = r.next_drawing()? else { break };
+        let Some((index, parsed)) = r.next_drawing()? else {
+            break;
+        };
         let d = match parsed {
             Ok(d) => d,
             Err(rej) => {

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use quickdraw_data::Ink;
 use quickdraw_data::convert::expand_inputs;
+use quickdraw_data::ingest::ndjson::to_line_as;
 use quickdraw_data::ingest::{DrawingReader, LabelFrom};
 use quickdraw_data::simplify::simplify;
-use quickdraw_data::ingest::ndjson::to_line_as;
 
 use super::{Ctx, expand_globs};
 

@@ -513,7 +513,6 @@ fn print_check(check: &DatasetCheck) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

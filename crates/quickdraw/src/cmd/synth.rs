@@ -6,8 +6,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use quickdraw_data::simplify::simplify;
 use quickdraw_data::ingest::ndjson::to_line_as;
+use quickdraw_data::simplify::simplify;
 use quickdraw_data::synth::{SHAPES, SynthConfig, synth_class};
 use quickdraw_data::{Drawing, Ink};
 
