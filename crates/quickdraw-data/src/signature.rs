@@ -469,13 +469,16 @@ pub fn list_versions(base: &Path) -> Result<Vec<(u64, PathBuf)>, SignatureError>
 /// Names by which a training model directory (`quickdraw train`'s layout: `state.json`,
 /// `checkpoints/`; quickdraw_train::modeldir, whose tests keep these in sync) is recognised
 /// where an export is expected, and the sub-folder `quickdraw export` writes versions to.
-pub const MODEL_DIR_MARKERS: [&str; 2] = ["state.json", "checkpoints"];
+pub const MODEL_DIR_MARKERS: [&str; 2] = ["config.json", "checkpoints"];
 pub const MODEL_DIR_EXPORT: &str = "export";
 
 /// When `dir` is a training model directory rather than an export, what to say instead: that it
 /// is one, and which folder holds (or will hold) its exports.
 pub fn model_dir_hint(dir: &Path) -> Option<String> {
-    if !MODEL_DIR_MARKERS.iter().any(|m| dir.join(m).exists()) {
+    // A base path holding versions is an export base, whatever else it holds.
+    if !MODEL_DIR_MARKERS.iter().any(|m| dir.join(m).exists())
+        || list_versions(dir).is_ok_and(|v| !v.is_empty())
+    {
         return None;
     }
     let export = dir.join(MODEL_DIR_EXPORT);

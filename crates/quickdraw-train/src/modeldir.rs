@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn the_export_format_knows_the_model_dir_layout() {
         use quickdraw_data::signature::{MODEL_DIR_EXPORT, MODEL_DIR_MARKERS};
-        assert_eq!(MODEL_DIR_MARKERS, [STATE_FILE, CHECKPOINTS_DIR]);
+        assert_eq!(MODEL_DIR_MARKERS, [CONFIG_FILE, CHECKPOINTS_DIR]);
         assert_eq!(MODEL_DIR_EXPORT, crate::export::EXPORT_DIR);
     }
 

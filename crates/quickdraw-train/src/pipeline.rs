@@ -125,7 +125,12 @@ impl DataSource {
                 pattern: p.to_string(),
                 source,
             })?;
-            paths.extend(matched.filter_map(|p| p.ok()));
+            let before = paths.len();
+            paths.extend(matched.filter_map(|p| p.ok()).filter(|p| p.is_file()));
+            // Each value must match: a typo in one of several must not go unnoticed.
+            if paths.len() == before {
+                return Err(TrainError::NoFiles(p.to_string()));
+            }
         }
         let mut files: Vec<PathBuf> = paths
             .into_iter()

@@ -147,8 +147,9 @@ pub fn demux(
                     }
                     Ok(word) => {
                         if format.is_none() {
-                            let first = ingest::ndjson::parse_line(&u.bytes).ok();
-                            format = Some(format_name(f.format, first.as_ref()));
+                            if let Ok(first) = ingest::ndjson::parse_line(&u.bytes) {
+                                format = Some(format_name(f.format, Some(&first)));
+                            }
                         }
                         sink.write(&word, u)?;
                     }
@@ -187,6 +188,14 @@ pub fn demux(
 fn route(u: &Unit) -> Result<String, Reject> {
     if u.reject.is_none() {
         if let Some(w) = word_of(&u.bytes) {
+            if w.chars().any(char::is_control) || w.trim() != w {
+                return Err(Reject::new(
+                    RejectReason::WrongType,
+                    format!(
+                        "word {w:?} is no class name (control characters or surrounding spaces)"
+                    ),
+                ));
+            }
             return Ok(w);
         }
     }
@@ -229,7 +238,7 @@ impl Sink<'_> {
         let mut out = Vec::with_capacity(self.writers.len());
         for (word, (data, mut dw, mut lw)) in self.writers {
             dw.flush().map_err(io_err(&data))?;
-            lw.flush().map_err(io_err(&data))?;
+            lw.flush().map_err(io_err(&data.with_extension("lines")))?;
             let plan = InputPlan {
                 path: data.clone(),
                 format: Format::Ndjson,
@@ -251,21 +260,33 @@ impl Sink<'_> {
 pub struct OriginLines {
     r: BufReader<File>,
     path: PathBuf,
+    /// Lines in the scratch file, and how many were read.
+    total: u64,
+    read: u64,
 }
 
 impl OriginLines {
     pub fn open(o: &Origin) -> Result<Self, ConvertError> {
         let f = File::open(&o.lines).map_err(io_err(&o.lines))?;
+        let total = f.metadata().map_err(io_err(&o.lines))?.len() / 8;
         Ok(OriginLines {
             r: BufReader::with_capacity(1 << 16, f),
             path: o.lines.clone(),
+            total,
+            read: 0,
         })
     }
 
     pub fn next_line(&mut self) -> Result<u64, ConvertError> {
         let mut b = [0u8; 8];
         self.r.read_exact(&mut b).map_err(io_err(&self.path))?;
+        self.read += 1;
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// Lines of the scratch file not read (the class's quotas filled first).
+    pub fn unread(&self) -> u64 {
+        self.total - self.read
     }
 }
 
@@ -323,5 +344,10 @@ mod tests {
                 .reason,
             RejectReason::MissingField
         );
+        // A word that cannot be one line of labels.txt is no class.
+        for w in [r#""cat\ndog""#, r#""cat ""#, r#""\u0007""#] {
+            let r = route(&unit(&format!(r#"{{"word":{w},"drawing":[]}}"#))).unwrap_err();
+            assert_eq!(r.reason, RejectReason::WrongType, "{w}");
+        }
     }
 }

@@ -34,7 +34,7 @@ use crate::ingest::{
 use crate::lock::{DirLock, LockError};
 use crate::manifest::{
     ClassCounts, DatasetManifest, InputFile, LABELS_FILE, MANIFEST_FILE, MANIFEST_VERSION,
-    REJECTS_FILE, ShardFile, labels_text,
+    REJECTS_FILE, RejectLine, ShardFile, labels_text,
 };
 use crate::spill;
 use crate::split::{Assign, SPLITS, SplitPolicy, Splitter, mix64};
@@ -104,7 +104,7 @@ pub enum ConvertError {
     #[error("no input files found in {0}")]
     NoInputs(String),
     #[error(
-        "class {class:?} was selected but no input file holds it (file names give the class, e.g. {class}.ndjson)"
+        "class {class:?} was selected but no input holds it (file names give the class, e.g. {class}.ndjson; in files that mix classes, each record's word)"
     )]
     MissingClass { class: String },
     #[error("--strokes needs pen strokes, but {0} is a numpy_bitmap file (images only)")]
@@ -654,12 +654,6 @@ impl RejectLog {
     }
 }
 
-/// The lines of one reject log entry that `merge_rejects` needs.
-#[derive(serde::Deserialize)]
-struct RejectLine {
-    reason: String,
-}
-
 /// Concatenates the classes' reject logs in class order into `rejects.jsonl`, listing at most
 /// `max_listed_rejects` lines per reason over all classes; the lines left out are added to each
 /// class's `rejects_not_listed`.
@@ -675,15 +669,16 @@ fn merge_rejects(
         let f = BufReader::new(File::open(p).map_err(io_err(p))?);
         for line in f.lines() {
             let line = line.map_err(io_err(p))?;
-            let reason = serde_json::from_str::<RejectLine>(&line)
-                .map(|r| r.reason)
-                .unwrap_or_default();
-            let n = listed.entry(reason).or_default();
+            let r = serde_json::from_str::<RejectLine>(&line).unwrap_or(RejectLine {
+                reason: String::new(),
+                records: 1,
+            });
+            let n = listed.entry(r.reason).or_default();
             if *n < cfg.max_listed_rejects {
                 *n += 1;
                 writeln!(w, "{line}").map_err(io_err(rejects_path))?;
             } else {
-                g.counts.rejects_not_listed += 1;
+                g.counts.rejects_not_listed += r.records;
             }
         }
     }
@@ -1002,6 +997,13 @@ fn convert_class(
         if splitter.all_full() {
             counts.quota_filled_early = true;
         }
+        // A mixed input was read whole when it was split (its rejects all counted): count the
+        // lines of this class the quotas left unread as read too, so the reject rate has the
+        // same denominator as the file's (they were routed by word, not validated).
+        if let Some(lines) = &origin_lines {
+            counts.read += lines.unread();
+            *counts.filtered.entry("split_full".into()).or_default() += lines.unread();
+        }
         rejected_before += count_missing_rows(&reader, &mut counts, &mut rejects)?;
         let (sha256, bytes) = reader.finish()?;
         if f.origin.is_none() {
@@ -1047,6 +1049,7 @@ fn count_missing_rows(
     rejects.line(serde_json::json!({
         "file": reader.path.display().to_string(),
         "record": found + 1,
+        "records": missing,
         "reason": "truncated",
         "detail": format!(
             "the header announces {announced} rows but the file ends after {found}: \
@@ -1401,6 +1404,22 @@ mod tests {
         assert_eq!(line["file"], input.display().to_string());
         assert_eq!(line["line"], 4);
         assert_eq!(line["reason"], "missing_field");
+        let check = crate::manifest::verify(&cfg.output).unwrap();
+        assert!(check.ok, "{:?}", check.problems);
+    }
+
+    #[test]
+    fn quotas_on_a_mixed_file_keep_the_reject_rate_honest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, names) = mixed_file(dir.path());
+        let mut cfg = config(vec![input], dir.path().join("out"));
+        cfg.split = SplitPolicy::Counts { counts: [3, 0, 0] };
+        let r = run(&cfg, &plan(&cfg).unwrap(), &Progress::default()).unwrap();
+        let t = &r.manifest.totals;
+        // Every line is read once: 6 kept, 14 past the quotas, the one without a word.
+        assert_eq!((t.read, t.kept, t.rejected_total()), (21, 6, 1));
+        assert_eq!(t.filtered["split_full"], 14);
+        assert_eq!(r.manifest.per_class[&names[0]].read, 10);
         let check = crate::manifest::verify(&cfg.output).unwrap();
         assert!(check.ok, "{:?}", check.problems);
     }

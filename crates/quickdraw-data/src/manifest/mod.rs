@@ -14,6 +14,20 @@ pub use verify::{DatasetCheck, verify, verify_with_progress};
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const LABELS_FILE: &str = "labels.txt";
 pub const REJECTS_FILE: &str = "rejects.jsonl";
+
+/// The fields of a `rejects.jsonl` line that are read back (besides `file`, `line` or `record`
+/// and `detail`): the reason, and how many records the line stands for (`records`, written only
+/// on a line that lists several, such as the missing rows of a truncated `.npy`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RejectLine {
+    pub reason: String,
+    #[serde(default = "one")]
+    pub records: u64,
+}
+
+fn one() -> u64 {
+    1
+}
 /// Bumped when a field changes meaning.
 pub const MANIFEST_VERSION: u32 = 1;
 

@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{
-    DatasetManifest, LABELS_FILE, MANIFEST_FILE, ManifestError, REJECTS_FILE, ShardFile,
-    read_labels,
+    DatasetManifest, LABELS_FILE, MANIFEST_FILE, ManifestError, REJECTS_FILE, RejectLine,
+    ShardFile, read_labels,
 };
 use crate::convert::is_shard_name;
 use crate::features::decode_example;
@@ -296,28 +296,34 @@ pub fn verify_with_progress(
         ));
     }
 
-    // rejects.jsonl lists one line per rejected record.
+    // rejects.jsonl lists every rejected record but those counted as not listed.
     let rejects = dir.join(REJECTS_FILE);
     if let Ok(f) = fs::File::open(&rejects) {
-        let mut lines = 0u64;
+        let mut listed = 0u64;
         let mut r = std::io::BufReader::new(f);
         let mut line = Vec::new();
         loop {
             line.clear();
             match r.read_until(b'\n', &mut line) {
                 Ok(0) => break,
-                Ok(_) => lines += !line.iter().all(u8::is_ascii_whitespace) as u64,
+                Ok(_) if line.iter().all(u8::is_ascii_whitespace) => {}
+                Ok(_) => {
+                    listed += serde_json::from_slice::<RejectLine>(&line).map_or(1, |l| l.records)
+                }
                 Err(e) => {
                     problems.push(format!("{}: {e}", rejects.display()));
                     break;
                 }
             }
         }
-        if lines != m.totals.rejected_total() {
+        let want =
+            m.totals.rejected_total() - m.totals.rejects_not_listed.min(m.totals.rejected_total());
+        if listed != want {
             problems.push(format!(
-                "{}: lists {lines} records, {MANIFEST_FILE} counts {} rejected",
+                "{}: lists {listed} records, {MANIFEST_FILE} counts {} rejected ({} of them not listed)",
                 rejects.display(),
-                m.totals.rejected_total()
+                m.totals.rejected_total(),
+                m.totals.rejects_not_listed
             ));
         }
     }
@@ -343,8 +349,9 @@ mod tests {
     use crate::features::FeatureSpec;
     use crate::split::SplitPolicy;
 
-    /// A converted dataset of two classes from the synthetic generator.
-    fn dataset(dir: &Path) -> std::path::PathBuf {
+    /// A converted dataset of two classes from the synthetic generator, with `bad` invalid
+    /// lines in the first class's file, of which `listed` are listed in rejects.jsonl.
+    fn dataset_with_rejects(dir: &Path, bad: usize, listed: u64) -> std::path::PathBuf {
         let inputs = dir.join("in");
         fs::create_dir_all(&inputs).unwrap();
         let synth = crate::synth::SynthConfig {
@@ -353,9 +360,12 @@ mod tests {
             ..Default::default()
         };
         for (i, class) in synth.class_names().iter().enumerate() {
-            let lines: String = crate::synth::synth_class(i, &synth)
+            let mut lines: String = crate::synth::synth_class(i, &synth)
                 .map(|d| crate::ingest::ndjson::to_line(&d) + "\n")
                 .collect();
+            if i == 0 {
+                lines += &"{oops\n".repeat(bad);
+            }
             fs::write(inputs.join(format!("{class}.ndjson")), lines).unwrap();
         }
         let out = dir.join("data");
@@ -372,12 +382,33 @@ mod tests {
             seed: 1,
             include_unrecognized: true,
             max_reject_rate: 1.0,
-            max_listed_rejects: 100,
+            max_listed_rejects: listed,
             tool: "test".into(),
         };
         let plan = convert::plan(&cfg).unwrap();
         convert::run(&cfg, &plan, &Progress::default()).unwrap();
         out
+    }
+
+    fn dataset(dir: &Path) -> std::path::PathBuf {
+        dataset_with_rejects(dir, 0, 100)
+    }
+
+    #[test]
+    fn rejects_beyond_the_listed_limit_are_not_a_problem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = dataset_with_rejects(tmp.path(), 3, 1);
+        let check = verify(&dir).unwrap();
+        assert!(check.ok, "{:?}", check.problems);
+        assert_eq!(check.manifest.totals.rejects_not_listed, 2);
+        // One listed line removed by hand is found.
+        fs::write(dir.join(REJECTS_FILE), "").unwrap();
+        let bad = verify(&dir).unwrap();
+        assert!(
+            bad.problems.join("\n").contains("lists 0 records"),
+            "{:?}",
+            bad.problems
+        );
     }
 
     #[test]

@@ -631,7 +631,13 @@ fn compare_outputs(
     for i in 0..s.n {
         let row = &out.probabilities[i * c..(i + 1) * c];
         for (a, b) in s.row(i).iter().zip(row) {
-            max = max.max((a - b).abs());
+            let d = (a - b).abs();
+            // NaN on either side is a disagreement (f32::max would skip it).
+            max = if d.is_nan() {
+                f32::INFINITY
+            } else {
+                max.max(d)
+            };
         }
         let argmax = ranking(row)[0] as i64;
         if out.classes[i] != argmax {
@@ -708,6 +714,11 @@ mod tests {
 
         let far = vec![0.6, 0.3, 0.1, 0.1, 0.3, 0.6];
         let e = compare_outputs(&s, &out(far, vec![0, 2]), "e").unwrap_err();
+        assert!(e.contains("disagrees with burn"), "{e}");
+        // A NaN probability is a disagreement even where the argmax still agrees.
+        let mut nan = close.clone();
+        nan[2] = -f32::NAN;
+        let e = compare_outputs(&s, &out(nan, vec![0, 2]), "e").unwrap_err();
         assert!(e.contains("disagrees with burn"), "{e}");
         let e = compare_outputs(&s, &out(close.clone(), vec![0, 1]), "e").unwrap_err();
         assert!(

@@ -176,7 +176,8 @@ pub fn error_chain(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
         let msg = cause.to_string();
-        if msg.is_empty() || line.contains(&msg) {
+        // A message that already ends with its cause's text (thiserror's "..: {source}").
+        if msg.is_empty() || line.ends_with(&msg) {
             continue;
         }
         if !line.is_empty() {

@@ -104,8 +104,15 @@ fn read_tfrecord(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
     Ok(out)
 }
 
-/// Drawings of one input file; rejected records are skipped with a warning (as `model run`).
-fn read_drawings(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result<Vec<Item>> {
+/// Drawings of one input file; rejected records are skipped with a warning (as `model run`) and
+/// counted in `skipped`.
+fn read_drawings(
+    path: &Path,
+    tm: &TrainedModel,
+    limit: usize,
+    ctx: Ctx,
+    skipped: &mut u64,
+) -> anyhow::Result<Vec<Item>> {
     let mut r = DrawingReader::open(path, LabelFrom::Word, None)?;
     let mut out = Vec::new();
     while out.len() < limit {
@@ -115,7 +122,10 @@ fn read_drawings(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
         let d = match parsed {
             Ok(d) => d,
             Err(rej) => {
-                eprintln!("warning: {}:{index}: skipped: {rej}", path.display());
+                *skipped += 1;
+                if !ctx.quiet {
+                    eprintln!("warning: {}:{index}: skipped: {rej}", path.display());
+                }
                 continue;
             }
         };
@@ -136,12 +146,13 @@ fn read_drawings(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
     Ok(out)
 }
 
-pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
+pub fn run(a: PredictArgs, ctx: Ctx) -> anyhow::Result<()> {
     let tm = TrainedModel::load(&a.model_dir, a.checkpoint, a.device)
         .with_context(|| format!("loading {}", a.model_dir.display()))?;
     let k = a.top_k.clamp(1, tm.n_classes());
     let files = expand_globs(&a.inputs)?;
     let mut remaining = a.limit.unwrap_or(usize::MAX);
+    let mut skipped = 0u64;
     if !a.json {
         println!("{}", super::prediction_header(k));
     }
@@ -152,7 +163,7 @@ pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
         let items = if is_tfrecord(&f).with_context(|| format!("reading {}", f.display()))? {
             read_tfrecord(&f, &tm, remaining)?
         } else {
-            read_drawings(&f, &tm, remaining)?
+            read_drawings(&f, &tm, remaining, ctx, &mut skipped)?
         };
         remaining -= items.len();
         for chunk in items.chunks(256) {
@@ -195,6 +206,9 @@ pub fn run(a: PredictArgs, _ctx: Ctx) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    if skipped > 0 && !ctx.quiet {
+        eprintln!("skipped {skipped} rejected records (see the warnings above)");
     }
     Ok(())
 }
