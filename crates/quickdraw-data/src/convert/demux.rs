@@ -113,11 +113,7 @@ pub fn demux(
         rejects: PathBuf::new(),
     };
     for (i, f) in mixed.iter().enumerate() {
-        let mut sink = Sink {
-            dir: &dir,
-            file: i,
-            writers: BTreeMap::new(),
-        };
+        let mut sink = Sink::new(&dir, i, MAX_OPEN_WORDS);
         let counter = Arc::new(AtomicU64::new(0));
         let mut reader = UnitReader::open_as(&f.path, f.format, f.gzip, Some(counter.clone()))?;
         let mut format = None;
@@ -208,46 +204,113 @@ fn route(u: &Unit) -> Result<String, Reject> {
     }
 }
 
+/// Words of one mixed input whose scratch files are open at once (two files each); the least
+/// recently written one is closed beyond that and reopened for appending when needed, so a file
+/// with thousands of distinct words stays under the usual limit of 1024 open files.
+const MAX_OPEN_WORDS: usize = 128;
+
+/// One word's scratch files: its lines, and their original line numbers.
+struct WordFiles {
+    data: PathBuf,
+    open: Option<(BufWriter<File>, BufWriter<File>)>,
+    last_used: u64,
+}
+
 /// The scratch files of one mixed input: per word, its lines and their line numbers.
 struct Sink<'a> {
     dir: &'a Path,
     file: usize,
-    writers: BTreeMap<String, (PathBuf, BufWriter<File>, BufWriter<File>)>,
+    words: BTreeMap<String, WordFiles>,
+    open: usize,
+    max_open: usize,
+    tick: u64,
 }
 
-impl Sink<'_> {
-    fn write(&mut self, word: &str, u: &Unit) -> Result<(), ConvertError> {
-        if !self.writers.contains_key(word) {
-            let k = self.writers.len();
-            let base = self.dir.join(format!("{}-{k}", self.file));
-            let data = base.with_extension("ndjson");
-            let lines = base.with_extension("lines");
-            let open = |p: &Path| File::create(p).map(|f| BufWriter::with_capacity(1 << 16, f));
-            let dw = open(&data).map_err(io_err(&data))?;
-            let lw = open(&lines).map_err(io_err(&lines))?;
-            self.writers.insert(word.to_string(), (data, dw, lw));
+impl<'a> Sink<'a> {
+    fn new(dir: &'a Path, file: usize, max_open: usize) -> Self {
+        Sink {
+            dir,
+            file,
+            words: BTreeMap::new(),
+            open: 0,
+            max_open: max_open.max(1),
+            tick: 0,
         }
-        let (data, dw, lw) = self.writers.get_mut(word).expect("inserted above");
+    }
+
+    fn write(&mut self, word: &str, u: &Unit) -> Result<(), ConvertError> {
+        self.tick += 1;
+        if !self.words.contains_key(word) {
+            let k = self.words.len();
+            let data = self.dir.join(format!("{}-{k}.ndjson", self.file));
+            let w = WordFiles {
+                data,
+                open: None,
+                last_used: 0,
+            };
+            self.words.insert(word.to_string(), w);
+        }
+        if self.words[word].open.is_none() {
+            if self.open >= self.max_open {
+                self.close_least_recent()?;
+            }
+            let w = self.words.get_mut(word).expect("inserted above");
+            let lines = w.data.with_extension("lines");
+            let open = |p: &Path| {
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map(|f| BufWriter::with_capacity(1 << 16, f))
+            };
+            let dw = open(&w.data).map_err(io_err(&w.data))?;
+            let lw = open(&lines).map_err(io_err(&lines))?;
+            w.open = Some((dw, lw));
+            self.open += 1;
+        }
+        let w = self.words.get_mut(word).expect("inserted above");
+        w.last_used = self.tick;
+        let (dw, lw) = w.open.as_mut().expect("opened above");
         dw.write_all(&u.bytes)
             .and_then(|()| dw.write_all(b"\n"))
             .and_then(|()| lw.write_all(&u.index.to_le_bytes()))
-            .map_err(io_err(data))
+            .map_err(io_err(&w.data))
+    }
+
+    fn close_least_recent(&mut self) -> Result<(), ConvertError> {
+        let Some(w) = self
+            .words
+            .values_mut()
+            .filter(|w| w.open.is_some())
+            .min_by_key(|w| w.last_used)
+        else {
+            return Ok(());
+        };
+        let (mut dw, mut lw) = w.open.take().expect("filtered on open");
+        dw.flush().map_err(io_err(&w.data))?;
+        lw.flush()
+            .map_err(io_err(&w.data.with_extension("lines")))?;
+        self.open -= 1;
+        Ok(())
     }
 
     fn finish(self, f: &InputPlan) -> Result<Vec<(String, InputPlan)>, ConvertError> {
-        let mut out = Vec::with_capacity(self.writers.len());
-        for (word, (data, mut dw, mut lw)) in self.writers {
-            dw.flush().map_err(io_err(&data))?;
-            lw.flush().map_err(io_err(&data.with_extension("lines")))?;
+        let mut out = Vec::with_capacity(self.words.len());
+        for (word, w) in self.words {
+            if let Some((mut dw, mut lw)) = w.open {
+                dw.flush().map_err(io_err(&w.data))?;
+                lw.flush()
+                    .map_err(io_err(&w.data.with_extension("lines")))?;
+            }
             let plan = InputPlan {
-                path: data.clone(),
+                path: w.data.clone(),
                 format: Format::Ndjson,
                 gzip: false,
                 class: word.clone(),
                 label_from: LabelFrom::File,
                 origin: Some(Arc::new(Origin {
                     path: f.path.clone(),
-                    lines: data.with_extension("lines"),
+                    lines: w.data.with_extension("lines"),
                 })),
             };
             out.push((word, plan));
@@ -320,6 +383,51 @@ mod tests {
             sniff(&p, Format::Binary, false, "log").unwrap(),
             LabelFrom::File
         );
+    }
+
+    #[test]
+    fn more_words_than_open_files_keep_every_line_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = InputPlan {
+            path: dir.path().join("log.ndjson"),
+            format: Format::Ndjson,
+            gzip: false,
+            class: "log".into(),
+            label_from: LabelFrom::Word,
+            origin: None,
+        };
+        // 3 files open at most, 7 words written round-robin, 5 rounds: every word's scratch
+        // file is closed and reopened several times.
+        let mut sink = Sink::new(dir.path(), 0, 3);
+        let mut index = 0;
+        for round in 0..5 {
+            for w in 0..7 {
+                index += 1;
+                let unit = Unit {
+                    index,
+                    bytes: format!("{{\"word\":\"w{w}\",\"round\":{round}}}").into_bytes(),
+                    truncated: false,
+                    reject: None,
+                };
+                sink.write(&format!("w{w}"), &unit).unwrap();
+                assert!(sink.open <= 3);
+            }
+        }
+        let files = sink.finish(&input).unwrap();
+        assert_eq!(files.len(), 7);
+        for (word, plan) in files {
+            let text = std::fs::read_to_string(&plan.path).unwrap();
+            let rounds: Vec<&str> = text.lines().collect();
+            assert_eq!(rounds.len(), 5, "{word}");
+            assert!(rounds[4].contains("\"round\":4") && rounds[0].contains("\"round\":0"));
+            let origin = plan.origin.unwrap();
+            let mut lines = OriginLines::open(&origin).unwrap();
+            let w: u64 = word[1..].parse().unwrap();
+            for round in 0..5 {
+                assert_eq!(lines.next_line().unwrap(), round * 7 + w + 1);
+            }
+            assert_eq!(lines.unread(), 0);
+        }
     }
 
     #[test]
