@@ -119,13 +119,7 @@ pub fn demux(
         let mut format = None;
         let mut reported = 0u64;
         loop {
-            let mut batch: Vec<Unit> = Vec::with_capacity(super::BATCH_RECORDS);
-            while batch.len() < super::BATCH_RECORDS {
-                match reader.next_record()? {
-                    Some(u) => batch.push(u),
-                    None => break,
-                }
-            }
+            let batch = reader.next_batch(super::BATCH_RECORDS)?;
             if batch.is_empty() {
                 break;
             }

@@ -921,13 +921,7 @@ fn convert_class(
             "record"
         };
         while !splitter.all_full() {
-            let mut batch = Vec::with_capacity(BATCH_RECORDS);
-            while batch.len() < BATCH_RECORDS {
-                match reader.next_record()? {
-                    Some(u) => batch.push(u),
-                    None => break,
-                }
-            }
+            let batch = reader.next_batch(BATCH_RECORDS)?;
             if batch.is_empty() {
                 break;
             }

@@ -339,6 +339,19 @@ impl UnitReader {
     }
 
     /// Finishes the file: SHA-256 and size on disk (reads what was not read yet).
+    /// Up to `n` next records, in order (fewer only at the end of the file): the batches that
+    /// `convert` parses in parallel.
+    pub fn next_batch(&mut self, n: usize) -> Result<Vec<Unit>, IngestError> {
+        let mut batch = Vec::with_capacity(n);
+        while batch.len() < n {
+            match self.next_record()? {
+                Some(u) => batch.push(u),
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
     pub fn finish(self) -> Result<(String, u64), IngestError> {
         let path = self.path.clone();
         self.src
