@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use quickdraw_train::CheckpointSel;
 use quickdraw_train::pipeline::file_list;
-use quickdraw_train::{CheckpointSel, DeviceChoice};
 
 use super::Ctx;
 
@@ -25,9 +25,8 @@ pub struct CompareArgs {
     /// Evaluate only this many batches (of 256).
     #[arg(long)]
     pub eval_steps: Option<u64>,
-    /// Where to evaluate: cpu, or cuda[:N] (needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
     /// Flipped examples listed in the table (all are in --json).
     #[arg(long, default_value_t = 20)]
     pub max_flips: usize,
@@ -43,7 +42,7 @@ pub fn run(a: CompareArgs, _ctx: Ctx) -> anyhow::Result<()> {
         &file_list(&a.eval_files, "eval")?,
         a.checkpoint,
         a.eval_steps,
-        a.device,
+        a.device.choice,
     )
     .with_context(|| format!("comparing {} and {}", a.dir_a.display(), a.dir_b.display()))?;
     for (name, ev) in [("A", &c.a), ("B", &c.b)] {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use quickdraw_train::metrics::{MetricsReport, confusion_image};
 use quickdraw_train::pipeline::file_list;
-use quickdraw_train::{CheckpointSel, DeviceChoice, EvaluateRequest};
+use quickdraw_train::{CheckpointSel, EvaluateRequest};
 
 use super::Ctx;
 
@@ -28,9 +28,8 @@ pub struct EvaluateArgs {
     /// Batch size (default: max(64, the training batch size)).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Where to evaluate: cpu, or cuda[:N] (needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
     /// Print one JSON object (accuracy, top3_accuracy, map3, loss, examples, per_class, confusion, ...).
     #[arg(long)]
     pub json: bool,
@@ -88,7 +87,7 @@ pub fn run(a: EvaluateArgs, ctx: Ctx) -> anyhow::Result<()> {
     req.checkpoint = a.checkpoint;
     req.eval_steps = a.eval_steps;
     req.batch_size = a.batch_size;
-    req.device = a.device;
+    req.device = a.device.choice;
     let pb = crate::progress::bar(ctx.quiet, None, "");
     pb.set_message(format!("evaluating {}", a.model_dir.display()));
     pb.enable_steady_tick(std::time::Duration::from_millis(200));

@@ -10,7 +10,7 @@ use quickdraw_serve::Predictor;
 use quickdraw_train::export::{
     CheckSample, EngineOutputs, ExportRequest, ExportVerifier, StagedExport, export,
 };
-use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel};
+use quickdraw_train::{CheckpointSel, TrainedModel};
 
 use super::Ctx;
 
@@ -40,9 +40,8 @@ pub struct ExportArgs {
     /// version (non-finite weights are refused regardless).
     #[arg(long)]
     pub force: bool,
-    /// Where to evaluate: cpu, or cuda[:N] (needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
     /// Do not run the exported graph with tract to compare it with burn before publishing.
     #[arg(long)]
     pub no_verify: bool,
@@ -75,7 +74,11 @@ fn latency(
     dir: &std::path::Path,
     runs: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let tm = TrainedModel::load(&a.model_dir, CheckpointSel::Step(staged.step), a.device)?;
+    let tm = TrainedModel::load(
+        &a.model_dir,
+        CheckpointSel::Step(staged.step),
+        a.device.choice,
+    )?;
     let p = Predictor::load(dir)?;
     let s = &staged.sample;
     if let Some(images) = s.image_rows() {
@@ -145,7 +148,7 @@ pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
     req.eval_steps = a.eval_steps;
     req.batch_size = a.batch_size;
     req.force = a.force;
-    req.device = a.device;
+    req.device = a.device.choice;
 
     let pb = crate::progress::bar(ctx.quiet, None, "");
     pb.set_message(format!(

@@ -33,6 +33,16 @@ use anyhow::Context;
 
 use crate::cli::{Cli, Command};
 
+/// `--device` of every command that runs burn (train, evaluate, compare, export, predict): the
+/// one definition of the flag and its default.
+#[cfg(feature = "train")]
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DeviceArg {
+    /// Where to run the model: cpu, or cuda[:N] (needs a build with --features cuda).
+    #[arg(long = "device", default_value = "cpu")]
+    pub choice: quickdraw_train::DeviceChoice,
+}
+
 /// Which engine runs an export's `model.onnx` (`serve`, `model run`).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RuntimeArgs {

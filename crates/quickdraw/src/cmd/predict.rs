@@ -11,7 +11,7 @@ use quickdraw_data::ingest::{DrawingReader, LabelFrom};
 use quickdraw_data::signature::top_k;
 use quickdraw_data::tfrecord::{TfRecordReader, is_tfrecord};
 use quickdraw_train::pipeline::Decoded;
-use quickdraw_train::{CheckpointSel, DeviceChoice, TrainedModel};
+use quickdraw_train::{CheckpointSel, TrainedModel};
 use serde::Serialize;
 
 use super::{Ctx, expand_globs};
@@ -33,9 +33,8 @@ pub struct PredictArgs {
     /// Stop after this many drawings (over all inputs).
     #[arg(long, short = 'n')]
     pub limit: Option<usize>,
-    /// Where to run the model: cpu, or cuda[:N] (needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
     /// One JSON object per drawing (JSON lines) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -147,7 +146,7 @@ fn read_drawings(
 }
 
 pub fn run(a: PredictArgs, ctx: Ctx) -> anyhow::Result<()> {
-    let tm = TrainedModel::load(&a.model_dir, a.checkpoint, a.device)
+    let tm = TrainedModel::load(&a.model_dir, a.checkpoint, a.device.choice)
         .with_context(|| format!("loading {}", a.model_dir.display()))?;
     let k = a.top_k.clamp(1, tm.n_classes());
     let files = expand_globs(&a.inputs)?;

@@ -9,7 +9,7 @@ use quickdraw_train::metrics::MetricsReport;
 use quickdraw_train::model::{ModelKind, parse_conv, parse_widths};
 use quickdraw_train::pipeline::{DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER, file_list};
 use quickdraw_train::train::StepStats;
-use quickdraw_train::{DeviceChoice, OptimizerKind, TrainObserver, TrainRequest, TrainSummary};
+use quickdraw_train::{OptimizerKind, TrainObserver, TrainRequest, TrainSummary};
 
 use super::Ctx;
 use crate::progress;
@@ -66,9 +66,8 @@ pub struct TrainArgs {
     /// Initialise the weights from another model dir's latest checkpoint (same architecture).
     #[arg(long, value_name = "DIR")]
     pub warm_start_from: Option<PathBuf>,
-    /// Where to train: cpu, or cuda[:N] (needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArg,
     /// DNN hidden layer widths: `1000` or a comma list `512,256`.
     #[arg(long)]
     pub hidden: Option<String>,
@@ -243,7 +242,7 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     req.keep_checkpoints = a.keep_checkpoints;
     req.overwrite = a.overwrite;
     req.warm_start_from = a.warm_start_from.clone();
-    req.device = a.device;
+    req.device = a.device.choice;
     req.prefetch = a.prefetch;
     req.log_every = a.log_every;
     req.stop = Some(stop);
