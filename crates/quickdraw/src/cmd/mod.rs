@@ -39,7 +39,7 @@ use crate::cli::{Cli, Command};
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct DeviceArg {
     /// Where to run the model: cpu, or cuda[:N] (needs a build with --features cuda).
-    #[arg(long = "device", default_value = "cpu")]
+    #[arg(long = "device", value_name = "DEVICE", default_value = "cpu")]
     pub choice: quickdraw_train::DeviceChoice,
 }
 
