@@ -32,6 +32,15 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorBoard uses TensorFlow when installed
 
+if len(sys.argv) > 1 and sys.argv[1].startswith("s3://"):
+    # An s3:// LOGDIR is read in place by TensorBoard's own S3 filesystem (boto3; endpoint from
+    # S3_ENDPOINT), the one `pip install tensorboard` uses without TensorFlow: TensorFlow 2.21
+    # itself has no s3:// filesystem (it moved to tensorflow-io). This marker module makes
+    # TensorBoard use its stub API, as its no_tensorflow build does.
+    import types
+
+    sys.modules["tensorboard.compat.notf"] = types.ModuleType("tensorboard.compat.notf")
+
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 

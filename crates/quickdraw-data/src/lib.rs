@@ -20,6 +20,7 @@ pub mod signature;
 pub mod simplify;
 pub mod spill;
 pub mod split;
+pub mod storage;
 pub mod strokes;
 pub mod synth;
 pub mod tfrecord;

@@ -133,7 +133,7 @@ pub fn is_tfrecord(path: &Path) -> io::Result<bool> {
         return Ok(true);
     }
     let mut head = [0u8; 12];
-    let n = read_up_to(&mut File::open(path)?, &mut head)?;
+    let n = read_up_to(&mut crate::storage::open(path)?, &mut head)?;
     Ok(n == 12 && masked_crc32c(&head[..8]) == u32::from_le_bytes(head[8..].try_into().unwrap()))
 }
 
@@ -147,8 +147,8 @@ pub fn count_records(path: &Path) -> Result<u64, TfRecordError> {
             source,
         }
     };
-    let file = File::open(path).map_err(io_at(0))?;
-    let len = file.metadata().map_err(io_at(0))?.len();
+    let file = crate::storage::open(path).map_err(io_at(0))?;
+    let len = crate::storage::len(path).map_err(io_at(0))?;
     let mut r = BufReader::with_capacity(1 << 16, file);
     let (mut pos, mut n) = (0u64, 0u64);
     let mut header = [0u8; 12];
@@ -193,9 +193,10 @@ pub struct TfRecordReader<R: Read> {
     failed: bool,
 }
 
-impl TfRecordReader<BufReader<File>> {
+impl TfRecordReader<BufReader<crate::storage::Reader>> {
+    /// Opens a local file or an object-store URL (see [`crate::storage`]).
     pub fn open(path: &Path) -> Result<Self, TfRecordError> {
-        let f = File::open(path).map_err(|source| TfRecordError::Io {
+        let f = crate::storage::open(path).map_err(|source| TfRecordError::Io {
             path: path.to_path_buf(),
             offset: 0,
             source,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use quickdraw_data::signature::{self, list_versions};
+use quickdraw_data::storage::{self, Mirror};
 
 use crate::onnxruntime::Runtime;
 use crate::predictor::Predictor;
@@ -76,6 +77,10 @@ pub struct ModelStore {
     quiet: bool,
     /// The engine every version is loaded with.
     runtime: Runtime,
+    /// An object-store base path's local copy (`base` is then its directory), pulled at every
+    /// refresh; each version's signature.json comes last, so a version is loaded only once
+    /// all its files are here.
+    remote: Option<Mutex<Mirror>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,11 @@ pub enum StoreError {
     VersionDir(PathBuf),
     #[error("{}: {hint}", .dir.display())]
     ModelDir { dir: PathBuf, hint: String },
+    #[error("model base path {}: {source}", .url.display())]
+    Remote {
+        url: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ModelStore {
@@ -98,6 +108,24 @@ impl ModelStore {
 
     /// [`ModelStore::open`], running the models with `runtime`.
     pub fn open_with(base: &Path, quiet: bool, runtime: Runtime) -> Result<ModelStore, StoreError> {
+        if storage::is_url(base) {
+            let mirror = Mirror::open(base, &[signature::SIGNATURE_FILE]).map_err(|source| {
+                StoreError::Remote {
+                    url: base.to_path_buf(),
+                    source,
+                }
+            })?;
+            let s = ModelStore {
+                base: mirror.local().to_path_buf(),
+                state: RwLock::default(),
+                refreshing: Mutex::new(()),
+                quiet,
+                runtime,
+                remote: Some(Mutex::new(mirror)),
+            };
+            s.refresh();
+            return Ok(s);
+        }
         if !base.is_dir() {
             return Err(StoreError::NoBase(base.to_path_buf()));
         }
@@ -116,6 +144,7 @@ impl ModelStore {
             refreshing: Mutex::new(()),
             quiet,
             runtime,
+            remote: None,
         };
         s.refresh();
         Ok(s)
@@ -183,6 +212,16 @@ impl ModelStore {
     pub fn refresh(&self) -> RefreshReport {
         let _guard = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
         let mut report = RefreshReport::default();
+        if let Some(m) = &self.remote {
+            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = m.pull() {
+                // Keep serving what is here; the next poll tries again.
+                self.log(&format!(
+                    "warning: cannot list {}: {e}",
+                    m.remote().display()
+                ));
+            }
+        }
         let versions = match list_versions(&self.base) {
             Ok(v) => v,
             Err(e) => {

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod modeldir;
 pub mod pipeline;
+mod remote;
 /// Tiny datasets for tests; not in release builds.
 #[cfg(any(test, feature = "testing"))]
 pub mod testdata;

@@ -16,7 +16,6 @@
 //!   time the consumer spent blocked waiting for data.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use quickdraw_data::features::{self, FeatureSpec, PIXEL_SCALE, decode_example, d
 use quickdraw_data::manifest::{
     DatasetManifest, LABELS_FILE, MANIFEST_FILE, REJECTS_FILE, read_labels,
 };
+use quickdraw_data::storage;
 use quickdraw_data::strokes::StrokeFeatures;
 use quickdraw_data::tfrecord::{TfRecordReader, count_records};
 use rand::{Rng, SeedableRng};
@@ -74,7 +74,7 @@ pub fn file_list<S: AsRef<str>>(values: &[S], split: &str) -> Result<String> {
     for v in values {
         let v = v.as_ref();
         let dir = Path::new(v);
-        if !dir.is_dir() {
+        if !storage::is_dir(dir) || storage::is_file(dir) {
             entries.push(v.to_string());
             continue;
         }
@@ -121,12 +121,17 @@ impl DataSource {
     pub fn open(pattern: &str) -> Result<Self> {
         let mut paths: Vec<PathBuf> = Vec::new();
         for p in pattern.split(FILE_LIST_SEPARATOR) {
-            let matched = glob::glob(p).map_err(|source| TrainError::Pattern {
+            let matched = storage::glob(p).map_err(|source| TrainError::Pattern {
                 pattern: p.to_string(),
                 source,
             })?;
             let before = paths.len();
-            paths.extend(matched.filter_map(|p| p.ok()).filter(|p| p.is_file()));
+            // Object-store listings hold only objects; local matches may be directories.
+            paths.extend(
+                matched
+                    .into_iter()
+                    .filter(|p| storage::is_url(p) || p.is_file()),
+            );
             // Each value must match: a typo in one of several must not go unnoticed.
             if paths.len() == before {
                 return Err(TrainError::NoFiles(p.to_string()));
@@ -134,7 +139,6 @@ impl DataSource {
         }
         let mut files: Vec<PathBuf> = paths
             .into_iter()
-            .filter(|p| p.is_file())
             .filter(|p| {
                 let name = p
                     .file_name()
@@ -173,7 +177,7 @@ impl DataSource {
             }
         }
         let labels_path = dir.join(LABELS_FILE);
-        if !labels_path.is_file() {
+        if !storage::is_file(&labels_path) {
             return Err(TrainError::Config(format!(
                 "{}: labels.txt is missing next to the shards (written by `quickdraw convert`)",
                 labels_path.display()
@@ -189,14 +193,21 @@ impl DataSource {
                 manifest.classes.len()
             )));
         }
+        // Local shards are counted by walking their record headers. An object would have to be
+        // downloaded whole for that, so its count is the manifest's once its size matches (its
+        // records' CRCs are checked as they are read, and each epoch's count at its end).
         let counts = files
             .par_iter()
-            .map(|f| count_records(f))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        for (f, &n) in files.iter().zip(&counts) {
-            let d = dir_of(f);
-            check_listed(f, n, &d, &manifests[&d])?;
-        }
+            .map(|f| {
+                let d = dir_of(f);
+                let n = match storage::is_url(f) {
+                    false => count_records(f)?,
+                    true => manifests[&d].shard(&file_name(f)).map_or(0, |s| s.examples),
+                };
+                check_listed(f, n, &d, &manifests[&d])?;
+                Ok(n)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(DataSource {
             pattern: pattern.to_string(),
             files,
@@ -227,10 +238,7 @@ impl DataSource {
 /// the same size and record count: a stray shard of another dataset (or a modified one) must
 /// never be trained or evaluated on silently.
 fn check_listed(file: &Path, records: u64, dir: &Path, m: &DatasetManifest) -> Result<()> {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = file_name(file);
     let manifest = dir.join(MANIFEST_FILE);
     let Some(listed) = m.shard(&name) else {
         return Err(TrainError::Config(format!(
@@ -239,7 +247,7 @@ fn check_listed(file: &Path, records: u64, dir: &Path, m: &DatasetManifest) -> R
             manifest.display()
         )));
     };
-    let bytes = std::fs::metadata(file).map_err(TrainError::io(file))?.len();
+    let bytes = storage::len(file).map_err(TrainError::io(file))?;
     if listed.bytes != bytes || listed.examples != records {
         return Err(TrainError::Config(format!(
             "{}: {bytes} bytes and {records} records, but {} lists {} bytes and {} records for it: the shard was modified or comes from another dataset",
@@ -252,9 +260,15 @@ fn check_listed(file: &Path, records: u64, dir: &Path, m: &DatasetManifest) -> R
     Ok(())
 }
 
+fn file_name(file: &Path) -> String {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 fn load_manifest(dir: &Path) -> Result<DatasetManifest> {
     let path = dir.join(MANIFEST_FILE);
-    if !path.is_file() {
+    if !storage::is_file(&path) {
         return Err(TrainError::NoManifest {
             dir: dir.to_path_buf(),
             path,
@@ -283,7 +297,7 @@ struct EpochReader {
     files: Arc<Vec<PathBuf>>,
     order: Vec<usize>,
     next_file: usize,
-    open: Vec<(usize, TfRecordReader<BufReader<File>>)>,
+    open: Vec<(usize, TfRecordReader<BufReader<storage::Reader>>)>,
     cursor: usize,
     cycle: usize,
 }

@@ -429,6 +429,9 @@ fn write_histograms(model: &Model, writer: &mut EventWriter, step: u64) -> Resul
 
 /// Trains as requested; see the module docs.
 pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSummary> {
+    if quickdraw_data::storage::is_url(&req.model_dir) {
+        return crate::remote::train_mirrored(req, obs);
+    }
     let setup = set_up(req, obs)?;
     let summary = TrainSummary::starting(req, &setup);
     if setup.start.step >= req.train_steps {
@@ -598,8 +601,9 @@ fn fresh_run(
     }
     cfg.save(dir)?;
     let labels_dst = dir.join(LABELS_FILE);
-    std::fs::copy(train_src.dir.join(LABELS_FILE), &labels_dst)
-        .map_err(TrainError::io(&labels_dst))?;
+    let labels_src = train_src.dir.join(LABELS_FILE);
+    let labels = quickdraw_data::storage::read(&labels_src).map_err(TrainError::io(&labels_src))?;
+    std::fs::write(&labels_dst, labels).map_err(TrainError::io(&labels_dst))?;
     Ok(Start {
         model,
         optimizer,

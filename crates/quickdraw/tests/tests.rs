@@ -9,6 +9,8 @@ mod convert;
 mod download;
 #[cfg(feature = "train")]
 mod export;
+#[cfg(feature = "train")]
+mod scale;
 mod serve;
 mod stats;
 mod tensorboard;

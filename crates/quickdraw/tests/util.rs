@@ -136,3 +136,92 @@ pub fn verification_python() -> Option<PathBuf> {
     );
     None
 }
+
+/// A real S3-API server (moto's, installed into the verification venv by scripts/test-all) on
+/// 127.0.0.1, killed on drop; `None` (with a SKIP message) without the venv, a failure in CI.
+pub struct S3Server {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> Option<S3Server> {
+        let python = verification_python()?;
+        let server = python.with_file_name("moto_server");
+        assert!(
+            server.exists(),
+            "{} is missing: run scripts/test-all",
+            server.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let s = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(s)
+    }
+
+    /// The environment an S3 user sets (endpoint, plain HTTP allowed, dummy credentials).
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+    }
+
+    /// `quickdraw args...` with this server's environment.
+    pub fn qd(&self, args: &[&str]) -> Output {
+        self.env(&mut bin()).args(args).output().unwrap()
+    }
+
+    /// [`S3Server::qd`], which must succeed.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let o = self.qd(args);
+        assert!(
+            o.status.success(),
+            "quickdraw {args:?} failed:\n{}",
+            text(&o)
+        );
+        o
+    }
+
+    /// Runs tests/python/s3.py (boto3, an independent S3 client).
+    pub fn py(&self, args: &[&str]) -> String {
+        let python = verification_python().expect("the venv started the server");
+        let script = repo_root().join("tests/python/s3.py");
+        let o = self
+            .env(&mut Command::new(python))
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "s3.py {args:?} failed:\n{}", text(&o));
+        stdout(&o)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -38,6 +38,7 @@ use crate::manifest::{
 };
 use crate::spill;
 use crate::split::{Assign, SPLITS, SplitPolicy, Splitter, mix64};
+use crate::storage;
 use crate::tfrecord::append_record;
 use crate::validate::SpecError;
 
@@ -46,7 +47,10 @@ use crate::validate::SpecError;
 pub const BATCH_RECORDS: usize = 1024;
 
 mod demux;
+mod publish;
+pub mod workers;
 pub use demux::{FILE_LABEL_SHARE, SNIFF_RECORDS};
+pub use workers::{WorkerSlot, finalize};
 /// Rejected records listed in `rejects.jsonl` per reason by default (all are counted).
 pub const DEFAULT_MAX_LISTED_REJECTS: u64 = 10_000;
 /// Most shards per split: phase 2 keeps every shard of a split open at once, each with a
@@ -77,6 +81,8 @@ pub struct ConvertConfig {
     pub max_listed_rejects: u64,
     /// `quickdraw <version>` recorded in the manifest.
     pub tool: String,
+    /// Convert only this worker's share of the classes (see [`workers`]); `None` = all.
+    pub worker: Option<WorkerSlot>,
 }
 
 /// Counters a caller can poll to show progress.
@@ -143,6 +149,13 @@ pub enum ConvertError {
     RejectRateCertain { rejected: u64, bound: u64, max: f64 },
     #[error("interrupted")]
     Interrupted,
+    /// A split conversion's workers disagree or did not all finish.
+    #[error("{0}")]
+    Workers(String),
+    #[error(
+        "--worker splits the work by class file, but {0} mixes classes (labels from each record's word): convert it in one process, or split it by word first"
+    )]
+    WorkerMixedInput(PathBuf),
     #[error("invalid feature configuration: {0}")]
     Features(#[from] FeatureError),
     #[error(
@@ -215,7 +228,9 @@ pub fn expand_inputs_unique(
 ) -> Result<(Vec<PathBuf>, Vec<(PathBuf, String)>), ConvertError> {
     let mut w = Walk::default();
     for p in inputs {
-        if p.is_dir() {
+        if storage::is_url(p) {
+            w.url(p)?;
+        } else if p.is_dir() {
             let before = w.files.len();
             w.dir(p).map_err(io_err(p))?;
             w.files[before..].sort();
@@ -282,6 +297,27 @@ impl Walk {
 
     fn file(&mut self, p: &Path) {
         self.files.push(p.to_path_buf());
+    }
+
+    /// An object (taken whatever its name) or a prefix (its objects with supported names,
+    /// recursively, sorted). Object stores have no links, hence no loops.
+    fn url(&mut self, p: &Path) -> Result<(), ConvertError> {
+        if storage::is_file(p) {
+            self.file(p);
+            return Ok(());
+        }
+        let listed = storage::list(p).map_err(io_err(p))?;
+        let before = self.files.len();
+        for (rel, _) in listed {
+            let f = p.join(&rel);
+            if is_supported_name(&f) {
+                self.file(&f);
+            }
+        }
+        if self.files.len() == before {
+            return Err(ConvertError::NoInputs(p.display().to_string()));
+        }
+        Ok(())
     }
 }
 
@@ -361,7 +397,7 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
             ..cfg.features
         },
     )?;
-    let size = |f: &InputPlan| fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
+    let size = |f: &InputPlan| storage::len(&f.path).unwrap_or(0);
     let total_bytes = groups.iter().flatten().chain(&mixed).map(size).sum();
     let max_records = groups
         .iter()
@@ -454,21 +490,95 @@ struct GroupOut {
     per_split: [u64; 3],
 }
 
-/// Runs a planned conversion.
+/// Runs a planned conversion. An object-store `output` is written locally first and published
+/// when complete (see [`publish`]).
 pub fn run(
+    cfg: &ConvertConfig,
+    plan: &Plan,
+    progress: &Progress,
+) -> Result<ConvertReport, ConvertError> {
+    if storage::is_url(&cfg.output) {
+        return publish::run_to_store(cfg, plan, progress);
+    }
+    run_local(cfg, plan, progress)
+}
+
+/// Which shard names a run writes: all of them, or one worker's range.
+#[derive(Debug, Clone, Copy)]
+struct ShardOwner {
+    worker: Option<WorkerSlot>,
+    shards: usize,
+}
+
+impl ShardOwner {
+    fn of(cfg: &ConvertConfig) -> Self {
+        ShardOwner {
+            worker: cfg.worker,
+            shards: cfg.shards,
+        }
+    }
+
+    /// The first global shard index and the total, per split.
+    fn range(&self) -> (usize, usize) {
+        match self.worker {
+            None => (0, self.shards),
+            Some(w) => w.shard_range(self.shards),
+        }
+    }
+
+    /// Is `name` (maybe `.tmp`) a shard this run may remove or write?
+    fn owns(&self, name: &str) -> bool {
+        if !is_shard_name(name) {
+            return false;
+        }
+        if self.worker.is_none() {
+            return true;
+        }
+        let name = name.strip_suffix(".tmp").unwrap_or(name);
+        let parts: Vec<&str> = name.split('-').collect();
+        let (first, total) = self.range();
+        let (Ok(i), Ok(n)) = (parts[1].parse::<usize>(), parts[3].parse::<usize>()) else {
+            return false;
+        };
+        n == total && (first..first + self.shards).contains(&i)
+    }
+}
+
+fn run_local(
     cfg: &ConvertConfig,
     plan: &Plan,
     progress: &Progress,
 ) -> Result<ConvertReport, ConvertError> {
     let out = &cfg.output;
     cfg.validate()?;
-    // One writer per output directory, before anything in it is touched.
-    let _lock = DirLock::acquire(out, "output directory")?;
+    let owner = ShardOwner::of(cfg);
+    // A worker keeps its scratch, lock, rejects and partial manifest in its own directory.
+    let work = match &cfg.worker {
+        None => out.clone(),
+        Some(w) => {
+            if let Some(f) = plan.mixed.first() {
+                return Err(ConvertError::WorkerMixedInput(f.path.clone()));
+            }
+            let d = workers::worker_dir(out, w);
+            fs::create_dir_all(&d).map_err(io_err(&d))?;
+            d
+        }
+    };
+    // One writer per output directory (per worker directory), before anything is touched.
+    let _lock = DirLock::acquire(&work, "output directory")?;
     // From here on the directory is not a finished dataset until the new manifest appears.
     remove_if_exists(&out.join(MANIFEST_FILE))?;
-    clean_stale(out)?;
-    let tmp = out.join(format!(".convert-tmp-{}", std::process::id()));
-    let _scratch = Scratch { dir: &tmp, out };
+    if cfg.worker.is_some() {
+        remove_if_exists(&work.join(MANIFEST_FILE))?;
+        clean_stale(&work, &owner)?;
+    }
+    clean_stale(out, &owner)?;
+    let tmp = work.join(format!(".convert-tmp-{}", std::process::id()));
+    let _scratch = Scratch {
+        dir: &tmp,
+        out,
+        owner,
+    };
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     for s in SPLITS {
         fs::create_dir_all(tmp.join(s)).map_err(io_err(&tmp))?;
@@ -479,12 +589,22 @@ pub fn run(
     // Phase 0: mixed files split by word; their words join the classes.
     let phase1 = std::time::Instant::now();
     let (classes, class_files, mut mixed_out) = label_mixed(cfg, plan, &tmp, progress)?;
+    // A worker converts its classes; the others get empty spill files and zero counts.
+    let owners = cfg.worker.map(|w| {
+        let bytes: Vec<u64> = class_files
+            .iter()
+            .map(|fs| fs.iter().map(|f| storage::len(&f.path).unwrap_or(0)).sum())
+            .collect();
+        (w.index, workers::assign(&bytes, w.count))
+    });
+    let owned = |label: usize| owners.as_ref().is_none_or(|(i, o)| o[label] == *i);
     // Phase 1: classes in parallel.
     let results: Vec<Result<GroupOut, ConvertError>> = class_files
         .par_iter()
         .enumerate()
         .map(|(label, files)| {
             let class = &classes[label];
+            let files = if owned(label) { &files[..] } else { &[] };
             convert_class(cfg, plan, label, class, files, &tmp, progress)
         })
         .collect();
@@ -495,7 +615,7 @@ pub fn run(
 
     // Rejects: concatenated in class order (deterministic), those of mixed files without a
     // class last, before the rate check so a failing run still says which records were bad.
-    let rejects_path = out.join(REJECTS_FILE);
+    let rejects_path = work.join(REJECTS_FILE);
     let mut logs: Vec<(PathBuf, &mut GroupOut)> = groups
         .iter_mut()
         .enumerate()
@@ -533,8 +653,10 @@ pub fn run(
     let shards = finish_shards(written)?;
 
     let encode_write_seconds = phase2.elapsed().as_secs_f64();
-    let label_path = out.join(LABELS_FILE);
-    write_atomic(&label_path, labels_text(&classes).as_bytes())?;
+    if cfg.worker.is_none() {
+        let label_path = out.join(LABELS_FILE);
+        write_atomic(&label_path, labels_text(&classes).as_bytes())?;
+    }
     let examples: u64 = shards.values().flatten().map(|f| f.examples).sum();
     let shard_bytes: u64 = shards.values().flatten().map(|f| f.bytes).sum();
     let manifest = DatasetManifest {
@@ -555,6 +677,9 @@ pub fn run(
             .iter()
             .cloned()
             .zip(groups.iter().map(|g| g.counts.clone()))
+            .enumerate()
+            .filter(|(label, _)| owned(*label))
+            .map(|(_, c)| c)
             .collect(),
         totals,
         warnings: plan.warnings.clone(),
@@ -564,7 +689,21 @@ pub fn run(
             shard_bytes as f64 / examples as f64
         },
     };
-    write_atomic(&out.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
+    match cfg.worker {
+        None => write_atomic(&out.join(MANIFEST_FILE), manifest.to_json().as_bytes())?,
+        Some(worker) => {
+            let part = workers::WorkerManifest {
+                worker,
+                owned: (0..classes.len())
+                    .filter(|&l| owned(l))
+                    .map(|l| classes[l].clone())
+                    .collect(),
+                manifest: manifest.clone(),
+            };
+            let json = serde_json::to_string_pretty(&part).expect("a manifest serialises");
+            write_atomic(&work.join(MANIFEST_FILE), json.as_bytes())?;
+        }
+    }
     Ok(ConvertReport {
         manifest,
         skipped: plan.skipped.clone(),
@@ -580,6 +719,7 @@ pub fn run(
 struct Scratch<'a> {
     dir: &'a Path,
     out: &'a Path,
+    owner: ShardOwner,
 }
 
 impl Drop for Scratch<'_> {
@@ -590,7 +730,7 @@ impl Drop for Scratch<'_> {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if name.ends_with(".tmp") && is_shard_name(&name) {
+            if name.ends_with(".tmp") && self.owner.owns(&name) {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -770,15 +910,14 @@ pub fn is_shard_name(name: &str) -> bool {
 
 /// Removes what an earlier (maybe interrupted) run left: temporary directories, `.tmp` files
 /// and shards of our naming scheme (a new run may use a different shard count).
-fn clean_stale(out: &Path) -> Result<(), ConvertError> {
+fn clean_stale(out: &Path, owner: &ShardOwner) -> Result<(), ConvertError> {
     for e in fs::read_dir(out).map_err(io_err(out))? {
         let e = e.map_err(io_err(out))?;
         let name = e.file_name().to_string_lossy().to_string();
         let p = e.path();
         if name.starts_with(".convert-tmp-") && p.is_dir() {
             fs::remove_dir_all(&p).map_err(io_err(&p))?;
-        } else if is_shard_name(&name) || name.ends_with(".json.tmp") || name.ends_with(".txt.tmp")
-        {
+        } else if owner.owns(&name) || name.ends_with(".json.tmp") || name.ends_with(".txt.tmp") {
             fs::remove_file(&p).map_err(io_err(&p))?;
         }
     }
@@ -1111,18 +1250,22 @@ fn write_split(
         ));
     }
     let n = cfg.shards;
+    let (first, total_shards) = ShardOwner::of(cfg).range();
     let mut writers = Vec::with_capacity(n);
     let mut files = Vec::with_capacity(n);
     for i in 0..n {
-        let final_path = cfg.output.join(shard_name(name, i, n));
-        let tmp_path = final_path.with_file_name(format!("{}.tmp", shard_name(name, i, n)));
+        let shard = shard_name(name, first + i, total_shards);
+        let final_path = cfg.output.join(&shard);
+        let tmp_path = final_path.with_file_name(format!("{shard}.tmp"));
         writers.push(BufWriter::with_capacity(
             1 << 16,
             File::create(&tmp_path).map_err(io_err(&tmp_path))?,
         ));
         files.push((tmp_path, final_path, 0u64, 0u64));
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(mix64(cfg.seed ^ mix64(split as u64 + 1)));
+    // Workers interleave with their own streams (the single process keeps its seed as it was).
+    let worker_mix = cfg.worker.map_or(0, |w| mix64(w.index as u64 + (1 << 32)));
+    let mut rng = ChaCha8Rng::seed_from_u64(mix64(cfg.seed ^ mix64(split as u64 + 1) ^ worker_mix));
     let mut total: u64 = left.iter().sum();
     let mut truncated = vec![0u64; counts.len()];
     const BATCH: usize = 512;
@@ -1348,6 +1491,7 @@ mod tests {
             max_reject_rate: 0.5,
             max_listed_rejects: 100,
             tool: "test".into(),
+            worker: None,
         }
     }
 
@@ -1458,6 +1602,7 @@ mod tests {
             max_reject_rate: 0.05,
             max_listed_rejects: 10,
             tool: "test".into(),
+            worker: None,
         };
         let w = plan(&cfg).unwrap().warnings;
         assert_eq!(w.len(), 1, "{w:?}");

@@ -10,7 +10,6 @@ pub mod binary;
 pub mod ndjson;
 pub mod npy;
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,7 +86,7 @@ pub fn detect(path: &Path) -> Result<(Format, bool), IngestError> {
         None
     };
     let mut head = [0u8; 8];
-    let n = File::open(path)
+    let n = crate::storage::open(path)
         .and_then(|mut f| read_up_to(&mut f, &mut head))
         .map_err(|e| IngestError::io(path, e))?;
     let gz = gz_by_name || (n >= 2 && head[..2] == [0x1f, 0x8b]);
@@ -172,7 +171,7 @@ impl<R: Read> HashingReader<R> {
 }
 
 /// The on-disk side of an open input: counts and hashes raw bytes.
-pub type RawSource = HashingReader<BufReader<File>>;
+pub type RawSource = HashingReader<BufReader<crate::storage::Reader>>;
 
 /// A decompressing reader over a hashing file reader.
 pub enum Decoded {
@@ -205,7 +204,7 @@ pub fn open_decoded(
     gz: bool,
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<Decoded, IngestError> {
-    let f = File::open(path).map_err(|e| IngestError::io(path, e))?;
+    let f = crate::storage::open(path).map_err(|e| IngestError::io(path, e))?;
     let raw = HashingReader {
         inner: BufReader::with_capacity(1 << 16, f),
         hasher: Sha256::new(),

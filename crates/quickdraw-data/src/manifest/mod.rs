@@ -149,12 +149,12 @@ pub enum ManifestError {
 impl DatasetManifest {
     /// Reads `manifest.json` from a dataset directory (or from the given file path).
     pub fn load(dir_or_file: &Path) -> Result<Self, ManifestError> {
-        let path = if dir_or_file.is_dir() {
+        let path = if crate::storage::is_dir(dir_or_file) && !crate::storage::is_file(dir_or_file) {
             dir_or_file.join(MANIFEST_FILE)
         } else {
             dir_or_file.to_path_buf()
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Io {
+        let text = crate::storage::read_to_string(&path).map_err(|source| ManifestError::Io {
             path: path.clone(),
             source,
         })?;
@@ -184,7 +184,7 @@ impl DatasetManifest {
 
 /// Reads `labels.txt`: one class name per line, label = line index.
 pub fn read_labels(path: &Path) -> Result<Vec<String>, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+    let text = crate::storage::read_to_string(path).map_err(|source| ManifestError::Io {
         path: path.to_path_buf(),
         source,
     })?;

@@ -384,6 +384,7 @@ mod tests {
             max_reject_rate: 1.0,
             max_listed_rejects: listed,
             tool: "test".into(),
+            worker: None,
         };
         let plan = convert::plan(&cfg).unwrap();
         convert::run(&cfg, &plan, &Progress::default()).unwrap();

@@ -25,6 +25,27 @@ pub enum BenchCommand {
     /// the same model, shards, batch size and machine, with peak memory, side by side.
     #[cfg(feature = "train")]
     Train(BenchTrainArgs),
+    /// Input-pipeline throughput with the model removed: shards read (local or object store),
+    /// CRC-checked, decoded, shuffled and batched as `train` does; images/s.
+    #[cfg(feature = "train")]
+    Read(BenchReadArgs),
+}
+
+#[cfg(feature = "train")]
+#[derive(Debug, clap::Args)]
+pub struct BenchReadArgs {
+    /// Shards, as `train --train-files` takes them (files, globs, a dataset dir, URLs).
+    #[arg(long, num_args = 1.., required = true)]
+    pub files: Vec<String>,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Batches to read (the stream repeats over the epoch as training does).
+    #[arg(long, default_value_t = 500)]
+    pub batches: u64,
+    /// Batches decoded ahead.
+    #[arg(long, default_value_t = 8)]
+    pub prefetch: usize,
 }
 
 #[cfg(feature = "train")]
@@ -71,6 +92,14 @@ pub struct BenchConvertArgs {
     /// Extra flags passed to `convert` (e.g. `--image-encoding png`).
     #[arg(long, allow_hyphen_values = true, num_args = 0.., value_delimiter = ' ')]
     pub convert_args: Vec<String>,
+    /// Write the shards under this object-store URL (e.g. `s3://bench/shards`, endpoint and
+    /// credentials from the environment) instead of --scratch.
+    #[arg(long)]
+    pub output_url: Option<String>,
+    /// Run the conversion as this many local worker processes at once (`convert --worker
+    /// I/N`, then `--finalize`): wall time, total CPU time and the largest worker's memory.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 pub fn run(a: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
@@ -78,7 +107,61 @@ pub fn run(a: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
         BenchCommand::Convert(c) => bench_convert(c, ctx),
         #[cfg(feature = "train")]
         BenchCommand::Train(t) => bench_train(t, ctx),
+        #[cfg(feature = "train")]
+        BenchCommand::Read(r) => bench_read(r),
     }
+}
+
+#[cfg(feature = "train")]
+fn bench_read(a: BenchReadArgs) -> anyhow::Result<()> {
+    use quickdraw_train::pipeline::{
+        DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions, file_list,
+    };
+    let pattern = file_list(&a.files, "train")?;
+    let src = DataSource::open(&pattern)?;
+    let bytes_per_example = src.manifest.bytes_per_example;
+    let opts = PipelineOptions {
+        order: OrderOptions::train(1, 10_000),
+        decode: DecodeOptions {
+            spec: *src.spec(),
+            n_classes: src.labels.len(),
+            strokes: false,
+        },
+        batch_size: a.batch_size,
+        start: Default::default(),
+        prefetch: a.prefetch,
+        max_batches: Some(a.batches),
+    };
+    let start = std::time::Instant::now();
+    let mut p = Pipeline::spawn(&src, opts)?;
+    let mut images = 0u64;
+    while let Some(b) = p.next_batch()? {
+        images += b.size as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rate = images as f64 / secs.max(1e-9);
+    println!(
+        "read {images} images from {} shard(s) in {secs:.2} s: {rate:.0} images/s ({:.1} MB/s of shards), peak RSS {:.0} MB",
+        src.files.len(),
+        rate * bytes_per_example / 1e6,
+        peak_rss_bytes().unwrap_or(0) as f64 / 1e6
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "read", "files": a.files, "images": images, "seconds": secs,
+            "images_per_sec": rate, "batch_size": a.batch_size, "peak_rss_bytes": peak_rss_bytes()})
+    );
+    Ok(())
+}
+
+/// CPU time (user + system) of this process so far, in seconds (Linux `/proc/self/stat`).
+pub fn cpu_seconds() -> Option<f64> {
+    let s = fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = s.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Writes `repeat` copies of every input file, giving each copy's drawings new key_ids.
@@ -152,30 +235,70 @@ fn bench_convert(a: BenchConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &r in &a.repeat {
         let input = a.scratch.join(format!("input-x{r}"));
-        let output = a.scratch.join(format!("shards-x{r}"));
+        let output = match &a.output_url {
+            Some(u) => PathBuf::from(format!("{}/shards-x{r}", u.trim_end_matches('/'))),
+            None => a.scratch.join(format!("shards-x{r}")),
+        };
         let _ = fs::remove_dir_all(&input);
         let _ = fs::remove_dir_all(&output);
         let (lines, bytes) = make_input(&files, r, &input)?;
-        let timing = a.scratch.join(format!("timing-x{r}.json"));
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "convert",
-            "--quiet",
-            "--split",
-            "train=0.8,eval=0.1,test=0.1",
-            "--include-unrecognized",
-            "--input",
-        ])
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .arg("--timing-json")
-        .arg(&timing)
-        .args(&a.convert_args);
-        let status = cmd.status().context("running convert")?;
-        anyhow::ensure!(status.success(), "convert failed on the benchmark input");
-        let t: serde_json::Value = serde_json::from_str(&fs::read_to_string(&timing)?)?;
-        let secs = t["seconds"].as_f64().unwrap_or(0.0);
+        let wall = std::time::Instant::now();
+        let mut children = Vec::new();
+        for w in 0..a.workers {
+            let timing = a.scratch.join(format!("timing-x{r}-{w}.json"));
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                "convert",
+                "--quiet",
+                "--split",
+                "train=0.8,eval=0.1,test=0.1",
+                "--include-unrecognized",
+                "--input",
+            ])
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .arg("--timing-json")
+            .arg(&timing)
+            .args(&a.convert_args);
+            if a.workers > 1 {
+                cmd.arg("--worker").arg(format!("{w}/{}", a.workers));
+            }
+            children.push((cmd.spawn().context("running convert")?, timing));
+        }
+        let mut t = serde_json::json!({"records": 0u64, "cpu_seconds": 0.0, "peak_rss_bytes": 0u64,
+            "read_seconds": 0.0, "encode_write_seconds": 0.0, "bytes_per_example": 0.0});
+        for (mut child, timing) in children {
+            anyhow::ensure!(
+                child.wait()?.success(),
+                "convert failed on the benchmark input"
+            );
+            let w: serde_json::Value = serde_json::from_str(&fs::read_to_string(&timing)?)?;
+            let add = |t: &mut serde_json::Value, k: &str| {
+                t[k] = (t[k].as_f64().unwrap_or(0.0) + w[k].as_f64().unwrap_or(0.0)).into();
+            };
+            add(&mut t, "cpu_seconds");
+            t["records"] =
+                (t["records"].as_u64().unwrap_or(0) + w["records"].as_u64().unwrap_or(0)).into();
+            for k in [
+                "peak_rss_bytes",
+                "read_seconds",
+                "encode_write_seconds",
+                "bytes_per_example",
+            ] {
+                if w[k].as_f64().unwrap_or(0.0) > t[k].as_f64().unwrap_or(0.0) {
+                    t[k] = w[k].clone();
+                }
+            }
+        }
+        if a.workers > 1 {
+            let status = Command::new(&exe)
+                .args(["convert", "--quiet", "--finalize", "--output"])
+                .arg(&output)
+                .status()?;
+            anyhow::ensure!(status.success(), "convert --finalize failed");
+        }
+        let secs = wall.elapsed().as_secs_f64();
         let read = t["records"].as_u64().unwrap_or(0);
         anyhow::ensure!(read == lines, "convert read {read} records of {lines}");
         let rss = t["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1e6;
@@ -189,7 +312,8 @@ fn bench_convert(a: BenchConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
         );
         results.push(serde_json::json!({"repeat": r, "drawings": lines, "input_bytes": bytes, "seconds": secs,
             "drawings_per_sec": lines as f64 / secs.max(1e-9), "peak_rss_bytes": t["peak_rss_bytes"], "bytes_per_example": bpe,
-            "read_seconds": read_s, "encode_write_seconds": encode}));
+            "read_seconds": read_s, "encode_write_seconds": encode, "workers": a.workers,
+            "cpu_seconds": t["cpu_seconds"], "output": output.display().to_string()}));
         let _ = fs::remove_dir_all(&input);
         let _ = fs::remove_dir_all(&output);
     }

@@ -35,7 +35,9 @@ pub struct CompareArgs {
     pub json: bool,
 }
 
-pub fn run(a: CompareArgs, _ctx: Ctx) -> anyhow::Result<()> {
+pub fn run(mut a: CompareArgs, _ctx: Ctx) -> anyhow::Result<()> {
+    let _copy_a = super::local_copy(&mut a.dir_a)?;
+    let _copy_b = super::local_copy(&mut a.dir_b)?;
     let c = quickdraw_train::compare(
         &a.dir_a,
         &a.dir_b,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use quickdraw_data::classes::parse_class_spec;
-use quickdraw_data::convert::{self, ConvertConfig, ConvertError, Progress};
+use quickdraw_data::convert::{self, ConvertConfig, ConvertError, Progress, WorkerSlot};
 use quickdraw_data::features::{FeatureSpec, ImageEncoding};
 use quickdraw_data::ingest::LabelFrom;
 use quickdraw_data::manifest::DatasetManifest;
@@ -21,12 +21,24 @@ use crate::progress;
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
-    /// Input files, directories or quoted globs (NDJSON, .bin, .npy, each optionally .gz).
-    #[arg(long, short, num_args = 1.., required = true)]
+    /// Input files, directories or quoted globs (NDJSON, .bin, .npy, each optionally .gz);
+    /// object-store URLs too (`s3://bucket/prefix`, `gs://...`, `az://...`, `https://...`).
+    #[arg(long, short, num_args = 1.., required_unless_present = "finalize")]
     pub input: Vec<String>,
-    /// Output directory for shards, labels.txt, rejects.jsonl and manifest.json.
+    /// Output directory for shards, labels.txt, rejects.jsonl and manifest.json; or an
+    /// object-store URL (written locally, then uploaded, manifest.json last).
     #[arg(long, short)]
     pub output: PathBuf,
+    /// Convert only worker I's share of N (whole classes, dealt by input size) into the same
+    /// --output; then `convert --finalize` merges the workers' partial manifests.
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["workers", "finalize"])]
+    pub worker: Option<String>,
+    /// As --worker I/N, with I from $JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job).
+    #[arg(long, value_name = "N", conflicts_with = "finalize")]
+    pub workers: Option<usize>,
+    /// Check that every worker of --output finished and publish the dataset's manifest.json.
+    #[arg(long)]
+    pub finalize: bool,
     /// Classes in label order: `cat,dog`, a group (`pets`, `zoo`, `animals`) or `@file`.
     /// Default: every class found in the inputs (file names, and words of mixed files), sorted.
     /// With mixed files it is a filter: records of other words are counted as filtered.
@@ -158,7 +170,32 @@ pub fn config(a: &ConvertArgs) -> anyhow::Result<ConvertConfig> {
         max_reject_rate: a.max_reject_rate,
         max_listed_rejects: a.max_listed_rejects,
         tool: format!("quickdraw {}", env!("CARGO_PKG_VERSION")),
+        worker: worker_slot(a)?,
     })
+}
+
+/// `--worker I/N`, or `--workers N` with I from `JOB_COMPLETION_INDEX`.
+fn worker_slot(a: &ConvertArgs) -> anyhow::Result<Option<WorkerSlot>> {
+    if let Some(s) = &a.worker {
+        return Ok(Some(
+            WorkerSlot::parse(s).map_err(|e| anyhow::anyhow!("--worker {e}"))?,
+        ));
+    }
+    let Some(n) = a.workers else {
+        return Ok(None);
+    };
+    let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+        anyhow::anyhow!(
+            "--workers {n} takes the worker index from $JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job), which is not set: use --worker I/{n}"
+        )
+    })?;
+    let index: usize = index
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("$JOB_COMPLETION_INDEX is {index:?}, not a worker index"))?;
+    Ok(Some(
+        WorkerSlot::new(index, n).map_err(|e| anyhow::anyhow!("--workers {n}: {e}"))?,
+    ))
 }
 
 /// A preprocessing parameter error in the words of the command line: the flag and why.
@@ -167,6 +204,20 @@ fn flag_error(e: SpecError) -> anyhow::Error {
 }
 
 pub fn run(a: ConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
+    if a.finalize {
+        let m = convert::finalize(&a.output)
+            .with_context(|| format!("finalizing {}", a.output.display()))?;
+        if !ctx.quiet {
+            print_summary(&m, 0);
+        }
+        eprintln!(
+            "published {}",
+            a.output
+                .join(quickdraw_data::manifest::MANIFEST_FILE)
+                .display()
+        );
+        return Ok(());
+    }
     let cfg = config(&a)?;
     let start = Instant::now();
     let cancel = Arc::new(AtomicBool::new(false));
@@ -197,6 +248,7 @@ pub fn run(a: ConvertArgs, ctx: Ctx) -> anyhow::Result<()> {
             "read_seconds": report.read_seconds,
             "encode_write_seconds": report.encode_write_seconds,
             "peak_rss_bytes": super::bench::peak_rss_bytes(),
+            "cpu_seconds": super::bench::cpu_seconds(),
             "bytes_per_example": report.manifest.bytes_per_example,
         });
         std::fs::write(p, t.to_string()).with_context(|| format!("writing {}", p.display()))?;

@@ -82,7 +82,8 @@ pub fn write_confusion_png(m: &MetricsReport, path: &PathBuf) -> anyhow::Result<
     std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn run(a: EvaluateArgs, ctx: Ctx) -> anyhow::Result<()> {
+pub fn run(mut a: EvaluateArgs, ctx: Ctx) -> anyhow::Result<()> {
+    let _copy = super::local_copy(&mut a.model_dir)?;
     let mut req = EvaluateRequest::new(a.model_dir.clone(), file_list(&a.eval_files, "eval")?);
     req.checkpoint = a.checkpoint;
     req.eval_steps = a.eval_steps;

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use quickdraw_data::signature::{MODEL_DIR_EXPORT, SIGNATURE_FILE};
+use quickdraw_data::storage;
 use quickdraw_serve::Predictor;
 use quickdraw_train::export::{
     CheckSample, EngineOutputs, ExportRequest, ExportVerifier, StagedExport, export,
@@ -135,11 +137,28 @@ impl ExportVerifier for TractVerifier {
     }
 }
 
-pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
+pub fn run(mut a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
+    // An object-store export base is worked on through a local copy and uploaded after the
+    // export, each version's signature.json last (servers load a version once it is there).
+    let export_url = match &a.export_dir {
+        Some(d) if storage::is_url(d) => Some(d.clone()),
+        None if storage::is_url(&a.model_dir) => Some(a.model_dir.join(MODEL_DIR_EXPORT)),
+        _ => None,
+    };
+    let _model_copy = super::local_copy(&mut a.model_dir)?;
+    let mut export_copy = export_url
+        .map(|u| {
+            storage::Mirror::open(&u, &[SIGNATURE_FILE])
+                .with_context(|| format!("reading {}", u.display()))
+        })
+        .transpose()?;
     let mut req = ExportRequest::new(a.model_dir.clone());
     req.checkpoint = a.checkpoint;
     if let Some(d) = &a.export_dir {
         req.export_base = d.clone();
+    }
+    if let Some(m) = &export_copy {
+        req.export_base = m.local().to_path_buf();
     }
     req.eval_files = match a.eval_files.as_slice() {
         [] => None,
@@ -161,9 +180,17 @@ pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
     pb.finish_and_clear();
     let staged = staged.with_context(|| format!("exporting {}", a.model_dir.display()))?;
     let dir = staged.final_dir.clone();
+    let published = match export_copy.as_mut() {
+        None => dir.clone(),
+        Some(m) => {
+            m.push()
+                .with_context(|| format!("uploading the export to {}", m.remote().display()))?;
+            m.remote().join(staged.version.to_string())
+        }
+    };
     if let Some(path) = &a.write_check {
         let mut v = staged.sample.to_json();
-        v["export_dir"] = dir.display().to_string().into();
+        v["export_dir"] = published.display().to_string().into();
         v["model"] = staged.kind.name().into();
         std::fs::write(path, serde_json::to_string(&v)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -221,6 +248,6 @@ pub fn run(a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
             ),
         }
     }
-    println!("{}", dir.display());
+    println!("{}", published.display());
     Ok(())
 }

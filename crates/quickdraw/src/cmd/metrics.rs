@@ -38,7 +38,8 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-pub fn run(a: MetricsArgs, _ctx: Ctx) -> anyhow::Result<()> {
+pub fn run(mut a: MetricsArgs, _ctx: Ctx) -> anyhow::Result<()> {
+    let _copy = super::local_copy(&mut a.model_dir)?;
     if !a.model_dir.is_dir() {
         anyhow::bail!("{}: no such model directory", a.model_dir.display());
     }

@@ -94,6 +94,23 @@ impl RuntimeArgs {
 }
 
 /// Expands quoted glob patterns (`'data/*.ndjson'`); plain paths are kept as they are.
+/// A directory argument given as an object-store URL is read through a local copy: downloaded
+/// now, it replaces the URL in `dir`; the returned mirror keeps it until the command ends.
+pub fn local_copy(dir: &mut PathBuf) -> anyhow::Result<Option<quickdraw_data::storage::Mirror>> {
+    if !quickdraw_data::storage::is_url(dir) {
+        return Ok(None);
+    }
+    let m = quickdraw_data::storage::Mirror::open(dir, &[])
+        .with_context(|| format!("reading {}", dir.display()))?;
+    anyhow::ensure!(
+        quickdraw_data::storage::list(m.local()).is_ok_and(|l| !l.is_empty()),
+        "{}: no such directory (no object under this prefix)",
+        dir.display()
+    );
+    *dir = m.local().to_path_buf();
+    Ok(Some(m))
+}
+
 pub fn expand_globs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for i in inputs {
@@ -102,12 +119,10 @@ pub fn expand_globs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
             out.push(p);
             continue;
         }
-        let mut matched: Vec<PathBuf> = glob::glob(i)
-            .with_context(|| format!("bad glob pattern {i:?}"))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("reading matches of {i:?}"))?;
+        // Local files and object-store URLs alike.
+        let matched =
+            quickdraw_data::storage::glob(i).with_context(|| format!("bad glob pattern {i:?}"))?;
         anyhow::ensure!(!matched.is_empty(), "no file matches {i:?}");
-        matched.sort();
         out.extend(matched);
     }
     Ok(out)

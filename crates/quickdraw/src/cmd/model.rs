@@ -143,7 +143,8 @@ fn preprocessing_text(f: &FeatureSpec) -> String {
     )
 }
 
-fn show(a: ShowArgs, _ctx: Ctx) -> anyhow::Result<()> {
+fn show(mut a: ShowArgs, _ctx: Ctx) -> anyhow::Result<()> {
+    let _copy = super::local_copy(&mut a.dir)?;
     let dir = resolve_export_dir(&a.dir)?;
     let info = signature::load_export_dir(&dir)
         .with_context(|| format!("reading the export {}", dir.display()))?;
@@ -519,7 +520,8 @@ fn model_input(
     })
 }
 
-fn run_model(a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
+fn run_model(mut a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
+    let _copy = super::local_copy(&mut a.dir)?;
     let dir = resolve_export_dir(&a.dir)?;
     let p = Predictor::load_with(&dir, &a.runtime.resolve()?)
         .with_context(|| format!("loading {}", dir.display()))?;

@@ -145,7 +145,8 @@ fn read_drawings(
     Ok(out)
 }
 
-pub fn run(a: PredictArgs, ctx: Ctx) -> anyhow::Result<()> {
+pub fn run(mut a: PredictArgs, ctx: Ctx) -> anyhow::Result<()> {
+    let _copy = super::local_copy(&mut a.model_dir)?;
     let tm = TrainedModel::load(&a.model_dir, a.checkpoint, a.device.choice)
         .with_context(|| format!("loading {}", a.model_dir.display()))?;
     let k = a.top_k.clamp(1, tm.n_classes());

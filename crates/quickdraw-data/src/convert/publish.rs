@@ -1,0 +1,75 @@
+//! `convert --output s3://...` (any object-store URL): the run writes into a local staging
+//! directory with the same code as a local run, then uploads what it wrote, the file that makes
+//! it visible (`manifest.json`, or a worker's partial manifest) last. The local disk holds one
+//! run's output (a worker's share with `--worker`) for the time of the upload.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::{ConvertConfig, ConvertError, ConvertReport, Plan, Progress, ShardOwner, io_err};
+use crate::manifest::{LABELS_FILE, MANIFEST_FILE, REJECTS_FILE};
+use crate::storage;
+
+pub(super) fn run_to_store(
+    cfg: &ConvertConfig,
+    plan: &Plan,
+    progress: &Progress,
+) -> Result<ConvertReport, ConvertError> {
+    let dest = &cfg.output;
+    let tmp = std::env::temp_dir();
+    let staging = tempfile::Builder::new()
+        .prefix("quickdraw-convert-")
+        .tempdir_in(&tmp)
+        .map_err(io_err(&tmp))?;
+    let mut local = cfg.clone();
+    local.output = staging.path().to_path_buf();
+    let mut report = super::run_local(&local, plan, progress)?;
+    let upload = |rel: &str| -> Result<(), ConvertError> {
+        let to = dest.join(rel);
+        storage::copy_in(&staging.path().join(rel), &to).map_err(io_err(&to))
+    };
+    // The dataset at `dest` is incomplete from here until its manifest is written again.
+    let manifest = dest.join(MANIFEST_FILE);
+    storage::remove(&manifest).map_err(io_err(&manifest))?;
+    let written: BTreeSet<String> = report
+        .manifest
+        .shards
+        .values()
+        .flatten()
+        .map(|s| s.file.clone())
+        .collect();
+    for name in &written {
+        upload(name)?;
+    }
+    remove_stale_shards(dest, &ShardOwner::of(cfg), &written)?;
+    let (rejects, last) = match &cfg.worker {
+        None => {
+            upload(LABELS_FILE)?;
+            (REJECTS_FILE.to_string(), MANIFEST_FILE.to_string())
+        }
+        Some(w) => (
+            format!("{}/{REJECTS_FILE}", w.dir_name()),
+            format!("{}/{MANIFEST_FILE}", w.dir_name()),
+        ),
+    };
+    upload(&rejects)?;
+    upload(&last)?;
+    report.rejects_path = dest.join(rejects);
+    Ok(report)
+}
+
+/// Removes the shards this run owns by name but did not write (an earlier run's, with another
+/// shard count).
+fn remove_stale_shards(
+    dest: &Path,
+    owner: &ShardOwner,
+    written: &BTreeSet<String>,
+) -> Result<(), ConvertError> {
+    for (rel, _) in storage::list(dest).map_err(io_err(dest))? {
+        if !rel.contains('/') && owner.owns(&rel) && !written.contains(&rel) {
+            let p = dest.join(&rel);
+            storage::remove(&p).map_err(io_err(&p))?;
+        }
+    }
+    Ok(())
+}
