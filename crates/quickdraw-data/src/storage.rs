@@ -130,8 +130,8 @@ fn remote(path: &Path) -> io::Result<Option<Remote>> {
             }
         }
     };
-    let key = url.path().trim_start_matches('/');
-    let key = ObjPath::parse(key).map_err(|e| to_io(e.into()))?;
+    // The URL's path is percent-encoded (`alarm%20clock.ndjson`); the key is not.
+    let key = ObjPath::from_url_path(url.path()).map_err(|e| to_io(e.into()))?;
     Ok(Some(Remote { store, key }))
 }
 
@@ -192,6 +192,9 @@ fn build_store(scheme: &str, root: &str) -> io::Result<Arc<dyn ObjectStore>> {
             object_store::http::HttpBuilder::new()
                 .with_url(root)
                 .with_retry(retry)
+                .with_client_options(
+                    object_store::ClientOptions::new().with_allow_http(scheme == "http"),
+                )
                 .build()
                 .map_err(to_io)?,
         ),
@@ -252,6 +255,9 @@ pub fn read_to_string(path: &Path) -> io::Result<String> {
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     match remote(path)? {
         None => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent)?;
+            }
             let tmp = tmp_name(path);
             fs::write(&tmp, bytes)?;
             fs::rename(&tmp, path)
@@ -307,6 +313,16 @@ pub fn list(dir: &Path) -> io::Result<Vec<(String, u64)>> {
                 .filter(|(rel, _)| !rel.is_empty())
                 .collect();
             out.sort();
+            // Empty "folder" objects (`dir/`, made by consoles, s3fs, Hadoop) are not files.
+            let dirs: std::collections::BTreeSet<String> = out
+                .iter()
+                .flat_map(|(rel, _)| {
+                    rel.match_indices('/')
+                        .map(|(i, _)| rel[..i].to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            out.retain(|(rel, size)| !(*size == 0 && dirs.contains(rel)));
             Ok(out)
         }
     }
@@ -331,9 +347,18 @@ fn list_local(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>) -> io::Result
     Ok(())
 }
 
+/// Why [`glob`] failed: the pattern, or listing the object store.
+#[derive(Debug, thiserror::Error)]
+pub enum GlobError {
+    #[error(transparent)]
+    Pattern(#[from] glob::PatternError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// The files or objects matching a glob pattern (`*`, `?`, `[...]`; `*` does not cross `/`),
 /// sorted. A pattern without wildcards matches the one file it names, if it exists.
-pub fn glob(pattern: &str) -> Result<Vec<PathBuf>, glob::PatternError> {
+pub fn glob(pattern: &str) -> Result<Vec<PathBuf>, GlobError> {
     let p = Path::new(pattern);
     if !is_url(p) {
         let mut v: Vec<PathBuf> = glob::glob(pattern)?.filter_map(|p| p.ok()).collect();
@@ -351,8 +376,7 @@ pub fn glob(pattern: &str) -> Result<Vec<PathBuf>, glob::PatternError> {
         require_literal_separator: true,
         ..Default::default()
     };
-    let mut out: Vec<PathBuf> = list(Path::new(dir))
-        .unwrap_or_default()
+    let mut out: Vec<PathBuf> = list(Path::new(dir))?
         .into_iter()
         .map(|(rel, _)| format!("{dir}/{rel}"))
         .filter(|full| compiled.matches_with(full, options))
@@ -373,8 +397,8 @@ pub fn open(path: &Path) -> io::Result<Reader> {
     match remote(path)? {
         None => Ok(Reader::Local(fs::File::open(path)?)),
         Some(r) => {
-            let size = block_on(r.store.head(&r.key)).map_err(to_io)?.size;
-            Ok(Reader::Remote(RangeReader::new(r, size)))
+            let meta = block_on(r.store.head(&r.key)).map_err(to_io)?;
+            Ok(Reader::Remote(RangeReader::new(r, meta.size, meta.e_tag)))
         }
     }
 }
@@ -410,10 +434,18 @@ pub struct RangeReader {
     ahead: VecDeque<(u64, JoinHandle<object_store::Result<Bytes>>)>,
     /// Offset of the next range to request.
     next_fetch: u64,
+    /// Size of the next range: [`FIRST_CHUNK`] after an open or a seek, doubling with every
+    /// request up to [`READ_CHUNK`] (a header read costs one small request, a stream ramps up).
+    chunk: usize,
+    /// The ETag of the object when opened: every range must come from that same object.
+    e_tag: Option<String>,
 }
 
+/// The first range of a read after an open or a seek.
+const FIRST_CHUNK: usize = 64 << 10;
+
 impl RangeReader {
-    fn new(remote: Remote, size: u64) -> Self {
+    fn new(remote: Remote, size: u64, e_tag: Option<String>) -> Self {
         RangeReader {
             remote,
             size,
@@ -421,16 +453,30 @@ impl RangeReader {
             current: None,
             ahead: VecDeque::new(),
             next_fetch: 0,
+            chunk: FIRST_CHUNK,
+            e_tag,
         }
     }
 
     fn fill_ahead(&mut self) {
-        while self.ahead.len() < READ_AHEAD + 1 && self.next_fetch < self.size {
+        // Read-ahead only once the reads have proven sequential (the chunks have grown).
+        let depth = if self.chunk >= READ_CHUNK {
+            READ_AHEAD + 1
+        } else {
+            1
+        };
+        while self.ahead.len() < depth && self.next_fetch < self.size {
             let start = self.next_fetch;
-            let end = (start + READ_CHUNK as u64).min(self.size);
+            let end = (start + self.chunk as u64).min(self.size);
+            self.chunk = (self.chunk * 2).min(READ_CHUNK);
             let r = self.remote.clone();
-            let handle =
-                runtime().spawn(async move { r.store.get_range(&r.key, start..end).await });
+            let options = object_store::GetOptions {
+                range: Some((start..end).into()),
+                if_match: self.e_tag.clone(),
+                ..Default::default()
+            };
+            let handle = runtime()
+                .spawn(async move { r.store.get_opts(&r.key, options).await?.bytes().await });
             self.ahead.push_back((start, handle));
             self.next_fetch = end;
         }
@@ -443,6 +489,7 @@ impl RangeReader {
         }
         self.current = None;
         self.next_fetch = self.pos;
+        self.chunk = FIRST_CHUNK;
     }
 }
 
@@ -477,7 +524,12 @@ impl Read for RangeReader {
             let (start, handle) = self.ahead.pop_front().expect("a range was requested");
             let bytes = block_on(handle)
                 .map_err(|e| io::Error::other(format!("range request failed: {e}")))?
-                .map_err(to_io)?;
+                .map_err(|e| match e {
+                    object_store::Error::Precondition { .. } => io::Error::other(
+                        "the object was replaced while it was being read (its ETag changed)",
+                    ),
+                    e => to_io(e),
+                })?;
             if bytes.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -768,7 +820,16 @@ impl Mirror {
             .cloned()
             .collect();
         for rel in gone {
-            let _ = fs::remove_file(self.local.join(&rel));
+            let path = self.local.join(&rel);
+            let _ = fs::remove_file(&path);
+            // A folder emptied remotely goes too (a deleted version folder must disappear).
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| d.starts_with(&self.local) && *d != self.local) {
+                if fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
             self.synced.remove(&rel);
             changed += 1;
         }
@@ -938,6 +999,45 @@ mod tests {
         remove(&dest.join("3/signature.json")).unwrap();
         assert_eq!(m.pull().unwrap(), 1);
         assert!(!m.local().join("3/signature.json").exists());
+    }
+
+    #[test]
+    fn keys_are_percent_decoded_and_folder_markers_are_not_files() {
+        let p = PathBuf::from("memory://unit/enc/alarm clock.ndjson");
+        write(&p, b"x").unwrap();
+        // The URL form with %20 names the same object.
+        assert_eq!(
+            read(Path::new("memory://unit/enc/alarm%20clock.ndjson")).unwrap(),
+            b"x"
+        );
+        let hits = glob("memory://unit/enc/*.ndjson").unwrap();
+        assert_eq!(read(&hits[0]).unwrap(), b"x");
+        write(&mem("marker/1"), b"").unwrap();
+        write(&mem("marker/1/model.onnx"), b"m").unwrap();
+        assert_eq!(
+            list(&mem("marker")).unwrap(),
+            [("1/model.onnx".to_string(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_header_read_costs_one_small_range_and_a_replaced_object_is_refused() {
+        let p = mem("ramp/obj");
+        let data = vec![7u8; READ_CHUNK * 3];
+        write(&p, &data).unwrap();
+        let mut r = open(&p).unwrap();
+        let mut head = [0u8; 8];
+        r.read_exact(&mut head).unwrap();
+        let Reader::Remote(rr) = &r else {
+            panic!("remote")
+        };
+        // The first 64 KiB, and the next 128 KiB requested ahead: not 16 MiB.
+        assert_eq!(rr.next_fetch, 3 * FIRST_CHUNK as u64);
+        // Replaced while open: the next range fails instead of mixing two objects.
+        write(&p, &vec![8u8; READ_CHUNK * 3]).unwrap();
+        let mut rest = Vec::new();
+        let err = r.read_to_end(&mut rest).unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
     }
 
     #[test]

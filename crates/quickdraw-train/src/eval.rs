@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
+use quickdraw_data::convert::WorkerSlot;
+use quickdraw_data::storage;
 use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceChoice;
@@ -62,7 +64,31 @@ pub fn evaluate_model(
     opts: &EvalOptions,
     keep_predictions: bool,
 ) -> Result<(MetricsReport, Vec<Prediction>)> {
-    let c = classes.len();
+    let (acc, preds) = evaluate_counts(
+        model,
+        kind,
+        device,
+        src,
+        classes.len(),
+        opts,
+        keep_predictions,
+    )?;
+    Ok((acc.report(classes), preds))
+}
+
+/// [`evaluate_model`]'s counts, before they are turned into a report.
+fn evaluate_counts(
+    model: &Model,
+    kind: ModelKind,
+    device: &Device,
+    src: &DataSource,
+    c: usize,
+    opts: &EvalOptions,
+    keep_predictions: bool,
+) -> Result<(MetricsAccumulator, Vec<Prediction>)> {
+    if src.files.is_empty() {
+        return Ok((MetricsAccumulator::new(c), Vec::new()));
+    }
     let mut pipeline = Pipeline::spawn(
         src,
         PipelineOptions {
@@ -101,7 +127,7 @@ pub fn evaluate_model(
             }
         }
     }
-    Ok((acc.report(classes), preds))
+    Ok((acc, preds))
 }
 
 /// What `quickdraw evaluate` reports (and writes to `evaluation.json`): the metrics at the top
@@ -213,6 +239,160 @@ pub(crate) fn evaluate_loaded(
         modeldir::write_atomic(&req.model_dir.join(EVALUATION_FILE), text.as_bytes())?;
     }
     Ok((ev, preds))
+}
+
+/// Where `evaluate --worker I/N` writes its part, inside the model dir.
+pub const EVAL_PARTS_DIR: &str = "evaluation-parts";
+
+/// One worker's share of an evaluation split over N (`evaluate --worker I/N`): the shards whose
+/// index (sorted) is I mod N, and their counts, merged exactly by [`merge_parts`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalPart {
+    pub worker: WorkerSlot,
+    pub model: ModelKind,
+    /// The checkpoint's folder name (`step-00001000`).
+    pub checkpoint: String,
+    pub step: u64,
+    pub eval_files: String,
+    /// The shard files this worker evaluated, of `total_files`.
+    pub files: Vec<String>,
+    pub total_files: usize,
+    pub classes: Vec<String>,
+    pub seconds: f64,
+    pub counts: MetricsAccumulator,
+}
+
+impl EvalPart {
+    /// `evaluation-parts/IIIII-of-NNNNN.json`, relative to the model dir.
+    pub fn file_name(w: &WorkerSlot) -> String {
+        format!("{EVAL_PARTS_DIR}/{:05}-of-{:05}.json", w.index, w.count)
+    }
+}
+
+/// Evaluates worker `worker`'s share of the eval shards.
+pub fn evaluate_part(req: &EvaluateRequest, worker: WorkerSlot) -> Result<EvalPart> {
+    if req.eval_steps.is_some() {
+        return Err(TrainError::Config(
+            "--eval-steps cannot be split over workers (each evaluates whole shards)".into(),
+        ));
+    }
+    let tm = TrainedModel::load(&req.model_dir, req.checkpoint, req.device)?;
+    let src = DataSource::open(&req.eval_files)?;
+    check_compatible(&tm, &src)?;
+    let sub = src.subset(|i| i % worker.count == worker.index);
+    let opts = EvalOptions {
+        batch_size: req.batch_size.unwrap_or(tm.config.batch_size.max(64)),
+        max_batches: None,
+        prefetch: DEFAULT_PREFETCH,
+    };
+    let t = Instant::now();
+    let c = tm.config.classes.len();
+    let (counts, _) = evaluate_counts(tm.model(), tm.kind(), tm.device(), &sub, c, &opts, false)?;
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    Ok(EvalPart {
+        worker,
+        model: tm.kind(),
+        checkpoint: name(&tm.checkpoint.dir),
+        step: tm.step(),
+        eval_files: req.eval_files.clone(),
+        files: sub.files.iter().map(|f| name(f)).collect(),
+        total_files: src.files.len(),
+        classes: tm.config.classes.clone(),
+        seconds: t.elapsed().as_secs_f64(),
+        counts,
+    })
+}
+
+/// Reads every part under `model_dir` (a directory or URL) and merges them: all N workers must
+/// have finished, on the same checkpoint, eval files and classes, covering every shard once.
+pub fn merge_parts(model_dir: &Path) -> Result<Evaluation> {
+    let dir = model_dir.join(EVAL_PARTS_DIR);
+    let listed = match storage::list(&dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(TrainError::io(&dir)(e)),
+    };
+    let mut slots: Vec<WorkerSlot> = listed
+        .iter()
+        .filter_map(|(rel, _)| rel.strip_suffix(".json"))
+        .filter_map(|n| n.split_once("-of-"))
+        .filter_map(|(i, n)| WorkerSlot::new(i.parse().ok()?, n.parse().ok()?).ok())
+        .collect();
+    slots.sort_by_key(|w| (w.count, w.index));
+    let Some(count) = slots.first().map(|w| w.count) else {
+        return Err(TrainError::Config(format!(
+            "{}: no evaluation parts (run `quickdraw evaluate --worker I/N` first)",
+            dir.display()
+        )));
+    };
+    if slots.iter().any(|w| w.count != count) {
+        return Err(TrainError::Config(format!(
+            "{}: parts of evaluations split over different worker counts: remove the old ones",
+            dir.display()
+        )));
+    }
+    let missing: Vec<String> = (0..count)
+        .filter(|i| !slots.iter().any(|w| w.index == *i))
+        .map(|i| i.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{}: {} of {count} evaluation workers have not finished: worker {}",
+            dir.display(),
+            missing.len(),
+            missing.join(", ")
+        )));
+    }
+    let mut parts = Vec::with_capacity(slots.len());
+    for w in &slots {
+        let path = model_dir.join(EvalPart::file_name(w));
+        let text = storage::read_to_string(&path).map_err(TrainError::io(&path))?;
+        let part: EvalPart = serde_json::from_str(&text).map_err(TrainError::json(&path))?;
+        parts.push(part);
+    }
+    let first = &parts[0];
+    let mut counts = first.counts.clone();
+    let mut files: Vec<&String> = Vec::new();
+    for p in &parts {
+        let same = p.checkpoint == first.checkpoint
+            && p.eval_files == first.eval_files
+            && p.classes == first.classes
+            && p.total_files == first.total_files;
+        if !same {
+            return Err(TrainError::Config(format!(
+                "evaluation worker {} evaluated another checkpoint, eval files or classes than worker 0 ({} on {:?} vs {} on {:?})",
+                p.worker.index, p.checkpoint, p.eval_files, first.checkpoint, first.eval_files
+            )));
+        }
+        files.extend(&p.files);
+    }
+    for p in &parts[1..] {
+        counts.merge(&p.counts).map_err(TrainError::Config)?;
+    }
+    files.sort();
+    files.dedup();
+    if files.len() != first.total_files {
+        return Err(TrainError::Config(format!(
+            "the parts cover {} distinct shard files of {}",
+            files.len(),
+            first.total_files
+        )));
+    }
+    let seconds = parts.iter().map(|p| p.seconds).fold(0.0, f64::max);
+    Ok(Evaluation {
+        model_dir: model_dir.display().to_string(),
+        model: first.model,
+        checkpoint: first.checkpoint.clone(),
+        step: first.step,
+        eval_files: first.eval_files.clone(),
+        seconds,
+        examples_per_sec: counts.examples() as f64 / seconds.max(1e-9),
+        metrics: counts.report(&first.classes),
+    })
 }
 
 /// Per-class change from model A to model B.

@@ -27,7 +27,10 @@ pub mod trainer;
 pub use burn;
 pub use device::DeviceChoice;
 pub use error::TrainError;
-pub use eval::{Comparison, EvaluateRequest, Evaluation, compare, evaluate};
+pub use eval::{
+    Comparison, EvalPart, EvaluateRequest, Evaluation, compare, evaluate, evaluate_part,
+    merge_parts,
+};
 pub use infer::TrainedModel;
 pub use model::{ModelConfig, ModelKind};
 pub use modeldir::{CheckpointSel, OptimizerKind, TrainConfig};

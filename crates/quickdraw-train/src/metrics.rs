@@ -48,12 +48,17 @@ pub fn ap_at_3(scores: &[f32], label: usize) -> f64 {
     if r < 3 { 1.0 / (r as f64 + 1.0) } else { 0.0 }
 }
 
-/// Accumulates metrics over batches of log-probabilities.
-#[derive(Debug, Clone)]
+/// Accumulates metrics over batches of log-probabilities. Serialisable and [`merge`]able, so
+/// an evaluation split over workers adds up to the one-process counts.
+///
+/// [`merge`]: MetricsAccumulator::merge
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricsAccumulator {
     n_classes: usize,
     /// Row = true class, column = predicted class.
     confusion: Vec<u64>,
+    /// NaN once an invalid row was seen (JSON `null`).
+    #[serde(with = "nan_as_null")]
     loss_sum: f64,
     examples: u64,
     top1: u64,
@@ -107,6 +112,29 @@ impl MetricsAccumulator {
 
     pub fn examples(&self) -> u64 {
         self.examples
+    }
+
+    /// Adds another accumulator's counts (the same classes): counts exactly, the loss and
+    /// MAP@3 sums up to floating-point rounding.
+    pub fn merge(&mut self, o: &MetricsAccumulator) -> Result<(), String> {
+        if o.n_classes != self.n_classes {
+            return Err(format!(
+                "{} classes cannot be merged with {}",
+                o.n_classes, self.n_classes
+            ));
+        }
+        for (a, b) in self.confusion.iter_mut().zip(&o.confusion) {
+            *a += b;
+        }
+        for (a, b) in self.invalid.iter_mut().zip(&o.invalid) {
+            *a += b;
+        }
+        self.loss_sum += o.loss_sum;
+        self.examples += o.examples;
+        self.top1 += o.top1;
+        self.top3 += o.top3;
+        self.map3 += o.map3;
+        Ok(())
     }
     /// Examples whose scores were NaN / +inf (counted as wrong).
     pub fn invalid(&self) -> u64 {
@@ -188,6 +216,22 @@ impl MetricsAccumulator {
             per_class,
             confusion: self.confusion(),
         }
+    }
+}
+
+/// `f64` as JSON with NaN written as `null` (JSON has no NaN) and read back.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match v.is_nan() {
+            true => s.serialize_none(),
+            false => s.serialize_f64(*v),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
 

@@ -121,9 +121,12 @@ impl DataSource {
     pub fn open(pattern: &str) -> Result<Self> {
         let mut paths: Vec<PathBuf> = Vec::new();
         for p in pattern.split(FILE_LIST_SEPARATOR) {
-            let matched = storage::glob(p).map_err(|source| TrainError::Pattern {
-                pattern: p.to_string(),
-                source,
+            let matched = storage::glob(p).map_err(|e| match e {
+                storage::GlobError::Pattern(source) => TrainError::Pattern {
+                    pattern: p.to_string(),
+                    source,
+                },
+                storage::GlobError::Io(e) => TrainError::io(p)(e),
             })?;
             let before = paths.len();
             // Object-store listings hold only objects; local matches may be directories.
@@ -216,6 +219,23 @@ impl DataSource {
             manifest,
             labels,
         })
+    }
+
+    /// The same source restricted to the files whose index (in sorted order) `keep` accepts.
+    pub fn subset(&self, keep: impl Fn(usize) -> bool) -> DataSource {
+        let (files, counts) = self
+            .files
+            .iter()
+            .zip(&self.counts)
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .map(|(_, (f, c))| (f.clone(), *c))
+            .unzip();
+        DataSource {
+            files,
+            counts,
+            ..self.clone()
+        }
     }
 
     /// The feature spec the shards were written with.

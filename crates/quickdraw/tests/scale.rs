@@ -73,23 +73,25 @@ fn workers_convert_the_same_examples_as_one_process() {
             "--output",
             s(&out),
             "--workers",
-            "3",
+            "5",
         ]);
         c.args(CONVERT);
         let o = c.output().unwrap();
         assert!(o.status.success(), "worker {i}: {}", text(&o));
     };
-    worker(0);
-    worker(2);
+    // 5 workers for 4 classes: one is dealt no class and publishes an empty part.
+    for i in [0, 2, 3, 4] {
+        worker(i);
+    }
     // Finalizing before every worker finished names the missing one and publishes nothing.
     let err = fails(&["convert", "--finalize", "--output", s(&out)]);
     assert!(err.contains("worker 1"), "{err}");
     assert!(!out.join("manifest.json").exists());
     worker(1);
     // Re-running a worker is safe: the same bytes again.
-    let before = std::fs::read(out.join("_workers/00001-of-00003/manifest.json")).unwrap();
+    let before = std::fs::read(out.join("_workers/00001-of-00005/manifest.json")).unwrap();
     worker(1);
-    let after = std::fs::read(out.join("_workers/00001-of-00003/manifest.json")).unwrap();
+    let after = std::fs::read(out.join("_workers/00001-of-00005/manifest.json")).unwrap();
     assert_eq!(before, after);
     ok(&["convert", "--finalize", "--output", s(&out)]);
 
@@ -102,10 +104,10 @@ fn workers_convert_the_same_examples_as_one_process() {
     assert_eq!(a.per_class, b.per_class);
     assert_eq!(a.totals, b.totals);
     assert_eq!(a.inputs.len(), b.inputs.len());
-    // 3 workers x 2 shards per split, named as one sharded writer would.
+    // 4 busy workers x 2 shards per split, numbered of 5 x 2 as one sharded writer would.
     let names: Vec<&str> = a.shards["train"].iter().map(|f| f.file.as_str()).collect();
-    assert_eq!(names.len(), 6, "{names:?}");
-    assert_eq!(names[0], "train-00000-of-00006");
+    assert_eq!(names.len(), 8, "{names:?}");
+    assert!(names.iter().all(|n| n.ends_with("-of-00010")), "{names:?}");
     assert_eq!(
         std::fs::read_to_string(out.join("labels.txt")).unwrap(),
         "cat\nfrog\nhorse\nrabbit\n"
@@ -466,4 +468,76 @@ fn object_store_failures_name_the_url() {
         .unwrap();
     assert!(!o.status.success());
     assert!(text(&o).contains("s3://qdraw/zoo"), "{}", text(&o));
+}
+
+/// `evaluate --worker I/N` + `--merge` gives the one-process evaluation: the same counts and
+/// confusion matrix (a worker with no shard file included).
+#[test]
+fn evaluation_split_over_workers_merges_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = inputs(tmp.path());
+    let data = single_process(tmp.path(), &raw);
+    let model = tmp.path().join("model");
+    ok(&[
+        "train",
+        "--model",
+        "linear",
+        "--model-dir",
+        s(&model),
+        "--train-files",
+        s(&data),
+        "--train-steps",
+        "20",
+        "--batch-size",
+        "16",
+    ]);
+    let json = |o: &std::process::Output| -> serde_json::Value {
+        serde_json::from_str(stdout(o).trim()).unwrap()
+    };
+    let one = json(&ok(&[
+        "evaluate",
+        "--model-dir",
+        s(&model),
+        "--eval-files",
+        s(&data),
+        "--json",
+    ]));
+    for i in 0..3 {
+        let w = format!("{i}/3");
+        if i == 1 {
+            let err = fails(&["evaluate", "--model-dir", s(&model), "--merge"]);
+            assert!(err.contains("worker 1, 2"), "{err}");
+        }
+        ok(&[
+            "evaluate",
+            "--model-dir",
+            s(&model),
+            "--eval-files",
+            s(&data),
+            "--worker",
+            &w,
+        ]);
+    }
+    let merged = json(&ok(&[
+        "evaluate",
+        "--model-dir",
+        s(&model),
+        "--merge",
+        "--json",
+    ]));
+    for k in [
+        "examples",
+        "confusion",
+        "per_class",
+        "accuracy",
+        "top3_accuracy",
+        "invalid_predictions",
+    ] {
+        assert_eq!(merged[k], one[k], "{k}");
+    }
+    for k in ["loss", "map3"] {
+        let (a, b) = (merged[k].as_f64().unwrap(), one[k].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{k}: {a} vs {b}");
+    }
+    assert!(merged["examples"].as_u64().unwrap() > 0);
 }

@@ -155,7 +155,11 @@ pub fn finalize(out: &Path) -> Result<DatasetManifest, ConvertError> {
 /// Every worker's partial manifest, in worker order; names each missing worker.
 fn read_parts(out: &Path) -> Result<Vec<WorkerManifest>, ConvertError> {
     let dir = out.join(WORKERS_DIR);
-    let listed = storage::list(&dir).unwrap_or_default();
+    let listed = match storage::list(&dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
     let mut found: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
     for (rel, _) in &listed {
         let Some(name) = rel.strip_suffix(&format!("/{MANIFEST_FILE}")) else {

@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use quickdraw_data::convert::WorkerSlot;
+use quickdraw_data::storage;
 use quickdraw_train::metrics::{MetricsReport, confusion_image};
 use quickdraw_train::pipeline::file_list;
-use quickdraw_train::{CheckpointSel, EvaluateRequest};
+use quickdraw_train::{CheckpointSel, EvalPart, EvaluateRequest};
 
 use super::Ctx;
 
@@ -17,7 +19,7 @@ pub struct EvaluateArgs {
     pub model_dir: PathBuf,
     /// Evaluation shards: files, globs ('data/zoo/eval-*') or a dataset directory (its eval
     /// shards, from manifest.json); several values, or the flag repeated, are one set.
-    #[arg(long, num_args = 1.., required = true, value_name = "FILES")]
+    #[arg(long, num_args = 1.., required_unless_present = "merge", value_name = "FILES")]
     pub eval_files: Vec<String>,
     /// Which checkpoint: best (by eval accuracy during training), latest, or a step number.
     #[arg(long, default_value = "latest")]
@@ -36,6 +38,14 @@ pub struct EvaluateArgs {
     /// Also write the confusion matrix as a PNG (rows = true class, row-normalised).
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
+    /// Evaluate only worker I's share of N (the shards whose sorted index is I mod N) and
+    /// write its counts to <model-dir>/evaluation-parts/; then `evaluate --merge`.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+    pub worker: Option<String>,
+    /// Merge the parts of every worker (exact counts, confusion matrix included) into the
+    /// report and evaluation.json, as one process would have written them.
+    #[arg(long)]
+    pub merge: bool,
 }
 
 /// Human-readable report: overall figures, per-class table, small confusion matrices.
@@ -83,18 +93,53 @@ pub fn write_confusion_png(m: &MetricsReport, path: &PathBuf) -> anyhow::Result<
 }
 
 pub fn run(mut a: EvaluateArgs, ctx: Ctx) -> anyhow::Result<()> {
-    let _copy = super::local_copy(&mut a.model_dir)?;
+    // Parts and the merged evaluation.json go to the model dir as given (a URL too).
+    let given = a.model_dir.clone();
+    if a.merge {
+        let ev = quickdraw_train::merge_parts(&given)
+            .with_context(|| format!("merging the evaluation parts of {}", given.display()))?;
+        let path = given.join(quickdraw_train::modeldir::EVALUATION_FILE);
+        let text = serde_json::to_string_pretty(&ev)? + "\n";
+        storage::write(&path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        return print_evaluation(&a, &ev);
+    }
+    let mut copy = super::local_copy(&mut a.model_dir)?;
     let mut req = EvaluateRequest::new(a.model_dir.clone(), file_list(&a.eval_files, "eval")?);
     req.checkpoint = a.checkpoint;
     req.eval_steps = a.eval_steps;
     req.batch_size = a.batch_size;
     req.device = a.device.choice;
+    if let Some(w) = &a.worker {
+        let slot = WorkerSlot::parse(w).map_err(|e| anyhow::anyhow!("--worker {e}"))?;
+        let part = quickdraw_train::evaluate_part(&req, slot)
+            .with_context(|| format!("evaluating {}", given.display()))?;
+        let path = given.join(EvalPart::file_name(&slot));
+        storage::write(&path, serde_json::to_string_pretty(&part)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "worker {w}: {} examples in {} of {} shard files; counts in {}",
+            part.counts.examples(),
+            part.files.len(),
+            part.total_files,
+            path.display()
+        );
+        return Ok(());
+    }
     let pb = crate::progress::bar(ctx.quiet, None, "");
     pb.set_message(format!("evaluating {}", a.model_dir.display()));
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
     let (ev, _) = quickdraw_train::evaluate(&req, false)
         .with_context(|| format!("evaluating {}", a.model_dir.display()))?;
     pb.finish_and_clear();
+    if let Some(m) = copy.as_mut() {
+        m.push()
+            .with_context(|| format!("uploading evaluation.json to {}", given.display()))?;
+    }
+    print_evaluation(&a, &ev)
+}
+
+fn print_evaluation(a: &EvaluateArgs, ev: &quickdraw_train::Evaluation) -> anyhow::Result<()> {
     if let Some(w) = invalid_warning(&ev.metrics) {
         eprintln!("{w}");
     }
@@ -102,7 +147,7 @@ pub fn run(mut a: EvaluateArgs, ctx: Ctx) -> anyhow::Result<()> {
         write_confusion_png(&ev.metrics, p)?;
     }
     if a.json {
-        println!("{}", serde_json::to_string(&ev)?);
+        println!("{}", serde_json::to_string(ev)?);
     } else {
         println!(
             "model {} ({}), checkpoint step {}, eval files {:?}\n",
