@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use quickdraw_data::convert::WorkerSlot;
+use quickdraw_data::convert::workers::{self, PartsError, finished_count};
 use quickdraw_data::storage;
 use serde::{Deserialize, Serialize};
 
@@ -265,7 +266,7 @@ pub struct EvalPart {
 impl EvalPart {
     /// `evaluation-parts/IIIII-of-NNNNN.json`, relative to the model dir.
     pub fn file_name(w: &WorkerSlot) -> String {
-        format!("{EVAL_PARTS_DIR}/{:05}-of-{:05}.json", w.index, w.count)
+        format!("{EVAL_PARTS_DIR}/{}.json", w.name())
     }
 }
 
@@ -311,42 +312,26 @@ pub fn evaluate_part(req: &EvaluateRequest, worker: WorkerSlot) -> Result<EvalPa
 /// have finished, on the same checkpoint, eval files and classes, covering every shard once.
 pub fn merge_parts(model_dir: &Path) -> Result<Evaluation> {
     let dir = model_dir.join(EVAL_PARTS_DIR);
-    let listed = match storage::list(&dir) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(TrainError::io(&dir)(e)),
-    };
-    let mut slots: Vec<WorkerSlot> = listed
-        .iter()
-        .filter_map(|(rel, _)| rel.strip_suffix(".json"))
-        .filter_map(|n| n.split_once("-of-"))
-        .filter_map(|(i, n)| WorkerSlot::new(i.parse().ok()?, n.parse().ok()?).ok())
-        .collect();
-    slots.sort_by_key(|w| (w.count, w.index));
-    let Some(count) = slots.first().map(|w| w.count) else {
-        return Err(TrainError::Config(format!(
+    let count = finished_count(&dir, ".json").map_err(|e| match e {
+        PartsError::Io(e) => TrainError::io(&dir)(e),
+        PartsError::NoParts => TrainError::Config(format!(
             "{}: no evaluation parts (run `quickdraw evaluate --worker I/N` first)",
             dir.display()
-        )));
-    };
-    if slots.iter().any(|w| w.count != count) {
-        return Err(TrainError::Config(format!(
+        )),
+        PartsError::MixedCounts(_) => TrainError::Config(format!(
             "{}: parts of evaluations split over different worker counts: remove the old ones",
             dir.display()
-        )));
-    }
-    let missing: Vec<String> = (0..count)
-        .filter(|i| !slots.iter().any(|w| w.index == *i))
-        .map(|i| i.to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(TrainError::Config(format!(
+        )),
+        PartsError::Missing { count, missing } => TrainError::Config(format!(
             "{}: {} of {count} evaluation workers have not finished: worker {}",
             dir.display(),
             missing.len(),
-            missing.join(", ")
-        )));
-    }
+            workers::join(&missing)
+        )),
+    })?;
+    let slots: Vec<WorkerSlot> = (0..count)
+        .map(|index| WorkerSlot { index, count })
+        .collect();
     let mut parts = Vec::with_capacity(slots.len());
     for w in &slots {
         let path = model_dir.join(EvalPart::file_name(w));

@@ -447,12 +447,7 @@ fn object_store_failures_name_the_url() {
     s3.py(&["mkbucket", "qdraw"]);
     let endpoint = s3.endpoint.clone();
     drop(s3);
-    let o = bin()
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
+    let o = s3_env(&mut bin(), &endpoint)
         .env("QUICKDRAW_STORE_RETRIES", "1")
         .env("QUICKDRAW_STORE_RETRY_TIMEOUT", "5")
         .args([

@@ -181,11 +181,7 @@ impl S3Server {
 
     /// The environment an S3 user sets (endpoint, plain HTTP allowed, dummy credentials).
     pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
-        cmd.env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
+        s3_env(cmd, &self.endpoint)
     }
 
     /// `quickdraw args...` with this server's environment.
@@ -217,6 +213,15 @@ impl S3Server {
         assert!(o.status.success(), "s3.py {args:?} failed:\n{}", text(&o));
         stdout(&o)
     }
+}
+
+/// [`S3Server::env`] for an `endpoint` (also one whose server is gone).
+pub fn s3_env<'a>(cmd: &'a mut Command, endpoint: &str) -> &'a mut Command {
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
 }
 
 impl Drop for S3Server {

@@ -61,9 +61,20 @@ impl WorkerSlot {
         Ok(WorkerSlot { index, count })
     }
 
+    /// `00003-of-00004`: how this worker's outputs are named.
+    pub fn name(&self) -> String {
+        format!("{:05}-of-{:05}", self.index, self.count)
+    }
+
+    /// Parses [`WorkerSlot::name`]'s form back.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let (i, n) = name.split_once("-of-")?;
+        Self::new(i.parse().ok()?, n.parse().ok()?).ok()
+    }
+
     /// `_workers/00003-of-00004`, relative to the dataset directory.
     pub fn dir_name(&self) -> String {
-        format!("{WORKERS_DIR}/{:05}-of-{:05}", self.index, self.count)
+        format!("{WORKERS_DIR}/{}", self.name())
     }
 
     /// The first global shard index of this worker and the total shard count, for `shards`
@@ -88,6 +99,57 @@ pub fn assign(bytes: &[u64], count: usize) -> Vec<usize> {
         load[w] += bytes[label];
     }
     owner
+}
+
+/// Why the parts of a split job are not a complete set.
+#[derive(Debug)]
+pub enum PartsError {
+    /// Listing them failed.
+    Io(std::io::Error),
+    NoParts,
+    /// Parts of runs with different worker counts.
+    MixedCounts(Vec<usize>),
+    /// These workers of `count` have no part.
+    Missing {
+        count: usize,
+        missing: Vec<usize>,
+    },
+}
+
+/// The worker count N of the parts under `dir` named `IIIII-of-NNNNN{suffix}` (see
+/// [`WorkerSlot::name`]), once every worker 0..N has one. Used by `convert --finalize` and
+/// `evaluate --merge`.
+pub fn finished_count(dir: &Path, suffix: &str) -> Result<usize, PartsError> {
+    let listed = match storage::list(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(PartsError::Io(e)),
+    };
+    let mut found: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    for (rel, _) in &listed {
+        if let Some(w) = rel.strip_suffix(suffix).and_then(WorkerSlot::from_name) {
+            found.entry(w.count).or_default().insert(w.index);
+        }
+    }
+    let count = match found.len() {
+        0 => return Err(PartsError::NoParts),
+        1 => *found.keys().next().expect("one"),
+        _ => return Err(PartsError::MixedCounts(found.keys().copied().collect())),
+    };
+    let missing: Vec<usize> = (0..count).filter(|i| !found[&count].contains(i)).collect();
+    if !missing.is_empty() {
+        return Err(PartsError::Missing { count, missing });
+    }
+    Ok(count)
+}
+
+/// `1, 2`: worker indices as a message lists them.
+pub fn join(indices: &[usize]) -> String {
+    indices
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A worker's partial manifest: its own classes' counts, inputs and shards, in the dataset
@@ -155,53 +217,37 @@ pub fn finalize(out: &Path) -> Result<DatasetManifest, ConvertError> {
 /// Every worker's partial manifest, in worker order; names each missing worker.
 fn read_parts(out: &Path) -> Result<Vec<WorkerManifest>, ConvertError> {
     let dir = out.join(WORKERS_DIR);
-    let listed = match storage::list(&dir) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io_err(&dir)(e)),
-    };
-    let mut found: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
-    for (rel, _) in &listed {
-        let Some(name) = rel.strip_suffix(&format!("/{MANIFEST_FILE}")) else {
-            continue;
-        };
-        if let Some((i, n)) = name.split_once("-of-") {
-            if let (Ok(i), Ok(n)) = (i.parse(), n.parse()) {
-                found.entry(n).or_default().insert(i);
-            }
-        }
-    }
-    let count = match found.len() {
-        0 => {
+    let suffix = format!("/{MANIFEST_FILE}");
+    let count = match finished_count(&dir, &suffix) {
+        Ok(n) => n,
+        Err(PartsError::Io(e)) => return Err(io_err(&dir)(e)),
+        Err(PartsError::NoParts) => {
             return Err(ConvertError::Workers(format!(
                 "{}: no worker has finished (no {}/IIIII-of-NNNNN/{MANIFEST_FILE}); run `quickdraw convert --worker I/N` first",
                 out.display(),
                 dir.display()
             )));
         }
-        1 => *found.keys().next().expect("one"),
-        _ => {
+        Err(PartsError::MixedCounts(counts)) => {
             return Err(ConvertError::Workers(format!(
-                "{} holds the outputs of runs with different worker counts ({:?}): remove the directories of the old run",
+                "{} holds the outputs of runs with different worker counts ({counts:?}): remove the directories of the old run",
                 dir.display(),
-                found.keys().collect::<Vec<_>>()
+            )));
+        }
+        Err(PartsError::Missing { count, missing }) => {
+            let first = WorkerSlot {
+                index: missing[0],
+                count,
+            };
+            return Err(ConvertError::Workers(format!(
+                "{} of {count} workers have not finished: worker {} (no {}/{}/{MANIFEST_FILE}); re-run them with --worker I/{count}",
+                missing.len(),
+                join(&missing),
+                dir.display(),
+                first.name()
             )));
         }
     };
-    let done = &found[&count];
-    let missing: Vec<String> = (0..count)
-        .filter(|i| !done.contains(i))
-        .map(|i| i.to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(ConvertError::Workers(format!(
-            "{} of {count} workers have not finished: worker {} (no {}/{:05}-of-{count:05}/{MANIFEST_FILE}); re-run them with --worker I/{count}",
-            missing.len(),
-            missing.join(", "),
-            dir.display(),
-            missing[0].parse::<usize>().unwrap_or(0)
-        )));
-    }
     let mut parts = Vec::with_capacity(count);
     for index in 0..count {
         let slot = WorkerSlot { index, count };
