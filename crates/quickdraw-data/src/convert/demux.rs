@@ -300,6 +300,7 @@ impl<'a> Sink<'a> {
                 path: w.data.clone(),
                 format: Format::Ndjson,
                 gzip: false,
+                bytes: std::fs::metadata(&w.data).map_or(0, |m| m.len()),
                 class: word.clone(),
                 label_from: LabelFrom::File,
                 origin: Some(Arc::new(Origin {
@@ -386,6 +387,7 @@ mod tests {
             path: dir.path().join("log.ndjson"),
             format: Format::Ndjson,
             gzip: false,
+            bytes: 0,
             class: "log".into(),
             label_from: LabelFrom::Word,
             origin: None,

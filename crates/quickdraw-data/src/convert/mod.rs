@@ -184,6 +184,8 @@ pub struct InputPlan {
     pub path: PathBuf,
     pub format: Format,
     pub gzip: bool,
+    /// Its size in bytes when planned (one `len` per input, also one request per object).
+    pub bytes: u64,
     /// The class of its records: the file's name, or (scratch files of a mixed input) the word.
     pub class: String,
     pub label_from: LabelFrom,
@@ -350,6 +352,7 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
             _ => LabelFrom::File,
         };
         let f = InputPlan {
+            bytes: storage::len(&path).unwrap_or(0),
             path,
             format,
             gzip,
@@ -397,7 +400,7 @@ pub fn plan(cfg: &ConvertConfig) -> Result<Plan, ConvertError> {
             ..cfg.features
         },
     )?;
-    let size = |f: &InputPlan| storage::len(&f.path).unwrap_or(0);
+    let size = |f: &InputPlan| f.bytes;
     let total_bytes = groups.iter().flatten().chain(&mixed).map(size).sum();
     let max_records = groups
         .iter()
@@ -593,7 +596,7 @@ fn run_local(
     let owners = cfg.worker.map(|w| {
         let bytes: Vec<u64> = class_files
             .iter()
-            .map(|fs| fs.iter().map(|f| storage::len(&f.path).unwrap_or(0)).sum())
+            .map(|fs| fs.iter().map(|f| f.bytes).sum())
             .collect();
         (w.index, workers::assign(&bytes, w.count))
     });
