@@ -1,7 +1,11 @@
-//! Device selection: `cpu` is burn's pure-Rust Flex backend; `cuda[:N]` needs the `cuda` feature.
+//! Device selection: `cpu` is burn's pure-Rust Flex backend; `cubecl` is burn's CubeCL CPU
+//! runtime (the `cubecl` feature: the same LLVM and kernel compiler as CUDA, run on the CPU);
+//! `cuda[:N]` needs the `cuda` feature and an NVIDIA driver.
 //!
 //! Training runs on the autodiff-enabled device ([`training_device`]); evaluation and inference
-//! run on the plain one ([`inference_device`]).
+//! run on the plain one ([`inference_device`]). A device is opened (and one tiny operation run
+//! on it) when it is chosen, so a missing driver is an error naming the device, not a panic in
+//! the middle of a run.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +22,9 @@ pub enum DeviceChoice {
     /// Pure-Rust CPU backend (burn Flex), multi-threaded with rayon.
     #[default]
     Cpu,
+    /// burn's CubeCL CPU runtime (build with `--features cubecl`): kernels compiled by CubeCL
+    /// through LLVM, as on CUDA, but run on the CPU. Exercises the GPU code path without a GPU.
+    Cubecl,
     /// CUDA GPU with the given index (build with `--features cuda`).
     Cuda(usize),
 }
@@ -27,11 +34,12 @@ impl FromStr for DeviceChoice {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "cpu" | "flex" => Ok(DeviceChoice::Cpu),
+            "cubecl" | "cubecl-cpu" => Ok(DeviceChoice::Cubecl),
             "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(i)) => Ok(DeviceChoice::Cuda(i)),
                 _ => Err(format!(
-                    "unknown device {s:?} (expected cpu, cuda or cuda:N)"
+                    "unknown device {s:?} (expected cpu, cubecl, cuda or cuda:N)"
                 )),
             },
         }
@@ -42,30 +50,106 @@ impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cubecl => write!(f, "cubecl"),
             DeviceChoice::Cuda(i) => write!(f, "cuda:{i}"),
         }
     }
 }
 
+impl DeviceChoice {
+    /// Whether the device's tensors live in the host's memory (batch-size checks against RAM).
+    pub fn uses_host_memory(self) -> bool {
+        matches!(self, DeviceChoice::Cpu | DeviceChoice::Cubecl)
+    }
+}
+
 /// Whether this build can use CUDA devices.
 pub const CUDA_AVAILABLE: bool = cfg!(feature = "cuda");
+/// Whether this build has the CubeCL CPU device.
+pub const CUBECL_AVAILABLE: bool = cfg!(feature = "cubecl");
 
 /// The plain (no autodiff) device: evaluation and inference.
 pub fn inference_device(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::flex()),
-        #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda(i) => Ok(Device::cuda(i)),
-        #[cfg(not(feature = "cuda"))]
-        DeviceChoice::Cuda(_) => Err(TrainError::Device(
-            "this quickdraw was built without CUDA support; rebuild with `cargo build --release --features cuda`".into(),
-        )),
+        DeviceChoice::Cubecl => cubecl_device(),
+        DeviceChoice::Cuda(i) => cuda_device(i),
     }
 }
 
 /// The autodiff-enabled device used for training.
 pub fn training_device(choice: DeviceChoice) -> Result<Device> {
     Ok(inference_device(choice)?.autodiff())
+}
+
+#[cfg(feature = "cubecl")]
+fn cubecl_device() -> Result<Device> {
+    opened(Device::cpu(), DeviceChoice::Cubecl)
+}
+
+#[cfg(not(feature = "cubecl"))]
+fn cubecl_device() -> Result<Device> {
+    Err(TrainError::Device(
+        "this quickdraw was built without the CubeCL CPU device; run scripts/setup-llvm, then \
+         rebuild with `cargo build --release --features cubecl`"
+            .into(),
+    ))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(index: usize) -> Result<Device> {
+    // cudarc loads the driver library lazily and panics when it is missing: look first.
+    const DRIVER: &str = "libcuda.so.1";
+    // SAFETY: loading the NVIDIA driver library runs its initialisers, which is what cudarc does
+    // on first use anyway; the handle is dropped at once.
+    if let Err(e) = unsafe { libloading::Library::new(DRIVER) } {
+        return Err(TrainError::Device(format!(
+            "--device cuda:{index}: the NVIDIA driver library {DRIVER} cannot be loaded ({e}); this \
+             machine has no usable NVIDIA GPU driver (use --device cpu)"
+        )));
+    }
+    opened(Device::cuda(index), DeviceChoice::Cuda(index))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_index: usize) -> Result<Device> {
+    Err(TrainError::Device(
+        "this quickdraw was built without CUDA support; run scripts/setup-llvm, then rebuild with \
+         `cargo build --release --features cuda`"
+            .into(),
+    ))
+}
+
+/// Runs one tiny operation on `device` so that a device that cannot start (no such GPU index, a
+/// driver that fails to initialise, a kernel compiler that fails) is an error here. burn's
+/// runtimes report these as panics: the panic is caught and its message returned, without the
+/// default hook printing it as a crash.
+#[cfg(any(feature = "cubecl", feature = "cuda"))]
+fn opened(device: Device, choice: DeviceChoice) -> Result<Device> {
+    use std::panic::{AssertUnwindSafe, catch_unwind, set_hook, take_hook};
+    let hook = take_hook();
+    set_hook(Box::new(|_| {}));
+    let probe = catch_unwind(AssertUnwindSafe(|| {
+        let t = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0], &device);
+        (t.clone() + t).sum().into_scalar::<f32>()
+    }));
+    set_hook(hook);
+    match probe {
+        Ok(v) if v == 6.0 => Ok(device),
+        Ok(v) => Err(TrainError::Device(format!(
+            "--device {choice}: a test sum gave {v} instead of 6"
+        ))),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown error");
+            Err(TrainError::Device(format!(
+                "--device {choice} cannot be opened: {msg}"
+            )))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -76,6 +160,10 @@ mod tests {
     fn parse() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
         assert_eq!(
+            "cubecl".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cubecl
+        );
+        assert_eq!(
             "cuda".parse::<DeviceChoice>().unwrap(),
             DeviceChoice::Cuda(0)
         );
@@ -84,5 +172,28 @@ mod tests {
             DeviceChoice::Cuda(2)
         );
         assert!("tpu".parse::<DeviceChoice>().is_err());
+        for d in [DeviceChoice::Cpu, DeviceChoice::Cubecl, DeviceChoice::Cuda(3)] {
+            assert_eq!(d.to_string().parse::<DeviceChoice>().unwrap(), d);
+        }
+    }
+
+    /// Without the feature, the device is refused with the command that builds it.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_build_it() {
+        let e = inference_device(DeviceChoice::Cuda(0)).unwrap_err().to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+    }
+
+    /// With the feature but no NVIDIA driver (CI), the device is an error, not a panic.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_without_a_driver_is_an_error() {
+        if unsafe { libloading::Library::new("libcuda.so.1") }.is_ok() {
+            eprintln!("skipped: this machine has an NVIDIA driver (scripts/gpu-check measures it)");
+            return;
+        }
+        let e = training_device(DeviceChoice::Cuda(0)).unwrap_err().to_string();
+        assert!(e.contains("libcuda.so.1") && e.contains("--device cpu"), "{e}");
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! The model directory layout is documented in [`modeldir`].
 
+#[cfg(all(test, feature = "cubecl"))]
+mod cubecl_parity;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -999,7 +999,7 @@ fn check_batch(
     obs: &mut dyn TrainObserver,
 ) -> Result<()> {
     let seq_len = cfg.features.strokes.map_or(0, |s| s.max_points);
-    if matches!(req.device, DeviceChoice::Cpu)
+    if req.device.uses_host_memory()
         && let Some(avail) = crate::memory::available_memory()
     {
         crate::memory::check_batch_size(&cfg.model, cfg.batch_size, seq_len, req.prefetch, avail)?;

@@ -952,3 +952,44 @@ fn resume_with_dropout_matches_an_uninterrupted_run_exactly() {
     );
     assert_eq!(ea["confusion"], eb["confusion"]);
 }
+
+/// A device this build lacks is refused before anything runs, with the command that builds it;
+/// on a build with the feature but no NVIDIA driver, the error names the driver library.
+#[test]
+fn devices_this_build_or_machine_lacks_are_clear_errors() {
+    let d = Data::new(false);
+    let dir = d.model_dir("gpu");
+    for (device, feature) in [("cuda", "cuda"), ("cubecl", "cubecl")] {
+        let o = qd_owned(&train_args(&d, "cnn", &dir, 2, &["--device", device]));
+        assert!(!o.status.success(), "--device {device} succeeded");
+        let e = stderr(&o);
+        let built = if feature == "cuda" {
+            quickdraw_train::device::CUDA_AVAILABLE
+        } else {
+            quickdraw_train::device::CUBECL_AVAILABLE
+        };
+        if !built {
+            assert!(e.contains(&format!("--features {feature}")), "{e}");
+            assert!(e.contains("scripts/setup-llvm"), "{e}");
+        } else if feature == "cuda" {
+            assert!(e.contains("libcuda.so.1") || e.contains("cannot be opened"), "{e}");
+        }
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(!dir.join("state.json").exists());
+    }
+}
+
+/// `bench read`: the input pipeline alone reads the batches asked for and reports its rate per
+/// CPU-second and its decode threads.
+#[test]
+fn bench_read_reports_images_per_cpu_second() {
+    let d = Data::new(false);
+    let o = ok(&["bench", "read", "--files", s(&d.dir), "--batch-size", "8", "--batches", "5"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let last = out.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["images"], 40, "{v}");
+    assert_eq!(v["device"], "cpu");
+    assert!(v["decode_threads"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["images_per_cpu_second"].as_f64().unwrap() > 0.0, "{v}");
+}

@@ -26,7 +26,8 @@ pub enum BenchCommand {
     #[cfg(feature = "train")]
     Train(BenchTrainArgs),
     /// Input-pipeline throughput with the model removed: shards read (local or object store),
-    /// CRC-checked, decoded, shuffled and batched as `train` does; images/s.
+    /// CRC-checked, decoded, shuffled and batched as `train` does, then copied to --device;
+    /// images/s and images per CPU-second (decode threads: RAYON_NUM_THREADS, default all cores).
     #[cfg(feature = "train")]
     Read(BenchReadArgs),
 }
@@ -46,6 +47,9 @@ pub struct BenchReadArgs {
     /// Batches decoded ahead.
     #[arg(long, default_value_t = 8)]
     pub prefetch: usize,
+    /// Each batch is copied to this device as a `[B, 1, S, S]` tensor, as training does.
+    #[command(flatten)]
+    pub device: super::DeviceArg,
 }
 
 #[cfg(feature = "train")]
@@ -114,6 +118,7 @@ pub fn run(a: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
 
 #[cfg(feature = "train")]
 fn bench_read(a: BenchReadArgs) -> anyhow::Result<()> {
+    use quickdraw_train::model::{ModelInput, ModelKind};
     use quickdraw_train::pipeline::{
         DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions, file_list,
     };
@@ -132,24 +137,36 @@ fn bench_read(a: BenchReadArgs) -> anyhow::Result<()> {
         prefetch: a.prefetch,
         max_batches: Some(a.batches),
     };
-    let start = std::time::Instant::now();
+    let device = quickdraw_train::device::inference_device(a.device.choice)?;
+    let threads = rayon::current_num_threads();
+    let (cpu0, start) = (cpu_seconds(), std::time::Instant::now());
     let mut p = Pipeline::spawn(&src, opts)?;
     let mut images = 0u64;
     while let Some(b) = p.next_batch()? {
         images += b.size as u64;
+        // The host-to-device copy of a training step (dropped at once: no model).
+        let input = ModelInput::from_batch(&b, ModelKind::Cnn, &device)?;
+        drop(input);
     }
+    device.sync().map_err(|e| anyhow::anyhow!("--device {}: {e:?}", a.device.choice))?;
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
     let rate = images as f64 / secs.max(1e-9);
+    let per_cpu = cpu.map(|c| images as f64 / c.max(1e-9));
     println!(
-        "read {images} images from {} shard(s) in {secs:.2} s: {rate:.0} images/s ({:.1} MB/s of shards), peak RSS {:.0} MB",
+        "read {images} images from {} shard(s) in {secs:.2} s to {}: {rate:.0} images/s ({:.1} MB/s of shards) with {threads} decode thread(s), {} images per CPU-second, peak RSS {:.0} MB",
         src.files.len(),
+        a.device.choice,
         rate * bytes_per_example / 1e6,
+        per_cpu.map_or("?".into(), |r| format!("{r:.0}")),
         peak_rss_bytes().unwrap_or(0) as f64 / 1e6
     );
     println!(
         "{}",
         serde_json::json!({"bench": "read", "files": a.files, "images": images, "seconds": secs,
-            "images_per_sec": rate, "batch_size": a.batch_size, "peak_rss_bytes": peak_rss_bytes()})
+            "images_per_sec": rate, "batch_size": a.batch_size, "decode_threads": threads,
+            "cpu_seconds": cpu, "images_per_cpu_second": per_cpu,
+            "device": a.device.choice.to_string(), "peak_rss_bytes": peak_rss_bytes()})
     );
     Ok(())
 }

@@ -38,7 +38,9 @@ use crate::cli::{Cli, Command};
 #[cfg(feature = "train")]
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct DeviceArg {
-    /// Where to run the model: cpu, or cuda[:N] (needs a build with --features cuda).
+    /// Where to run the model: cpu (burn's flex backend), cubecl (burn's CubeCL CPU runtime:
+    /// the GPU code path on the CPU; a build with --features cubecl), or cuda[:N] (a build with
+    /// --features cuda and an NVIDIA driver).
     #[arg(long = "device", value_name = "DEVICE", default_value = "cpu")]
     pub choice: quickdraw_train::DeviceChoice,
 }
