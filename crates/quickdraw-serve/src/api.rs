@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::batching::{BatchConfig, BatchStats, Batcher, SubmitError, Task, TaskError};
+use crate::metrics::{Metrics, api_of};
 use crate::predictor::{Predictor, Probabilities};
 use crate::reqlog::{RequestLog, Served};
 use crate::request::{
@@ -30,6 +31,11 @@ use crate::store::ModelStore;
 pub const VERSION_HEADER: &str = "x-quickdraw-model-version";
 /// Response header with the server's request counter (also in the request log).
 pub const REQUEST_ID_HEADER: &str = "x-quickdraw-request-id";
+
+/// Prometheus metrics, at TensorFlow Serving's path.
+pub const METRICS_PATH: &str = "/monitoring/prometheus/metrics";
+/// Prometheus metrics, at the path Prometheus scrapes by default.
+pub const METRICS_PATH_SHORT: &str = "/metrics";
 
 /// The drawing page, embedded in the binary.
 pub const PAGE_HTML: &str = include_str!("page.html");
@@ -132,6 +138,7 @@ struct Inner {
     /// Where requests wait, in arrival order, for a batch thread to preprocess and run them
     /// (merged with others when batching is on); inference never runs on the async runtime.
     batcher: Batcher,
+    metrics: Metrics,
     quiet: bool,
 }
 
@@ -163,6 +170,9 @@ impl AppState {
         quiet: bool,
         batch: BatchConfig,
     ) -> Self {
+        let batcher = Batcher::new(batch);
+        // Fails only on an invalid metric definition (a bug, caught by the tests).
+        let metrics = Metrics::new(model_name, &batcher).expect("the server's metrics register");
         AppState {
             inner: Arc::new(Inner {
                 model_name: model_name.into(),
@@ -170,7 +180,8 @@ impl AppState {
                 limits,
                 log,
                 requests: AtomicU64::new(0),
-                batcher: Batcher::new(batch),
+                batcher,
+                metrics,
                 quiet,
             }),
         }
@@ -197,6 +208,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/healthz", get(healthz))
+        .route(METRICS_PATH, get(prometheus_metrics))
+        .route(METRICS_PATH_SHORT, get(prometheus_metrics))
         .route("/v1/models/{spec}", get(model_get).post(model_post))
         .route("/v1/models/{name}/metadata", get(metadata_latest))
         .route(
@@ -217,17 +230,25 @@ async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Res
     let (method, uri) = (req.method().clone(), req.uri().clone());
     let t0 = Instant::now();
     let resp = next.run(req).await;
+    let version = resp
+        .headers()
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let secs = t0.elapsed().as_secs_f64();
+    st.inner
+        .metrics
+        .observe_request(api_of(uri.path()), version, resp.status().as_u16(), secs);
     if !st.inner.quiet {
-        let v = resp
-            .headers()
-            .get(VERSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| format!(" version {v}"))
-            .unwrap_or_default();
+        let v = if version.is_empty() {
+            String::new()
+        } else {
+            format!(" version {version}")
+        };
         eprintln!(
             "{method} {uri} -> {}{v} ({:.1} ms)",
             resp.status().as_u16(),
-            t0.elapsed().as_secs_f64() * 1e3
+            secs * 1e3
         );
     }
     resp
@@ -247,6 +268,16 @@ async fn page(State(st): State<AppState>) -> Html<String> {
     let name =
         serde_json::to_string(&st.inner.model_name).unwrap_or_else(|_| "\"quickdraw\"".into());
     Html(PAGE_HTML.replace("\"__MODEL_NAME__\"", &name))
+}
+
+/// The Prometheus text exposition of [`Metrics`].
+async fn prometheus_metrics(State(st): State<AppState>) -> ApiResult {
+    let text = st
+        .inner
+        .metrics
+        .render(&st.inner.batcher, &st.inner.store)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
 }
 
 async fn healthz(State(st): State<AppState>) -> Response {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use prometheus::{Histogram, HistogramOpts};
 use quickdraw_data::signature::InputKind;
 
 use crate::predictor::{Predictor, Probabilities};
@@ -169,6 +170,10 @@ struct Shared {
     rows: AtomicU64,
     max_rows: AtomicU64,
     refused: AtomicU64,
+    /// Seconds per inference call, and rows per call (Prometheus histograms, registered by
+    /// `crate::metrics`).
+    inference_seconds: Histogram,
+    batch_rows: Histogram,
 }
 
 /// The queue and its threads. Dropping it lets the threads finish what is queued, then joins them.
@@ -192,6 +197,11 @@ impl std::fmt::Debug for Batcher {
 fn mergeable(a: &dyn Task, b: &dyn Task) -> bool {
     Arc::ptr_eq(a.predictor(), b.predictor())
         && matches!(a.predictor().input(), InputKind::Image { .. })
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("a valid histogram name and buckets")
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -220,6 +230,18 @@ impl Batcher {
             rows: AtomicU64::new(0),
             max_rows: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            inference_seconds: histogram(
+                "quickdraw_inference_duration_seconds",
+                "Seconds per inference call (one batch through the model, preprocessing excluded)",
+                crate::metrics::LATENCY_BUCKETS,
+            ),
+            batch_rows: histogram(
+                "quickdraw_batch_size",
+                "Rows (instances) per inference call",
+                &[
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
         });
         let threads = (0..cfg.num_batch_threads)
             .map(|i| {
@@ -258,6 +280,19 @@ impl Batcher {
         drop(st);
         self.shared.wake.notify_one();
         Ok(())
+    }
+
+    /// Requests waiting (not yet taken by a batch thread).
+    pub fn queue_len(&self) -> usize {
+        lock(&self.shared.state).tasks.len()
+    }
+
+    /// The inference-latency and batch-size histograms, for a metrics registry.
+    pub fn histograms(&self) -> (Histogram, Histogram) {
+        (
+            self.shared.inference_seconds.clone(),
+            self.shared.batch_rows.clone(),
+        )
     }
 
     pub fn stats(&self) -> BatchStats {
@@ -360,7 +395,10 @@ impl Shared {
         };
         let predictor = first.predictor().clone();
         let n = inputs.len() as u64;
+        let t0 = Instant::now();
         let out = predictor.predict_inputs(inputs);
+        self.inference_seconds.observe(t0.elapsed().as_secs_f64());
+        self.batch_rows.observe(n as f64);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.requests
             .fetch_add(ready.len() as u64, Ordering::Relaxed);

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod batching;
 pub mod conn;
+pub mod metrics;
 pub mod onnxruntime;
 pub mod predictor;
 pub mod reqlog;

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -81,6 +82,9 @@ pub struct ModelStore {
     /// refresh; each version's signature.json comes last, so a version is loaded only once
     /// all its files are here.
     remote: Option<Mutex<Mirror>>,
+    /// Versions loaded, and loads that failed, since the store opened (monitoring).
+    loads: AtomicU64,
+    load_failures: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +126,8 @@ impl ModelStore {
                 quiet,
                 runtime,
                 remote: Some(Mutex::new(mirror)),
+                loads: AtomicU64::new(0),
+                load_failures: AtomicU64::new(0),
             };
             s.refresh();
             return Ok(s);
@@ -145,9 +151,19 @@ impl ModelStore {
             quiet,
             runtime,
             remote: None,
+            loads: AtomicU64::new(0),
+            load_failures: AtomicU64::new(0),
         };
         s.refresh();
         Ok(s)
+    }
+
+    /// Versions loaded and loads that failed since the store opened.
+    pub fn load_counts(&self) -> (u64, u64) {
+        (
+            self.loads.load(Ordering::Relaxed),
+            self.load_failures.load(Ordering::Relaxed),
+        )
     }
 
     pub fn base(&self) -> &Path {
@@ -255,6 +271,7 @@ impl ModelStore {
                 Ok(p) => {
                     loaded = Some(Arc::new(p));
                     report.loaded = Some(*v);
+                    self.loads.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {
@@ -268,6 +285,7 @@ impl ModelStore {
                         self.base.display()
                     ));
                     report.failed.push((*v, error.clone()));
+                    self.load_failures.fetch_add(1, Ordering::Relaxed);
                     new_broken.insert(
                         *v,
                         Broken {

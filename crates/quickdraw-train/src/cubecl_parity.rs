@@ -55,7 +55,10 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Probabilities of the model in `dir` on the eval images, loaded onto `device`.
@@ -66,6 +69,13 @@ fn eval_probs(dir: &Path, device: DeviceChoice, images: &[f32], n: usize) -> Vec
 
 #[test]
 fn cubecl_trains_resumes_and_exports_like_flex() {
+    // As the CLI pins it (`device::pin_default_device`): a resumed optimizer state loads on the
+    // host. A test cannot set the environment safely while other tests run, so the runner does.
+    assert_eq!(
+        std::env::var(crate::device::DEFAULT_DEVICE_ENV).as_deref(),
+        Ok("flex"),
+        "run this test with BURN_DEVICE=flex (scripts/test-all does), as the CLI sets it"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let t = TinyDataset {
@@ -91,12 +101,20 @@ fn cubecl_trains_resumes_and_exports_like_flex() {
         c_losses.0.iter().map(|s| s.0).collect::<Vec<_>>()
     );
     for ((step, lf), (_, lc)) in f_losses.0.iter().zip(&c_losses.0) {
-        assert!(lf.is_finite() && (lf - lc).abs() < 2e-3, "step {step}: flex {lf}, cubecl {lc}");
+        assert!(
+            lf.is_finite() && (lf - lc).abs() < 2e-3,
+            "step {step}: flex {lf}, cubecl {lc}"
+        );
     }
     // Evaluation ran on each device's plain (inference) side.
     let (fe, ce) = (f.eval.unwrap(), c.eval.unwrap());
     assert_eq!(fe.examples, ce.examples);
-    assert!((fe.loss - ce.loss).abs() < 2e-3, "eval loss: flex {}, cubecl {}", fe.loss, ce.loss);
+    assert!(
+        (fe.loss - ce.loss).abs() < 2e-3,
+        "eval loss: flex {}, cubecl {}",
+        fe.loss,
+        ce.loss
+    );
 
     // The weights each device trained, on the eval images: close; the same weights on either
     // device: equal to rounding.
@@ -109,7 +127,11 @@ fn cubecl_trains_resumes_and_exports_like_flex() {
     let p_flex = eval_probs(&flex, DeviceChoice::Cpu, &images, n);
     let p_cube = eval_probs(&cube, DeviceChoice::Cubecl, &images, n);
     let p_cube_on_flex = eval_probs(&cube, DeviceChoice::Cpu, &images, n);
-    assert!(max_diff(&p_flex, &p_cube) < 2e-3, "{}", max_diff(&p_flex, &p_cube));
+    assert!(
+        max_diff(&p_flex, &p_cube) < 2e-3,
+        "{}",
+        max_diff(&p_flex, &p_cube)
+    );
     assert!(
         max_diff(&p_cube, &p_cube_on_flex) < 1e-4,
         "{}",
@@ -121,9 +143,43 @@ fn cubecl_trains_resumes_and_exports_like_flex() {
     assert_eq!((back.resumed_from, back.final_step), (Some(6), 8));
     assert!(back_losses.0.iter().all(|s| s.1.is_finite()));
 
-    // The export captured on either device is the same ONNX file.
+    // The export captured on either device is the same ONNX model: the same nodes, attributes,
+    // weights, inputs and outputs, byte for byte once the tracer's intermediate tensor names
+    // (a process-wide counter, different for every capture) are numbered in graph order.
     let on_cube = TrainedModel::load(&cube, CheckpointSel::Latest, DeviceChoice::Cubecl).unwrap();
     let on_flex = TrainedModel::load(&cube, CheckpointSel::Latest, DeviceChoice::Cpu).unwrap();
     let (a, b) = (build_onnx(&on_cube).unwrap(), build_onnx(&on_flex).unwrap());
-    assert!(a == b, "the ONNX captured on cubecl ({} bytes) differs from flex's ({} bytes)", a.len(), b.len());
+    let (a, b) = (canonical_onnx(&a), canonical_onnx(&b));
+    assert!(
+        a == b,
+        "the ONNX captured on cubecl ({} bytes) differs from flex's ({} bytes)",
+        a.len(),
+        b.len()
+    );
+}
+
+/// `onnx` re-encoded with every intermediate tensor (a node output that is not a graph output)
+/// renamed `t0`, `t1`, ... in node order.
+fn canonical_onnx(onnx: &[u8]) -> Vec<u8> {
+    use onnx_ir::{Message, ModelProto};
+    let mut m = ModelProto::parse_from_bytes(onnx).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let outputs: std::collections::HashSet<String> =
+        g.output.iter().map(|o| o.name.clone()).collect();
+    let mut names = std::collections::HashMap::new();
+    for node in &g.node {
+        for o in node.output.iter().filter(|o| !outputs.contains(*o)) {
+            let n = names.len();
+            names.entry(o.clone()).or_insert_with(|| format!("t{n}"));
+        }
+    }
+    for node in g.node.iter_mut() {
+        for name in node.input.iter_mut().chain(node.output.iter_mut()) {
+            if let Some(n) = names.get(name) {
+                *name = n.clone();
+            }
+        }
+    }
+    g.value_info.clear();
+    m.write_to_bytes().unwrap()
 }

@@ -68,6 +68,27 @@ pub const CUDA_AVAILABLE: bool = cfg!(feature = "cuda");
 /// Whether this build has the CubeCL CPU device.
 pub const CUBECL_AVAILABLE: bool = cfg!(feature = "cubecl");
 
+/// burn's environment variable naming its default device.
+pub const DEFAULT_DEVICE_ENV: &str = "BURN_DEVICE";
+
+/// Makes burn's default device flex (the host) unless `BURN_DEVICE` already names one.
+///
+/// burn materialises a resumed optimizer state on its default device, then moves each tensor to
+/// its parameter's device at the next step. The default is the first GPU backend compiled in:
+/// in a `cuda` build that is CUDA, so resuming any run (even `--device cpu`) on a machine without
+/// a driver would panic, and on one with a GPU a CPU run's state would take a detour through it.
+/// The host is right for every device.
+///
+/// # Safety
+/// Sets an environment variable: call it before the process starts other threads (the CLI does
+/// so first thing), as [`std::env::set_var`] requires.
+pub unsafe fn pin_default_device() {
+    if std::env::var_os(DEFAULT_DEVICE_ENV).is_none() {
+        // SAFETY: the caller guarantees no other thread runs yet.
+        unsafe { std::env::set_var(DEFAULT_DEVICE_ENV, "flex") };
+    }
+}
+
 /// The plain (no autodiff) device: evaluation and inference.
 pub fn inference_device(choice: DeviceChoice) -> Result<Device> {
     match choice {
@@ -172,7 +193,11 @@ mod tests {
             DeviceChoice::Cuda(2)
         );
         assert!("tpu".parse::<DeviceChoice>().is_err());
-        for d in [DeviceChoice::Cpu, DeviceChoice::Cubecl, DeviceChoice::Cuda(3)] {
+        for d in [
+            DeviceChoice::Cpu,
+            DeviceChoice::Cubecl,
+            DeviceChoice::Cuda(3),
+        ] {
             assert_eq!(d.to_string().parse::<DeviceChoice>().unwrap(), d);
         }
     }
@@ -181,7 +206,9 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_says_how_to_build_it() {
-        let e = inference_device(DeviceChoice::Cuda(0)).unwrap_err().to_string();
+        let e = inference_device(DeviceChoice::Cuda(0))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--features cuda"), "{e}");
     }
 
@@ -193,7 +220,12 @@ mod tests {
             eprintln!("skipped: this machine has an NVIDIA driver (scripts/gpu-check measures it)");
             return;
         }
-        let e = training_device(DeviceChoice::Cuda(0)).unwrap_err().to_string();
-        assert!(e.contains("libcuda.so.1") && e.contains("--device cpu"), "{e}");
+        let e = training_device(DeviceChoice::Cuda(0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("libcuda.so.1") && e.contains("--device cpu"),
+            "{e}"
+        );
     }
 }

@@ -19,10 +19,10 @@ use serde_json::{Value, json};
 
 use crate::util::{BIN, fails, ok_stdout, qd, repo_root, s};
 
-const SIZE: u32 = 8;
+pub const SIZE: u32 = 8;
 
 /// "Γ" (most ink left once centred) or its mirror image.
-fn gamma(key_id: u64, mirrored: bool) -> Drawing {
+pub fn gamma(key_id: u64, mirrored: bool) -> Drawing {
     let x = |v: f32| if mirrored { 255.0 - v } else { v };
     Drawing {
         key_id,
@@ -227,16 +227,16 @@ fn model_run_json_on_drawings_examples_and_tensors() {
 }
 
 /// A running `quickdraw serve`, killed on drop.
-struct Server {
+pub struct Server {
     child: Child,
-    url: String,
+    pub url: String,
     stderr: mpsc::Receiver<String>,
     /// What it printed up to its address line (included).
     startup: Vec<String>,
 }
 
 impl Server {
-    fn start(base: &Path, extra: &[&str]) -> Server {
+    pub fn start(base: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -291,7 +291,7 @@ impl Server {
         }
     }
 
-    fn agent() -> ureq::Agent {
+    pub fn agent() -> ureq::Agent {
         ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -299,7 +299,7 @@ impl Server {
             .into()
     }
 
-    fn get(&self, path: &str) -> (u16, Value) {
+    pub fn get(&self, path: &str) -> (u16, Value) {
         let mut r = Self::agent()
             .get(&format!("{}{path}", self.url))
             .call()
@@ -311,7 +311,7 @@ impl Server {
         )
     }
 
-    fn post(&self, path: &str, body: &Value) -> (u16, String, Value) {
+    pub fn post(&self, path: &str, body: &Value) -> (u16, String, Value) {
         let mut r = Self::agent()
             .post(&format!("{}{path}", self.url))
             .header("content-type", "application/json")
@@ -331,7 +331,7 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits: the server shuts down gracefully.
-    fn stop(mut self) -> Vec<String> {
+    pub fn stop(mut self) -> Vec<String> {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -439,7 +439,7 @@ fn stalled_headers_and_idle_connections_are_closed() {
     server.stop();
 }
 
-fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
+pub fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -447,7 +447,7 @@ fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
     }
 }
 
-fn drawing_json(d: &Drawing) -> Value {
+pub fn drawing_json(d: &Drawing) -> Value {
     let strokes: Vec<Value> = d
         .strokes()
         .unwrap()

@@ -972,7 +972,10 @@ fn devices_this_build_or_machine_lacks_are_clear_errors() {
             assert!(e.contains(&format!("--features {feature}")), "{e}");
             assert!(e.contains("scripts/setup-llvm"), "{e}");
         } else if feature == "cuda" {
-            assert!(e.contains("libcuda.so.1") || e.contains("cannot be opened"), "{e}");
+            assert!(
+                e.contains("libcuda.so.1") || e.contains("cannot be opened"),
+                "{e}"
+            );
         }
         assert!(!e.contains("panicked"), "{e}");
         assert!(!dir.join("state.json").exists());
@@ -984,7 +987,16 @@ fn devices_this_build_or_machine_lacks_are_clear_errors() {
 #[test]
 fn bench_read_reports_images_per_cpu_second() {
     let d = Data::new(false);
-    let o = ok(&["bench", "read", "--files", s(&d.dir), "--batch-size", "8", "--batches", "5"]);
+    let o = ok(&[
+        "bench",
+        "read",
+        "--files",
+        s(&d.dir),
+        "--batch-size",
+        "8",
+        "--batches",
+        "5",
+    ]);
     let out = String::from_utf8_lossy(&o.stdout);
     let last = out.lines().last().unwrap();
     let v: serde_json::Value = serde_json::from_str(last).unwrap();

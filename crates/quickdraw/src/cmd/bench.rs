@@ -148,7 +148,9 @@ fn bench_read(a: BenchReadArgs) -> anyhow::Result<()> {
         let input = ModelInput::from_batch(&b, ModelKind::Cnn, &device)?;
         drop(input);
     }
-    device.sync().map_err(|e| anyhow::anyhow!("--device {}: {e:?}", a.device.choice))?;
+    device
+        .sync()
+        .map_err(|e| anyhow::anyhow!("--device {}: {e:?}", a.device.choice))?;
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
     let rate = images as f64 / secs.max(1e-9);

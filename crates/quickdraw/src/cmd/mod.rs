@@ -187,6 +187,11 @@ pub struct Ctx {
 
 /// Runs the parsed command line; on failure prints `error: ` and the causes, each once.
 pub fn main(cli: Cli) -> ExitCode {
+    // SAFETY: called from `main` before any thread is started.
+    #[cfg(feature = "train")]
+    unsafe {
+        quickdraw_train::device::pin_default_device()
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,0 +1,207 @@
+//! Prometheus monitoring: the server's metrics registry and its text exposition, served at
+//! TensorFlow Serving's path `/monitoring/prometheus/metrics` (and `/metrics`).
+//!
+//! What is measured where: requests and their latency in the router's middleware
+//! ([`Metrics::observe_request`]); inference-call latency and batch sizes on the batch threads
+//! (the [`crate::batching::Batcher`]'s histograms, registered here); queue depth, refusals,
+//! model loads and the served version read from their owners at each scrape
+//! ([`Metrics::render`]); process RSS and CPU from prometheus' process collector. Every metric
+//! carries a constant `model` label (one model per server).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::batching::Batcher;
+use crate::store::ModelStore;
+
+/// Latency buckets (requests and inference calls), seconds: 100 us to 10 s.
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The registry and the metrics the server updates itself.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    queue_depth: IntGauge,
+    refused: IntCounter,
+    loads: IntCounterVec,
+    served_version: IntGauge,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("prometheus metric: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    /// A registry for `model`, with the batcher's histograms and the process collector.
+    pub fn new(model: &str, batcher: &Batcher) -> Result<Metrics, MetricsError> {
+        let labels = [("model".to_string(), model.to_string())].into();
+        let registry = Registry::new_custom(None, Some(labels))?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "quickdraw_requests_total",
+                "HTTP requests answered, by API (predict, classify, metadata, status, ...), \
+                 model version and HTTP status code",
+            ),
+            &["api", "version", "status"],
+        )?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "quickdraw_request_duration_seconds",
+                "Time from the request's arrival to its answer (queueing, preprocessing and \
+                 inference included), by API",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["api"],
+        )?;
+        let queue_depth = IntGauge::new(
+            "quickdraw_queue_depth",
+            "Requests waiting in the inference queue",
+        )?;
+        let refused = IntCounter::new(
+            "quickdraw_queue_rejections_total",
+            "Requests refused with 503 because the inference queue was full",
+        )?;
+        let loads = IntCounterVec::new(
+            Opts::new(
+                "quickdraw_model_loads_total",
+                "Model version loads (at start and on each poll of the base path), by result",
+            ),
+            &["result"],
+        )?;
+        let served_version = IntGauge::new(
+            "quickdraw_served_model_version",
+            "The model version being served (-1: none loaded)",
+        )?;
+        let (inference, rows) = batcher.histograms();
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_seconds.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(loads.clone()))?;
+        registry.register(Box::new(served_version.clone()))?;
+        registry.register(Box::new(inference))?;
+        registry.register(Box::new(rows))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            request_seconds,
+            queue_depth,
+            refused,
+            loads,
+            served_version,
+        })
+    }
+
+    /// One answered request: `api` from [`api_of`], `version` the version that answered ("" for
+    /// none), `status` the HTTP code.
+    pub fn observe_request(&self, api: &str, version: &str, status: u16, seconds: f64) {
+        self.requests
+            .with_label_values(&[api, version, &status.to_string()])
+            .inc();
+        self.request_seconds
+            .with_label_values(&[api])
+            .observe(seconds);
+    }
+
+    /// The text exposition (format 0.0.4), after reading the queue and the store.
+    pub fn render(&self, batcher: &Batcher, store: &ModelStore) -> Result<String, MetricsError> {
+        self.queue_depth.set(batcher.queue_len() as i64);
+        catch_up(&self.refused, batcher.stats().refused);
+        let (ok, failed) = store.load_counts();
+        catch_up(&self.loads.with_label_values(&["success"]), ok);
+        catch_up(&self.loads.with_label_values(&["failure"]), failed);
+        let version = store.current().and_then(|p| p.version());
+        self.served_version
+            .set(version.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)));
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// Counters whose owner counts them already (the batcher, the store) follow that count.
+fn catch_up(c: &IntCounter, total: u64) {
+    let seen = c.get();
+    if total > seen {
+        c.inc_by(total - seen);
+    }
+}
+
+/// The `api` label of a request path: a bounded set, whatever the client sends.
+pub fn api_of(path: &str) -> &'static str {
+    if let Some(rest) = path.strip_prefix("/v1/models/") {
+        return match rest.rsplit_once(':').map(|(_, verb)| verb) {
+            Some("predict") => "predict",
+            Some("classify") => "classify",
+            Some("regress") => "regress",
+            Some(_) => "other",
+            None if rest.ends_with("/metadata") => "metadata",
+            None => "status",
+        };
+    }
+    match path {
+        "/" => "page",
+        "/healthz" => "healthz",
+        crate::api::METRICS_PATH | crate::api::METRICS_PATH_SHORT => "metrics",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_labels_are_a_bounded_set() {
+        assert_eq!(api_of("/v1/models/quickdraw:predict"), "predict");
+        assert_eq!(api_of("/v1/models/q/versions/3:classify"), "classify");
+        assert_eq!(api_of("/v1/models/q/versions/3/metadata"), "metadata");
+        assert_eq!(api_of("/v1/models/q/metadata"), "metadata");
+        assert_eq!(api_of("/v1/models/q"), "status");
+        assert_eq!(api_of("/v1/models/q:anything-at-all"), "other");
+        assert_eq!(api_of("/monitoring/prometheus/metrics"), "metrics");
+        assert_eq!(api_of("/metrics"), "metrics");
+        assert_eq!(api_of("/some/random/path"), "other");
+    }
+
+    #[test]
+    fn counters_follow_their_owner_and_render_as_text() {
+        let b = Batcher::new(crate::BatchConfig::unbatched());
+        let m = Metrics::new("sketch", &b).unwrap();
+        m.observe_request("predict", "7", 200, 0.003);
+        m.observe_request("predict", "7", 200, 0.004);
+        m.observe_request("predict", "", 400, 0.0001);
+        catch_up(&m.refused, 3);
+        catch_up(&m.refused, 2);
+        assert_eq!(m.refused.get(), 3);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                r#"quickdraw_requests_total{api="predict",status="200",version="7",model="sketch"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"quickdraw_request_duration_seconds_count{api="predict",model="sketch"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"quickdraw_queue_rejections_total{model="sketch"} 3"#));
+    }
+}
