@@ -165,13 +165,11 @@ struct Shared {
     cfg: BatchConfig,
     state: Mutex<State>,
     wake: Condvar,
-    batches: AtomicU64,
     requests: AtomicU64,
-    rows: AtomicU64,
     max_rows: AtomicU64,
     refused: AtomicU64,
     /// Seconds per inference call, and rows per call (Prometheus histograms, registered by
-    /// `crate::metrics`).
+    /// `crate::metrics`); the second's count and sum are the calls and rows run.
     inference_seconds: Histogram,
     batch_rows: Histogram,
 }
@@ -225,9 +223,7 @@ impl Batcher {
                 closed: false,
             }),
             wake: Condvar::new(),
-            batches: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            rows: AtomicU64::new(0),
             max_rows: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             inference_seconds: histogram(
@@ -298,9 +294,10 @@ impl Batcher {
     pub fn stats(&self) -> BatchStats {
         let s = &self.shared;
         BatchStats {
-            batches: s.batches.load(Ordering::Relaxed),
+            batches: s.batch_rows.get_sample_count(),
             requests: s.requests.load(Ordering::Relaxed),
-            rows: s.rows.load(Ordering::Relaxed),
+            // Row counts are integers: their f64 sum is exact below 2^53.
+            rows: s.batch_rows.get_sample_sum() as u64,
             max_rows: s.max_rows.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
         }
@@ -399,10 +396,8 @@ impl Shared {
         let out = predictor.predict_inputs(inputs);
         self.inference_seconds.observe(t0.elapsed().as_secs_f64());
         self.batch_rows.observe(n as f64);
-        self.batches.fetch_add(1, Ordering::Relaxed);
         self.requests
             .fetch_add(ready.len() as u64, Ordering::Relaxed);
-        self.rows.fetch_add(n, Ordering::Relaxed);
         self.max_rows.fetch_max(n, Ordering::Relaxed);
         match out {
             Ok(probs) => {

@@ -117,15 +117,18 @@ fn cubecl_device() -> Result<Device> {
     ))
 }
 
+/// The NVIDIA driver library that CUDA needs at run time.
+#[cfg(feature = "cuda")]
+const CUDA_DRIVER: &str = "libcuda.so.1";
+
 #[cfg(feature = "cuda")]
 fn cuda_device(index: usize) -> Result<Device> {
     // cudarc loads the driver library lazily and panics when it is missing: look first.
-    const DRIVER: &str = "libcuda.so.1";
     // SAFETY: loading the NVIDIA driver library runs its initialisers, which is what cudarc does
     // on first use anyway; the handle is dropped at once.
-    if let Err(e) = unsafe { libloading::Library::new(DRIVER) } {
+    if let Err(e) = unsafe { libloading::Library::new(CUDA_DRIVER) } {
         return Err(TrainError::Device(format!(
-            "--device cuda:{index}: the NVIDIA driver library {DRIVER} cannot be loaded ({e}); this \
+            "--device cuda:{index}: the NVIDIA driver library {CUDA_DRIVER} cannot be loaded ({e}); this \
              machine has no usable NVIDIA GPU driver (use --device cpu)"
         )));
     }
@@ -216,7 +219,7 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn cuda_without_a_driver_is_an_error() {
-        if unsafe { libloading::Library::new("libcuda.so.1") }.is_ok() {
+        if unsafe { libloading::Library::new(CUDA_DRIVER) }.is_ok() {
             eprintln!("skipped: this machine has an NVIDIA driver (scripts/gpu-check measures it)");
             return;
         }
