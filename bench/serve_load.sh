@@ -34,7 +34,7 @@ fi
 $QD model show --dir "$WORK/export/1" | head -20
 
 # shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
-$QD serve --model-base-path "$WORK/export" --port "$PORT" ${SERVE_ARGS:-} >"$WORK/serve.log" 2>&1 &
+$QD serve --model-base-path "$WORK/export" --rest-api-port "$PORT" --port 0 ${SERVE_ARGS:-} >"$WORK/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

@@ -189,6 +189,20 @@ impl AppState {
     pub fn store(&self) -> &Arc<ModelStore> {
         &self.inner.store
     }
+    /// The model's name in URLs and gRPC model specs.
+    pub fn model_name(&self) -> &str {
+        &self.inner.model_name
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+    /// No access log lines.
+    pub fn quiet(&self) -> bool {
+        self.inner.quiet
+    }
     /// Predict and classify requests answered so far.
     pub fn requests(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
@@ -238,7 +252,7 @@ async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Res
     let secs = t0.elapsed().as_secs_f64();
     st.inner
         .metrics
-        .observe_request(api_of(uri.path()), version, resp.status().as_u16(), secs);
+        .observe_request(api_of(uri.path()), version, resp.status().as_str(), secs);
     if !st.inner.quiet {
         let v = if version.is_empty() {
             String::new()
@@ -327,7 +341,7 @@ fn check_name(st: &AppState, name: &str, version: Option<u64>) -> Result<(), Api
     Ok(())
 }
 
-fn servable_not_found(name: &str, version: Option<u64>) -> ApiError {
+pub(crate) fn servable_not_found(name: &str, version: Option<u64>) -> ApiError {
     match version {
         Some(v) => ApiError::not_found(format!(
             "Servable not found for request: Specific({name}, {v})"
@@ -497,10 +511,26 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     })
 }
 
+/// What a request asks of the model.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Verb {
+pub(crate) enum Verb {
     Predict,
     Classify,
+}
+
+/// How a request's rows of the outputs come back from the inference queue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Encode {
+    /// The REST answer body, serialised on the batch thread.
+    Json { columnar: bool },
+    /// The outputs themselves (the gRPC API encodes them as TensorProtos).
+    Outputs,
+}
+
+/// What the inference queue answers.
+pub(crate) enum Answer {
+    Json(Vec<u8>),
+    Outputs(Probabilities),
 }
 
 async fn infer(
@@ -547,6 +577,32 @@ async fn infer(
         }
         Verb::Classify => (parse_classify(&json, &input, &st.inner.limits)?, false),
     };
+    let (answer, request_id) =
+        run(&st, &predictor, instances, verb, Encode::Json { columnar }).await?;
+    let Answer::Json(answer) = answer else {
+        return Err(ApiError::internal("inference answered outputs, not JSON"));
+    };
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], answer).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&predictor.version().unwrap_or(0).to_string()) {
+        h.insert(HeaderName::from_static(VERSION_HEADER), v);
+    }
+    h.insert(
+        HeaderName::from_static(REQUEST_ID_HEADER),
+        HeaderValue::from(request_id),
+    );
+    Ok(resp)
+}
+
+/// Runs parsed instances through the inference queue (preprocessing and inference on a batch
+/// thread, never on the async runtime): the answer and the request's id. REST and gRPC share it.
+pub(crate) async fn run(
+    st: &AppState,
+    predictor: &Arc<Predictor>,
+    instances: Vec<Instance>,
+    verb: Verb,
+    encode: Encode,
+) -> Result<(Answer, u64), ApiError> {
     let request_id = st.inner.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let (reply, answer) = tokio::sync::oneshot::channel();
     let task = ServeTask {
@@ -554,7 +610,7 @@ async fn infer(
         predictor: predictor.clone(),
         instances,
         verb,
-        columnar,
+        encode,
         request_id,
         reply,
     };
@@ -571,16 +627,7 @@ async fn infer(
     let answer = answer
         .await
         .map_err(|_| ApiError::internal("inference failed: the batch thread stopped"))??;
-    let mut resp = ([(header::CONTENT_TYPE, "application/json")], answer).into_response();
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&predictor.version().unwrap_or(0).to_string()) {
-        h.insert(HeaderName::from_static(VERSION_HEADER), v);
-    }
-    h.insert(
-        HeaderName::from_static(REQUEST_ID_HEADER),
-        HeaderValue::from(request_id),
-    );
-    Ok(resp)
+    Ok((answer, request_id))
 }
 
 /// One `:predict` or `:classify` request in the inference queue. On a batch thread: the
@@ -591,9 +638,9 @@ struct ServeTask {
     predictor: Arc<Predictor>,
     instances: Vec<Instance>,
     verb: Verb,
-    columnar: bool,
+    encode: Encode,
     request_id: u64,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, ApiError>>,
+    reply: tokio::sync::oneshot::Sender<Result<Answer, ApiError>>,
 }
 
 impl Task for ServeTask {
@@ -628,8 +675,12 @@ impl Task for ServeTask {
                         self.request_id,
                     );
                 }
-                answer_json(p, &probs, self.verb, self.columnar)
-                    .map_err(|e| ApiError::internal(format!("serialising the answer: {e}")))
+                match self.encode {
+                    Encode::Json { columnar } => answer_json(p, &probs, self.verb, columnar)
+                        .map(Answer::Json)
+                        .map_err(|e| ApiError::internal(format!("serialising the answer: {e}"))),
+                    Encode::Outputs => Ok(Answer::Outputs(probs)),
+                }
             }
             Err(TaskError::Request(e)) => Err(e.into()),
             Err(TaskError::Predict(e)) => Err(ApiError::internal(e)),
@@ -641,7 +692,7 @@ impl Task for ServeTask {
 
 /// The outputs, or a 500 naming the first instance whose probabilities or logits are not finite
 /// (JSON has no NaN: serde would write `null`).
-fn finite_outputs(probs: Probabilities) -> Result<Probabilities, ApiError> {
+pub(crate) fn finite_outputs(probs: Probabilities) -> Result<Probabilities, ApiError> {
     let bad = (0..probs.len()).find(|&i| {
         probs
             .row(i)
@@ -723,7 +774,7 @@ struct Classified<'a> {
     results: &'a [Vec<(&'a str, f32)>],
 }
 
-fn label(p: &Predictor, c: i64) -> &str {
+pub(crate) fn label(p: &Predictor, c: i64) -> &str {
     p.labels().get(c as usize).map_or("", String::as_str)
 }
 

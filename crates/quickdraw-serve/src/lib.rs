@@ -1,5 +1,5 @@
 //! QuickDraw serving: exported ONNX models run with tract ([`Predictor`]), a REST API compatible
-//! with TensorFlow Serving's ([`api::app`], [`serve`]), the drawing page, request logs
+//! with TensorFlow Serving's ([`api::app`], [`serve`]) and its gRPC API ([`grpc`]), the drawing page, request logs
 //! ([`reqlog`]) and training/serving skew statistics ([`skew`]).
 //!
 //! Nothing here depends on the training stack: the server reads only export folders
@@ -8,9 +8,11 @@
 pub mod api;
 pub mod batching;
 pub mod conn;
+pub mod grpc;
 pub mod metrics;
 pub mod onnxruntime;
 pub mod predictor;
+pub mod proto;
 pub mod reqlog;
 pub mod request;
 pub mod skew;
@@ -41,8 +43,11 @@ pub struct ServeConfig {
     pub base: PathBuf,
     pub model_name: String,
     pub host: String,
-    /// 0 picks a free port (printed on start).
-    pub port: u16,
+    /// TCP port of the REST API and the page: `None` serves none (TF Serving's
+    /// `--rest_api_port=0`); 0 picks a free port (printed on start).
+    pub rest_port: Option<u16>,
+    /// TCP port of the gRPC API ([`grpc`]); 0 picks a free port (printed on start).
+    pub grpc_port: u16,
     /// How often the base path is looked at for new versions.
     pub poll_interval: Duration,
     pub limits: Limits,
@@ -60,6 +65,8 @@ pub struct ServeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("gRPC server: {0}")]
+    Grpc(String),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -131,7 +138,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         cfg.quiet,
         cfg.batching,
     );
-    let router = app(state).layer(cors(&cfg.cors_origins)?);
+    let router = app(state.clone()).layer(cors(&cfg.cors_origins)?);
 
     let poll_store = store.clone();
     let interval = cfg.poll_interval.max(Duration::from_millis(10));
@@ -146,14 +153,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         }
     });
 
-    let addr = format!("{}:{}", cfg.host, cfg.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-    let local: SocketAddr = listener.local_addr()?;
+    let rest = match cfg.rest_port {
+        Some(port) => Some(bind(&cfg.host, port).await?),
+        None => None,
+    };
+    let grpc = bind(&cfg.host, cfg.grpc_port).await?;
+    let grpc_addr: SocketAddr = grpc.local_addr()?;
     let version = store
         .current()
         .and_then(|p| p.version())
@@ -172,19 +177,56 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         format!("no batching, {} inference threads", b.num_batch_threads)
     };
     let batching = format!("{batching} at nice +{}", b.nice);
+    let listening = match &rest {
+        Some(l) => {
+            let local = l.local_addr()?;
+            format!(
+                "listening on http://{local}/ (REST API http://{local}/v1/models/{})",
+                cfg.model_name
+            )
+        }
+        None => "no REST API (--rest-api-port 0)".to_string(),
+    };
     eprintln!(
-        "quickdraw serve: model {:?} version {version} from {} (run by {}; {batching}); listening on http://{local}/ (REST API http://{local}/v1/models/{})",
+        "quickdraw serve: model {:?} version {version} from {} (run by {}; {batching}); {listening}; gRPC on {grpc_addr} (tensorflow.serving.PredictionService, ModelService)",
         cfg.model_name,
         cfg.base.display(),
         cfg.runtime.name(),
-        cfg.model_name
     );
-    conn::serve_with_timeouts(listener, router, cfg.timeouts, shutdown_signal()).await;
+    // One signal stops both servers; each finishes the requests it has.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let grpc_server = tonic::transport::Server::builder()
+        .add_routes(grpc::Grpc::new(state).routes())
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc),
+            stopped(stop_rx.clone()),
+        );
+    let rest_server = async {
+        if let Some(l) = rest {
+            conn::serve_with_timeouts(l, router, cfg.timeouts, stopped(stop_rx.clone())).await;
+        }
+    };
+    let (g, ()) = tokio::join!(grpc_server, rest_server);
     poller.abort();
+    g.map_err(|e| ServeError::Grpc(e.to_string()))?;
     if !cfg.quiet {
         eprintln!("quickdraw serve: stopped");
     }
     Ok(())
+}
+
+async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener, ServeError> {
+    let addr = format!("{host}:{port}");
+    tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// [`serve`] on a new multi-threaded tokio runtime (for the synchronous CLI).

@@ -104,10 +104,10 @@ impl Metrics {
     }
 
     /// One answered request: `api` from [`api_of`], `version` the version that answered ("" for
-    /// none), `status` the HTTP code.
-    pub fn observe_request(&self, api: &str, version: &str, status: u16, seconds: f64) {
+    /// none), `status` the HTTP code (REST) or the gRPC code's name.
+    pub fn observe_request(&self, api: &str, version: &str, status: &str, seconds: f64) {
         self.requests
-            .with_label_values(&[api, version, &status.to_string()])
+            .with_label_values(&[api, version, status])
             .inc();
         self.request_seconds
             .with_label_values(&[api])
@@ -179,9 +179,9 @@ mod tests {
     fn counters_follow_their_owner_and_render_as_text() {
         let b = Batcher::new(crate::BatchConfig::unbatched());
         let m = Metrics::new("sketch", &b).unwrap();
-        m.observe_request("predict", "7", 200, 0.003);
-        m.observe_request("predict", "7", 200, 0.004);
-        m.observe_request("predict", "", 400, 0.0001);
+        m.observe_request("predict", "7", "200", 0.003);
+        m.observe_request("predict", "7", "200", 0.004);
+        m.observe_request("predict", "", "400", 0.0001);
         catch_up(&m.refused, 3);
         catch_up(&m.refused, 2);
         assert_eq!(m.refused.get(), 3);

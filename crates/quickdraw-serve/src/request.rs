@@ -428,7 +428,7 @@ fn parse_image(v: &Value, index: usize, input: &InputKind) -> Result<Instance, R
 /// Model-input pixels are `pixel / 255`: each must lie in `0.0..=1.0` (the model was trained
 /// on nothing else, and values like -3.4e38 make its outputs NaN). The error names the instance,
 /// the value and its position in the tensor as sent.
-fn check_pixels(
+pub(crate) fn check_pixels(
     values: &[f32],
     shape: &[usize],
     index: usize,

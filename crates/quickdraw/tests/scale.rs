@@ -365,6 +365,8 @@ fn serve_from_the_bucket(s3: &S3Server) {
             "serve",
             "--model-base-path",
             "s3://qdraw/models/linear/export",
+            "--rest-api-port",
+            "free",
             "--port",
             "0",
         ])

@@ -230,6 +230,8 @@ fn model_run_json_on_drawings_examples_and_tensors() {
 pub struct Server {
     child: Child,
     pub url: String,
+    /// host:port of the gRPC API.
+    pub grpc: String,
     stderr: mpsc::Receiver<String>,
     /// What it printed up to its address line (included).
     startup: Vec<String>,
@@ -242,6 +244,8 @@ impl Server {
                 "serve",
                 "--model-base-path",
                 s(base),
+                "--rest-api-port",
+                "free",
                 "--port",
                 "0",
                 "--poll-seconds",
@@ -274,9 +278,16 @@ impl Server {
                             .unwrap()
                             .trim_end_matches('/')
                             .to_string();
+                        let grpc = line
+                            .split("gRPC on ")
+                            .nth(1)
+                            .and_then(|r| r.split_whitespace().next())
+                            .expect("the address line names the gRPC address")
+                            .to_string();
                         return Server {
                             child,
                             url,
+                            grpc,
                             stderr: rx,
                             startup,
                         };
@@ -522,7 +533,15 @@ fn a_model_dir_given_as_an_export_points_to_its_export_folder() {
     );
     // serve must refuse at once (it would otherwise wait for versions to appear).
     let mut child = Command::new(BIN)
-        .args(["serve", "--model-base-path", s(&model), "--port", "0"])
+        .args([
+            "serve",
+            "--model-base-path",
+            s(&model),
+            "--rest-api-port",
+            "free",
+            "--port",
+            "0",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -9,6 +9,7 @@ mod convert;
 mod download;
 #[cfg(feature = "train")]
 mod export;
+mod grpc;
 mod monitoring;
 #[cfg(feature = "train")]
 mod scale;

@@ -196,8 +196,16 @@ pub fn run(a: DemoArgs, ctx: Ctx) -> anyhow::Result<()> {
             s(&export),
             v("--model-name"),
             v("quickdraw"),
+            // The page's port; gRPC on a free one (the demo's user browses, a client can read
+            // the gRPC address from the server's first line).
+            v("--rest-api-port"),
+            if a.port == 0 {
+                v("free")
+            } else {
+                a.port.to_string()
+            },
             v("--port"),
-            a.port.to_string(),
+            v("0"),
         ],
     )?;
     Ok(())

@@ -1,4 +1,4 @@
-//! `quickdraw serve`: TensorFlow Serving's REST API over a folder of exported versions
+//! `quickdraw serve`: TensorFlow Serving's REST and gRPC APIs over a folder of exported versions
 //! (`<base>/<version>/model.onnx`), new versions loaded without a restart, the drawing page at
 //! `/`, optional request logging. The server itself lives in `quickdraw_serve`.
 
@@ -21,19 +21,30 @@ pub struct ServeArgs {
     /// The model's name in URLs: /v1/models/<name>.
     #[arg(long, alias = "model_name", default_value = "quickdraw")]
     pub model_name: String,
-    /// TCP port of the REST API (0 picks a free one; the address is printed).
+    /// TCP port of the gRPC API (TF Serving's PredictionService and ModelService), as TF
+    /// Serving's --port; 0 picks a free one (the address is printed).
+    #[arg(long, default_value_t = 8500)]
+    pub port: u16,
+    /// TCP port of the REST API and the drawing page; 0 serves no REST API (as TF Serving);
+    /// `free` picks a free port (the address is printed).
     #[arg(
         long,
-        alias = "rest-api-port",
         alias = "rest_api_port",
-        default_value_t = 8501
+        default_value = "8501",
+        value_name = "PORT|free",
+        value_parser = rest_port
     )]
-    pub port: u16,
+    pub rest_api_port: RestPort,
     /// Address to listen on; 0.0.0.0 exposes the server to the network.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Seconds between looks at the base path for new versions.
-    #[arg(long, alias = "file-system-poll-wait-seconds", default_value_t = 2.0)]
+    #[arg(
+        long,
+        alias = "file-system-poll-wait-seconds",
+        alias = "file_system_poll_wait_seconds",
+        default_value_t = 2.0
+    )]
     pub poll_seconds: f64,
     /// Log every served drawing as QuickDraw raw NDJSON (plus model version and prediction) into
     /// DIR/<class>.ndjson: readable by `convert` and `skew`.
@@ -95,6 +106,21 @@ pub struct ServeArgs {
     pub idle_timeout_secs: f64,
 }
 
+/// `--rest-api-port`: off (0), a free port (`free`), or a port.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestPort(pub Option<u16>);
+
+fn rest_port(s: &str) -> Result<RestPort, String> {
+    match s {
+        "free" => Ok(RestPort(Some(0))),
+        _ => match s.parse::<u16>() {
+            Ok(0) => Ok(RestPort(None)),
+            Ok(p) => Ok(RestPort(Some(p))),
+            Err(_) => Err(format!("{s:?} is not a port (0-65535) or `free`")),
+        },
+    }
+}
+
 /// A timeout flag's value, which must be a positive number of seconds.
 fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
     anyhow::ensure!(v.is_finite() && v > 0.0, "--{flag} must be > 0 seconds");
@@ -140,7 +166,8 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
         base: a.model_base_path.clone(),
         model_name: a.model_name,
         host: a.host,
-        port: a.port,
+        rest_port: a.rest_api_port.0,
+        grpc_port: a.port,
         poll_interval: Duration::from_secs_f64(a.poll_seconds),
         limits,
         log_dir: a.log_requests,

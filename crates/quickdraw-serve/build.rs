@@ -1,0 +1,30 @@
+//! Compiles TensorFlow Serving's gRPC interface (`proto/`, see proto/README.md) into prost
+//! messages and tonic server traits (`$OUT_DIR/tensorflow.serving.rs` and friends).
+//!
+//! `protox` parses the files (no `protoc` needed on the build machine); `tonic-prost-build`
+//! generates the code. `tensorflow.Example` and its features are not generated: they are
+//! `quickdraw_data::example`'s, the project's one owner of that format.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/tensorflow.proto",
+        "proto/tensorflow_error.proto",
+        "proto/tensorflow_serving.proto",
+    ];
+    for f in files.iter().chain(&["proto/README.md"]) {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    let example = "::quickdraw_data::example";
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .extern_path(".tensorflow.Example", format!("{example}::Example"))
+        .extern_path(".tensorflow.Features", format!("{example}::Features"))
+        .extern_path(".tensorflow.Feature", format!("{example}::Feature"))
+        .extern_path(".tensorflow.BytesList", format!("{example}::BytesList"))
+        .extern_path(".tensorflow.FloatList", format!("{example}::FloatList"))
+        .extern_path(".tensorflow.Int64List", format!("{example}::Int64List"))
+        .compile_fds(fds)?;
+    Ok(())
+}
