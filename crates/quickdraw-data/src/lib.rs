@@ -4,6 +4,7 @@
 //! Nothing here depends on a deep-learning framework, so this crate builds and tests in seconds
 //! and is shared by the converter, the trainer and the server (one preprocessing path).
 
+pub mod card;
 pub mod classes;
 pub mod convert;
 pub mod drawing;

@@ -584,10 +584,21 @@ pub fn write_export_metadata(
         }
         _ => {}
     }
-    write_signature(dir, sig)?;
     write_labels(dir, labels)?;
     write_preprocessing(dir, features)?;
-    write_metrics(dir, metrics)
+    write_metrics(dir, metrics)?;
+    let info = ExportInfo {
+        dir: dir.to_path_buf(),
+        version: None,
+        signature: sig.clone(),
+        input: kind,
+        labels: labels.to_vec(),
+        features: *features,
+        metrics: metrics.clone(),
+    };
+    crate::card::write_model_card(dir, &info)?;
+    // Last: a reader (the server) takes a folder with a signature.json as complete.
+    write_signature(dir, sig)
 }
 
 /// The `k` highest scores of one row of probabilities (or logits), best first, as

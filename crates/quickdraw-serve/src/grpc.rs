@@ -39,7 +39,7 @@ use crate::proto::tensorflow::{
     DataType, SignatureDef, TensorInfo, TensorProto, TensorShapeProto, error, tensor_info,
     tensor_shape_proto,
 };
-use crate::request::{Instance, RequestError, check_pixels, parse_drawing};
+use crate::request::{Instance, Limits, RequestError, check_pixels, parse_drawing};
 
 /// Predict input alias for drawings as JSON strings.
 pub const DRAWING_INPUT: &str = "drawing";
@@ -136,7 +136,7 @@ impl Grpc {
     ) -> Result<(Response<pb::PredictResponse>, String), Status> {
         let p = self.predictor(r.model_spec.as_ref())?;
         let version = p.version().unwrap_or(0).to_string();
-        let instances = predict_instances(&r.inputs, &p, &self.st)?;
+        let instances = predict_instances(&r.inputs, &p, self.st.limits())?;
         let filter = output_filter(&r.output_filter)?;
         let (answer, _) = api::run(&self.st, &p, instances, Verb::Predict, Encode::Outputs).await?;
         let probs = outputs(answer)?;
@@ -158,7 +158,7 @@ impl Grpc {
         let p = self.predictor(r.model_spec.as_ref())?;
         let version = p.version().unwrap_or(0).to_string();
         let examples = classify_examples(r.input)?;
-        check_batch(examples.len(), &self.st)?;
+        check_batch(examples.len(), self.st.limits())?;
         let instances = examples
             .into_iter()
             .map(|e| Instance::Example(e.encode_to_vec()))
@@ -362,8 +362,8 @@ fn outputs(a: Answer) -> Result<Probabilities, Status> {
     }
 }
 
-fn check_batch(n: usize, st: &AppState) -> Result<(), Status> {
-    let max = st.limits().max_batch;
+pub(crate) fn check_batch(n: usize, limits: &Limits) -> Result<(), Status> {
+    let max = limits.max_batch;
     if n == 0 {
         return Err(bad("the request has no instances"));
     }
@@ -589,10 +589,10 @@ fn expected(input: &InputKind) -> String {
 }
 
 /// The instances of a Predict request: one kind of input, `N` rows.
-fn predict_instances(
+pub(crate) fn predict_instances(
     inputs: &std::collections::HashMap<String, TensorProto>,
     p: &Predictor,
-    st: &AppState,
+    limits: &Limits,
 ) -> Result<Vec<Instance>, Status> {
     let input = p.input();
     let mut keys: Vec<&str> = inputs.keys().map(String::as_str).collect();
@@ -613,14 +613,14 @@ fn predict_instances(
     let instances = match keys.as_slice() {
         [k] if *k == DRAWING_INPUT => {
             let list = strings(&inputs[*k], k)?;
-            check_batch(list.len(), st)?;
+            check_batch(list.len(), limits)?;
             list.iter()
                 .enumerate()
                 .map(|(i, line)| {
                     let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
                         bad(format!("input {DRAWING_INPUT}: value {i} is not JSON: {e}"))
                     })?;
-                    parse_drawing(&v, i, st.limits())
+                    parse_drawing(&v, i, limits)
                         .map(Instance::Drawing)
                         .map_err(req_err)
                 })
@@ -628,15 +628,15 @@ fn predict_instances(
         }
         [k] if *k == EXAMPLES_INPUT => {
             let list = strings(&inputs[*k], k)?;
-            check_batch(list.len(), st)?;
+            check_batch(list.len(), limits)?;
             list.iter().map(|b| Instance::Example(b.clone())).collect()
         }
         _ => match input {
             InputKind::Image { key, size } if keys == [key.as_str()] => {
-                image_instances(&inputs[key.as_str()], key, *size as usize, st)?
+                image_instances(&inputs[key.as_str()], key, *size as usize, limits)?
             }
             InputKind::Strokes if keys == [LENGTHS, STROKES] || keys == [STROKES] => {
-                stroke_instances(&inputs[STROKES], inputs.get(LENGTHS), st)?
+                stroke_instances(&inputs[STROKES], inputs.get(LENGTHS), limits)?
             }
             _ => {
                 return Err(bad(format!(
@@ -653,7 +653,7 @@ fn image_instances(
     t: &TensorProto,
     key: &str,
     s: usize,
-    st: &AppState,
+    limits: &Limits,
 ) -> Result<Vec<Instance>, Status> {
     let (d, v) = floats(t, key)?;
     let ok = matches!(d.as_slice(), [_, 1, a, b] | [_, a, b] if *a == s && *b == s)
@@ -664,7 +664,7 @@ fn image_instances(
             s * s
         )));
     }
-    check_batch(d[0], st)?;
+    check_batch(d[0], limits)?;
     v.chunks_exact(s * s)
         .enumerate()
         .map(|(i, px)| {
@@ -677,7 +677,7 @@ fn image_instances(
 fn stroke_instances(
     t: &TensorProto,
     lengths: Option<&TensorProto>,
-    st: &AppState,
+    limits: &Limits,
 ) -> Result<Vec<Instance>, Status> {
     let (d, v) = floats(t, STROKES)?;
     let [n, steps, 3] = d.as_slice() else {
@@ -686,7 +686,7 @@ fn stroke_instances(
         )));
     };
     let (n, steps) = (*n, *steps);
-    check_batch(n, st)?;
+    check_batch(n, limits)?;
     let lens = match lengths {
         None => vec![steps as i64; n],
         Some(l) => {
@@ -724,7 +724,7 @@ fn stroke_instances(
 }
 
 /// The examples of a Classify request, the context's features merged into each.
-fn classify_examples(input: Option<pb::Input>) -> Result<Vec<Example>, Status> {
+pub(crate) fn classify_examples(input: Option<pb::Input>) -> Result<Vec<Example>, Status> {
     use pb::input::Kind;
     match input.and_then(|i| i.kind) {
         None => Err(bad(

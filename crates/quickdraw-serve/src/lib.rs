@@ -20,6 +20,7 @@ pub mod store;
 /// Tiny ONNX models and exports for tests and benchmarks; not in release builds.
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod warmup;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

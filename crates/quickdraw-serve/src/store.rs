@@ -14,6 +14,7 @@ use quickdraw_data::storage::{self, Mirror};
 
 use crate::onnxruntime::Runtime;
 use crate::predictor::Predictor;
+use crate::warmup;
 
 /// One version's state, as TensorFlow Serving's `ModelVersionStatus`.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,6 +217,24 @@ impl ModelStore {
         out
     }
 
+    /// Runs a loaded version's warm-up requests ([`warmup`]) before it may serve.
+    fn warm_up(&self, p: Predictor) -> Result<Predictor, String> {
+        match warmup::run(&p)? {
+            Some(w) => self.log(&format!(
+                "warmed up version {} with {} request(s) in {:.1} ms",
+                p.version().unwrap_or(0),
+                w.records,
+                w.took.as_secs_f64() * 1e3
+            )),
+            None => self.log(&format!(
+                "version {} has no warm-up requests ({}); its first request runs cold",
+                p.version().unwrap_or(0),
+                warmup::path(&p.info().dir).display()
+            )),
+        }
+        Ok(p)
+    }
+
     fn log(&self, msg: &str) {
         if !self.quiet {
             eprintln!("{msg}");
@@ -267,15 +286,17 @@ impl ModelStore {
                 new_broken.insert(*v, b.clone());
                 continue;
             }
-            match Predictor::load_with(dir, &self.runtime) {
+            match Predictor::load_with(dir, &self.runtime)
+                .map_err(|e| e.to_string())
+                .and_then(|p| self.warm_up(p))
+            {
                 Ok(p) => {
                     loaded = Some(Arc::new(p));
                     report.loaded = Some(*v);
                     self.loads.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Err(e) => {
-                    let error = e.to_string();
+                Err(error) => {
                     let still = match cur_v {
                         Some(c) => format!("; still serving version {c}"),
                         None => String::new(),

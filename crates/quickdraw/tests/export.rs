@@ -185,6 +185,8 @@ fn check_layout(dir: &Path, kind: &str, version: u64) {
         "assets/labels.txt",
         "assets/preprocessing.json",
         "metrics.json",
+        "model_card.md",
+        "assets.extra/tf_serving_warmup_requests",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -198,6 +200,17 @@ fn check_layout(dir: &Path, kind: &str, version: u64) {
     assert!(
         m["accuracy"].as_f64().is_some() && m["baseline"]["accuracy"].as_f64().is_some(),
         "{m}"
+    );
+    // The model card says what metrics.json says.
+    let card = fs::read_to_string(dir.join("model_card.md")).unwrap();
+    let acc = format!(
+        "| accuracy | {:.2}% |",
+        100.0 * m["accuracy"].as_f64().unwrap()
+    );
+    assert!(card.contains(&acc), "{acc} not in\n{card}");
+    assert!(
+        card.contains(&format!("Classes (3): {}.", info.labels.join(", "))),
+        "{card}"
     );
     // No temporary folder is left in the base folder.
     let base = dir.parent().unwrap();
@@ -296,6 +309,18 @@ fn python_check(checks: &[PathBuf]) {
         String::from_utf8_lossy(&o.stdout)
     );
     eprint!("{}", String::from_utf8_lossy(&o.stdout));
+    // The warm-up files, read by TensorFlow's TFRecord reader and TF Serving's PredictionLog.
+    let o = Command::new(&python)
+        .arg(root.join("tests/python/check_warmup.py"))
+        .args(checks)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "check_warmup.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
 
 #[test]

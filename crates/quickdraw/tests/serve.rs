@@ -55,6 +55,9 @@ fn model_show_prints_the_signature() {
         "classes: 3 (blank, left, right)",
         "raster default 8x8",
         "accuracy=0.9000 baseline.accuracy=0.3300",
+        "model_card.md:",
+        "# Model card: QuickDraw linear classifier",
+        "| accuracy | 90.00% | 33.00% |",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
@@ -980,4 +983,48 @@ fn onnxruntime_runs_the_same_model_as_tract_in_model_run_and_serve() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("not found"), "{err}");
+}
+
+/// A version's warm-up requests (TF Serving's assets.extra/tf_serving_warmup_requests) run
+/// before it serves; a version whose warm-up fails is not served, and its status says why.
+#[test]
+fn versions_warm_up_before_serving_and_a_failing_warm_up_keeps_the_old_one() {
+    use quickdraw_serve::warmup;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("export");
+    let d1 = testing::write_demo_export(&base, 1, SIZE).unwrap();
+    let px = vec![0.5; (SIZE * SIZE) as usize];
+    let key = format!("img_{SIZE}");
+    warmup::write(&d1, &[warmup::image_request(&key, SIZE as usize, &px)]).unwrap();
+    let server = Server::start(&base, &[]);
+    assert!(
+        server
+            .startup
+            .iter()
+            .any(|l| l.contains("warmed up version 1 with 1 request(s)")),
+        "{:?}",
+        server.startup
+    );
+    // Version 2's warm-up asks for an input the model does not have: it is not served.
+    let staging = tmp.path().join("staging");
+    let d2 = testing::write_demo_export(&staging, 2, SIZE).unwrap();
+    warmup::write(&d2, &[warmup::image_request("img_99", 99, &[0.5; 99 * 99])]).unwrap();
+    std::fs::rename(&d2, base.join("2")).unwrap();
+    let mut status = Value::Null;
+    wait_for("version 2 to fail its warm-up", || {
+        status = server.get("/v1/models/quickdraw").1;
+        status["model_version_status"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
+    });
+    let v2 = &status["model_version_status"][0];
+    assert_eq!(v2["version"], "2");
+    assert_eq!(v2["state"], "END");
+    let msg = v2["status"]["error_message"].as_str().unwrap();
+    assert!(
+        msg.contains("warm-up record 0") && msg.contains("img_99"),
+        "{msg}"
+    );
+    assert_eq!(status["model_version_status"][1]["state"], "AVAILABLE");
 }

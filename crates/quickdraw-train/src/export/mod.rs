@@ -263,9 +263,10 @@ pub struct StagedExport {
 }
 
 impl StagedExport {
-    /// Renames the temporary folder to `<base>/<version>/`; returns that path. Only [`export`]
-    /// calls it, after the check.
-    fn publish(&mut self) -> Result<PathBuf> {
+    /// Renames the temporary folder to `<base>/<version>/`; returns that path. Called after
+    /// [`verify`] (as [`export`] does) and after the caller added its files to `tmp_dir` (the
+    /// CLI adds the server's warm-up requests).
+    pub fn publish(&mut self) -> Result<PathBuf> {
         if self.published {
             return Ok(self.final_dir.clone());
         }
@@ -561,6 +562,7 @@ fn metrics_json(
         "macro_f1": m.macro_f1,
         "examples": m.examples,
         "eval_files": eval_files,
+        "train_files": tm.config.data.train_files,
         "model_dir": tm.model_dir.display().to_string(),
         "checkpoint": tm.checkpoint.dir.display().to_string(),
         "step": tm.step(),

@@ -9,8 +9,10 @@ use anyhow::Context;
 use quickdraw_data::signature::{MODEL_DIR_EXPORT, SIGNATURE_FILE};
 use quickdraw_data::storage;
 use quickdraw_serve::Predictor;
+use quickdraw_serve::warmup;
 use quickdraw_train::export::{
-    CheckSample, EngineOutputs, ExportRequest, ExportVerifier, StagedExport, export,
+    CheckSample, EngineOutputs, ExportRequest, ExportVerifier, SampleInputs, StagedExport, stage,
+    verify,
 };
 use quickdraw_train::{CheckpointSel, TrainedModel};
 
@@ -137,6 +139,35 @@ impl ExportVerifier for TractVerifier {
     }
 }
 
+/// The staged version's warm-up requests (TF Serving's `assets.extra/tf_serving_warmup_requests`):
+/// the check sample as one batch, and its first example alone (the usual request size).
+fn write_warmup(s: &StagedExport) -> anyhow::Result<()> {
+    let requests = match &s.sample.inputs {
+        SampleInputs::Images { key, size, pixels } => {
+            let one = &pixels[..(size * size).min(pixels.len())];
+            vec![
+                warmup::image_request(key, *size, pixels),
+                warmup::image_request(key, *size, one),
+            ]
+        }
+        SampleInputs::Strokes {
+            steps,
+            strokes,
+            lengths,
+        } => {
+            let one = &strokes[..(steps * 3).min(strokes.len())];
+            vec![
+                warmup::stroke_request(*steps, strokes, lengths),
+                warmup::stroke_request(*steps, one, &lengths[..1.min(lengths.len())]),
+            ]
+        }
+    };
+    let path = warmup::write(&s.tmp_dir, &requests)
+        .with_context(|| format!("writing the warm-up requests in {}", s.tmp_dir.display()))?;
+    anyhow::ensure!(path.exists(), "{} was not written", path.display());
+    Ok(())
+}
+
 pub fn run(mut a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
     // An object-store export base is worked on through a local copy and uploaded after the
     // export, each version's signature.json last (servers load a version once it is there).
@@ -176,7 +207,14 @@ pub fn run(mut a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
     ));
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
     let verifier = (!a.no_verify).then_some(&TractVerifier as &dyn ExportVerifier);
-    let staged = export(&req, verifier);
+    // Staged, checked, given its warm-up requests, then published (renamed into place).
+    let staged = (|| -> anyhow::Result<StagedExport> {
+        let mut s = stage(&req)?;
+        s.verified = verifier.map(|v| verify(&s, v)).transpose()?;
+        write_warmup(&s)?;
+        s.publish()?;
+        Ok(s)
+    })();
     pb.finish_and_clear();
     let staged = staged.with_context(|| format!("exporting {}", a.model_dir.display()))?;
     let dir = staged.final_dir.clone();

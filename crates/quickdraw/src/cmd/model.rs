@@ -153,6 +153,12 @@ fn show(mut a: ShowArgs, _ctx: Ctx) -> anyhow::Result<()> {
     } else {
         None
     };
+    let card_path = dir.join(quickdraw_data::card::MODEL_CARD_FILE);
+    let card = match std::fs::read_to_string(&card_path) {
+        Ok(c) => Some(c),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", card_path.display())),
+    };
     if a.json {
         let mut v = json!({
             "dir": dir.display().to_string(),
@@ -165,10 +171,18 @@ fn show(mut a: ShowArgs, _ctx: Ctx) -> anyhow::Result<()> {
         if let Some(p) = &predictor {
             v["onnx"] = onnx_json(p);
         }
+        v["model_card"] = card.into();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     print!("{}", show_text(&info, a.all, predictor.as_ref()));
+    match card {
+        Some(c) => print!("\n{}:\n\n{c}", quickdraw_data::card::MODEL_CARD_FILE),
+        None => println!(
+            "\nno {} in this export (written by `quickdraw export` since model cards exist; export again to get one)",
+            quickdraw_data::card::MODEL_CARD_FILE
+        ),
+    }
     Ok(())
 }
 
