@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::batching::{BatchConfig, BatchStats, Batcher, SubmitError, Task, TaskError};
+use crate::drift::{Drift, DriftConfig, Observation};
 use crate::metrics::{Metrics, api_of};
 use crate::predictor::{Predictor, Probabilities};
 use crate::reqlog::{RequestLog, Served};
@@ -139,6 +140,8 @@ struct Inner {
     /// (merged with others when batching is on); inference never runs on the async runtime.
     batcher: Batcher,
     metrics: Metrics,
+    /// The served version's drift window (fed on the batch threads).
+    drift: Drift,
     quiet: bool,
 }
 
@@ -170,6 +173,27 @@ impl AppState {
         quiet: bool,
         batch: BatchConfig,
     ) -> Self {
+        Self::with_config(
+            model_name,
+            store,
+            limits,
+            log,
+            quiet,
+            batch,
+            DriftConfig::default(),
+        )
+    }
+
+    /// State whose requests are run as `batch` says, with a drift window as `drift` says.
+    pub fn with_config(
+        model_name: &str,
+        store: Arc<ModelStore>,
+        limits: Limits,
+        log: Option<RequestLog>,
+        quiet: bool,
+        batch: BatchConfig,
+        drift: DriftConfig,
+    ) -> Self {
         let batcher = Batcher::new(batch);
         // Fails only on an invalid metric definition (a bug, caught by the tests).
         let metrics = Metrics::new(model_name, &batcher).expect("the server's metrics register");
@@ -182,6 +206,7 @@ impl AppState {
                 requests: AtomicU64::new(0),
                 batcher,
                 metrics,
+                drift: Drift::new(drift, quiet),
                 quiet,
             }),
         }
@@ -289,7 +314,7 @@ async fn prometheus_metrics(State(st): State<AppState>) -> ApiResult {
     let text = st
         .inner
         .metrics
-        .render(&st.inner.batcher, &st.inner.store)
+        .render(&st.inner.batcher, &st.inner.store, &st.inner.drift)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
 }
@@ -613,6 +638,7 @@ pub(crate) async fn run(
         encode,
         request_id,
         reply,
+        shapes: Vec::new(),
     };
     st.inner
         .batcher
@@ -641,6 +667,8 @@ struct ServeTask {
     encode: Encode,
     request_id: u64,
     reply: tokio::sync::oneshot::Sender<Result<Answer, ApiError>>,
+    /// Per instance, the drift features ([`crate::skew::NUMERIC`]), filled by `prepare`.
+    shapes: Vec<[Option<f64>; 4]>,
 }
 
 impl Task for ServeTask {
@@ -653,17 +681,48 @@ impl Task for ServeTask {
     fn prepare(&mut self) -> Result<Vec<ModelInput>, RequestError> {
         let p = &self.predictor;
         let (input, spec) = (p.input(), &p.info().features);
-        self.instances
+        let inputs: Vec<ModelInput> = self
+            .instances
             .iter()
             .enumerate()
             .map(|(i, inst)| to_model_input(inst, i, input, spec))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        // The drift features, the ink share from the model input just made (no second render).
+        self.shapes = self
+            .instances
+            .iter()
+            .zip(&inputs)
+            .map(|(inst, m)| {
+                let [strokes, points, aspect] = match inst {
+                    Instance::Drawing(d) => crate::skew::shape_stats(d, spec),
+                    _ => [None, None, None],
+                };
+                let ink = match m {
+                    ModelInput::Pixels(px) if !px.is_empty() => {
+                        Some(px.iter().filter(|&&v| v > 0.0).count() as f64 / px.len() as f64)
+                    }
+                    _ => None,
+                };
+                [strokes, points, ink, aspect]
+            })
+            .collect();
+        Ok(inputs)
     }
     fn finish(self: Box<Self>, outputs: Result<Probabilities, TaskError>) {
         let answer = match outputs.map(finite_outputs) {
             Ok(Err(e)) => Err(e),
             Ok(Ok(probs)) => {
                 let p = &self.predictor;
+                let obs = self
+                    .shapes
+                    .iter()
+                    .zip(&probs.classes)
+                    .map(|(numeric, &c)| Observation {
+                        numeric: *numeric,
+                        predicted: label(p, c).to_string(),
+                    })
+                    .collect();
+                self.st.inner.drift.observe(p, obs);
                 if let Some(log) = &self.st.inner.log {
                     log_drawings(
                         &self.st,

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod batching;
 pub mod conn;
+pub mod drift;
 pub mod grpc;
 pub mod metrics;
 pub mod onnxruntime;
@@ -62,6 +63,8 @@ pub struct ServeConfig {
     pub batching: BatchConfig,
     /// Header-read and idle-connection timeouts.
     pub timeouts: conn::Timeouts,
+    /// The prediction-drift window and its warning threshold.
+    pub drift: drift::DriftConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,13 +134,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         ),
         None => None,
     };
-    let state = AppState::with_batching(
+    let state = AppState::with_config(
         &cfg.model_name,
         store.clone(),
         cfg.limits,
         log,
         cfg.quiet,
         cfg.batching,
+        cfg.drift,
     );
     let router = app(state.clone()).layer(cors(&cfg.cors_origins)?);
 

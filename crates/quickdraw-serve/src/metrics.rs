@@ -9,11 +9,12 @@
 //! carries a constant `model` label (one model per server).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::batching::Batcher;
+use crate::drift::Drift;
 use crate::store::ModelStore;
 
 /// Latency buckets (requests and inference calls), seconds: 100 us to 10 s.
@@ -32,6 +33,10 @@ pub struct Metrics {
     refused: IntCounter,
     loads: IntCounterVec,
     served_version: IntGauge,
+    drift_psi: GaugeVec,
+    drift_window: IntGauge,
+    model_age: Gauge,
+    data_age: Gauge,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +84,33 @@ impl Metrics {
             "quickdraw_served_model_version",
             "The model version being served (-1: none loaded)",
         )?;
+        let drift_psi = GaugeVec::new(
+            Opts::new(
+                "quickdraw_drift_psi",
+                "Population stability index of the recent predictions' inputs (strokes, points, \
+                 ink_share, aspect) and predicted classes against the training distribution \
+                 (the export's assets/drift_reference.json); > 0.25 is a major shift",
+            ),
+            &["feature"],
+        )?;
+        let drift_window = IntGauge::new(
+            "quickdraw_drift_window_predictions",
+            "Predictions in the drift window of the served version",
+        )?;
+        let model_age = Gauge::new(
+            "quickdraw_model_age_seconds",
+            "Seconds since the served version was exported (metrics.json exported_at)",
+        )?;
+        let data_age = Gauge::new(
+            "quickdraw_training_data_age_seconds",
+            "Seconds since the dataset the served version was trained on was written (its \
+             manifest, as recorded at export)",
+        )?;
         let (inference, rows) = batcher.histograms();
+        registry.register(Box::new(drift_psi.clone()))?;
+        registry.register(Box::new(drift_window.clone()))?;
+        registry.register(Box::new(model_age.clone()))?;
+        registry.register(Box::new(data_age.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
@@ -100,6 +131,10 @@ impl Metrics {
             refused,
             loads,
             served_version,
+            drift_psi,
+            drift_window,
+            model_age,
+            data_age,
         })
     }
 
@@ -115,15 +150,43 @@ impl Metrics {
     }
 
     /// The text exposition (format 0.0.4), after reading the queue and the store.
-    pub fn render(&self, batcher: &Batcher, store: &ModelStore) -> Result<String, MetricsError> {
+    pub fn render(
+        &self,
+        batcher: &Batcher,
+        store: &ModelStore,
+        drift: &Drift,
+    ) -> Result<String, MetricsError> {
         self.queue_depth.set(batcher.queue_len() as i64);
         catch_up(&self.refused, batcher.stats().refused);
         let (ok, failed) = store.load_counts();
         catch_up(&self.loads.with_label_values(&["success"]), ok);
         catch_up(&self.loads.with_label_values(&["failure"]), failed);
-        let version = store.current().and_then(|p| p.version());
+        let current = store.current();
+        let version = current.as_ref().and_then(|p| p.version());
         self.served_version
             .set(version.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let age = |key: &str| {
+            current
+                .as_ref()
+                .and_then(|p| {
+                    p.info()
+                        .metrics
+                        .get(key)
+                        .and_then(serde_json::Value::as_f64)
+                })
+                .map_or(f64::NAN, |t| now - t)
+        };
+        self.model_age.set(age("exported_at"));
+        self.data_age.set(age("dataset_written_at"));
+        let (psi, window) = drift.snapshot();
+        self.drift_psi.reset();
+        for (f, v) in psi {
+            self.drift_psi.with_label_values(&[f]).set(v);
+        }
+        self.drift_window.set(window as i64);
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())

@@ -47,8 +47,25 @@ pub fn drawing_stats(d: &Drawing, spec: &FeatureSpec) -> DrawingStats {
     } else {
         Some(image.iter().filter(|&&v| v > 0).count() as f64 / image.len() as f64)
     };
-    let (strokes, points, aspect) = match d.strokes() {
-        None => (None, None, None),
+    let [strokes, points, aspect] = shape_stats(d, spec);
+    let country = if d.countrycode.is_empty() {
+        "(none)".to_string()
+    } else {
+        d.countrycode.clone()
+    };
+    DrawingStats {
+        numeric: [strokes, points, ink, aspect],
+        country,
+        predicted: None,
+    }
+}
+
+/// `strokes`, `points` and `aspect` of a drawing as the model sees it (raw ink simplified when
+/// the spec says so); `None` for image-only records. No rendering: the server takes the ink
+/// share from the model input it already made.
+pub fn shape_stats(d: &Drawing, spec: &FeatureSpec) -> [Option<f64>; 3] {
+    match d.strokes() {
+        None => [None, None, None],
         Some(s) => {
             let simplified;
             let s = if spec.simplify_raw && is_raw(s) {
@@ -65,18 +82,8 @@ pub fn drawing_stats(d: &Drawing, spec: &FeatureSpec) -> DrawingStats {
                 });
                 ((c - a).max(1.0) / (e - b).max(1.0)) as f64
             });
-            (Some(s.len() as f64), Some(pts as f64), aspect)
+            [Some(s.len() as f64), Some(pts as f64), aspect]
         }
-    };
-    let country = if d.countrycode.is_empty() {
-        "(none)".to_string()
-    } else {
-        d.countrycode.clone()
-    };
-    DrawingStats {
-        numeric: [strokes, points, ink, aspect],
-        country,
-        predicted: None,
     }
 }
 
@@ -183,7 +190,8 @@ pub fn psi(train: &[f64], serve: &[f64], bins: usize) -> f64 {
     psi_of(&share(train), &share(serve))
 }
 
-fn psi_of(p: &[f64], q: &[f64]) -> f64 {
+/// PSI of two share vectors over the same categories (shares already floored above 0).
+pub fn psi_of(p: &[f64], q: &[f64]) -> f64 {
     p.iter().zip(q).map(|(p, q)| (q - p) * (q / p).ln()).sum()
 }
 

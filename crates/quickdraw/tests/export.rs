@@ -187,6 +187,7 @@ fn check_layout(dir: &Path, kind: &str, version: u64) {
         "metrics.json",
         "model_card.md",
         "assets.extra/tf_serving_warmup_requests",
+        "assets/drift_reference.json",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -212,6 +213,21 @@ fn check_layout(dir: &Path, kind: &str, version: u64) {
         card.contains(&format!("Classes (3): {}.", info.labels.join(", "))),
         "{card}"
     );
+    // The drift reference: the training inputs' statistics and the training class mix.
+    let r = read_json(&dir.join("assets/drift_reference.json"));
+    let shares: f64 = r["classes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{r}");
+    assert!(
+        r["drawings"].as_u64().unwrap() > 0
+            && !r["numeric"]["strokes"].as_array().unwrap().is_empty(),
+        "{r}"
+    );
+    assert!(m["dataset_written_at"].as_f64().is_some(), "{m}");
     // No temporary folder is left in the base folder.
     let base = dir.parent().unwrap();
     for e in fs::read_dir(base).unwrap() {

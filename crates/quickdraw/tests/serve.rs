@@ -1028,3 +1028,94 @@ fn versions_warm_up_before_serving_and_a_failing_warm_up_keeps_the_old_one() {
     );
     assert_eq!(status["model_version_status"][1]["state"], "AVAILABLE");
 }
+
+fn metrics_text(server: &Server) -> String {
+    ureq::get(format!("{}/metrics", server.url))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap()
+}
+
+fn gauge(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).map(str::trim))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Drift gauges (rules #10, #37): predictions far from the training class mix raise the
+/// predicted-class PSI and log a warning; inputs like the training ones keep the input PSIs low.
+/// Freshness (rule #8): the served version's age and its training data's age.
+#[test]
+fn drift_and_freshness_gauges_follow_what_is_served() {
+    use quickdraw_serve::drift::Reference;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("export");
+    let dir = testing::write_demo_export(&base, 1, SIZE).unwrap();
+    // The training distribution: two strokes per drawing, 6 points, classes in equal shares.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let info = quickdraw_data::signature::load_export_dir(&dir).unwrap();
+    let mut m = info.metrics.clone();
+    m["exported_at"] = json!(now - 100.0);
+    m["dataset_written_at"] = json!(now - 5000.0);
+    quickdraw_data::signature::write_metrics(&dir, &m).unwrap();
+    let stats = |d: &Drawing| quickdraw_serve::skew::drawing_stats(d, &info.features);
+    let sample = quickdraw_serve::skew::Sample {
+        stats: (0..300).map(|i| stats(&gamma(i, i % 2 == 0))).collect(),
+        ..Default::default()
+    };
+    let classes = [("blank", 100), ("left", 100), ("right", 100)]
+        .map(|(k, v)| (k.to_string(), v))
+        .into();
+    Reference::new(&sample, &classes, "test sample")
+        .write(&dir)
+        .unwrap();
+    let server = Server::start(&base, &["--drift-window", "100"]);
+    // Only "left" drawings: the inputs look like training, the predictions do not.
+    for i in 0..8 {
+        let instances: Vec<Value> = (0..10)
+            .map(|k| drawing_json(&gamma(i * 10 + k, false)))
+            .collect();
+        let (code, _, _) = server.post(
+            "/v1/models/quickdraw:predict",
+            &json!({ "instances": instances }),
+        );
+        assert_eq!(code, 200);
+    }
+    let text = metrics_text(&server);
+    let psi = |f: &str| {
+        gauge(
+            &text,
+            &format!("quickdraw_drift_psi{{feature=\"{f}\",model=\"quickdraw\"}}"),
+        )
+    };
+    assert!(psi("predicted_class") > 0.25, "{text}");
+    assert!(psi("strokes") < 0.1 && psi("points") < 0.1, "{text}");
+    assert_eq!(
+        gauge(
+            &text,
+            "quickdraw_drift_window_predictions{model=\"quickdraw\"}"
+        ),
+        80.0
+    );
+    let age = gauge(&text, "quickdraw_model_age_seconds{model=\"quickdraw\"}");
+    assert!((100.0..200.0).contains(&age), "{age}");
+    let data_age = gauge(
+        &text,
+        "quickdraw_training_data_age_seconds{model=\"quickdraw\"}",
+    );
+    assert!((5000.0..5100.0).contains(&data_age), "{data_age}");
+    let log = server.stop();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("warning: drift: predicted_class PSI")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("drift: strokes")), "{log:?}");
+}

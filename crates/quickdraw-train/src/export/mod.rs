@@ -406,6 +406,7 @@ pub fn stage(req: &ExportRequest) -> Result<StagedExport> {
     let sample = check_sample(&tm, &batch)?;
     let metrics = metrics_json(
         &tm,
+        &gated.src,
         &gated.eval_files,
         &gated.evaluation,
         &gated.baseline,
@@ -538,6 +539,7 @@ fn write_version(
 
 fn metrics_json(
     tm: &TrainedModel,
+    src: &DataSource,
     eval_files: &str,
     m: &MetricsReport,
     baseline: &BaselineInfo,
@@ -571,7 +573,20 @@ fn metrics_json(
         "gate": {"passed": problems.is_empty(), "forced": force && !problems.is_empty(), "problems": problems},
         "per_class": per_class,
         "exported_at": now,
+        // When the dataset was written (its manifest's modification time): the server exports
+        // the training data's age from it (rule #8, freshness).
+        "dataset_written_at": dataset_written_at(src),
     })
+}
+
+fn dataset_written_at(src: &DataSource) -> Option<f64> {
+    let m = std::fs::metadata(src.dir.join(quickdraw_data::manifest::MANIFEST_FILE)).ok()?;
+    let t = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(t.as_secs_f64())
 }
 
 /// An ONNX runtime that runs a staged version folder, to check the exported graph against burn

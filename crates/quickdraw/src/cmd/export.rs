@@ -9,7 +9,8 @@ use anyhow::Context;
 use quickdraw_data::signature::{MODEL_DIR_EXPORT, SIGNATURE_FILE};
 use quickdraw_data::storage;
 use quickdraw_serve::Predictor;
-use quickdraw_serve::warmup;
+use quickdraw_serve::drift::Reference;
+use quickdraw_serve::{skew, warmup};
 use quickdraw_train::export::{
     CheckSample, EngineOutputs, ExportRequest, ExportVerifier, SampleInputs, StagedExport, stage,
     verify,
@@ -168,6 +169,48 @@ fn write_warmup(s: &StagedExport) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drawings per training input file in the drift reference.
+const DRIFT_SAMPLE_PER_FILE: usize = 500;
+
+/// The staged version's drift reference (`assets/drift_reference.json`): statistics of the
+/// training inputs the dataset manifest lists, and the training split's class mix. Without the
+/// inputs (moved, or on another machine) the version gets none and the server exports no drift
+/// gauges for it; the export itself does not fail for that.
+fn write_drift_reference(s: &StagedExport, quiet: bool) {
+    let made = (|| -> anyhow::Result<std::path::PathBuf> {
+        let src = quickdraw_train::pipeline::DataSource::open(&s.eval_files)?;
+        let m = &src.manifest;
+        let files = super::skew::manifest_inputs(m, &src.dir)?;
+        let sample = skew::read_sample(
+            &files,
+            &m.features,
+            Some(DRIFT_SAMPLE_PER_FILE),
+            m.include_unrecognized,
+            false,
+        )?;
+        anyhow::ensure!(
+            !sample.stats.is_empty(),
+            "no valid drawings in the training inputs"
+        );
+        let source = format!(
+            "{} drawings of {} training inputs of {}",
+            sample.stats.len(),
+            files.len(),
+            src.dir.display()
+        );
+        let r = Reference::new(&sample, &super::skew::train_class_counts(m), &source);
+        Ok(r.write(&s.tmp_dir)?)
+    })();
+    match made {
+        Ok(_) => {}
+        Err(e) if !quiet => eprintln!(
+            "warning: no drift reference in this version (the server will export no drift gauges for it): {}",
+            super::error_chain(&e)
+        ),
+        Err(_) => {}
+    }
+}
+
 pub fn run(mut a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
     // An object-store export base is worked on through a local copy and uploaded after the
     // export, each version's signature.json last (servers load a version once it is there).
@@ -212,6 +255,7 @@ pub fn run(mut a: ExportArgs, ctx: Ctx) -> anyhow::Result<()> {
         let mut s = stage(&req)?;
         s.verified = verifier.map(|v| verify(&s, v)).transpose()?;
         write_warmup(&s)?;
+        write_drift_reference(&s, ctx.quiet);
         s.publish()?;
         Ok(s)
     })();

@@ -101,6 +101,13 @@ pub struct ServeArgs {
     /// byte of its next request); slower connections are closed.
     #[arg(long, default_value_t = DEFAULT_HEADER_READ_TIMEOUT.as_secs_f64())]
     pub header_read_timeout_secs: f64,
+    /// Predictions in the drift window (the quickdraw_drift_psi gauges compare the most recent
+    /// ones with the training distribution in the export's assets/drift_reference.json).
+    #[arg(long, default_value_t = quickdraw_serve::drift::DEFAULT_WINDOW)]
+    pub drift_window: usize,
+    /// Drift PSI above which a warning is logged (0.25: a major shift).
+    #[arg(long, default_value_t = quickdraw_serve::drift::DEFAULT_THRESHOLD)]
+    pub drift_threshold: f64,
     /// Seconds a kept-alive connection may wait for its next request before it is closed.
     #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
     pub idle_timeout_secs: f64,
@@ -158,6 +165,15 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
     if let Some(n) = a.num_batch_threads {
         batching.num_batch_threads = n;
     }
+    anyhow::ensure!(
+        a.drift_window >= quickdraw_serve::drift::MIN_WINDOW,
+        "--drift-window must be at least {}",
+        quickdraw_serve::drift::MIN_WINDOW
+    );
+    anyhow::ensure!(
+        a.drift_threshold.is_finite() && a.drift_threshold > 0.0,
+        "--drift-threshold must be > 0"
+    );
     let timeouts = Timeouts {
         header_read: seconds("header-read-timeout-secs", a.header_read_timeout_secs)?,
         idle: seconds("idle-timeout-secs", a.idle_timeout_secs)?,
@@ -176,6 +192,10 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
         runtime: a.runtime.resolve()?,
         batching,
         timeouts,
+        drift: quickdraw_serve::drift::DriftConfig {
+            window: a.drift_window,
+            threshold: a.drift_threshold,
+        },
     };
     quickdraw_serve::serve_blocking(cfg)
         .with_context(|| format!("serving {}", a.model_base_path.display()))

@@ -39,7 +39,10 @@ pub struct SkewArgs {
 }
 
 /// Input paths of the manifest, as recorded or relative to the manifest's folder.
-fn manifest_inputs(m: &DatasetManifest, manifest_path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn manifest_inputs(
+    m: &DatasetManifest,
+    manifest_path: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
     let base = if manifest_path.is_dir() {
         manifest_path.to_path_buf()
     } else {
@@ -72,6 +75,14 @@ fn manifest_inputs(m: &DatasetManifest, manifest_path: &Path) -> anyhow::Result<
         "the manifest lists no input files; pass --train-inputs"
     );
     Ok(out)
+}
+
+/// Examples per class in the training split (all kept ones for datasets without splits).
+pub(crate) fn train_class_counts(m: &DatasetManifest) -> BTreeMap<String, u64> {
+    m.per_class
+        .iter()
+        .map(|(k, c)| (k.clone(), c.splits.get("train").copied().unwrap_or(c.kept)))
+        .collect()
 }
 
 fn fmt(v: f64) -> String {
@@ -178,11 +189,7 @@ pub fn run(a: SkewArgs, ctx: Ctx) -> anyhow::Result<()> {
         "{}: no valid drawings in the request logs",
         a.log.display()
     );
-    let classes: BTreeMap<String, u64> = m
-        .per_class
-        .iter()
-        .map(|(k, c)| (k.clone(), c.splits.get("train").copied().unwrap_or(c.kept)))
-        .collect();
+    let classes = train_class_counts(&m);
     let report = skew::compare(train, serve, a.bins.max(2), Some(&classes));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
