@@ -33,6 +33,10 @@ pub const VERSION_HEADER: &str = "x-quickdraw-model-version";
 /// Response header with the server's request counter (also in the request log).
 pub const REQUEST_ID_HEADER: &str = "x-quickdraw-request-id";
 
+/// The `tracing` target of the access log: one line per request, at debug level (shown by
+/// `serve`'s default filter; `RUST_LOG=info` hides them).
+pub const ACCESS_LOG: &str = "quickdraw_serve::access";
+
 /// Prometheus metrics, at TensorFlow Serving's path.
 pub const METRICS_PATH: &str = "/monitoring/prometheus/metrics";
 /// Prometheus metrics, at the path Prometheus scrapes by default.
@@ -284,10 +288,16 @@ async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Res
         } else {
             format!(" version {version}")
         };
-        eprintln!(
-            "{method} {uri} -> {}{v} ({:.1} ms)",
-            resp.status().as_u16(),
-            secs * 1e3
+        let (status, ms) = (resp.status().as_u16(), secs * 1e3);
+        tracing::debug!(
+            target: ACCESS_LOG,
+            protocol = "http",
+            %method,
+            path = %uri,
+            status,
+            version,
+            ms,
+            "{method} {uri} -> {status}{v} ({ms:.1} ms)"
         );
     }
     resp
@@ -793,8 +803,8 @@ fn log_drawings(
             top: &top,
         };
         if let Err(e) = log.log(d as &Drawing, &served, i) {
-            eprintln!(
-                "warning: cannot write the request log in {}: {e}",
+            tracing::warn!(
+                "cannot write the request log in {}: {e}",
                 log.dir().display()
             );
         }

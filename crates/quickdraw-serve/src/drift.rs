@@ -183,8 +183,10 @@ impl Drift {
             for (f, v) in &st.psi {
                 let was = before.get(f).is_some_and(|b| *b > self.cfg.threshold);
                 if *v > self.cfg.threshold && !was && !self.quiet {
-                    eprintln!(
-                        "warning: drift: {f} PSI {v:.3} over the last {} predictions of version {} is above {} (training distribution: {})",
+                    tracing::warn!(
+                        feature = f,
+                        psi = v,
+                        "drift: {f} PSI {v:.3} over the last {} predictions of version {} is above {} (training distribution: {})",
                         st.window.len(),
                         p.version().unwrap_or(0),
                         self.cfg.threshold,
@@ -200,7 +202,7 @@ impl Drift {
             Ok(Some(r)) => Some(Arc::new(r)),
             Ok(None) => {
                 if !self.quiet {
-                    eprintln!(
+                    tracing::info!(
                         "version {} has no {} (exported before drift references); no drift gauges",
                         p.version().unwrap_or(0),
                         reference_path(&p.info().dir).display()
@@ -209,7 +211,7 @@ impl Drift {
                 None
             }
             Err(e) => {
-                eprintln!("warning: drift reference unreadable, no drift gauges: {e}");
+                tracing::warn!("drift reference unreadable, no drift gauges: {e}");
                 None
             }
         }

@@ -126,7 +126,16 @@ impl Grpc {
             } else {
                 format!(" version {version}")
             };
-            eprintln!("gRPC {api} -> {code}{v} ({:.1} ms)", secs * 1e3);
+            let ms = secs * 1e3;
+            tracing::debug!(
+                target: api::ACCESS_LOG,
+                protocol = "grpc",
+                api,
+                status = code,
+                version,
+                ms,
+                "gRPC {api} -> {code}{v} ({ms:.1} ms)"
+            );
         }
     }
 

@@ -119,8 +119,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         cfg.runtime.clone(),
     )?);
     if store.current().is_none() {
-        eprintln!(
-            "warning: no loadable version under {} yet; waiting for <base>/<version>/ folders (polling every {:?})",
+        tracing::warn!(
+            "no loadable version under {} yet; waiting for <base>/<version>/ folders (polling every {:?})",
             cfg.base.display(),
             cfg.poll_interval
         );
@@ -222,7 +222,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     poller.abort();
     g.map_err(|e| ServeError::Grpc(e.to_string()))?;
     if !cfg.quiet {
-        eprintln!("quickdraw serve: stopped");
+        tracing::info!("quickdraw serve: stopped");
     }
     Ok(())
 }

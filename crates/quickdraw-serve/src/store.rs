@@ -236,8 +236,12 @@ impl ModelStore {
     }
 
     fn log(&self, msg: &str) {
-        if !self.quiet {
-            eprintln!("{msg}");
+        if self.quiet {
+            return;
+        }
+        match msg.strip_prefix("warning: ") {
+            Some(m) => tracing::warn!("{m}"),
+            None => tracing::info!("{msg}"),
         }
     }
 

@@ -1114,8 +1114,46 @@ fn drift_and_freshness_gauges_follow_what_is_served() {
     let log = server.stop();
     assert!(
         log.iter()
-            .any(|l| l.contains("warning: drift: predicted_class PSI")),
+            .any(|l| l.contains("WARN") && l.contains("drift: predicted_class PSI")),
         "{log:?}"
     );
     assert!(!log.iter().any(|l| l.contains("drift: strokes")), "{log:?}");
+}
+
+/// `--log-format json`: one JSON object per log line (the address line stays plain text for
+/// scripts), one per request at debug level with its fields.
+#[test]
+fn json_logs_have_one_object_per_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("export");
+    testing::write_demo_export(&base, 1, SIZE).unwrap();
+    let server = Server::start(&base, &["--log-format", "json"]);
+    let body = json!({"instances": [drawing_json(&gamma(1, false))]});
+    assert_eq!(server.post("/v1/models/quickdraw:predict", &body).0, 200);
+    let mut lines = server.startup.clone();
+    lines.extend(server.stop());
+    let objects: Vec<Value> = lines
+        .iter()
+        .filter(|l| !l.contains("listening on "))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let req = objects
+        .iter()
+        .find(|o| o["path"] == "/v1/models/quickdraw:predict")
+        .unwrap_or_else(|| panic!("no request line in {objects:?}"));
+    assert_eq!(req["level"], "DEBUG", "{req}");
+    assert_eq!(req["method"], "POST");
+    assert_eq!(req["status"], 200);
+    assert_eq!(req["version"], "1");
+    assert!(
+        req["ms"].as_f64().is_some() && req["timestamp"].is_string(),
+        "{req}"
+    );
+    assert!(
+        objects.iter().any(|o| o["level"] == "INFO"
+            && o["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("serving version 1"))),
+        "{objects:?}"
+    );
 }

@@ -108,9 +108,41 @@ pub struct ServeArgs {
     /// Drift PSI above which a warning is logged (0.25: a major shift).
     #[arg(long, default_value_t = quickdraw_serve::drift::DEFAULT_THRESHOLD)]
     pub drift_threshold: f64,
+    /// Log lines as text or as JSON objects (one per line, for log collectors). Filter with
+    /// RUST_LOG (e.g. `info` hides the per-request lines, `quickdraw_serve=debug`); default:
+    /// `info,quickdraw_serve::access=debug` (`warn` with --quiet).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Seconds a kept-alive connection may wait for its next request before it is closed.
     #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
     pub idle_timeout_secs: f64,
+}
+
+/// How `serve` writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log subscriber of `serve`: stderr, RUST_LOG's filter or the default one.
+fn init_logs(format: LogFormat, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet {
+        "warn".to_string()
+    } else {
+        format!("info,{}=debug", quickdraw_serve::api::ACCESS_LOG)
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // Fails only when a subscriber is already installed (then that one logs).
+    let _ = match format {
+        LogFormat::Text => fmt.with_ansi(false).try_init(),
+        LogFormat::Json => fmt.json().flatten_event(true).try_init(),
+    };
 }
 
 /// `--rest-api-port`: off (0), a free port (`free`), or a port.
@@ -135,6 +167,7 @@ fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
+    init_logs(a.log_format, ctx.quiet);
     anyhow::ensure!(
         a.poll_seconds.is_finite() && a.poll_seconds > 0.0,
         "--poll-seconds must be > 0"
