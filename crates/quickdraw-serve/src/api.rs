@@ -127,6 +127,26 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// How a server's state is set up beyond its model and limits.
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    pub batch: BatchConfig,
+    pub drift: DriftConfig,
+    /// The Prometheus metrics' paths (default: TF Serving's and `/metrics`); empty: metrics off
+    /// (`--monitoring_config_file` with `enable: false`).
+    pub metrics_paths: Vec<String>,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        StateOptions {
+            batch: BatchConfig::unbatched(),
+            drift: DriftConfig::default(),
+            metrics_paths: vec![METRICS_PATH.into(), METRICS_PATH_SHORT.into()],
+        }
+    }
+}
+
 /// Shared server state.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -146,6 +166,8 @@ struct Inner {
     metrics: Metrics,
     /// The served version's drift window (fed on the batch threads).
     drift: Drift,
+    /// Where the Prometheus metrics are served; empty: no metrics (nothing is observed).
+    metrics_paths: Vec<String>,
     quiet: bool,
 }
 
@@ -183,21 +205,27 @@ impl AppState {
             limits,
             log,
             quiet,
-            batch,
-            DriftConfig::default(),
+            StateOptions {
+                batch,
+                ..StateOptions::default()
+            },
         )
     }
 
-    /// State whose requests are run as `batch` says, with a drift window as `drift` says.
+    /// State whose requests are run as `opts` says.
     pub fn with_config(
         model_name: &str,
         store: Arc<ModelStore>,
         limits: Limits,
         log: Option<RequestLog>,
         quiet: bool,
-        batch: BatchConfig,
-        drift: DriftConfig,
+        opts: StateOptions,
     ) -> Self {
+        let StateOptions {
+            batch,
+            drift,
+            metrics_paths,
+        } = opts;
         let batcher = Batcher::new(batch);
         // Fails only on an invalid metric definition (a bug, caught by the tests).
         let metrics = Metrics::new(model_name, &batcher).expect("the server's metrics register");
@@ -211,6 +239,7 @@ impl AppState {
                 batcher,
                 metrics,
                 drift: Drift::new(drift, quiet),
+                metrics_paths,
                 quiet,
             }),
         }
@@ -227,6 +256,10 @@ impl AppState {
     }
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+    /// Whether requests are counted and metrics served.
+    pub fn metrics_enabled(&self) -> bool {
+        !self.inner.metrics_paths.is_empty()
     }
     /// No access log lines.
     pub fn quiet(&self) -> bool {
@@ -248,12 +281,13 @@ impl AppState {
 
 /// The router: every route of the API, CORS left to the caller (`crate::serve` adds it).
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/", get(page))
-        .route("/healthz", get(healthz))
-        .route(METRICS_PATH, get(prometheus_metrics))
-        .route(METRICS_PATH_SHORT, get(prometheus_metrics))
-        .route("/v1/models/{spec}", get(model_get).post(model_post))
+        .route("/healthz", get(healthz));
+    for p in &state.inner.metrics_paths {
+        r = r.route(p, get(prometheus_metrics));
+    }
+    r.route("/v1/models/{spec}", get(model_get).post(model_post))
         .route("/v1/models/{name}/metadata", get(metadata_latest))
         .route(
             "/v1/models/{name}/versions/{vspec}",
@@ -279,9 +313,11 @@ async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Res
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let secs = t0.elapsed().as_secs_f64();
-    st.inner
-        .metrics
-        .observe_request(api_of(uri.path()), version, resp.status().as_str(), secs);
+    if st.metrics_enabled() {
+        st.inner
+            .metrics
+            .observe_request(api_of(uri.path()), version, resp.status().as_str(), secs);
+    }
     if !st.inner.quiet {
         let v = if version.is_empty() {
             String::new()

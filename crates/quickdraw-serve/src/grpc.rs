@@ -119,7 +119,9 @@ impl Grpc {
         };
         let secs = t0.elapsed().as_secs_f64();
         let code = code_name(code);
-        self.st.metrics().observe_request(api, version, code, secs);
+        if self.st.metrics_enabled() {
+            self.st.metrics().observe_request(api, version, code, secs);
+        }
         if !self.st.quiet() {
             let v = if version.is_empty() {
                 String::new()

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod batching;
+pub mod config;
 pub mod conn;
 pub mod drift;
 pub mod grpc;
@@ -65,6 +66,10 @@ pub struct ServeConfig {
     pub timeouts: conn::Timeouts,
     /// The prediction-drift window and its warning threshold.
     pub drift: drift::DriftConfig,
+    /// Where Prometheus metrics are served; empty: metrics off.
+    pub metrics_paths: Vec<String>,
+    /// The one version to serve (a `specific` version policy); `None`: the newest.
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +118,11 @@ pub fn cors(origins: &[String]) -> Result<CorsLayer, ServeError> {
 /// Runs the server until ctrl-c (or SIGTERM): loads the newest version, polls the base path for
 /// new ones, serves the API and the drawing page, then shuts down gracefully.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
-    let store = Arc::new(ModelStore::open_with(
+    let store = Arc::new(ModelStore::open_pinned(
         &cfg.base,
         cfg.quiet,
         cfg.runtime.clone(),
+        cfg.version,
     )?);
     if store.current().is_none() {
         tracing::warn!(
@@ -140,8 +146,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         cfg.limits,
         log,
         cfg.quiet,
-        cfg.batching,
-        cfg.drift,
+        api::StateOptions {
+            batch: cfg.batching,
+            drift: cfg.drift,
+            metrics_paths: cfg.metrics_paths.clone(),
+        },
     );
     let router = app(state.clone()).layer(cors(&cfg.cors_origins)?);
 

@@ -83,6 +83,8 @@ pub struct ModelStore {
     /// refresh; each version's signature.json comes last, so a version is loaded only once
     /// all its files are here.
     remote: Option<Mutex<Mirror>>,
+    /// The one version to serve (TF Serving's `specific` version policy); `None`: the newest.
+    pin: Option<u64>,
     /// Versions loaded, and loads that failed, since the store opened (monitoring).
     loads: AtomicU64,
     load_failures: AtomicU64,
@@ -113,6 +115,17 @@ impl ModelStore {
 
     /// [`ModelStore::open`], running the models with `runtime`.
     pub fn open_with(base: &Path, quiet: bool, runtime: Runtime) -> Result<ModelStore, StoreError> {
+        Self::open_pinned(base, quiet, runtime, None)
+    }
+
+    /// [`ModelStore::open_with`], serving only version `pin` when given (it is loaded when it
+    /// appears; newer versions are left alone).
+    pub fn open_pinned(
+        base: &Path,
+        quiet: bool,
+        runtime: Runtime,
+        pin: Option<u64>,
+    ) -> Result<ModelStore, StoreError> {
         if storage::is_url(base) {
             let mirror = Mirror::open(base, &[signature::SIGNATURE_FILE]).map_err(|source| {
                 StoreError::Remote {
@@ -127,6 +140,7 @@ impl ModelStore {
                 quiet,
                 runtime,
                 remote: Some(Mutex::new(mirror)),
+                pin,
                 loads: AtomicU64::new(0),
                 load_failures: AtomicU64::new(0),
             };
@@ -152,6 +166,7 @@ impl ModelStore {
             quiet,
             runtime,
             remote: None,
+            pin,
             loads: AtomicU64::new(0),
             load_failures: AtomicU64::new(0),
         };
@@ -262,7 +277,12 @@ impl ModelStore {
             }
         }
         let versions = match list_versions(&self.base) {
-            Ok(v) => v,
+            Ok(mut v) => {
+                if let Some(p) = self.pin {
+                    v.retain(|(n, _)| *n == p);
+                }
+                v
+            }
             Err(e) => {
                 self.log(&format!(
                     "warning: cannot list {}: {e}",

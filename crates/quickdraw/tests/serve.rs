@@ -242,11 +242,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(base: &Path, extra: &[&str]) -> Server {
+        let mut args = vec!["--model-base-path", s(base)];
+        args.extend_from_slice(extra);
+        Self::start_with(&args)
+    }
+
+    /// A server on free ports, told `args` (which say what to serve).
+    pub fn start_with(args: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
-                "--model-base-path",
-                s(base),
                 "--rest-api-port",
                 "free",
                 "--port",
@@ -254,7 +259,7 @@ impl Server {
                 "--poll-seconds",
                 "0.2",
             ])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1156,4 +1161,78 @@ fn json_logs_have_one_object_per_request() {
                 .is_some_and(|m| m.contains("serving version 1"))),
         "{objects:?}"
     );
+}
+
+/// TF Serving's config files: --model_config_file (its model, base path and a specific version)
+/// and --monitoring_config_file (the metrics path, or no metrics).
+#[test]
+fn tf_serving_config_files_choose_the_model_version_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("sketches");
+    testing::write_demo_export(&base, 1, SIZE).unwrap();
+    testing::write_demo_export(&base, 2, SIZE).unwrap();
+    let models = tmp.path().join("models.config");
+    std::fs::write(
+        &models,
+        format!(
+            "model_config_list {{\n  config {{\n    name: 'doodles'\n    base_path: '{}'\n    model_platform: 'tensorflow'\n    model_version_policy {{ specific {{ versions: 1 }} }}\n  }}\n}}\n",
+            s(&base)
+        ),
+    )
+    .unwrap();
+    let monitoring = tmp.path().join("monitoring.config");
+    std::fs::write(
+        &monitoring,
+        "prometheus_config { enable: true, path: \"/prom\" }\n",
+    )
+    .unwrap();
+    let server = Server::start_with(&[
+        "--model_config_file",
+        s(&models),
+        "--monitoring_config_file",
+        s(&monitoring),
+    ]);
+    let (code, v) = server.get("/v1/models/doodles");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["model_version_status"][0]["version"], "1",
+        "the pinned version, not 2: {v}"
+    );
+    assert_eq!(server.get("/v1/models/quickdraw").0, 404);
+    assert_eq!(server.get("/prom").0, 200);
+    assert_eq!(server.get("/metrics").0, 404, "only the configured path");
+    drop(server);
+
+    std::fs::write(&monitoring, "prometheus_config { enable: false }\n").unwrap();
+    let server = Server::start_with(&[
+        "--model_config_file",
+        s(&models),
+        "--monitoring_config_file",
+        s(&monitoring),
+    ]);
+    assert_eq!(server.get("/monitoring/prometheus/metrics").0, 404);
+    drop(server);
+
+    // What this server cannot do is refused at start, naming the file.
+    std::fs::write(&models, "model_config_list { config { name: 'a' base_path: '/x' } config { name: 'b' base_path: '/y' } }").unwrap();
+    let err = fails(&[
+        "serve",
+        "--model_config_file",
+        s(&models),
+        "--port",
+        "0",
+        "--rest-api-port",
+        "free",
+    ]);
+    assert!(
+        err.contains("models.config") && err.contains("2 models"),
+        "{err}"
+    );
+    std::fs::write(
+        &models,
+        "model_config_list { config { name: 'a' base_pth: '/x' } }",
+    )
+    .unwrap();
+    let err = fails(&["serve", "--model_config_file", s(&models)]);
+    assert!(err.contains("base_pth"), "{err}");
 }

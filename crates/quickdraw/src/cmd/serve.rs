@@ -16,11 +16,31 @@ use super::Ctx;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Folder of integer version folders, each an export (`export/` holding `export/3/`).
-    #[arg(long, alias = "model_base_path")]
-    pub model_base_path: PathBuf,
+    #[arg(
+        long,
+        alias = "model_base_path",
+        required_unless_present = "model_config_file",
+        conflicts_with = "model_config_file"
+    )]
+    pub model_base_path: Option<PathBuf>,
     /// The model's name in URLs: /v1/models/<name>.
-    #[arg(long, alias = "model_name", default_value = "quickdraw")]
+    #[arg(
+        long,
+        alias = "model_name",
+        default_value = "quickdraw",
+        conflicts_with = "model_config_file"
+    )]
     pub model_name: String,
+    /// TF Serving's model config file (protobuf text format: `model_config_list { config {
+    /// name: .. base_path: .. model_version_policy { .. } } }`) instead of --model-base-path.
+    /// One model per server; version policies `latest` (1 version) and `specific` (1 version).
+    #[arg(long, alias = "model_config_file", value_name = "FILE")]
+    pub model_config_file: Option<PathBuf>,
+    /// TF Serving's monitoring config file (`prometheus_config { enable: true path: ".." }`):
+    /// where the Prometheus metrics are served, or `enable: false` for none. Default: on, at
+    /// /monitoring/prometheus/metrics and /metrics.
+    #[arg(long, alias = "monitoring_config_file", value_name = "FILE")]
+    pub monitoring_config_file: Option<PathBuf>,
     /// TCP port of the gRPC API (TF Serving's PredictionService and ModelService), as TF
     /// Serving's --port; 0 picks a free one (the address is printed).
     #[arg(long, default_value_t = 8500)]
@@ -166,8 +186,55 @@ fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// The model to serve: `--model-base-path`/`--model-name`, or the one model of
+/// `--model_config_file` (its base path, name and pinned version).
+fn model_of(a: &ServeArgs) -> anyhow::Result<(PathBuf, String, Option<u64>)> {
+    use quickdraw_serve::config::{VersionPolicy, read_model_config};
+    let Some(file) = &a.model_config_file else {
+        let base = a
+            .model_base_path
+            .clone()
+            .expect("clap requires one of the two");
+        return Ok((base, a.model_name.clone(), None));
+    };
+    let models = read_model_config(file)?;
+    let [m] = models.as_slice() else {
+        anyhow::bail!(
+            "{}: {} models configured; this server serves one model (run one server per model)",
+            file.display(),
+            models.len()
+        );
+    };
+    let version = match &m.policy {
+        VersionPolicy::Latest(1) => None,
+        VersionPolicy::Specific(v) if v.len() == 1 => Some(v[0]),
+        p => anyhow::bail!(
+            "{}: model {:?}: version policy {p:?} serves several versions at once; this server serves one (latest {{ num_versions: 1 }} or specific {{ versions: N }})",
+            file.display(),
+            m.name
+        ),
+    };
+    Ok((m.base_path.clone(), m.name.clone(), version))
+}
+
+/// The metrics paths `--monitoring_config_file` asks for (the default ones without it).
+fn metrics_paths_of(a: &ServeArgs) -> anyhow::Result<Vec<String>> {
+    use quickdraw_serve::api::{METRICS_PATH, METRICS_PATH_SHORT};
+    let Some(file) = &a.monitoring_config_file else {
+        return Ok(vec![METRICS_PATH.into(), METRICS_PATH_SHORT.into()]);
+    };
+    let m = quickdraw_serve::config::read_monitoring_config(file)?;
+    Ok(match (m.enable, m.path) {
+        (false, _) => Vec::new(),
+        (true, Some(p)) => vec![p],
+        (true, None) => vec![METRICS_PATH.into()],
+    })
+}
+
 pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
     init_logs(a.log_format, ctx.quiet);
+    let (base, model_name, version) = model_of(&a)?;
+    let metrics_paths = metrics_paths_of(&a)?;
     anyhow::ensure!(
         a.poll_seconds.is_finite() && a.poll_seconds > 0.0,
         "--poll-seconds must be > 0"
@@ -212,8 +279,10 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
         idle: seconds("idle-timeout-secs", a.idle_timeout_secs)?,
     };
     let cfg = ServeConfig {
-        base: a.model_base_path.clone(),
-        model_name: a.model_name,
+        base: base.clone(),
+        model_name,
+        metrics_paths,
+        version,
         host: a.host,
         rest_port: a.rest_api_port.0,
         grpc_port: a.port,
@@ -230,6 +299,5 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
             threshold: a.drift_threshold,
         },
     };
-    quickdraw_serve::serve_blocking(cfg)
-        .with_context(|| format!("serving {}", a.model_base_path.display()))
+    quickdraw_serve::serve_blocking(cfg).with_context(|| format!("serving {}", base.display()))
 }
