@@ -1,5 +1,5 @@
 //! Compiles TensorFlow Serving's gRPC interface (`proto/`, see proto/README.md) into prost
-//! messages and tonic server traits (`$OUT_DIR/tensorflow.serving.rs` and friends).
+//! messages, tonic server traits and clients (the clients drive the benchmark load, src/load.rs) (`$OUT_DIR/tensorflow.serving.rs` and friends).
 //!
 //! `protox` parses the files (no `protoc` needed on the build machine); `tonic-prost-build`
 //! generates the code. `tensorflow.Example` and its features are not generated: they are
@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let example = "::quickdraw_data::example";
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .extern_path(".tensorflow.Example", format!("{example}::Example"))
         .extern_path(".tensorflow.Features", format!("{example}::Features"))

@@ -11,6 +11,7 @@ pub mod config;
 pub mod conn;
 pub mod drift;
 pub mod grpc;
+pub mod load;
 pub mod metrics;
 pub mod onnxruntime;
 pub mod predictor;

@@ -138,3 +138,68 @@ fn tf_servings_python_client_gets_what_rest_answers() {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
 }
+
+/// `bench serve`'s load client drives both APIs of a real server: every request answered, and
+/// the server counted as many as the client reports.
+#[test]
+fn bench_serve_loads_rest_and_grpc() {
+    let tmp = tempfile::tempdir().unwrap();
+    testing::write_demo_export(tmp.path(), 1, SIZE).unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    let size = SIZE.to_string();
+    let out = crate::util::ok_stdout(&[
+        "bench",
+        "serve",
+        "--rest",
+        &server.url,
+        "--grpc",
+        &server.grpc,
+        "--connections",
+        "1,2",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--input",
+        "image",
+        "--image-size",
+        &size,
+    ]);
+    let runs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 4, "{out}");
+    let mut total = 0;
+    for r in &runs {
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["requests"].as_u64().unwrap() > 0, "{r}");
+        assert!(
+            r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
+            "{r}"
+        );
+        total += r["requests"].as_u64().unwrap();
+    }
+    assert_eq!(runs[0]["protocol"], "rest");
+    assert_eq!(runs[1]["protocol"], "grpc");
+    let metrics = ureq::get(format!("{}/metrics", server.url))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let served: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("quickdraw_requests_total{api=\"predict\"")
+                || l.starts_with("quickdraw_requests_total{api=\"grpc_predict\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    // The server answered at least what the client counted (requests in flight at the end of a
+    // run are answered but not counted by the client).
+    assert!(
+        served >= total as f64 && served <= (total + 6) as f64,
+        "server {served}, client {total}"
+    );
+}

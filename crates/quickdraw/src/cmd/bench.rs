@@ -30,6 +30,9 @@ pub enum BenchCommand {
     /// images/s and images per CPU-second (decode threads: RAYON_NUM_THREADS, default all cores).
     #[cfg(feature = "train")]
     Read(BenchReadArgs),
+    /// Load on a running server: requests/s and p50/p90/p99 latency for REST and gRPC at
+    /// several connection counts (bench/serve_load.sh starts the servers).
+    Serve(super::bench_serve::BenchServeArgs),
 }
 
 #[cfg(feature = "train")]
@@ -113,6 +116,7 @@ pub fn run(a: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
         BenchCommand::Train(t) => bench_train(t, ctx),
         #[cfg(feature = "train")]
         BenchCommand::Read(r) => bench_read(r),
+        BenchCommand::Serve(s) => super::bench_serve::run(s),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes its clap `Args` and a `run` function.
 
 pub mod bench;
+pub mod bench_serve;
 #[cfg(feature = "train")]
 pub mod compare;
 pub mod completions;
