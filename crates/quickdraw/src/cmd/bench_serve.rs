@@ -14,6 +14,7 @@ pub struct BenchServeArgs {
     /// The gRPC API's address (`serve` prints it), e.g. 127.0.0.1:8500.
     #[arg(long)]
     pub grpc: Option<String>,
+    /// The model's name on the server.
     #[arg(long, default_value = "quickdraw")]
     pub model: String,
     /// Connection counts, each a run per protocol.
@@ -29,6 +30,7 @@ pub struct BenchServeArgs {
     /// model-input image of --image-size pixels.
     #[arg(long, value_enum, default_value_t = Input::Drawing)]
     pub input: Input,
+    /// Side of the model-input image (`img_S`) with --input image.
     #[arg(long, default_value_t = 64)]
     pub image_size: usize,
     /// A label copied into every JSON line (e.g. "metrics off").
@@ -42,9 +44,16 @@ pub enum Input {
     Image,
 }
 
-/// The drawing every request sends: a two-stroke "Γ" of 6 points.
+/// The drawing every request sends: bench/wrk_predict.lua's, a real "cat" (key_id
+/// 5201136883597312) from Google's Quick, Draw! dataset (simplified), CC BY 4.0.
 fn drawing() -> serde_json::Value {
-    serde_json::json!({"drawing": [[[20, 20, 20], [20, 120, 230]], [[20, 120, 230], [20, 22, 25]]]})
+    serde_json::json!({"drawing": [
+        [[130,113,99,109,76,64,55,48,48,51,59,86,133,154,170,203,214,217,215,208,186,176,162,157,132],
+         [72,40,27,79,82,88,100,120,134,152,165,184,189,186,179,152,131,114,100,89,76,0,31,65,70]],
+        [[76,28,7],[136,128,128]], [[76,23,0],[160,164,175]], [[87,52,37],[175,191,204]],
+        [[174,220,246,251],[134,132,136,139]], [[175,255],[147,168]], [[171,208,215],[164,198,210]],
+        [[130,110,108,111,130,139,139,119],[129,134,137,144,148,144,136,130]], [[107,106],[96,113]]
+    ]})
 }
 
 pub fn run(a: BenchServeArgs) -> anyhow::Result<()> {
