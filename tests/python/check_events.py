@@ -11,7 +11,7 @@ Two readers are used, both with size_guidance 0 (keep everything):
 
 Usage:
   check_events.py LOGDIR [--expect expected.json] [--scalar TAG]... [--image TAG]...
-                  [--histogram TAG]...
+                  [--histogram TAG]... [--hparams hparams.json] [--text TAG=SUBSTRING]...
 
 `--expect` is a JSON file as written by `cargo run -p quickdraw-data --example write_events`:
   {"file_version": "brain.Event:2",
@@ -19,6 +19,11 @@ Usage:
    "images":     {"tag": [{"step": s, "width": w, "height": h}, ...]},
    "histograms": {"tag": [{"step": s, "num": n, "min": a, "max": b, "sum": x, ...}, ...]}}
 `--scalar/--image/--histogram TAG` only require the tag to be present (with at least one event).
+`--graph a,b,c` requires the run's GraphDef (TensorBoard's Graphs tab) to hold those nodes, each
+fed by the one before. `--hparams` checks the HParams plugin's summaries with the plugin's own parsers
+(tensorboard.plugins.hparams.metadata): {"hparams": {"name": value}, "metrics": ["group/tag"],
+"status": "STATUS_SUCCESS"}. `--text TAG=SUBSTRING` requires a text-plugin summary TAG whose
+string contains SUBSTRING.
 
 Prints a JSON summary on stdout; exits 1 on any mismatch, 2 on usage errors.
 """
@@ -59,6 +64,44 @@ def png_size(data):
     return struct.unpack(">II", data[16:24])
 
 
+def check_hparams(pacc, active, path, check, summary):
+    """The HParams plugin's experiment, session start and end, parsed by the plugin itself."""
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    with open(path) as f:
+        want = json.load(f)
+    if not check("hparams" in active, f"the hparams plugin is not active: {sorted(active)}"):
+        return
+    content = pacc.PluginTagToContent("hparams")
+    for tag in (metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG,
+                metadata.SESSION_END_INFO_TAG):
+        check(tag in content, f"hparams tag {tag!r} missing")
+    if metadata.EXPERIMENT_TAG in content:
+        exp = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+        names = {h.name for h in exp.hparam_infos}
+        metrics = {f"{m.name.group}/{m.name.tag}" for m in exp.metric_infos}
+        summary["hparams_metrics"] = sorted(metrics)
+        for k in want.get("hparams", {}):
+            check(k in names, f"experiment: hparam {k!r} not declared ({sorted(names)})")
+        for m in want.get("metrics", []):
+            check(m in metrics, f"experiment: metric {m!r} not declared ({sorted(metrics)})")
+    if metadata.SESSION_START_INFO_TAG in content:
+        start = metadata.parse_session_start_info_plugin_data(
+            content[metadata.SESSION_START_INFO_TAG])
+        got = {}
+        for k, v in start.hparams.items():
+            got[k] = getattr(v, v.WhichOneof("kind"))
+        summary["hparams"] = got
+        for k, v in want.get("hparams", {}).items():
+            ok = k in got and (close(got[k], v) if isinstance(v, (int, float))
+                               and not isinstance(v, bool) else got[k] == v)
+            check(ok, f"session start: hparam {k!r} = {got.get(k)!r}, want {v!r}")
+    if metadata.SESSION_END_INFO_TAG in content and "status" in want:
+        end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+        status = api_pb2.Status.Name(end.status)
+        check(status == want["status"], f"session end: status {status}, want {want['status']}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("logdir")
@@ -66,6 +109,10 @@ def main():
     ap.add_argument("--scalar", action="append", default=[], metavar="TAG")
     ap.add_argument("--image", action="append", default=[], metavar="TAG")
     ap.add_argument("--histogram", action="append", default=[], metavar="TAG")
+    ap.add_argument("--hparams", help="hparams.json: hyper-parameters, metrics, status")
+    ap.add_argument("--text", action="append", default=[], metavar="TAG=SUBSTRING")
+    ap.add_argument("--graph", help="comma-separated node names the run's GraphDef must hold, "
+                    "in order")
     args = ap.parse_args()
 
     expected = {k: {} for k in KINDS}
@@ -80,7 +127,7 @@ def main():
                        ("histograms", args.histogram)):
         for t in tags:
             expected[kind].setdefault(t, None)
-    if not any(expected.values()):
+    if not any(expected.values()) and not (args.hparams or args.text or args.graph):
         ap.error("nothing to check: give --expect or at least one --scalar/--image/--histogram")
 
     errors = []
@@ -195,6 +242,33 @@ def main():
                     arr = tensor_util.make_ndarray(e.tensor_proto)
                     ok = arr.ndim == 2 and arr.shape[1] == 3 and (arr[:, 0] <= arr[:, 1]).all()
                     check(ok, f"plugin histograms {tag!r} step {e.step}: bad buckets {arr.shape}")
+
+    if args.graph:
+        want = args.graph.split(",")
+        try:
+            graph = acc.Graph()  # TensorBoard's own GraphDef parse
+            names = [n.name for n in graph.node]
+        except ValueError as e:
+            names = []
+            check(False, f"no graph: {e}")
+        summary["graph"] = names
+        check(names == want, f"graph nodes {names}, want {want}")
+        if names:
+            shapes = {n.name: [d.size for d in n.attr["_output_shapes"].list.shape[0].dim]
+                      for n in graph.node}
+            summary["graph_shapes"] = shapes
+            check(all(n.input == [prev.name] for prev, n in zip(graph.node, graph.node[1:])),
+                  "graph: each layer's input is the layer before")
+    if args.hparams:
+        check_hparams(pacc, active, args.hparams, check, summary)
+    for spec in args.text:
+        tag, _, want = spec.partition("=")
+        from tensorboard.util import tensor_util
+        texts = pacc.PluginTagToContent("text") if "text" in active else {}
+        if check(tag in texts, f"text tag {tag!r} missing (text tags: {sorted(texts)})"):
+            values = [tensor_util.make_ndarray(e.tensor_proto).item() for e in pacc.Tensors(tag)]
+            strings = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+            check(any(want in v for v in strings), f"text {tag!r}: no value contains {want!r}")
 
     summary["checks"] = checks
     summary["errors"] = errors

@@ -38,7 +38,7 @@ pub mod proto {
         pub wall_time: f64,
         #[prost(int64, tag = "2")]
         pub step: i64,
-        #[prost(oneof = "event::What", tags = "3, 5")]
+        #[prost(oneof = "event::What", tags = "3, 4, 5")]
         pub what: Option<event::What>,
     }
 
@@ -48,6 +48,9 @@ pub mod proto {
             /// Always `"brain.Event:2"`, in the first record of a file.
             #[prost(string, tag = "3")]
             FileVersion(String),
+            /// A serialised `tensorflow.GraphDef` (TensorBoard's Graphs tab).
+            #[prost(bytes = "vec", tag = "4")]
+            GraphDef(Vec<u8>),
             #[prost(message, tag = "5")]
             Summary(super::Summary),
         }
@@ -81,8 +84,11 @@ pub mod proto {
         pub struct Value {
             #[prost(string, tag = "1")]
             pub tag: String,
-            #[prost(oneof = "value::Kind", tags = "2, 4, 5")]
+            #[prost(oneof = "value::Kind", tags = "2, 4, 5, 8")]
             pub value: Option<value::Kind>,
+            /// Which plugin reads the value (tensor summaries: text, hparams).
+            #[prost(message, optional, tag = "9")]
+            pub metadata: Option<super::SummaryMetadata>,
         }
 
         pub mod value {
@@ -95,8 +101,101 @@ pub mod proto {
                 Image(super::Image),
                 #[prost(message, tag = "5")]
                 Histo(super::super::HistogramProto),
+                #[prost(message, tag = "8")]
+                Tensor(super::super::TensorProto),
             }
         }
+    }
+
+    /// `tensorflow.SummaryMetadata` (summary.proto): the plugin a tensor summary is for.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct SummaryMetadata {
+        #[prost(message, optional, tag = "1")]
+        pub plugin_data: Option<PluginData>,
+    }
+
+    /// `tensorflow.SummaryMetadata.PluginData`.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct PluginData {
+        #[prost(string, tag = "1")]
+        pub plugin_name: String,
+        /// The plugin's own serialised message (hparams) or empty (text).
+        #[prost(bytes = "vec", tag = "2")]
+        pub content: Vec<u8>,
+    }
+
+    /// The part of `tensorflow.TensorProto` (tensor.proto) that text and hparams summaries use.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct TensorProto {
+        /// `tensorflow.DataType`: 1 DT_FLOAT, 7 DT_STRING.
+        #[prost(int32, tag = "1")]
+        pub dtype: i32,
+        #[prost(message, optional, tag = "2")]
+        pub tensor_shape: Option<TensorShapeProto>,
+        #[prost(float, repeated, packed = "true", tag = "5")]
+        pub float_val: Vec<f32>,
+        #[prost(bytes = "vec", repeated, tag = "8")]
+        pub string_val: Vec<Vec<u8>>,
+    }
+
+    /// `tensorflow.TensorShapeProto`.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct TensorShapeProto {
+        #[prost(message, repeated, tag = "2")]
+        pub dim: Vec<Dim>,
+    }
+
+    /// `tensorflow.TensorShapeProto.Dim`.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct Dim {
+        #[prost(int64, tag = "1")]
+        pub size: i64,
+    }
+
+    /// `tensorflow.GraphDef` (graph.proto): the nodes only.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct GraphDef {
+        #[prost(message, repeated, tag = "1")]
+        pub node: Vec<NodeDef>,
+    }
+
+    /// `tensorflow.NodeDef` (node_def.proto).
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct NodeDef {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub op: String,
+        #[prost(string, repeated, tag = "3")]
+        pub input: Vec<String>,
+        #[prost(btree_map = "string, message", tag = "5")]
+        pub attr: std::collections::BTreeMap<String, AttrValue>,
+    }
+
+    /// `tensorflow.AttrValue` (attr_value.proto): a string, an integer or a list of shapes.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct AttrValue {
+        #[prost(oneof = "attr_value::Value", tags = "1, 2, 3")]
+        pub value: Option<attr_value::Value>,
+    }
+
+    pub mod attr_value {
+        #[derive(Clone, PartialEq, ::prost::Oneof)]
+        pub enum Value {
+            #[prost(message, tag = "1")]
+            List(super::AttrList),
+            #[prost(bytes = "vec", tag = "2")]
+            S(Vec<u8>),
+            #[prost(int64, tag = "3")]
+            I(i64),
+        }
+    }
+
+    /// `tensorflow.AttrValue.ListValue`: shapes only.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct AttrList {
+        #[prost(message, repeated, tag = "7")]
+        pub shape: Vec<TensorShapeProto>,
     }
 
     /// `tensorflow.HistogramProto` (histogram.proto). Bucket `i` counts values in
@@ -123,7 +222,38 @@ pub mod proto {
 pub use proto::event::What;
 pub use proto::summary::value::Kind;
 pub use proto::summary::{Image, Value};
-pub use proto::{Event, HistogramProto, Summary};
+pub use proto::{
+    AttrList, AttrValue, Dim, Event, GraphDef, HistogramProto, NodeDef, PluginData, Summary,
+    SummaryMetadata, TensorProto, TensorShapeProto,
+};
+
+/// A node of [`EventWriter::add_graph`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphNode {
+    pub name: String,
+    pub op: String,
+    pub inputs: Vec<String>,
+    pub shape: Vec<i64>,
+    pub attrs: Vec<(String, i64)>,
+}
+
+/// `tensorflow.DataType` values used here.
+pub const DT_FLOAT: i32 = 1;
+pub const DT_STRING: i32 = 7;
+
+/// A tensor summary value for `plugin` (its `content` is the plugin's own message).
+pub fn plugin_value(tag: &str, plugin: &str, content: Vec<u8>, tensor: TensorProto) -> Value {
+    Value {
+        tag: tag.to_string(),
+        value: Some(Kind::Tensor(tensor)),
+        metadata: Some(SummaryMetadata {
+            plugin_data: Some(PluginData {
+                plugin_name: plugin.to_string(),
+                content,
+            }),
+        }),
+    }
+}
 
 /// Errors of the event writer and reader; each names the file involved.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +370,7 @@ impl EventWriter {
             Value {
                 tag: tag.to_string(),
                 value: Some(Kind::SimpleValue(value)),
+                metadata: None,
             },
         )
     }
@@ -251,6 +382,7 @@ impl EventWriter {
             .map(|&(tag, v)| Value {
                 tag: tag.to_string(),
                 value: Some(Kind::SimpleValue(v)),
+                metadata: None,
             })
             .collect();
         self.add_values(step, values)
@@ -281,6 +413,7 @@ impl EventWriter {
             Value {
                 tag: tag.to_string(),
                 value: Some(Kind::Image(image)),
+                metadata: None,
             },
         )
     }
@@ -318,8 +451,62 @@ impl EventWriter {
             Value {
                 tag: tag.to_string(),
                 value: Some(Kind::Histo(histo)),
+                metadata: None,
             },
         )
+    }
+
+    /// A graph for TensorBoard's Graphs tab: one node per `(name, op, inputs, output shape,
+    /// integer attributes)`; `-1` in a shape is the batch dimension.
+    pub fn add_graph(&mut self, nodes: &[GraphNode]) -> Result<(), EventsError> {
+        let node = nodes
+            .iter()
+            .map(|n| {
+                let mut attr = std::collections::BTreeMap::new();
+                let shape = TensorShapeProto {
+                    dim: n.shape.iter().map(|&size| Dim { size }).collect(),
+                };
+                attr.insert(
+                    "_output_shapes".to_string(),
+                    AttrValue {
+                        value: Some(proto::attr_value::Value::List(AttrList {
+                            shape: vec![shape],
+                        })),
+                    },
+                );
+                for (k, v) in &n.attrs {
+                    attr.insert(
+                        k.clone(),
+                        AttrValue {
+                            value: Some(proto::attr_value::Value::I(*v)),
+                        },
+                    );
+                }
+                NodeDef {
+                    name: n.name.clone(),
+                    op: n.op.clone(),
+                    input: n.inputs.clone(),
+                    attr,
+                }
+            })
+            .collect();
+        let bytes = GraphDef { node }.encode_to_vec();
+        self.write_event(&Event {
+            wall_time: wall_time_now(),
+            step: 0,
+            what: Some(What::GraphDef(bytes)),
+        })
+    }
+
+    /// A text summary (TensorBoard's Text tab renders it as Markdown).
+    pub fn add_text(&mut self, tag: &str, markdown: &str, step: i64) -> Result<(), EventsError> {
+        let tensor = TensorProto {
+            dtype: DT_STRING,
+            tensor_shape: Some(TensorShapeProto::default()),
+            float_val: Vec::new(),
+            string_val: vec![markdown.as_bytes().to_vec()],
+        };
+        self.add_value(step, plugin_value(tag, "text", Vec::new(), tensor))
     }
 
     /// Flushes buffered bytes to the operating system (every `add_*` already does).
@@ -589,6 +776,7 @@ mod tests {
                 value: vec![Value {
                     tag: "loss/train".into(),
                     value: Some(Kind::SimpleValue(0.5)),
+                    metadata: None,
                 }],
             })),
         };

@@ -120,19 +120,24 @@ pub fn captioned_grid(cells: &[(&str, &[u8], u32)], cols: usize) -> Vec<u8> {
     encode_grey(&img, w as u32, h as u32)
 }
 
-fn draw_text(img: &mut [u8], w: usize, x0: usize, y0: usize, text: &str, max_chars: usize) {
-    use font8x8::UnicodeFonts;
+fn draw_text_ink(
+    img: &mut [u8],
+    w: usize,
+    x0: usize,
+    y0: usize,
+    text: &str,
+    max_chars: usize,
+    ink: u8,
+) {
     for (i, ch) in text.chars().take(max_chars).enumerate() {
-        let glyph = font8x8::BASIC_FONTS
-            .get(ch)
-            .or_else(|| font8x8::BASIC_FONTS.get('?'))
-            .unwrap_or([0; 8]);
-        for (gy, row) in glyph.iter().enumerate() {
+        for (gy, row) in glyph(ch).iter().enumerate() {
             for gx in 0..8 {
                 if row & (1 << gx) != 0 {
                     let (x, y) = (x0 + i * 8 + gx, y0 + gy);
-                    if let Some(p) = img.get_mut(y * w + x) {
-                        *p = 0;
+                    if x < w
+                        && let Some(p) = img.get_mut(y * w + x)
+                    {
+                        *p = ink;
                     }
                 }
             }
@@ -184,5 +189,96 @@ mod tests {
         let info = r.next_frame(&mut buf).unwrap();
         buf.truncate(info.buffer_size());
         buf
+    }
+}
+
+/// A labelled matrix chart as a grey PNG: `title` on top, row names on the left, column names
+/// written vertically above, each cell shaded by `shade` (0 white ..= 1 black) and labelled
+/// with `text` when it is not empty, then `notes` as lines of text below. Used for confusion
+/// matrices (`evaluate --png`, TensorBoard's images tab).
+pub fn matrix_chart(
+    title: &str,
+    names: &[String],
+    shade: &dyn Fn(usize, usize) -> f64,
+    text: &dyn Fn(usize, usize) -> String,
+    notes: &[String],
+) -> (Vec<u8>, u32, u32) {
+    const CELL: usize = 28;
+    const NAME: usize = 14; // characters of a class name
+    const PAD: usize = 6;
+    let n = names.len();
+    let label_w = NAME * 8 + PAD;
+    let top = PAD + 12 + NAME * 8 + PAD;
+    let note_w = notes.iter().map(|l| l.chars().count()).max().unwrap_or(0) * 8;
+    let title_w = title.chars().count() * 8;
+    let w = (label_w + n * CELL + PAD)
+        .max(note_w + 2 * PAD)
+        .max(title_w + 2 * PAD);
+    let h = top + n * CELL + PAD + notes.len() * 12 + PAD;
+    let mut img = vec![255u8; w * h];
+    draw_text(&mut img, w, PAD, PAD, title, w / 8);
+    for (i, name) in names.iter().enumerate() {
+        let name: String = name.chars().take(NAME).collect();
+        // Row label, right-aligned against the matrix.
+        let x = label_w - PAD - name.chars().count() * 8;
+        draw_text(&mut img, w, x, top + i * CELL + (CELL - 8) / 2, &name, NAME);
+        // Column label, bottom-up, ending just above the matrix.
+        let x = label_w + i * CELL + (CELL - 8) / 2;
+        draw_text_up(&mut img, w, x, top - PAD, &name);
+    }
+    for r in 0..n {
+        for c in 0..n {
+            let g = (255.0 * (1.0 - shade(r, c).clamp(0.0, 1.0))).round() as u8;
+            let (x0, y0) = (label_w + c * CELL, top + r * CELL);
+            for y in y0..y0 + CELL - 1 {
+                img[y * w + x0..y * w + x0 + CELL - 1].fill(g);
+            }
+            let t = text(r, c);
+            if !t.is_empty() {
+                let tw = t.chars().count().min(3) * 8;
+                let (tx, ty) = (x0 + (CELL - 1 - tw) / 2, y0 + (CELL - 9) / 2);
+                // Dark text on light cells, light on dark ones.
+                let ink = if g > 110 { 0 } else { 255 };
+                draw_text_ink(&mut img, w, tx, ty, &t, 3, ink);
+            }
+        }
+    }
+    let y0 = top + n * CELL + PAD;
+    for (i, line) in notes.iter().enumerate() {
+        draw_text(&mut img, w, PAD, y0 + i * 12, line, w / 8);
+    }
+    (img, w as u32, h as u32)
+}
+
+fn draw_text(img: &mut [u8], w: usize, x0: usize, y0: usize, text: &str, max_chars: usize) {
+    draw_text_ink(img, w, x0, y0, text, max_chars, 0)
+}
+
+/// One 8x8 glyph of the bitmap font (`?` for characters it lacks).
+fn glyph(ch: char) -> [u8; 8] {
+    use font8x8::UnicodeFonts;
+    font8x8::BASIC_FONTS
+        .get(ch)
+        .or_else(|| font8x8::BASIC_FONTS.get('?'))
+        .unwrap_or([0; 8])
+}
+
+/// Text rotated a quarter turn counter-clockwise, read bottom-up, its baseline end at
+/// `(x0, y_bottom)`.
+fn draw_text_up(img: &mut [u8], w: usize, x0: usize, y_bottom: usize, text: &str) {
+    for (i, ch) in text.chars().enumerate() {
+        let g = glyph(ch);
+        for (gy, row) in g.iter().enumerate() {
+            for gx in 0..8 {
+                if row & (1 << gx) != 0 {
+                    let Some(y) = y_bottom.checked_sub(i * 8 + gx + 1) else {
+                        continue;
+                    };
+                    if let Some(p) = img.get_mut(y * w + x0 + gy) {
+                        *p = 0;
+                    }
+                }
+            }
+        }
     }
 }

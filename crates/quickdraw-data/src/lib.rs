@@ -11,6 +11,7 @@ pub mod drawing;
 pub mod events;
 pub mod example;
 pub mod features;
+pub mod hparams;
 pub mod image;
 pub mod ingest;
 pub mod lock;

@@ -17,7 +17,7 @@ use crate::metrics::{MetricsAccumulator, MetricsReport, predicted_class};
 use crate::model::{Model, ModelInput, ModelKind, log_probs};
 use crate::modeldir::{self, CheckpointSel, EVALUATION_FILE};
 use crate::pipeline::{
-    DEFAULT_PREFETCH, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions,
+    Batch, DEFAULT_PREFETCH, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions,
     StreamPosition,
 };
 
@@ -65,70 +65,78 @@ pub fn evaluate_model(
     opts: &EvalOptions,
     keep_predictions: bool,
 ) -> Result<(MetricsReport, Vec<Prediction>)> {
-    let (acc, preds) = evaluate_counts(
-        model,
-        kind,
-        device,
-        src,
-        classes.len(),
-        opts,
-        keep_predictions,
-    )?;
+    let c = classes.len();
+    let mut preds = Vec::new();
+    let mut keep = |batch: &Batch, lp: &[f32], first: u64| {
+        if !keep_predictions {
+            return;
+        }
+        let rows = lp.chunks_exact(c).zip(&batch.labels).zip(&batch.key_ids);
+        for (i, ((row, &label), &key_id)) in rows.enumerate() {
+            let predicted = predicted_class(row);
+            preds.push(Prediction {
+                index: first + i as u64,
+                key_id,
+                label: label as usize,
+                predicted,
+                probability: predicted.map_or(0.0, |p| row[p].exp()),
+                true_probability: row[label as usize].exp(),
+            });
+        }
+    };
+    let acc = evaluate_batches(model, kind, device, src, c, opts, &mut keep)?;
     Ok((acc.report(classes), preds))
 }
 
-/// [`evaluate_model`]'s counts, before they are turned into a report.
-fn evaluate_counts(
+/// The evaluation loop: the counts of every batch, and `on_batch(batch, log_probs, index of
+/// the batch's first example)` for whoever wants the examples too.
+pub fn evaluate_batches(
     model: &Model,
     kind: ModelKind,
     device: &Device,
     src: &DataSource,
     c: usize,
     opts: &EvalOptions,
-    keep_predictions: bool,
-) -> Result<(MetricsAccumulator, Vec<Prediction>)> {
+    on_batch: &mut dyn FnMut(&Batch, &[f32], u64),
+) -> Result<MetricsAccumulator> {
+    let mut acc = MetricsAccumulator::new(c);
     if src.files.is_empty() {
-        return Ok((MetricsAccumulator::new(c), Vec::new()));
+        return Ok(acc);
     }
-    let mut pipeline = Pipeline::spawn(
+    let mut pipeline = eval_pipeline(src, c, kind.uses_strokes(), opts)?;
+    let mut index = 0u64;
+    while let Some(batch) = pipeline.next_batch()? {
+        let lp = log_probs(model, ModelInput::from_batch(&batch, kind, device)?);
+        acc.add_batch(&lp, &batch.labels);
+        on_batch(&batch, &lp, index);
+        index += batch.size as u64;
+    }
+    Ok(acc)
+}
+
+/// The eval stream of `src`: every example once, in file order.
+pub fn eval_pipeline(
+    src: &DataSource,
+    n_classes: usize,
+    strokes: bool,
+    opts: &EvalOptions,
+) -> Result<Pipeline> {
+    Pipeline::spawn(
         src,
         PipelineOptions {
             order: OrderOptions::eval(),
             decode: DecodeOptions {
                 spec: *src.spec(),
-                n_classes: c,
-                strokes: kind.uses_strokes(),
+                n_classes,
+                strokes,
             },
             batch_size: opts.batch_size.max(1),
             start: StreamPosition::default(),
             prefetch: opts.prefetch,
             max_batches: opts.max_batches,
+            augment: None,
         },
-    )?;
-    let mut acc = MetricsAccumulator::new(c);
-    let mut preds = Vec::new();
-    let mut index = 0u64;
-    while let Some(batch) = pipeline.next_batch()? {
-        let lp = log_probs(model, ModelInput::from_batch(&batch, kind, device)?);
-        acc.add_batch(&lp, &batch.labels);
-        if keep_predictions {
-            for ((row, &label), &key_id) in
-                lp.chunks_exact(c).zip(&batch.labels).zip(&batch.key_ids)
-            {
-                let predicted = predicted_class(row);
-                preds.push(Prediction {
-                    index,
-                    key_id,
-                    label: label as usize,
-                    predicted,
-                    probability: predicted.map_or(0.0, |p| row[p].exp()),
-                    true_probability: row[label as usize].exp(),
-                });
-                index += 1;
-            }
-        }
-    }
-    Ok((acc, preds))
+    )
 }
 
 /// What `quickdraw evaluate` reports (and writes to `evaluation.json`): the metrics at the top
@@ -224,7 +232,18 @@ pub(crate) fn evaluate_loaded(
         &opts,
         keep_predictions,
     )?;
-    let seconds = t.elapsed().as_secs_f64();
+    let ev = evaluation_of(tm, req, metrics, t.elapsed().as_secs_f64())?;
+    Ok((ev, preds))
+}
+
+/// The report of an evaluation that took `seconds`; written to `evaluation.json` when the
+/// request says so.
+pub(crate) fn evaluation_of(
+    tm: &TrainedModel,
+    req: &EvaluateRequest,
+    metrics: MetricsReport,
+    seconds: f64,
+) -> Result<Evaluation> {
     let ev = Evaluation {
         model_dir: req.model_dir.display().to_string(),
         model: tm.kind(),
@@ -239,7 +258,7 @@ pub(crate) fn evaluate_loaded(
         let text = serde_json::to_string_pretty(&ev).expect("evaluation serialises") + "\n";
         modeldir::write_atomic(&req.model_dir.join(EVALUATION_FILE), text.as_bytes())?;
     }
-    Ok((ev, preds))
+    Ok(ev)
 }
 
 /// Where `evaluate --worker I/N` writes its part, inside the model dir.
@@ -288,7 +307,15 @@ pub fn evaluate_part(req: &EvaluateRequest, worker: WorkerSlot) -> Result<EvalPa
     };
     let t = Instant::now();
     let c = tm.config.classes.len();
-    let (counts, _) = evaluate_counts(tm.model(), tm.kind(), tm.device(), &sub, c, &opts, false)?;
+    let counts = evaluate_batches(
+        tm.model(),
+        tm.kind(),
+        tm.device(),
+        &sub,
+        c,
+        &opts,
+        &mut |_, _, _| {},
+    )?;
     let name = |p: &Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -5,10 +5,12 @@
 //!
 //! The model directory layout is documented in [`modeldir`].
 
+pub mod augment;
 #[cfg(all(test, feature = "cubecl"))]
 mod cubecl_parity;
 pub mod device;
 pub mod error;
+pub mod errors;
 pub mod eval;
 pub mod export;
 pub mod fused_adam;
@@ -20,12 +22,14 @@ pub mod model;
 pub mod modeldir;
 pub mod pipeline;
 mod remote;
+pub mod schedule;
 /// Tiny datasets for tests; not in release builds.
 #[cfg(any(test, feature = "testing"))]
 pub mod testdata;
 pub mod train;
 pub mod trainer;
 
+pub use augment::Augment;
 pub use burn;
 pub use device::DeviceChoice;
 pub use error::TrainError;
@@ -36,4 +40,5 @@ pub use eval::{
 pub use infer::TrainedModel;
 pub use model::{ModelConfig, ModelKind};
 pub use modeldir::{CheckpointSel, OptimizerKind, TrainConfig};
+pub use schedule::{EarlyStopping, LrSchedule, Monitored, ScheduleKind};
 pub use train::{TrainObserver, TrainRequest, TrainSummary, install_interrupt_handler, train};

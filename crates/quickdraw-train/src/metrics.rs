@@ -335,26 +335,97 @@ fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-/// Renders a confusion matrix as a grey image (row-normalised; white = all of the row),
-/// `cell` pixels per class.
-pub fn confusion_image(confusion: &[Vec<u64>], cell: usize) -> (Vec<u8>, u32) {
-    let c = confusion.len();
-    let side = c * cell;
-    let mut px = vec![0u8; side * side];
-    for (t, row) in confusion.iter().enumerate() {
-        let total: u64 = row.iter().sum();
-        for (p, &v) in row.iter().enumerate() {
-            let g = if total > 0 {
-                (255.0 * v as f64 / total as f64).round() as u8
-            } else {
-                0
-            };
-            for y in t * cell..(t + 1) * cell {
-                px[y * side + p * cell..y * side + (p + 1) * cell].fill(g);
-            }
-        }
+/// Classes a confusion chart shows at most; beyond, the most confused ones.
+pub const CHART_MAX_CLASSES: usize = 30;
+
+/// The `k` largest off-diagonal cells `(true, predicted, count)`, largest first.
+pub fn most_confused_pairs(confusion: &[Vec<u64>], k: usize) -> Vec<(usize, usize, u64)> {
+    let mut pairs: Vec<(usize, usize, u64)> = confusion
+        .iter()
+        .enumerate()
+        .flat_map(|(t, row)| {
+            row.iter()
+                .enumerate()
+                .filter(move |&(p, &v)| p != t && v > 0)
+                .map(move |(p, &v)| (t, p, v))
+        })
+        .collect();
+    pairs.sort_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+    pairs.truncate(k);
+    pairs
+}
+
+/// The classes a chart shows: all up to `max`, else the `max` with the most errors (examples
+/// of the class predicted as another, plus others predicted as it), in label order.
+pub fn chart_classes(confusion: &[Vec<u64>], max: usize) -> Vec<usize> {
+    let n = confusion.len();
+    if n <= max {
+        return (0..n).collect();
     }
-    (px, side as u32)
+    let errors = |c: usize| -> u64 {
+        let row: u64 = confusion[c].iter().sum::<u64>() - confusion[c][c];
+        let col: u64 = (0..n).map(|t| confusion[t][c]).sum::<u64>() - confusion[c][c];
+        row + col
+    };
+    let mut by_errors: Vec<usize> = (0..n).collect();
+    by_errors.sort_by(|&a, &b| errors(b).cmp(&errors(a)).then(a.cmp(&b)));
+    let mut keep: Vec<usize> = by_errors.into_iter().take(max).collect();
+    keep.sort();
+    keep
+}
+
+/// The confusion matrix as a labelled chart (grey pixels, width, height): rows are true
+/// classes, columns predictions, shaded by the share of the row and labelled with the count
+/// (or, above 30 classes, the 30 most confused classes); below, the most confused pairs.
+pub fn confusion_chart(
+    title: &str,
+    classes: &[String],
+    confusion: &[Vec<u64>],
+) -> (Vec<u8>, u32, u32) {
+    let shown = chart_classes(confusion, CHART_MAX_CLASSES);
+    let names: Vec<String> = shown
+        .iter()
+        .map(|&i| classes.get(i).cloned().unwrap_or_else(|| i.to_string()))
+        .collect();
+    let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| i.to_string());
+    let cell = |r: usize, c: usize| confusion[shown[r]][shown[c]];
+    let row_total = |r: usize| confusion[shown[r]].iter().sum::<u64>();
+    let shade = |r: usize, c: usize| match row_total(r) {
+        0 => 0.0,
+        t => cell(r, c) as f64 / t as f64,
+    };
+    let text = |r: usize, c: usize| match cell(r, c) {
+        0 => String::new(),
+        v if v < 1000 => v.to_string(),
+        v if v < 10_000 => format!("{}k", v / 1000),
+        _ => "++".into(),
+    };
+    let mut notes = vec![format!(
+        "rows: true class, columns: predicted; shade = share of the row{}",
+        if shown.len() < classes.len() {
+            format!(
+                "; the {} most confused of {} classes",
+                shown.len(),
+                classes.len()
+            )
+        } else {
+            String::new()
+        }
+    )];
+    let pairs = most_confused_pairs(confusion, 10);
+    if !pairs.is_empty() {
+        notes.push("most confused (true -> predicted: count, share of the true class):".into());
+    }
+    for (t, p, v) in pairs {
+        let total = confusion[t].iter().sum::<u64>().max(1);
+        notes.push(format!(
+            "  {} -> {}: {v} ({:.1}%)",
+            name(t),
+            name(p),
+            100.0 * v as f64 / total as f64
+        ));
+    }
+    quickdraw_data::image::matrix_chart(title, &names, &shade, &text, &notes)
 }
 
 #[cfg(test)]
@@ -464,11 +535,16 @@ mod tests {
     }
 
     #[test]
-    fn confusion_image_rows_are_normalised() {
-        let (px, side) = confusion_image(&[vec![1, 1], vec![0, 2]], 2);
-        assert_eq!(side, 4);
-        assert_eq!(px[0], 128);
-        assert_eq!(px[2 * 4 + 3], 255);
-        assert_eq!(px[2 * 4], 0);
+    fn most_confused_pairs_and_chart_classes() {
+        let m = vec![vec![5, 3, 0], vec![1, 4, 0], vec![0, 2, 9]];
+        assert_eq!(most_confused_pairs(&m, 2), vec![(0, 1, 3), (2, 1, 2)]);
+        assert_eq!(chart_classes(&m, 3), vec![0, 1, 2]);
+        // Errors: class 0: 3 + 1, class 1: 1 + 5, class 2: 2 + 0.
+        assert_eq!(chart_classes(&m, 2), vec![0, 1]);
+        let names: Vec<String> = ["cat", "dog", "owl"].map(String::from).to_vec();
+        let (px, w, h) = confusion_chart("t", &names, &m);
+        assert_eq!(px.len(), (w * h) as usize);
+        // The darkest cell is the one with the largest share of its row (owl -> owl, 9/11).
+        assert!(px.iter().any(|&p| p < 60));
     }
 }

@@ -12,6 +12,8 @@ use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, relu};
 use serde::{Deserialize, Serialize};
 
+use quickdraw_data::events::GraphNode;
+
 use crate::error::{Result, TrainError};
 use crate::pipeline::Batch;
 
@@ -228,6 +230,108 @@ impl ModelConfig {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The model's layers as a graph for TensorBoard's Graphs tab: one node per layer with
+    /// its output shape (`-1`: the batch) and sizes, in the order `forward` runs them.
+    pub fn layer_graph(&self) -> Vec<GraphNode> {
+        let mut nodes: Vec<GraphNode> = Vec::new();
+        let mut add = |name: &str, op: &str, shape: Vec<i64>, attrs: &[(&str, usize)]| {
+            let inputs = nodes
+                .last()
+                .map(|n| vec![n.name.clone()])
+                .unwrap_or_default();
+            nodes.push(GraphNode {
+                name: name.to_string(),
+                op: op.to_string(),
+                inputs,
+                shape,
+                attrs: attrs
+                    .iter()
+                    .map(|&(k, v)| (k.to_string(), v as i64))
+                    .collect(),
+            });
+        };
+        let (s, c) = (self.image_size as i64, self.n_classes as i64);
+        let dropout = |add: &mut dyn FnMut(&str, &str, Vec<i64>, &[(&str, usize)]), w: i64| {
+            if self.dropout.is_some_and(|p| p > 0.0) {
+                add("dropout", "Dropout", vec![-1, w], &[]);
+            }
+        };
+        match self.kind {
+            ModelKind::Baseline => {
+                add("log_prior", "Const", vec![1, c], &[("classes", c as usize)])
+            }
+            ModelKind::Rnn => {
+                let u = self.rnn_units.unwrap_or(DEFAULT_RNN_UNITS);
+                add("strokes", "Placeholder", vec![-1, -1, 3], &[]);
+                add(
+                    "bidirectional_lstm",
+                    "BiLSTM",
+                    vec![-1, 2 * u as i64],
+                    &[("units", u)],
+                );
+            }
+            ModelKind::Linear | ModelKind::Dnn | ModelKind::Cnn => {
+                add("images", "Placeholder", vec![-1, 1, s, s], &[]);
+                let mut width = s * s;
+                if self.kind == ModelKind::Cnn {
+                    let (mut side, mut ch) = (s, 1i64);
+                    for (i, l) in self.conv.as_deref().unwrap_or_default().iter().enumerate() {
+                        ch = l.filters as i64;
+                        let k = &[("kernel", l.kernel), ("filters", l.filters)];
+                        add(
+                            &format!("conv{}", i + 1),
+                            "Conv2D",
+                            vec![-1, ch, side, side],
+                            k,
+                        );
+                        side /= l.pool as i64;
+                        let p = &[("pool", l.pool)];
+                        add(
+                            &format!("pool{}", i + 1),
+                            "MaxPool",
+                            vec![-1, ch, side, side],
+                            p,
+                        );
+                        add(
+                            &format!("relu{}", i + 1),
+                            "Relu",
+                            vec![-1, ch, side, side],
+                            &[],
+                        );
+                    }
+                    width = ch * side * side;
+                }
+                add("flatten", "Flatten", vec![-1, width], &[]);
+                let hidden: Vec<usize> = match self.kind {
+                    ModelKind::Dnn => self.hidden.clone().unwrap_or_default(),
+                    ModelKind::Cnn => vec![self.dense.unwrap_or(LECTURE_DENSE)],
+                    _ => Vec::new(),
+                };
+                for (i, &h) in hidden.iter().enumerate() {
+                    width = h as i64;
+                    add(
+                        &format!("dense{}", i + 1),
+                        "MatMul",
+                        vec![-1, width],
+                        &[("units", h)],
+                    );
+                    add(
+                        &format!("dense{}_relu", i + 1),
+                        "Relu",
+                        vec![-1, width],
+                        &[],
+                    );
+                }
+                dropout(&mut add, width);
+            }
+        }
+        if self.kind != ModelKind::Baseline {
+            add("logits", "MatMul", vec![-1, c], &[("units", c as usize)]);
+        }
+        add("softmax", "Softmax", vec![-1, c], &[]);
+        nodes
     }
 
     /// Side of the feature map after the CNN's pools.
@@ -608,6 +712,38 @@ pub fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn layer_graph_of_the_lecture_cnn() {
+        let g = ModelConfig::new(ModelKind::Cnn, 10, 64).layer_graph();
+        let names: Vec<&str> = g.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "images",
+                "conv1",
+                "pool1",
+                "relu1",
+                "conv2",
+                "pool2",
+                "relu2",
+                "flatten",
+                "dense1",
+                "dense1_relu",
+                "dropout",
+                "logits",
+                "softmax"
+            ]
+        );
+        let shape = |name: &str| g.iter().find(|n| n.name == name).unwrap().shape.clone();
+        // 64 -> pool 4 -> 16 -> pool 4 -> 4: 64 filters x 4 x 4 = 1024 features.
+        assert_eq!(shape("pool1"), vec![-1, 32, 16, 16]);
+        assert_eq!(shape("flatten"), vec![-1, 1024]);
+        assert_eq!(shape("logits"), vec![-1, 10]);
+        assert_eq!(g[1].inputs, vec!["images".to_string()]);
+        let b = ModelConfig::new(ModelKind::Baseline, 3, 16).layer_graph();
+        assert_eq!(b.len(), 2);
+    }
+
     use super::*;
 
     #[test]

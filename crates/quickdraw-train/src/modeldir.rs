@@ -28,14 +28,16 @@ use std::str::FromStr;
 use burn::module::Module;
 use burn::optim::{
     AdaGradConfig, AdamConfig, AdamWConfig, ModuleOptimizer, RmsPropConfig, SgdConfig,
-    momentum::MomentumConfig,
+    decay::WeightDecayConfig, momentum::MomentumConfig,
 };
 use quickdraw_data::features::FeatureSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::augment::Augment;
 use crate::error::{Result, TrainError};
 use crate::model::{Model, ModelConfig};
 use crate::pipeline::StreamPosition;
+use crate::schedule::{EarlyStopping, LrSchedule, MonitorState};
 
 pub const CONFIG_FILE: &str = "config.json";
 /// The class names, copied from the dataset (the one definition is the dataset manifest's).
@@ -94,22 +96,37 @@ impl OptimizerKind {
         }
     }
 
-    /// A fresh optimizer (no state).
+    /// A fresh optimizer (no state) with burn's defaults (AdamW: decoupled decay 1e-4).
     pub fn init(self) -> ModuleOptimizer {
+        self.init_with(None)
+    }
+
+    /// A fresh optimizer; `weight_decay` is AdamW's decoupled decay (default 1e-4, burn's),
+    /// and an L2 penalty added to the gradient for the others (default none), as
+    /// `--weight-decay` documents.
+    pub fn init_with(self, weight_decay: Option<f64>) -> ModuleOptimizer {
+        let l2 = weight_decay.map(|w| WeightDecayConfig::new(w as f32));
         match self {
             // One fused pass per parameter on the CPU, burn's Adam elsewhere (same results,
-            // same checkpoint records: see `fused_adam`).
-            OptimizerKind::Adam => crate::fused_adam::FusedAdam::new(&AdamConfig::new())
-                .map_or_else(|| AdamConfig::new().init(), ModuleOptimizer::from),
-            OptimizerKind::AdamW => AdamWConfig::new().init(),
-            OptimizerKind::Sgd => SgdConfig::new().init(),
+            // same checkpoint records: see `fused_adam`, which declines weight decay).
+            OptimizerKind::Adam => {
+                let c = AdamConfig::new().with_weight_decay(l2);
+                crate::fused_adam::FusedAdam::new(&c)
+                    .map_or_else(|| c.init(), ModuleOptimizer::from)
+            }
+            OptimizerKind::AdamW => match weight_decay {
+                Some(w) => AdamWConfig::new().with_weight_decay(w as f32).init(),
+                None => AdamWConfig::new().init(),
+            },
+            OptimizerKind::Sgd => SgdConfig::new().with_weight_decay(l2).init(),
             OptimizerKind::Momentum => SgdConfig::new()
+                .with_weight_decay(l2)
                 .with_momentum(Some(
                     MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
                 ))
                 .init(),
-            OptimizerKind::RmsProp => RmsPropConfig::new().init(),
-            OptimizerKind::AdaGrad => AdaGradConfig::new().init(),
+            OptimizerKind::RmsProp => RmsPropConfig::new().with_weight_decay(l2).init(),
+            OptimizerKind::AdaGrad => AdaGradConfig::new().with_weight_decay(l2).init(),
         }
     }
 }
@@ -159,6 +176,39 @@ pub struct TrainConfig {
     pub data: DataInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_started_from: Option<String>,
+    /// `--lr-schedule` and its parameters (absent: constant rate, no warm-up).
+    #[serde(default, skip_serializing_if = "LrSchedule::is_default")]
+    pub lr_schedule: LrSchedule,
+    /// `--weight-decay` (absent: the optimizer's default; see [`OptimizerKind::init_with`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// `--label-smoothing` of the training loss (evaluation reports the plain loss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_smoothing: Option<f64>,
+    /// `--class-weight`: the per-class weights of the training loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<ClassWeights>,
+    /// `--early-stopping-patience` and `--early-stopping-metric`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+    /// `--augment` of the training images.
+    #[serde(default, skip_serializing_if = "Augment::is_none")]
+    pub augment: Augment,
+}
+
+/// Per-class loss weights and where they came from (`balanced` or a file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassWeights {
+    pub source: String,
+    /// One weight per class, in label order.
+    pub weights: Vec<f32>,
+}
+
+impl TrainConfig {
+    /// The run's optimizer, fresh.
+    pub fn init_optimizer(&self) -> ModuleOptimizer {
+        self.optimizer.init_with(self.weight_decay)
+    }
 }
 
 impl TrainConfig {
@@ -197,6 +247,28 @@ impl TrainConfig {
         );
         cmp("classes", self.classes.join(","), other.classes.join(","));
         cmp("features", j(&self.features), j(&other.features));
+        cmp("lr_schedule", j(&self.lr_schedule), j(&other.lr_schedule));
+        cmp(
+            "weight_decay",
+            j(&self.weight_decay),
+            j(&other.weight_decay),
+        );
+        cmp(
+            "label_smoothing",
+            j(&self.label_smoothing),
+            j(&other.label_smoothing),
+        );
+        cmp(
+            "class_weights",
+            j(&self.class_weights),
+            j(&other.class_weights),
+        );
+        cmp(
+            "early_stopping",
+            j(&self.early_stopping),
+            j(&other.early_stopping),
+        );
+        cmp("augment", j(&self.augment), j(&other.augment));
         d
     }
 
@@ -251,6 +323,13 @@ pub struct CheckpointState {
     /// (evaluate, resume, export). Empty for checkpoints written before checksums existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sha256: BTreeMap<String, String>,
+    /// Early stopping's and the plateau schedule's view of the evaluations so far (absent when
+    /// the run uses neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<MonitorState>,
+    /// Set on the checkpoint early stopping writes: the step whose weights it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from_step: Option<u64>,
 }
 
 /// A checkpoint on disk.
@@ -491,10 +570,15 @@ pub fn apply_retention(model_dir: &Path, keep: usize) -> Result<Vec<u64>> {
     let cks = list_checkpoints(model_dir)?;
     let keep = keep.max(1);
     let best = best_of(&cks).map(|c| c.state.step);
+    // Early stopping restores the best checkpoint by its own metric: keep that one too.
+    let monitored = cks
+        .last()
+        .and_then(|c| c.state.monitor)
+        .and_then(|m| m.best_step);
     let cut = cks.len().saturating_sub(keep);
     let mut removed = Vec::new();
     for c in &cks[..cut] {
-        if Some(c.state.step) != best {
+        if Some(c.state.step) != best && Some(c.state.step) != monitored {
             // Renamed out of the way first (atomic), so a kill during the deletion never leaves
             // a half-deleted `step-*` directory behind; `clean_temporary` removes leftovers.
             let name = c

@@ -36,6 +36,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::augment::{Augment, example_seed};
 use crate::error::{Result, TrainError};
 
 /// Default number of records in the example-level shuffle buffer.
@@ -702,6 +703,8 @@ pub struct PipelineOptions {
     pub prefetch: usize,
     /// Stop after this many batches.
     pub max_batches: Option<u64>,
+    /// Training only: the augmentation of each image and the run's seed.
+    pub augment: Option<(Augment, u64)>,
 }
 
 /// A background thread producing decoded batches.
@@ -800,6 +803,15 @@ fn produce(
             .par_iter()
             .map(|it| decode_item(&files, it, &opts.decode))
             .collect();
+        let decoded = decoded.map(|mut d| {
+            if let Some((aug, seed)) = opts.augment.filter(|a| !a.0.is_none()) {
+                d.par_iter_mut().enumerate().for_each(|(i, x)| {
+                    let s = example_seed(seed, position.epoch, position.offset, i);
+                    aug.apply(&mut x.image, image_size, s);
+                });
+            }
+            d
+        });
         let batch = decoded.map(|d| Batch::from_decoded(&d, image_size, position));
         let failed = batch.is_err();
         if tx.send(batch).is_err() || failed {
@@ -1020,6 +1032,7 @@ mod tests {
             start: StreamPosition::default(),
             prefetch: 2,
             max_batches: None,
+            augment: None,
         };
         let mut p = Pipeline::spawn(&src, opts.clone()).unwrap();
         let mut sizes = Vec::new();

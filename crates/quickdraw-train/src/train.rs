@@ -14,10 +14,11 @@ use quickdraw_data::events::EventWriter;
 use quickdraw_data::lock::{DirLock, LOCK_FILE};
 use serde::{Deserialize, Serialize};
 
+use crate::augment::Augment;
 use crate::device::{DeviceChoice, inference_device, training_device};
 use crate::error::{Result, TrainError};
 use crate::eval::{EvalOptions, evaluate_model};
-use crate::metrics::{MetricsReport, WindowAccumulator, confusion_image};
+use crate::metrics::{MetricsReport, WindowAccumulator, confusion_chart};
 use crate::model::{ConvLayer, Model, ModelConfig, ModelInput, ModelKind, to_host};
 use crate::modeldir::{
     self, CONFIG_FILE, CheckpointSel, CheckpointState, DataInfo, LABELS_FILE, OptimizerKind,
@@ -27,6 +28,7 @@ use crate::pipeline::{
     self, DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER, DataSource, DecodeOptions, OrderOptions,
     Pipeline, PipelineOptions, StreamPosition,
 };
+use crate::schedule::{EarlyStopping, LrSchedule, MonitorState, Monitored, ScheduleKind};
 use crate::trainer::Trainer;
 
 /// Everything `quickdraw train` asks for.
@@ -56,6 +58,23 @@ pub struct TrainRequest {
     pub eval_files: Option<String>,
     /// Train until this global step.
     pub train_steps: u64,
+    /// Train for this many epochs instead of `train_steps` (an epoch: ceil(train examples /
+    /// batch size) steps); evaluates at every epoch's end unless `eval_every` says otherwise.
+    pub epochs: Option<u64>,
+    /// The learning-rate schedule (default: constant).
+    pub lr_schedule: LrSchedule,
+    /// `--weight-decay` (see [`OptimizerKind::init_with`]).
+    pub weight_decay: Option<f64>,
+    /// `--label-smoothing` in [0, 1).
+    pub label_smoothing: Option<f64>,
+    /// `--class-weight`: `balanced` or a JSON file `{"class": weight, ...}`.
+    pub class_weight: Option<String>,
+    /// `--early-stopping-patience` / `--early-stopping-metric`.
+    pub early_stopping: Option<EarlyStopping>,
+    /// What the plateau schedule watches when early stopping is off.
+    pub monitor_metric: Monitored,
+    /// `--augment` of the training images.
+    pub augment: Augment,
     /// Batches per evaluation (default: the whole eval set).
     pub eval_steps: Option<u64>,
     /// Evaluate every N steps (and always at the end when eval files are given).
@@ -96,6 +115,14 @@ impl TrainRequest {
             train_files: train_files.into(),
             eval_files: None,
             train_steps: 1000,
+            epochs: None,
+            lr_schedule: LrSchedule::default(),
+            weight_decay: None,
+            label_smoothing: None,
+            class_weight: None,
+            early_stopping: None,
+            monitor_metric: Monitored::ValLoss,
+            augment: Augment::None,
             eval_steps: None,
             eval_every: None,
             checkpoint_every: 100,
@@ -123,6 +150,15 @@ pub struct StepStats {
     /// Share of wall time spent waiting for input batches.
     pub data_wait_share: f64,
     pub epoch: f64,
+    /// `--epochs`, when the run counts in epochs.
+    pub epochs: Option<u64>,
+    /// Steps of one epoch (ceil(train examples / batch size)).
+    pub steps_per_epoch: u64,
+    /// The rate the step used.
+    pub learning_rate: f64,
+    /// The last evaluation's loss and accuracy (Keras's val_loss, val_accuracy).
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
 }
 
 /// Hooks for progress display (the CLI's progress bar).
@@ -191,6 +227,19 @@ pub struct TrainSummary {
     pub eval: Option<EvalSummary>,
     pub checkpoint: Option<PathBuf>,
     pub interrupted: bool,
+    /// Set when early stopping ended the run.
+    pub stopped_early: Option<StoppedEarly>,
+}
+
+/// How early stopping ended a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoppedEarly {
+    /// The step the run stopped at (its last checkpoint holds the restored weights).
+    pub step: u64,
+    pub metric: Monitored,
+    pub best: f64,
+    /// The step whose weights were restored.
+    pub best_step: u64,
 }
 
 fn now_secs() -> f64 {
@@ -293,6 +342,12 @@ pub fn build_config(
             "--learning-rate {learning_rate} must be > 0"
         )));
     }
+    check_policies(req)?;
+    let class_weights = req
+        .class_weight
+        .as_deref()
+        .map(|w| class_weights(w, src, &classes))
+        .transpose()?;
     Ok(TrainConfig {
         config_version: modeldir::CONFIG_VERSION,
         model,
@@ -310,7 +365,120 @@ pub fn build_config(
             train_examples: src.n_examples(),
         },
         warm_started_from: None,
+        lr_schedule: req.lr_schedule,
+        weight_decay: req.weight_decay,
+        label_smoothing: req.label_smoothing.filter(|&a| a > 0.0),
+        class_weights,
+        early_stopping: req.early_stopping,
+        augment: req.augment,
     })
+}
+
+/// Checks the schedule, regularisation and stopping flags against each other.
+fn check_policies(req: &TrainRequest) -> Result<()> {
+    let bad = |m: String| Err(TrainError::Config(m));
+    req.lr_schedule.validate().map_err(TrainError::Config)?;
+    if let Some(a) = req.label_smoothing
+        && !(0.0..1.0).contains(&a)
+    {
+        return bad(format!("--label-smoothing {a} must be in [0, 1)"));
+    }
+    if let Some(w) = req.weight_decay
+        && !(w.is_finite() && w >= 0.0)
+    {
+        return bad(format!("--weight-decay {w} must be >= 0"));
+    }
+    if !req.augment.is_none() && req.model.uses_strokes() {
+        return bad(format!(
+            "--augment {} transforms images; --model {} reads stroke sequences",
+            req.augment, req.model
+        ));
+    }
+    if req.epochs == Some(0) {
+        return bad("--epochs must be at least 1".into());
+    }
+    let watcher = if let Some(e) = &req.early_stopping {
+        if e.patience == 0 {
+            return bad("--early-stopping-patience must be at least 1".into());
+        }
+        Some("--early-stopping-patience")
+    } else {
+        (req.lr_schedule.kind == ScheduleKind::Plateau).then_some("--lr-schedule plateau")
+    };
+    if let Some(flag) = watcher {
+        if req.eval_files.is_none() {
+            return bad(format!("{flag} watches the evaluations: give --eval-files"));
+        }
+        if req.eval_every.is_none() && req.epochs.is_none() {
+            return bad(format!(
+                "{flag} watches periodic evaluations: give --eval-every N or --epochs N"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `--class-weight`: `balanced` (n / (classes * n_c), as scikit-learn's and Keras users'
+/// `compute_class_weight`) or a JSON file mapping class names to weights (others get 1).
+fn class_weights(
+    how: &str,
+    src: &DataSource,
+    classes: &[String],
+) -> Result<modeldir::ClassWeights> {
+    let weights = if how == "balanced" {
+        let counts = pipeline::count_labels(src, classes.len())?;
+        let n: u64 = counts.iter().sum();
+        counts
+            .iter()
+            .map(|&c| match c {
+                // A class absent from the training shards contributes no loss term at all.
+                0 => 1.0,
+                c => (n as f64 / (classes.len() as f64 * c as f64)) as f32,
+            })
+            .collect()
+    } else {
+        let path = Path::new(how);
+        let text = quickdraw_data::storage::read(path).map_err(TrainError::io(path))?;
+        let map: std::collections::BTreeMap<String, f64> =
+            serde_json::from_slice(&text).map_err(|e| {
+                TrainError::Config(format!(
+                    "--class-weight {how}: expected `balanced` or a JSON object {{\"class\": weight}}: {e}"
+                ))
+            })?;
+        let mut w = vec![1.0f32; classes.len()];
+        for (name, v) in map {
+            let i = classes.iter().position(|c| *c == name).ok_or_else(|| {
+                TrainError::Config(format!(
+                    "--class-weight {how}: {name:?} is not one of the dataset's classes"
+                ))
+            })?;
+            if !(v.is_finite() && v > 0.0) {
+                return Err(TrainError::Config(format!(
+                    "--class-weight {how}: the weight of {name:?} is {v}; weights must be > 0"
+                )));
+            }
+            w[i] = v as f32;
+        }
+        w
+    };
+    Ok(modeldir::ClassWeights {
+        source: how.to_string(),
+        weights,
+    })
+}
+
+/// The global step a request trains to: `--train-steps`, or `--epochs` whole epochs of
+/// ceil(examples / batch) steps each.
+pub fn total_steps(req: &TrainRequest, train_examples: u64, batch_size: usize) -> u64 {
+    match req.epochs {
+        Some(e) => e * steps_per_epoch(train_examples, batch_size),
+        None => req.train_steps,
+    }
+}
+
+/// Steps of one epoch: ceil(examples / batch), at least 1.
+pub fn steps_per_epoch(train_examples: u64, batch_size: usize) -> u64 {
+    train_examples.div_ceil(batch_size.max(1) as u64).max(1)
 }
 
 /// Decides fresh / resume / overwrite for the model dir; returns whether to resume.
@@ -434,10 +602,24 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
     }
     let setup = set_up(req, obs)?;
     let summary = TrainSummary::starting(req, &setup);
-    if setup.start.step >= req.train_steps {
+    if setup.start.monitor.stopped {
+        let m = setup.start.monitor;
         obs.notice(&format!(
-            "already trained to step {} (--train-steps {}): nothing to do",
-            setup.start.step, req.train_steps
+            "early stopping ended this run at step {} (best {} at step {}): nothing to do; pass --overwrite to train again",
+            setup.start.step,
+            m.best.unwrap_or(f64::NAN),
+            m.best_step.unwrap_or(0)
+        ));
+        return Ok(summary);
+    }
+    if setup.start.step >= setup.total_steps {
+        obs.notice(&format!(
+            "already trained to step {} ({}): nothing to do",
+            setup.start.step,
+            match req.epochs {
+                Some(e) => format!("--epochs {e} = {} steps", setup.total_steps),
+                None => format!("--train-steps {}", req.train_steps),
+            }
         ));
         return Ok(summary);
     }
@@ -451,6 +633,8 @@ struct Start {
     step: u64,
     position: StreamPosition,
     resumed_from: Option<u64>,
+    /// Early stopping's and the plateau's state (from the checkpoint when resuming).
+    monitor: MonitorState,
 }
 
 /// A locked model directory ready to train in.
@@ -464,6 +648,10 @@ struct Setup {
     device: Device,
     eval_device: Device,
     start: Start,
+    /// The global step the run trains to (`--train-steps` or `--epochs`).
+    total_steps: u64,
+    /// Evaluate every N steps (`--eval-every`, or each epoch with `--epochs`).
+    eval_every: Option<u64>,
 }
 
 /// Opens the data, checks the request, locks and prepares the model dir, and initialises,
@@ -490,7 +678,7 @@ fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
 
     let device = training_device(req.device)?;
     let eval_device = inference_device(req.device)?;
-    let optimizer = cfg.optimizer.init();
+    let optimizer = cfg.init_optimizer();
     let start = if resume {
         resume_run(req, &mut cfg, &device, optimizer, &train_src, obs)?
     } else {
@@ -504,6 +692,11 @@ fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
         cfg.model.image_size,
         cfg.model.image_size
     ));
+    let n = train_src.n_examples();
+    let total_steps = total_steps(req, n, cfg.batch_size);
+    let eval_every = req
+        .eval_every
+        .or(req.epochs.map(|_| steps_per_epoch(n, cfg.batch_size)));
     Ok(Setup {
         lock,
         train_src,
@@ -512,6 +705,8 @@ fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
         device,
         eval_device,
         start,
+        total_steps,
+        eval_every,
     })
 }
 
@@ -561,6 +756,7 @@ fn resume_run(
         step,
         position,
         resumed_from: Some(step),
+        monitor: ck.state.monitor.unwrap_or_else(MonitorState::new),
     })
 }
 
@@ -610,6 +806,7 @@ fn fresh_run(
         step: 0,
         position: StreamPosition::default(),
         resumed_from: None,
+        monitor: MonitorState::new(),
     })
 }
 
@@ -639,6 +836,7 @@ impl TrainSummary {
             eval: None,
             checkpoint: None,
             interrupted: false,
+            stopped_early: None,
         }
     }
 }
@@ -682,10 +880,13 @@ impl PeriodicEval {
             ],
             step as i64,
         )?;
-        let cell = (256 / report.confusion.len().max(1)).clamp(2, 32);
-        let (px, side) = confusion_image(&report.confusion, cell);
+        let title = format!(
+            "{kind} at step {step}: accuracy {:.4} on {} eval examples",
+            report.accuracy, report.examples
+        );
+        let (px, w, h) = confusion_chart(&title, classes, &report.confusion);
         self.events
-            .add_png_gray("confusion_matrix", &px, side, side, step as i64)?;
+            .add_png_gray("confusion_matrix", &px, w, h, step as i64)?;
         obs.evaluated(step, &report);
         Ok(report)
     }
@@ -711,6 +912,12 @@ struct Run<'a> {
     t0: Instant,
     last_eval: Option<(u64, MetricsReport)>,
     inputs_logged: bool,
+    total_steps: u64,
+    eval_every: Option<u64>,
+    /// Early stopping's and the plateau's view of the evaluations.
+    monitor: MonitorState,
+    /// Set by an evaluation after which early stopping ends the run.
+    stop_early: bool,
     /// Released last, when the run is dropped.
     _lock: DirLock,
 }
@@ -725,9 +932,12 @@ impl<'a> Run<'a> {
             device,
             eval_device,
             start,
+            total_steps,
+            eval_every,
         } = setup;
         let dir = &req.model_dir;
-        let events = EventWriter::create(dir)?;
+        let mut events = EventWriter::create(dir)?;
+        write_run_description(&mut events, &cfg, &train_src, start.step)?;
         let eval = match eval_src {
             Some(src) => Some(PeriodicEval {
                 events: EventWriter::create(&dir.join(modeldir::EVAL_DIR))?,
@@ -754,9 +964,15 @@ impl<'a> Run<'a> {
                 start: start.position,
                 prefetch: req.prefetch,
                 max_batches: None,
+                augment: Some((cfg.augment, cfg.seed)),
             },
         )?;
-        let trainer = Trainer::new(start.model, start.optimizer, cfg.learning_rate, &device);
+        let trainer = Trainer::new(start.model, start.optimizer, cfg.learning_rate, &device)
+            .with_loss(
+                cfg.label_smoothing,
+                cfg.class_weights.as_ref().map(|w| w.weights.as_slice()),
+                &device,
+            );
         Ok(Run {
             req,
             trainer,
@@ -772,6 +988,10 @@ impl<'a> Run<'a> {
             t0: Instant::now(),
             last_eval: None,
             inputs_logged: false,
+            total_steps,
+            eval_every,
+            monitor: start.monitor,
+            stop_early: false,
             cfg,
             _lock: lock,
         })
@@ -779,11 +999,11 @@ impl<'a> Run<'a> {
 
     /// Steps to `--train-steps` (or an interruption), evaluating and checkpointing on the way.
     fn train(mut self, obs: &mut dyn TrainObserver) -> Result<TrainSummary> {
-        obs.start(self.step, self.req.train_steps);
+        obs.start(self.step, self.total_steps);
         self.t0 = Instant::now();
         self.window = WindowAccumulator::new();
         let stop = self.req.stop.clone().unwrap_or_default();
-        while self.step < self.req.train_steps {
+        while self.step < self.total_steps {
             self.step_once(obs)?;
             let interrupted = stop.load(Ordering::SeqCst);
             let eval = if interrupted {
@@ -794,6 +1014,9 @@ impl<'a> Run<'a> {
             self.maybe_checkpoint(eval, interrupted, obs)?;
             if interrupted {
                 self.summary.interrupted = true;
+                break;
+            }
+            if self.stop_early {
                 break;
             }
         }
@@ -819,6 +1042,12 @@ impl<'a> Run<'a> {
         // Random state (dropout masks) is a function of (seed, step), so a resumed run draws
         // exactly what an uninterrupted one would.
         self.device.seed(step_seed(self.cfg.seed, self.step));
+        let lr = self
+            .cfg
+            .lr_schedule
+            .lr(self.cfg.learning_rate, self.step, self.total_steps)
+            * self.monitor.lr_scale;
+        self.trainer.set_learning_rate(lr);
         let input = ModelInput::from_batch(&batch, self.cfg.model.kind, &self.device)?;
         let targets =
             Tensor::<1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), &self.device);
@@ -849,17 +1078,21 @@ impl<'a> Run<'a> {
         let new_examples = s.examples_seen - s.start_step * self.cfg.batch_size as u64;
         let stats = StepStats {
             step: self.step,
-            total_steps: self.req.train_steps,
+            total_steps: self.total_steps,
             loss: self.window.loss(),
             accuracy: self.window.accuracy(),
             steps_per_sec: s.steps_run as f64 / elapsed,
             examples_per_sec: new_examples as f64 / elapsed,
             data_wait_share: wait_share,
             epoch: s.examples_seen as f64 / self.epoch_size as f64,
+            epochs: self.req.epochs,
+            steps_per_epoch: steps_per_epoch(self.epoch_size, self.cfg.batch_size),
+            learning_rate: self.trainer.learning_rate(),
+            val_loss: self.last_eval.as_ref().map(|e| e.1.loss),
+            val_accuracy: self.last_eval.as_ref().map(|e| e.1.accuracy),
         };
         obs.step(&stats);
-        if self.step.is_multiple_of(self.req.log_every.max(1)) || self.step == self.req.train_steps
-        {
+        if self.step.is_multiple_of(self.req.log_every.max(1)) || self.step == self.total_steps {
             self.events.add_scalars(
                 &[
                     ("loss", stats.loss as f32),
@@ -883,9 +1116,8 @@ impl<'a> Run<'a> {
     /// figures to `metrics.jsonl`. Returns the eval accuracy and loss when it evaluated.
     fn maybe_eval(&mut self, obs: &mut dyn TrainObserver) -> Result<Option<(f64, f64)>> {
         let step = self.step;
-        let due = step == self.req.train_steps
+        let due = step == self.total_steps
             || self
-                .req
                 .eval_every
                 .is_some_and(|e| e > 0 && step.is_multiple_of(e));
         let Some(eval) = self.eval.as_mut().filter(|_| due) else {
@@ -908,6 +1140,15 @@ impl<'a> Run<'a> {
         });
         modeldir::append_metrics(&self.req.model_dir, &line)?;
         let figures = (report.accuracy, report.loss);
+        // Only the scheduled evaluations feed early stopping and the plateau: the extra one at
+        // the end of a shorter run would otherwise make its resumption differ from a run that
+        // never stopped there.
+        if self
+            .eval_every
+            .is_some_and(|e| e > 0 && step.is_multiple_of(e))
+        {
+            self.watch(figures, obs);
+        }
         self.last_eval = Some((step, report));
         Ok(Some(figures))
     }
@@ -922,11 +1163,18 @@ impl<'a> Run<'a> {
     ) -> Result<()> {
         let step = self.step;
         let due = eval.is_some()
-            || step == self.req.train_steps
+            || step == self.total_steps
             || interrupted
             || step.is_multiple_of(self.req.checkpoint_every.max(1));
         if !due {
             return Ok(());
+        }
+        let mut eval = eval;
+        let mut restored_from_step = None;
+        if self.stop_early {
+            let (best_step, figures) = self.restore_best(obs)?;
+            restored_from_step = Some(best_step);
+            eval = figures.or(eval);
         }
         let dir = &self.req.model_dir;
         let model = self.trainer.model();
@@ -947,6 +1195,8 @@ impl<'a> Run<'a> {
             eval_loss: eval.map(|a| a.1),
             wall_time: now_secs(),
             sha256: Default::default(),
+            monitor: self.watching().then_some(self.monitor),
+            restored_from_step,
         };
         let ck = modeldir::write_checkpoint(
             dir,
@@ -959,6 +1209,64 @@ impl<'a> Run<'a> {
         obs.checkpoint(step, &ck.dir);
         self.summary.checkpoint = Some(ck.dir);
         Ok(())
+    }
+
+    /// Whether early stopping or the plateau schedule watch the evaluations.
+    fn watching(&self) -> bool {
+        self.cfg.early_stopping.is_some() || self.cfg.lr_schedule.kind == ScheduleKind::Plateau
+    }
+
+    /// Feeds an evaluation's (accuracy, loss) to early stopping and the plateau schedule.
+    fn watch(&mut self, (accuracy, loss): (f64, f64), obs: &mut dyn TrainObserver) {
+        if !self.watching() {
+            return;
+        }
+        let early = self.cfg.early_stopping;
+        let metric = early.map_or(self.req.monitor_metric, |e| e.metric);
+        let d = self.monitor.observe(
+            metric,
+            metric.of(accuracy, loss),
+            self.step,
+            &self.cfg.lr_schedule,
+            early.as_ref(),
+        );
+        if d.cut {
+            obs.notice(&format!(
+                "step {}: {metric} has not improved for {} evaluations: learning rate x{} (now x{} of the base)",
+                self.step, self.cfg.lr_schedule.patience, self.cfg.lr_schedule.rate, self.monitor.lr_scale
+            ));
+        }
+        if d.stop {
+            self.stop_early = true;
+        }
+    }
+
+    /// Early stopping: puts the weights of the best evaluation back into the trainer (the
+    /// optimizer state stays the current one); returns that step and its eval figures.
+    fn restore_best(&mut self, obs: &mut dyn TrainObserver) -> Result<(u64, Option<(f64, f64)>)> {
+        let m = self.monitor;
+        let best_step = m.best_step.unwrap_or(self.step);
+        let ck = modeldir::select_checkpoint(&self.req.model_dir, CheckpointSel::Step(best_step))?;
+        let model = modeldir::load_model(&self.cfg.model, &ck, &self.device)?;
+        self.trainer.set_model(model);
+        let metric = self
+            .cfg
+            .early_stopping
+            .map_or(self.req.monitor_metric, |e| e.metric);
+        obs.notice(&format!(
+            "early stopping at step {}: {metric} has not improved for {} evaluations; restored the weights of step {best_step} ({metric} {:.4})",
+            self.step,
+            m.since_best,
+            m.best.unwrap_or(f64::NAN)
+        ));
+        self.summary.stopped_early = Some(StoppedEarly {
+            step: self.step,
+            metric,
+            best: m.best.unwrap_or(f64::NAN),
+            best_step,
+        });
+        let figures = ck.state.eval_accuracy.zip(ck.state.eval_loss);
+        Ok((best_step, figures))
     }
 
     /// The summary's totals; flushes the training events.
@@ -975,9 +1283,112 @@ impl<'a> Run<'a> {
         s.data_wait_share = s.data_wait_seconds / secs.max(1e-9);
         s.epochs = s.examples_seen as f64 / self.epoch_size as f64;
         s.eval = self.last_eval.take().map(|(s, r)| EvalSummary::new(s, &r));
+        if !s.interrupted {
+            quickdraw_data::hparams::write_session_end(
+                &mut self.events,
+                quickdraw_data::hparams::Status::Success,
+                now_secs(),
+            )?;
+        }
         self.events.flush()?;
         Ok(self.summary)
     }
+}
+
+/// The run's hyper-parameters for TensorBoard's HParams tab, and its config and dataset manifest
+/// as text summaries.
+fn write_run_description(
+    events: &mut EventWriter,
+    cfg: &TrainConfig,
+    src: &DataSource,
+    step: u64,
+) -> Result<()> {
+    use quickdraw_data::hparams::{HParam, Metric, write_session_start};
+    let mut flat = serde_json::Map::new();
+    if let serde_json::Value::Object(m) = serde_json::to_value(&cfg.model).unwrap_or_default() {
+        flat.extend(m);
+    }
+    let mut top = serde_json::to_value(cfg).unwrap_or_default();
+    for k in [
+        "model",
+        "classes",
+        "features",
+        "data",
+        "config_version",
+        "warm_started_from",
+        "class_weights",
+    ] {
+        top.as_object_mut().map(|o| o.remove(k));
+    }
+    if let serde_json::Value::Object(m) = top {
+        for (k, v) in m {
+            match v {
+                // One level of nesting (lr_schedule, early_stopping) as "parent.child".
+                serde_json::Value::Object(inner) => {
+                    flat.extend(inner.into_iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2)))
+                }
+                v => {
+                    flat.insert(k, v);
+                }
+            }
+        }
+    }
+    if let Some(w) = &cfg.class_weights {
+        flat.insert("class_weights".into(), w.source.clone().into());
+    }
+    let hparams = flat
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            let h = match v {
+                serde_json::Value::Number(n) => HParam::Number(n.as_f64().unwrap_or(f64::NAN)),
+                serde_json::Value::Bool(b) => HParam::Bool(b),
+                serde_json::Value::String(s) => HParam::Text(s),
+                other => HParam::Text(other.to_string()),
+            };
+            (k, h)
+        })
+        .collect();
+    let metric = |group: &str, tag: &str| Metric {
+        group: group.into(),
+        tag: tag.into(),
+        validation: group == modeldir::EVAL_DIR,
+    };
+    let metrics = [
+        metric(modeldir::EVAL_DIR, "accuracy"),
+        metric(modeldir::EVAL_DIR, "loss"),
+        metric(modeldir::EVAL_DIR, "top3_accuracy"),
+        metric(modeldir::EVAL_DIR, "map3"),
+        metric("", "loss"),
+        metric("", "accuracy"),
+    ];
+    write_session_start(events, &hparams, &metrics, now_secs())?;
+    events.add_graph(&cfg.model.layer_graph())?;
+    let config = serde_json::to_string_pretty(cfg).unwrap_or_default();
+    events.add_text("config", &format!("```json\n{config}\n```"), step as i64)?;
+    let manifest = serde_json::to_string_pretty(&src.manifest).unwrap_or_default();
+    const MAX_TEXT: usize = 256 * 1024;
+    let shown = if manifest.len() > MAX_TEXT {
+        let mut cut = MAX_TEXT;
+        while !manifest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!(
+            "{}\n... ({} of {} bytes shown; the whole file is {}/manifest.json)",
+            &manifest[..cut],
+            cut,
+            manifest.len(),
+            src.dir.display()
+        )
+    } else {
+        manifest
+    };
+    events.add_text(
+        "dataset_manifest",
+        &format!("```json\n{shown}\n```"),
+        step as i64,
+    )?;
+    Ok(())
 }
 
 /// The seed of the device's random state at `step`.

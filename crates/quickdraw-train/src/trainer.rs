@@ -53,6 +53,31 @@ impl Trainer {
         }
     }
 
+    /// Trains on a label-smoothed and/or class-weighted cross-entropy (burn's: the weighted
+    /// mean `sum(w_y * l) / sum(w_y)` over the batch, as PyTorch's `CrossEntropyLoss`).
+    pub fn with_loss(
+        mut self,
+        label_smoothing: Option<f64>,
+        class_weights: Option<&[f32]>,
+        device: &Device,
+    ) -> Self {
+        self.loss_fn = CrossEntropyLossConfig::new()
+            .with_smoothing(label_smoothing.filter(|&a| a > 0.0).map(|a| a as f32))
+            .with_weights(class_weights.map(<[f32]>::to_vec))
+            .init(device);
+        self
+    }
+
+    /// The rate of the next steps (a schedule sets it before each step).
+    pub fn set_learning_rate(&mut self, learning_rate: f64) {
+        self.learning_rate = learning_rate;
+    }
+
+    /// Replaces the weights (early stopping's restore); the optimizer state stays.
+    pub fn set_model(&mut self, model: Model) {
+        self.model = Some(model);
+    }
+
     pub fn model(&self) -> &Model {
         self.model.as_ref().expect("a model between steps")
     }

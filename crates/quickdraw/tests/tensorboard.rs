@@ -114,6 +114,10 @@ fn tensorboard_reads_training_and_eval_summaries() {
         "2",
         "--checkpoint-every",
         "6",
+        "--lr-schedule",
+        "cosine",
+        "--label-smoothing",
+        "0.1",
     ]);
 
     let root = util::repo_root();
@@ -146,14 +150,30 @@ fn tensorboard_reads_training_and_eval_summaries() {
         }
         let exp_path = tmp.path().join("expected.json");
         std::fs::write(&exp_path, exp.to_string()).unwrap();
-        let o = Command::new(&python)
-            .arg(root.join("tests/python/check_events.py"))
+        let mut cmd = Command::new(&python);
+        cmd.arg(root.join("tests/python/check_events.py"))
             .arg(&dir)
             .arg("--expect")
             .arg(&exp_path)
-            .args(&extra)
-            .output()
-            .unwrap();
+            .args(&extra);
+        if !dir.ends_with("eval") {
+            // The HParams tab's data (hyper-parameters from config.json, the eval metrics, a
+            // finished session) and the run's config and dataset manifest as text.
+            let hp = tmp.path().join("hparams.json");
+            let want = serde_json::json!({
+                "hparams": {"kind": "linear", "optimizer": "adam", "learning_rate": 0.001,
+                            "batch_size": 16, "label_smoothing": 0.1,
+                            "lr_schedule.kind": "cosine", "lr_schedule.warmup_steps": 0},
+                "metrics": ["eval/accuracy", "eval/loss", "/loss"],
+                "status": "STATUS_SUCCESS",
+            });
+            std::fs::write(&hp, want.to_string()).unwrap();
+            cmd.arg("--hparams").arg(&hp);
+            cmd.args(["--text", "config=\"label_smoothing\": 0.1"]);
+            cmd.args(["--text", "dataset_manifest=\"per_class\""]);
+            cmd.args(["--graph", "images,flatten,logits,softmax"]);
+        }
+        let o = cmd.output().unwrap();
         assert!(
             o.status.success(),
             "TensorBoard's reader disagrees on {}:\n{}\n{}",

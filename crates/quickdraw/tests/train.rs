@@ -1005,3 +1005,404 @@ fn bench_read_reports_images_per_cpu_second() {
     assert!(v["decode_threads"].as_u64().unwrap() >= 1, "{v}");
     assert!(v["images_per_cpu_second"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+/// `train_args` without `--train-steps` (for `--epochs`).
+fn epoch_args(d: &Data, model: &str, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v = train_args(d, model, dir, 0, extra);
+    let i = v.iter().position(|a| a == "--train-steps").unwrap();
+    v.drain(i..i + 2);
+    v
+}
+
+/// The `learning_rate` scalar by step (the rate the step used).
+fn learning_rates(dir: &Path) -> std::collections::BTreeMap<i64, f32> {
+    read_scalars(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.tag == "learning_rate")
+        .map(|p| (p.step, p.value))
+        .collect()
+}
+
+fn metrics_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn epochs_with_a_cosine_schedule_and_warmup_evaluate_every_epoch() {
+    // 90 training examples at batch 16: an epoch is 6 steps, 3 epochs 18 steps.
+    let d = Data::new(false);
+    let dir = d.model_dir("epochs");
+    let mut args = epoch_args(
+        &d,
+        "linear",
+        &dir,
+        &[
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "0.01",
+            "--lr-schedule",
+            "cosine",
+            "--warmup-steps",
+            "4",
+            "--lr-min-ratio",
+            "0.1",
+        ],
+    );
+    args.retain(|a| a != "--quiet");
+    let out = ok_owned(&args);
+    let err = stderr(&out);
+    for e in 1..=3 {
+        assert!(
+            err.contains(&format!("epoch {e}/3 (step {}): loss ", 6 * e)),
+            "no Keras-like line for epoch {e}:\n{err}"
+        );
+    }
+    assert!(err.contains("val_accuracy"), "{err}");
+    assert_eq!(checkpoint_steps(&dir).last(), Some(&18));
+    let evals: Vec<u64> = metrics_lines(&dir)
+        .iter()
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(evals, vec![6, 12, 18], "one evaluation per epoch");
+    // The rate of step k (1-based) is the schedule at k - 1 steps done: linear warm-up over 4
+    // steps, then a cosine from 0.01 to 0.001 over the 14 remaining steps (Keras's CosineDecay
+    // with alpha 0.1).
+    let lr = learning_rates(&dir);
+    let cosine =
+        |t: f64| 0.01 * (0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t / 14.0).cos()) + 0.1);
+    let want = [
+        (1, 0.0025),
+        (2, 0.005),
+        (4, 0.01),
+        (5, cosine(0.0)),
+        (12, cosine(7.0)),
+        (18, cosine(13.0)),
+    ];
+    for (step, w) in want {
+        let got = lr[&step] as f64;
+        assert!(
+            (got - w).abs() < 1e-7,
+            "learning rate at step {step}: {got} vs {w} ({lr:?})"
+        );
+    }
+    // A rerun of the finished command has nothing to do.
+    let out = ok_owned(&args);
+    assert!(
+        stderr(&out).contains("--epochs 3 = 18 steps): nothing to do"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn early_stopping_restores_the_best_weights_and_a_rerun_has_nothing_to_do() {
+    // A rate so small that the eval accuracy cannot move: the first evaluation (step 2) stays
+    // the best, and after two more without improvement (steps 4 and 6) the run stops.
+    let d = Data::new(false);
+    let dir = d.model_dir("early");
+    let extra = [
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "1e-7",
+        "--eval-every",
+        "2",
+        "--early-stopping-patience",
+        "2",
+        "--early-stopping-metric",
+        "val_accuracy",
+        "--json",
+    ];
+    let out = train(&d, "linear", &dir, 40, &extra);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["final_step"], 6, "{summary}");
+    assert_eq!(summary["stopped_early"]["best_step"], 2, "{summary}");
+    assert_eq!(summary["stopped_early"]["metric"], "val_accuracy");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(last_checkpoint_dir(&dir).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"], 6);
+    assert_eq!(state["restored_from_step"], 2);
+    assert_eq!(state["monitor"]["stopped"], true);
+    // The last checkpoint holds step 2's weights: the same loss, to the bit, as step 2's own.
+    let eval_at = |ck: &str| {
+        let out = ok(&[
+            "--quiet",
+            "evaluate",
+            "--model-dir",
+            s(&dir),
+            "--eval-files",
+            &d.eval(),
+            "--json",
+            "--checkpoint",
+            ck,
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["loss"].as_f64().unwrap()
+    };
+    let (restored, best, stopped_at) = (eval_at("latest"), eval_at("2"), eval_at("4"));
+    assert_eq!(restored.to_bits(), best.to_bits(), "{restored} vs {best}");
+    assert_ne!(
+        restored.to_bits(),
+        stopped_at.to_bits(),
+        "the weights did move after step 2"
+    );
+    let out = train(&d, "linear", &dir, 40, &extra);
+    assert!(
+        stderr(&out).contains("early stopping ended this run at step 6"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn plateau_cuts_the_rate_and_resumes_exactly() {
+    // Patience 1: every evaluation (every 2 steps) that does not improve the eval accuracy
+    // halves the rate. Run A stops at step 5 and resumes to 10; run B goes straight to 10.
+    let d = Data::new(false);
+    let (a, b) = (d.model_dir("plateau-a"), d.model_dir("plateau-b"));
+    let extra = [
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "1e-7",
+        "--eval-every",
+        "2",
+        "--lr-schedule",
+        "plateau",
+        "--lr-patience",
+        "1",
+        "--early-stopping-metric",
+        "val_accuracy",
+    ];
+    train(&d, "linear", &a, 5, &extra);
+    train(&d, "linear", &a, 10, &extra);
+    train(&d, "linear", &b, 10, &extra);
+    let (la, lb) = (learning_rates(&a), learning_rates(&b));
+    for step in 1..=10i64 {
+        // Evaluations at 2 (the best), 4, 6, 8: a cut after each of 4, 6 and 8.
+        let cuts = ((step - 1) / 2 - 1).clamp(0, 3) as i32;
+        let want = 1e-7 * 0.5f64.powi(cuts);
+        assert!(
+            ((lb[&step] as f64) - want).abs() < want * 1e-5,
+            "step {step}: {lb:?}"
+        );
+        assert_eq!(
+            la[&step], lb[&step],
+            "resumed rate at step {step}: {la:?} vs {lb:?}"
+        );
+    }
+    let (ea, eb) = (eval_json(&a, &d), eval_json(&b, &d));
+    assert_eq!(
+        ea["loss"].as_f64().unwrap().to_bits(),
+        eb["loss"].as_f64().unwrap().to_bits()
+    );
+}
+
+#[test]
+fn loss_options_are_recorded_and_checked() {
+    let d = Data::new(false);
+    let dir = d.model_dir("weights");
+    train(
+        &d,
+        "linear",
+        &dir,
+        6,
+        &[
+            "--class-weight",
+            "balanced",
+            "--label-smoothing",
+            "0.1",
+            "--optimizer",
+            "adamw",
+            "--weight-decay",
+            "0.01",
+        ],
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    // The tiny dataset has 30 training examples per class: balanced weights are all 1.
+    assert_eq!(
+        cfg["class_weights"]["weights"],
+        serde_json::json!([1.0, 1.0, 1.0])
+    );
+    assert_eq!(cfg["label_smoothing"], 0.1);
+    assert_eq!(cfg["weight_decay"], 0.01);
+    // Changing one of them is a configuration change.
+    let out = qd_owned(&train_args(
+        &d,
+        "linear",
+        &dir,
+        8,
+        &["--label-smoothing", "0.2"],
+    ));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("label_smoothing"), "{}", stderr(&out));
+    // A weights file naming a class the dataset lacks is refused by name.
+    let file = d.dir.parent().unwrap().join("weights.json");
+    std::fs::write(&file, r#"{"circle": 2.0, "giraffe": 3.0}"#).unwrap();
+    let out = qd_owned(&train_args(
+        &d,
+        "linear",
+        &d.model_dir("w2"),
+        4,
+        &["--class-weight", s(&file)],
+    ));
+    assert!(
+        stderr(&out).contains("\"giraffe\" is not one of the dataset's classes"),
+        "{}",
+        stderr(&out)
+    );
+    // Flags that need each other say which.
+    let out = qd_owned(&train_args(
+        &d,
+        "linear",
+        &d.model_dir("w3"),
+        4,
+        &["--lr-schedule", "exponential"],
+    ));
+    assert!(
+        stderr(&out).contains("--lr-decay-steps"),
+        "{}",
+        stderr(&out)
+    );
+    let out = qd_owned(&train_args(
+        &d,
+        "linear",
+        &d.model_dir("w4"),
+        4,
+        &["--early-stopping-patience", "2"],
+    ));
+    assert!(
+        stderr(&out).contains("--eval-every N or --epochs N"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn augmentation_is_reproducible_resumes_exactly_and_changes_the_training() {
+    let d = Data::new(false);
+    let (a, b, plain) = (
+        d.model_dir("aug-a"),
+        d.model_dir("aug-b"),
+        d.model_dir("aug-plain"),
+    );
+    let aug = ["--augment", "strong", "--learning-rate", "0.01"];
+    train(&d, "linear", &a, 5, &aug);
+    train(&d, "linear", &a, 10, &aug);
+    train(&d, "linear", &b, 10, &aug);
+    train(&d, "linear", &plain, 10, &aug[2..]);
+    let loss = |dir: &Path| eval_json(dir, &d)["loss"].as_f64().unwrap();
+    assert_eq!(
+        loss(&a).to_bits(),
+        loss(&b).to_bits(),
+        "resumed vs uninterrupted"
+    );
+    assert_ne!(
+        loss(&a).to_bits(),
+        loss(&plain).to_bits(),
+        "augmentation changed nothing"
+    );
+    let cfg = std::fs::read_to_string(a.join("config.json")).unwrap();
+    assert!(cfg.contains("\"augment\": \"strong\""), "{cfg}");
+    let out = qd_owned(&train_args(
+        &Data::new(true),
+        "rnn",
+        &d.model_dir("aug-rnn"),
+        2,
+        &aug,
+    ));
+    assert!(
+        stderr(&out).contains("--augment strong transforms images"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn evaluate_errors_lists_every_mistake_and_draws_the_confused_pairs() {
+    let d = Data::new(false);
+    let dir = d.model_dir("errors");
+    // Two steps: a model that still makes plenty of mistakes.
+    train(&d, "linear", &dir, 2, &[]);
+    let errs = d.dir.parent().unwrap().join("errs");
+    let png = d.dir.parent().unwrap().join("cm.png");
+    let out = ok(&[
+        "evaluate",
+        "--model-dir",
+        s(&dir),
+        "--eval-files",
+        &d.eval(),
+        "--json",
+        "--errors",
+        s(&errs),
+        "--errors-per-pair",
+        "3",
+        "--png",
+        s(&png),
+    ]);
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let examples = ev["examples"].as_u64().unwrap();
+    let correct = (ev["accuracy"].as_f64().unwrap() * examples as f64).round() as u64;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(errs.join("errors.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len() as u64,
+        examples - correct,
+        "one line per misclassified example"
+    );
+    assert!(!lines.is_empty(), "a 2-step model makes mistakes");
+    let confusion = &ev["confusion"];
+    let classes: Vec<&str> = ev["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for l in &lines {
+        let (t, p) = (
+            l["true"].as_str().unwrap(),
+            l["predicted"].as_str().unwrap(),
+        );
+        assert_ne!(t, p);
+        let probs = l["probabilities"].as_array().unwrap();
+        assert_eq!(
+            probs[0][0], p,
+            "the top probability is the predicted class: {l}"
+        );
+        assert!(l["key_id"].as_str().unwrap().parse::<u64>().is_ok());
+        let (ti, pi) = (
+            classes.iter().position(|c| *c == t).unwrap(),
+            classes.iter().position(|c| *c == p).unwrap(),
+        );
+        assert!(confusion[ti][pi].as_u64().unwrap() > 0);
+    }
+    // One grid per confused pair (3 classes: at most 6), named by rank and pair, each a PNG.
+    let mut grids: Vec<String> = std::fs::read_dir(&errs)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".png"))
+        .collect();
+    grids.sort();
+    assert!(!grids.is_empty() && grids.len() <= 6, "{grids:?}");
+    assert!(
+        grids[0].starts_with("01-") && grids[0].contains("-as-"),
+        "{grids:?}"
+    );
+    for g in &grids {
+        assert!(std::fs::read(errs.join(g)).unwrap().starts_with(b"\x89PNG"));
+    }
+    let cm = std::fs::read(&png).unwrap();
+    assert!(cm.starts_with(b"\x89PNG"));
+}

@@ -340,6 +340,7 @@ fn first_batch(
             start: StreamPosition::default(),
             prefetch: 1,
             max_batches: Some(1),
+            augment: None,
         },
     )?;
     Ok(p.next_batch()?)

@@ -140,6 +140,7 @@ fn bench_read(a: BenchReadArgs) -> anyhow::Result<()> {
         start: Default::default(),
         prefetch: a.prefetch,
         max_batches: Some(a.batches),
+        augment: None,
     };
     let device = quickdraw_train::device::inference_device(a.device.choice)?;
     let threads = rayon::current_num_threads();

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use quickdraw_data::convert::WorkerSlot;
 use quickdraw_data::storage;
-use quickdraw_train::metrics::{MetricsReport, confusion_image};
+use quickdraw_train::errors::{ErrorsOptions, evaluate_with_errors};
+use quickdraw_train::metrics::{MetricsReport, confusion_chart};
 use quickdraw_train::pipeline::file_list;
 use quickdraw_train::{CheckpointSel, EvalPart, EvaluateRequest};
 
@@ -35,9 +36,21 @@ pub struct EvaluateArgs {
     /// Print one JSON object (accuracy, top3_accuracy, map3, loss, examples, per_class, confusion, ...).
     #[arg(long)]
     pub json: bool,
-    /// Also write the confusion matrix as a PNG (rows = true class, row-normalised).
+    /// Also write the confusion matrix as a labelled PNG: class names on both axes, counts in
+    /// the cells, shaded by the share of the row (the 30 most confused classes when there are
+    /// more), and the most confused pairs.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
+    /// Write every misclassified example to DIR/errors.jsonl (key_id, true, predicted, top-5
+    /// probabilities) and a PNG grid of drawings for each of the most confused pairs.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["worker", "merge"])]
+    pub errors: Option<PathBuf>,
+    /// With --errors: how many confused pairs get a grid.
+    #[arg(long, default_value_t = 12, value_name = "N")]
+    pub error_pairs: usize,
+    /// With --errors: drawings per grid.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub errors_per_pair: usize,
     /// Evaluate only worker I's share of N (the shards whose sorted index is I mod N) and
     /// write its counts to <model-dir>/evaluation-parts/; then `evaluate --merge`.
     #[arg(long, value_name = "I/N", conflicts_with = "merge")]
@@ -85,10 +98,16 @@ pub fn invalid_warning(m: &MetricsReport) -> Option<String> {
     })
 }
 
-pub fn write_confusion_png(m: &MetricsReport, path: &PathBuf) -> anyhow::Result<()> {
-    let cell = (512 / m.confusion.len().max(1)).clamp(2, 64);
-    let (px, side) = confusion_image(&m.confusion, cell);
-    let png = quickdraw_data::image::encode_grey(&px, side, side);
+/// `--png`: the labelled confusion chart, titled with the model, checkpoint and eval files.
+pub fn write_confusion_png(ev: &quickdraw_train::Evaluation, path: &PathBuf) -> anyhow::Result<()> {
+    let m = &ev.metrics;
+    let files: String = ev.eval_files.replace('\n', " ").chars().take(60).collect();
+    let title = format!(
+        "{} ({}, step {}) on {files}: accuracy {:.4}, {} examples",
+        ev.model_dir, ev.model, ev.step, m.accuracy, m.examples
+    );
+    let (px, w, h) = confusion_chart(&title, &m.classes, &m.confusion);
+    let png = quickdraw_data::image::encode_grey(&px, w, h);
     std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -129,9 +148,36 @@ pub fn run(mut a: EvaluateArgs, ctx: Ctx) -> anyhow::Result<()> {
     let pb = crate::progress::bar(ctx.quiet, None, "");
     pb.set_message(format!("evaluating {}", a.model_dir.display()));
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
-    let (ev, _) = quickdraw_train::evaluate(&req, false)
-        .with_context(|| format!("evaluating {}", a.model_dir.display()))?;
+    let (ev, errors) = match &a.errors {
+        Some(dir) => {
+            let opts = ErrorsOptions {
+                dir: dir.clone(),
+                pairs: a.error_pairs,
+                per_pair: a.errors_per_pair.max(1),
+            };
+            let (ev, report) = evaluate_with_errors(&req, &opts)
+                .with_context(|| format!("evaluating {}", a.model_dir.display()))?;
+            (ev, Some(report))
+        }
+        None => {
+            let (ev, _) = quickdraw_train::evaluate(&req, false)
+                .with_context(|| format!("evaluating {}", a.model_dir.display()))?;
+            (ev, None)
+        }
+    };
     pb.finish_and_clear();
+    if let Some(r) = &errors
+        && !ctx.quiet
+    {
+        eprintln!(
+            "{} misclassified examples in {}",
+            r.errors,
+            r.errors_file.display()
+        );
+        for (t, p, n, png) in &r.grids {
+            eprintln!("  {t} -> {p}: {n}  {}", png.display());
+        }
+    }
     if let Some(m) = copy.as_mut() {
         m.push()
             .with_context(|| format!("uploading evaluation.json to {}", given.display()))?;
@@ -144,7 +190,7 @@ fn print_evaluation(a: &EvaluateArgs, ev: &quickdraw_train::Evaluation) -> anyho
         eprintln!("{w}");
     }
     if let Some(p) = &a.png {
-        write_confusion_png(&ev.metrics, p)?;
+        write_confusion_png(ev, p)?;
     }
     if a.json {
         println!("{}", serde_json::to_string(ev)?);

@@ -9,7 +9,10 @@ use quickdraw_train::metrics::MetricsReport;
 use quickdraw_train::model::{ModelKind, parse_conv, parse_widths};
 use quickdraw_train::pipeline::{DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER, file_list};
 use quickdraw_train::train::StepStats;
-use quickdraw_train::{OptimizerKind, TrainObserver, TrainRequest, TrainSummary};
+use quickdraw_train::{
+    Augment, EarlyStopping, LrSchedule, Monitored, OptimizerKind, ScheduleKind, TrainObserver,
+    TrainRequest, TrainSummary,
+};
 
 use super::Ctx;
 use crate::progress;
@@ -33,6 +36,10 @@ pub struct TrainArgs {
     /// Train until this global step.
     #[arg(long, default_value_t = 1000)]
     pub train_steps: u64,
+    /// Train for N epochs instead (an epoch: ceil(train examples / batch size) steps); also
+    /// evaluates at the end of every epoch unless --eval-every says otherwise.
+    #[arg(long, value_name = "N", conflicts_with = "train_steps")]
+    pub epochs: Option<u64>,
     /// Examples per training step.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -48,9 +55,51 @@ pub struct TrainArgs {
     /// adam, adamw, sgd, momentum (SGD + 0.9 momentum), rmsprop or adagrad.
     #[arg(long, default_value = "adam")]
     pub optimizer: OptimizerKind,
-    /// Evaluate every N steps (default: only at the end).
+    /// Evaluate every N steps (default: only at the end, or every epoch with --epochs).
     #[arg(long)]
     pub eval_every: Option<u64>,
+    /// Learning-rate schedule: constant, exponential (rate^(t/decay-steps)), cosine (to
+    /// --lr-min-ratio over --lr-decay-steps, default the whole run), step (x rate every
+    /// --lr-decay-steps) or plateau (x rate after --lr-patience evaluations without improvement).
+    #[arg(long, default_value = "constant", value_name = "SCHEDULE")]
+    pub lr_schedule: ScheduleKind,
+    /// Steps of linear warm-up from 0 to --learning-rate before the schedule starts.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub warmup_steps: u64,
+    /// The schedule's decay period (exponential, step) or length (cosine).
+    #[arg(long, value_name = "N")]
+    pub lr_decay_steps: Option<u64>,
+    /// The schedule's factor (default: exponential 0.96, step 0.1, plateau 0.5).
+    #[arg(long, value_name = "RATE")]
+    pub lr_decay_rate: Option<f64>,
+    /// Cosine's final rate as a share of --learning-rate (Keras's alpha).
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub lr_min_ratio: f64,
+    /// Plateau: evaluations without improvement of the monitored metric before a cut.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub lr_patience: u32,
+    /// Weight decay: AdamW's decoupled decay (default 1e-4), an L2 penalty for the others.
+    #[arg(long, value_name = "W")]
+    pub weight_decay: Option<f64>,
+    /// Label smoothing of the training loss, in [0, 1) (evaluation reports the plain loss).
+    #[arg(long, value_name = "ALPHA")]
+    pub label_smoothing: Option<f64>,
+    /// Per-class loss weights: `balanced` (n / (classes x n_class)) or a JSON file
+    /// {"class": weight, ...} (classes not named weigh 1).
+    #[arg(long, value_name = "balanced|FILE")]
+    pub class_weight: Option<String>,
+    /// Stop when --early-stopping-metric has not improved for N evaluations, and restore the
+    /// best evaluation's weights as the final checkpoint (needs --eval-files and --eval-every
+    /// or --epochs).
+    #[arg(long, value_name = "N")]
+    pub early_stopping_patience: Option<u32>,
+    /// Random affine transforms of the training images (rotation, scale, shear, shift; strong
+    /// adds horizontal flips), drawn from --seed and each example's place in the stream.
+    #[arg(long, default_value = "none", value_name = "none|light|strong")]
+    pub augment: Augment,
+    /// The metric early stopping and the plateau schedule watch: val_loss or val_accuracy.
+    #[arg(long, default_value = "val_loss", value_name = "METRIC")]
+    pub early_stopping_metric: Monitored,
     /// Write a checkpoint every N steps (also after each evaluation, at the end and on Ctrl-C).
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
@@ -100,6 +149,10 @@ pub struct TrainArgs {
 struct BarObserver {
     pb: ProgressBar,
     quiet: bool,
+    /// --epochs, and the steps of one epoch: the progress speaks in epochs, as Keras's.
+    epochs: Option<(u64, u64)>,
+    /// The training window's loss and accuracy at the last step (for the epoch line).
+    last: Option<(f64, f64)>,
 }
 
 impl TrainObserver for BarObserver {
@@ -114,19 +167,46 @@ impl TrainObserver for BarObserver {
     }
     fn step(&mut self, s: &StepStats) {
         self.pb.set_position(s.step);
-        self.pb.set_message(format!(
-            "loss {:.4} acc {:.3} | {:.1} steps/s, data wait {:.0}%",
-            s.loss,
-            s.accuracy,
+        self.last = Some((s.loss, s.accuracy));
+        self.epochs = s.epochs.map(|n| (n, s.steps_per_epoch));
+        let mut m = String::new();
+        if let Some((n, per)) = self.epochs {
+            let e = (s.step.saturating_sub(1) / per + 1).min(n);
+            m.push_str(&format!("epoch {e}/{n} - "));
+        }
+        m.push_str(&format!("loss {:.4} - accuracy {:.3}", s.loss, s.accuracy));
+        if let (Some(l), Some(a)) = (s.val_loss, s.val_accuracy) {
+            m.push_str(&format!(" - val_loss {l:.4} - val_accuracy {a:.3}"));
+        }
+        m.push_str(&format!(
+            " - lr {:.2e} | {:.1} steps/s, data wait {:.0}%",
+            s.learning_rate,
             s.steps_per_sec,
             100.0 * s.data_wait_share
         ));
+        self.pb.set_message(m);
     }
     fn eval_start(&mut self, step: u64) {
         self.pb.set_message(format!("evaluating at step {step}"));
     }
     fn evaluated(&mut self, step: u64, r: &MetricsReport) {
-        if !self.quiet {
+        if self.quiet {
+            return;
+        }
+        if let Some((n, per)) = self.epochs
+            && step.is_multiple_of(per)
+        {
+            let (loss, acc) = self.last.unwrap_or((f64::NAN, f64::NAN));
+            self.pb.suspend(|| {
+                eprintln!(
+                    "epoch {}/{n} (step {step}): loss {loss:.4} - accuracy {acc:.4} - val_loss {:.4} - val_accuracy {:.4} - val_top3 {:.4}",
+                    step / per,
+                    r.loss,
+                    r.accuracy,
+                    r.top3_accuracy
+                )
+            });
+        } else {
             self.pb.suspend(|| {
                 eprintln!(
                     "step {step}: eval loss {:.4}  accuracy {:.4}  top3 {:.4}  map@3 {:.4}  ({} examples)",
@@ -193,6 +273,15 @@ fn summary_table(s: &TrainSummary) -> String {
     if let Some(c) = &s.checkpoint {
         row("checkpoint", c.display().to_string());
     }
+    if let Some(e) = &s.stopped_early {
+        row(
+            "stopped",
+            format!(
+                "early at step {}: best {} {:.4} at step {}, whose weights the last checkpoint holds",
+                e.step, e.metric, e.best, e.best_step
+            ),
+        );
+    }
     if s.interrupted {
         row(
             "status",
@@ -236,6 +325,26 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
         v => Some(file_list(v, "eval")?),
     };
     req.train_steps = a.train_steps;
+    req.epochs = a.epochs;
+    req.lr_schedule = LrSchedule {
+        kind: a.lr_schedule,
+        warmup_steps: a.warmup_steps,
+        decay_steps: a.lr_decay_steps,
+        rate: a
+            .lr_decay_rate
+            .unwrap_or_else(|| a.lr_schedule.default_rate()),
+        min_ratio: a.lr_min_ratio,
+        patience: a.lr_patience,
+    };
+    req.weight_decay = a.weight_decay;
+    req.label_smoothing = a.label_smoothing;
+    req.class_weight = a.class_weight.clone();
+    req.early_stopping = a.early_stopping_patience.map(|patience| EarlyStopping {
+        patience,
+        metric: a.early_stopping_metric,
+    });
+    req.monitor_metric = a.early_stopping_metric;
+    req.augment = a.augment;
     req.eval_steps = a.eval_steps;
     req.eval_every = a.eval_every;
     req.checkpoint_every = a.checkpoint_every;
@@ -251,7 +360,10 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     let mut obs = BarObserver {
         pb: pb.clone(),
         quiet: ctx.quiet,
+        epochs: None,
+        last: None,
     };
+
     let summary = quickdraw_train::train(&req, &mut obs)
         .with_context(|| format!("training into {}", display(&a.model_dir)))?;
     pb.finish_and_clear();
