@@ -1,6 +1,7 @@
 //! The REST API, TensorFlow Serving's (`/v1/models/{name}[/versions/{v}][/metadata|:predict|
-//! :classify]`), plus `/healthz` and the drawing page at `/`. [`app`] builds the router (tested
-//! with `tower::ServiceExt::oneshot`); `crate::serve` binds it.
+//! :classify]`) over one or several models ([`Model`]: a name and its store), plus `/healthz`
+//! and the drawing page at `/` (for the first model). [`app`] builds the router (tested with
+//! `tower::ServiceExt::oneshot`); `crate::serve` binds it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,6 +148,38 @@ impl Default for StateOptions {
     }
 }
 
+/// One served model: its name in URLs and gRPC model specs, its versions, its drift window.
+#[derive(Debug)]
+pub struct Model {
+    name: String,
+    store: Arc<ModelStore>,
+    /// The drift window of the newest served version (fed on the batch threads).
+    drift: Drift,
+}
+
+impl Model {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn store(&self) -> &Arc<ModelStore> {
+        &self.store
+    }
+    /// The predictor for a request (the newest served version, or the one asked for), or 404
+    /// naming the versions served.
+    pub(crate) fn predictor(&self, version: Option<u64>) -> Result<Arc<Predictor>, ApiError> {
+        self.store.get(version).ok_or_else(|| {
+            let mut e = servable_not_found(&self.name, version);
+            let served = self.store.served_versions();
+            if !served.is_empty() {
+                let list: Vec<String> = served.iter().map(u64::to_string).collect();
+                e.message
+                    .push_str(&format!(" (serving versions {})", list.join(", ")));
+            }
+            e
+        })
+    }
+}
+
 /// Shared server state.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -155,8 +188,8 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct Inner {
-    model_name: String,
-    store: Arc<ModelStore>,
+    /// In the server's order (the model config file's); never empty.
+    models: Vec<Arc<Model>>,
     limits: Limits,
     log: Option<RequestLog>,
     requests: AtomicU64,
@@ -164,8 +197,6 @@ struct Inner {
     /// (merged with others when batching is on); inference never runs on the async runtime.
     batcher: Batcher,
     metrics: Metrics,
-    /// The served version's drift window (fed on the batch threads).
-    drift: Drift,
     /// Where the Prometheus metrics are served; empty: no metrics (nothing is observed).
     metrics_paths: Vec<String>,
     quiet: bool,
@@ -221,35 +252,88 @@ impl AppState {
         quiet: bool,
         opts: StateOptions,
     ) -> Self {
+        Self::with_models(vec![(model_name.into(), store)], limits, log, quiet, opts)
+    }
+
+    /// State serving several models (name, store), each under its own name; the first one is
+    /// the drawing page's. Panics on no model or a name given twice (the config file's reader
+    /// refuses both).
+    pub fn with_models(
+        models: Vec<(String, Arc<ModelStore>)>,
+        limits: Limits,
+        log: Option<RequestLog>,
+        quiet: bool,
+        opts: StateOptions,
+    ) -> Self {
         let StateOptions {
             batch,
             drift,
             metrics_paths,
         } = opts;
+        assert!(!models.is_empty(), "a server serves at least one model");
+        let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[..i].contains(n), "model {n:?} given twice");
+        }
         let batcher = Batcher::new(batch);
         // Fails only on an invalid metric definition (a bug, caught by the tests).
-        let metrics = Metrics::new(model_name, &batcher).expect("the server's metrics register");
+        let metrics = Metrics::new(&names, &batcher).expect("the server's metrics register");
+        let models = models
+            .into_iter()
+            .map(|(name, store)| {
+                Arc::new(Model {
+                    name,
+                    store,
+                    drift: Drift::new(drift, quiet),
+                })
+            })
+            .collect();
         AppState {
             inner: Arc::new(Inner {
-                model_name: model_name.into(),
-                store,
+                models,
                 limits,
                 log,
                 requests: AtomicU64::new(0),
                 batcher,
                 metrics,
-                drift: Drift::new(drift, quiet),
                 metrics_paths,
                 quiet,
             }),
         }
     }
+    /// The first model's store.
     pub fn store(&self) -> &Arc<ModelStore> {
-        &self.inner.store
+        &self.inner.models[0].store
     }
-    /// The model's name in URLs and gRPC model specs.
+    /// The first model's name in URLs and gRPC model specs.
     pub fn model_name(&self) -> &str {
-        &self.inner.model_name
+        &self.inner.models[0].name
+    }
+    /// Every model served, in the server's order.
+    pub fn models(&self) -> &[Arc<Model>] {
+        &self.inner.models
+    }
+    /// The model called `name`, or 404 naming the models served (TF Serving's message first).
+    pub fn model(&self, name: &str, version: Option<u64>) -> Result<&Arc<Model>, ApiError> {
+        self.inner
+            .models
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| {
+                let mut e = servable_not_found(name, version);
+                let names: Vec<String> = self
+                    .inner
+                    .models
+                    .iter()
+                    .map(|m| format!("{:?}", m.name))
+                    .collect();
+                let s = if names.len() == 1 { "" } else { "s" };
+                e.message.push_str(&format!(
+                    " (no such model; this server serves model{s} {})",
+                    names.join(", ")
+                ));
+                e
+            })
     }
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
@@ -314,9 +398,13 @@ async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Res
         .unwrap_or("");
     let secs = t0.elapsed().as_secs_f64();
     if st.metrics_enabled() {
-        st.inner
-            .metrics
-            .observe_request(api_of(uri.path()), version, resp.status().as_str(), secs);
+        st.inner.metrics.observe_request(
+            model_of(uri.path()),
+            api_of(uri.path()),
+            version,
+            resp.status().as_str(),
+            secs,
+        );
     }
     if !st.inner.quiet {
         let v = if version.is_empty() {
@@ -339,6 +427,13 @@ async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Res
     resp
 }
 
+/// The model name of a `/v1/models/{name}...` path ("" for other paths).
+fn model_of(path: &str) -> &str {
+    path.strip_prefix("/v1/models/")
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .unwrap_or("")
+}
+
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!(
         "Malformed request: {method} {uri} (see /v1/models/<name>[/versions/<v>][/metadata|:predict|:classify])"
@@ -350,29 +445,55 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 async fn page(State(st): State<AppState>) -> Html<String> {
-    let name =
-        serde_json::to_string(&st.inner.model_name).unwrap_or_else(|_| "\"quickdraw\"".into());
+    let name = serde_json::to_string(st.model_name()).unwrap_or_else(|_| "\"quickdraw\"".into());
     Html(PAGE_HTML.replace("\"__MODEL_NAME__\"", &name))
 }
 
 /// The Prometheus text exposition of [`Metrics`].
 async fn prometheus_metrics(State(st): State<AppState>) -> ApiResult {
+    let models: Vec<(&ModelStore, &Drift)> = st
+        .inner
+        .models
+        .iter()
+        .map(|m| (m.store.as_ref(), &m.drift))
+        .collect();
     let text = st
         .inner
         .metrics
-        .render(&st.inner.batcher, &st.inner.store, &st.inner.drift)
+        .render(&st.inner.batcher, &models)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
 }
 
+/// `ok` (200) when every model serves a version, 503 otherwise; `model` and `version` are the
+/// first model's, `models` lists each one's served versions (newest first).
 async fn healthz(State(st): State<AppState>) -> Response {
-    let cur = st.inner.store.current();
+    let cur = st.store().current();
+    let missing: Vec<&str> = st
+        .inner
+        .models
+        .iter()
+        .filter(|m| m.store.current().is_none())
+        .map(|m| m.name.as_str())
+        .collect();
+    let status = match missing.as_slice() {
+        [] => "ok".to_string(),
+        _ if st.inner.models.len() == 1 => "no model version loaded".to_string(),
+        m => format!("no version loaded of {}", m.join(", ")),
+    };
+    let models: Vec<Value> = st
+        .inner
+        .models
+        .iter()
+        .map(|m| json!({"name": m.name, "versions": m.store.served_versions()}))
+        .collect();
     let cfg = st.batching();
     let stats = st.batch_stats();
     let body = json!({
-        "status": if cur.is_some() { "ok" } else { "no model version loaded" },
-        "model": st.inner.model_name,
+        "status": status,
+        "model": st.model_name(),
         "version": cur.as_ref().and_then(|c| c.version()),
+        "models": models,
         "requests": st.requests(),
         "batching": {
             "enabled": cfg.enabled,
@@ -389,7 +510,7 @@ async fn healthz(State(st): State<AppState>) -> Response {
             "refused_queue_full": stats.refused,
         },
     });
-    let code = if cur.is_some() {
+    let code = if missing.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -403,13 +524,6 @@ fn split_verb(spec: &str) -> (&str, Option<&str>) {
         Some((a, v)) => (a, Some(v)),
         None => (spec, None),
     }
-}
-
-fn check_name(st: &AppState, name: &str, version: Option<u64>) -> Result<(), ApiError> {
-    if name != st.inner.model_name {
-        return Err(servable_not_found(name, version));
-    }
-    Ok(())
 }
 
 pub(crate) fn servable_not_found(name: &str, version: Option<u64>) -> ApiError {
@@ -481,8 +595,7 @@ async fn version_post(
 }
 
 fn status(st: &AppState, name: &str, version: Option<u64>) -> ApiResult {
-    check_name(st, name, version)?;
-    let all = st.inner.store.status();
+    let all = st.model(name, version)?.store.status();
     let chosen: Vec<_> = match version {
         Some(v) => all.into_iter().filter(|s| s.version == v).collect(),
         None => all,
@@ -540,13 +653,9 @@ pub fn metadata_json(model_name: &str, p: &Predictor) -> Value {
 }
 
 fn metadata(st: &AppState, name: &str, version: Option<u64>) -> ApiResult {
-    check_name(st, name, version)?;
-    let p = st
-        .inner
-        .store
-        .get(version)
-        .ok_or_else(|| servable_not_found(name, version))?;
-    Ok(axum::Json(metadata_json(&st.inner.model_name, &p)).into_response())
+    let model = st.model(name, version)?;
+    let p = model.predictor(version)?;
+    Ok(axum::Json(metadata_json(&model.name, &p)).into_response())
 }
 
 async fn metadata_latest(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
@@ -631,12 +740,8 @@ async fn infer(
             ));
         }
     };
-    check_name(&st, &name, version)?;
-    let predictor = st
-        .inner
-        .store
-        .get(version)
-        .ok_or_else(|| servable_not_found(&name, version))?;
+    let model = st.model(&name, version)?.clone();
+    let predictor = model.predictor(version)?;
     let bytes = read_body(&headers, body, st.inner.limits.max_body_bytes).await?;
     let json: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("JSON Parse error: {e}")))?;
@@ -648,8 +753,15 @@ async fn infer(
         }
         Verb::Classify => (parse_classify(&json, &input, &st.inner.limits)?, false),
     };
-    let (answer, request_id) =
-        run(&st, &predictor, instances, verb, Encode::Json { columnar }).await?;
+    let (answer, request_id) = run(
+        &st,
+        &model,
+        &predictor,
+        instances,
+        verb,
+        Encode::Json { columnar },
+    )
+    .await?;
     let Answer::Json(answer) = answer else {
         return Err(ApiError::internal("inference answered outputs, not JSON"));
     };
@@ -669,6 +781,7 @@ async fn infer(
 /// thread, never on the async runtime): the answer and the request's id. REST and gRPC share it.
 pub(crate) async fn run(
     st: &AppState,
+    model: &Arc<Model>,
     predictor: &Arc<Predictor>,
     instances: Vec<Instance>,
     verb: Verb,
@@ -678,6 +791,7 @@ pub(crate) async fn run(
     let (reply, answer) = tokio::sync::oneshot::channel();
     let task = ServeTask {
         st: st.clone(),
+        model: model.clone(),
         predictor: predictor.clone(),
         instances,
         verb,
@@ -707,6 +821,7 @@ pub(crate) async fn run(
 /// the request log and the answer body.
 struct ServeTask {
     st: AppState,
+    model: Arc<Model>,
     predictor: Arc<Predictor>,
     instances: Vec<Instance>,
     verb: Verb,
@@ -768,10 +883,15 @@ impl Task for ServeTask {
                         predicted: label(p, c).to_string(),
                     })
                     .collect();
-                self.st.inner.drift.observe(p, obs);
+                // The window follows the newest served version (what requests without a
+                // version get); requests pinned to older versions are not observed.
+                let newest = self.model.store.current();
+                if newest.is_some_and(|n| n.version() == p.version()) {
+                    self.model.drift.observe(p, obs);
+                }
                 if let Some(log) = &self.st.inner.log {
                     log_drawings(
-                        &self.st,
+                        &self.model.name,
                         log,
                         p,
                         &self.instances,
@@ -815,7 +935,7 @@ pub(crate) fn finite_outputs(probs: Probabilities) -> Result<Probabilities, ApiE
 }
 
 fn log_drawings(
-    st: &AppState,
+    model: &str,
     log: &RequestLog,
     p: &Predictor,
     instances: &[Instance],
@@ -827,7 +947,7 @@ fn log_drawings(
         let Instance::Drawing(d) = inst else { continue };
         let top = probs.top_k(i, 3);
         let served = Served {
-            model: &st.inner.model_name,
+            model,
             version: p.version().unwrap_or(0),
             request_id,
             verb: if verb == Verb::Predict {

@@ -34,10 +34,28 @@ pub enum ConfigError {
 /// Which versions of a model are served (TF Serving's `ServableVersionPolicy`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum VersionPolicy {
-    /// The newest `n` (TF Serving's default: 1).
+    /// The newest `n` loadable versions (TF Serving's default: 1).
     Latest(u32),
+    /// Every version in the base path.
     All,
+    /// These versions (sorted, no duplicates), when they are in the base path.
     Specific(Vec<u64>),
+}
+
+impl std::fmt::Display for VersionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionPolicy::Latest(n) => write!(f, "latest {{ num_versions: {n} }}"),
+            VersionPolicy::All => write!(f, "all {{}}"),
+            VersionPolicy::Specific(v) => {
+                write!(f, "specific {{")?;
+                for v in v {
+                    write!(f, " versions: {v}")?;
+                }
+                write!(f, " }}")
+            }
+        }
+    }
 }
 
 /// One `config { ... }` of a `model_config_list`.
@@ -112,15 +130,25 @@ pub fn read_model_config(path: &Path) -> Result<Vec<ModelEntry>, ConfigError> {
             None => VersionPolicy::Latest(1),
             Some(PolicyChoice::Latest(l)) => VersionPolicy::Latest(l.num_versions.max(1)),
             Some(PolicyChoice::All(_)) => VersionPolicy::All,
-            Some(PolicyChoice::Specific(s)) => VersionPolicy::Specific(
-                s.versions
+            Some(PolicyChoice::Specific(s)) => {
+                let mut v: Vec<u64> = s
+                    .versions
                     .iter()
                     .map(|&v| {
                         u64::try_from(v)
                             .map_err(|_| invalid(format!("config {:?}: version {v}", c.name)))
                     })
-                    .collect::<Result<_, _>>()?,
-            ),
+                    .collect::<Result<_, _>>()?;
+                if v.is_empty() {
+                    return Err(invalid(format!(
+                        "config {:?}: specific {{ }} lists no versions",
+                        c.name
+                    )));
+                }
+                v.sort_unstable();
+                v.dedup();
+                VersionPolicy::Specific(v)
+            }
         };
         if out.iter().any(|m: &ModelEntry| m.name == c.name) {
             return Err(invalid(format!("model {:?} is configured twice", c.name)));
@@ -196,6 +224,40 @@ mod tests {
     }
 
     #[test]
+    fn each_version_policy_and_its_defaults() {
+        let (_d, p) = file(
+            r#"
+            model_config_list {
+              config { name: "a" base_path: "/a" model_version_policy { latest {} } }
+              config { name: "b" base_path: "/b" model_version_policy { latest { num_versions: 3 } } }
+              config { name: "c" base_path: "/c" model_version_policy: { all: {} } }
+              config { name: "d" base_path: "/d" model_version_policy { specific { versions: [7, 2, 7] } } }
+              config { name: "e" base_path: "/e" model_platform: "onnx" }
+            }
+            "#,
+        );
+        let m = read_model_config(&p).unwrap();
+        let got: Vec<(&str, &VersionPolicy)> =
+            m.iter().map(|m| (m.name.as_str(), &m.policy)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", &VersionPolicy::Latest(1)),
+                ("b", &VersionPolicy::Latest(3)),
+                ("c", &VersionPolicy::All),
+                ("d", &VersionPolicy::Specific(vec![2, 7])),
+                ("e", &VersionPolicy::Latest(1)),
+            ]
+        );
+        assert_eq!(m[3].base_path, PathBuf::from("/d"));
+        assert_eq!(
+            m[3].policy.to_string(),
+            "specific { versions: 2 versions: 7 }"
+        );
+        assert_eq!(m[2].policy.to_string(), "all {}");
+    }
+
+    #[test]
     fn bad_config_files_name_the_problem() {
         let (_d, p) = file("model_config_list { config { name: 'a' base_pth: '/x' } }");
         let e = read_model_config(&p).unwrap_err().to_string();
@@ -212,6 +274,25 @@ mod tests {
                 .to_string()
                 .contains("pytorch")
         );
+        for (text, needle) in [
+            (
+                "model_config_list { config { name: 'a' base_path: '/x' } config { name: 'a' base_path: '/y' } }",
+                "configured twice",
+            ),
+            (
+                "model_config_list { config { name: 'a' base_path: '/x' model_version_policy { specific {} } } }",
+                "lists no versions",
+            ),
+            (
+                "model_config_list { config { name: 'a' base_path: '/x' model_version_policy { specific { versions: -1 } } } }",
+                "version -1",
+            ),
+            ("model_config_list { }", "has no config"),
+        ] {
+            let (_d, p) = file(text);
+            let e = read_model_config(&p).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Prediction drift (the lecture's rules #10 and #37): a sliding window of what the served
-//! version sees (per drawing: strokes, points, ink share, bounding-box aspect; the predicted
+//! Prediction drift (the lecture's rules #10 and #37): a sliding window, per model, of what its
+//! newest served version sees (per drawing: strokes, points, ink share, bounding-box aspect; the predicted
 //! class) compared with the training distribution, as the population stability index (PSI, see
 //! [`crate::skew`]) per feature. The server exports them as gauges and logs a warning when one
 //! passes a threshold.
@@ -137,7 +137,8 @@ struct State {
     psi: BTreeMap<&'static str, f64>,
 }
 
-/// The drift window of the served version.
+/// The drift window of one model's served version (the server keeps one per model and feeds it
+/// the newest served version's predictions; it restarts when another version answers).
 #[derive(Debug)]
 pub struct Drift {
     cfg: DriftConfig,

@@ -1,5 +1,6 @@
 //! TensorFlow Serving's gRPC API: `tensorflow.serving.PredictionService` (`Predict`, `Classify`,
-//! `GetModelMetadata`) and `ModelService.GetModelStatus`, over the same model store, limits,
+//! `GetModelMetadata`) and `ModelService.GetModelStatus`, over the same models (the one that
+//! `model_spec.name` names, the version `model_spec.version` asks for or the newest), limits,
 //! preprocessing and inference queue as the REST API ([`crate::api`]); errors are the REST
 //! API's, mapped to gRPC status codes.
 //!
@@ -28,7 +29,7 @@ use quickdraw_data::signature::{
 use quickdraw_data::strokes::StrokeFeatures;
 use tonic::{Code, Request, Response, Status};
 
-use crate::api::{self, Answer, ApiError, AppState, Encode, Verb};
+use crate::api::{self, Answer, ApiError, AppState, Encode, Model, Verb};
 use crate::predictor::{Predictor, Probabilities};
 use crate::proto::serving::model_service_server::{ModelService, ModelServiceServer};
 use crate::proto::serving::prediction_service_server::{
@@ -92,8 +93,12 @@ impl Grpc {
         tonic::service::Routes::new(predict).add_service(models)
     }
 
-    /// The predictor a model spec names (latest, or a version that is served), and its version.
-    fn predictor(&self, spec: Option<&pb::ModelSpec>) -> Result<Arc<Predictor>, Status> {
+    /// The model a spec names and its predictor (the newest served version, or the version
+    /// asked for when it is served).
+    fn predictor(
+        &self,
+        spec: Option<&pb::ModelSpec>,
+    ) -> Result<(Arc<Model>, Arc<Predictor>), Status> {
         let spec = spec.ok_or_else(|| bad("Missing ModelSpec"))?;
         if !spec.signature_name.is_empty() && spec.signature_name != DEFAULT_SIGNATURE {
             return Err(bad(format!(
@@ -102,17 +107,20 @@ impl Grpc {
             )));
         }
         let version = version_of(spec)?;
-        if spec.name != self.st.model_name() {
-            return Err(api::servable_not_found(&spec.name, version).into());
-        }
-        self.st
-            .store()
-            .get(version)
-            .ok_or_else(|| api::servable_not_found(&spec.name, version).into())
+        let model = self.st.model(&spec.name, version)?;
+        let p = model.predictor(version)?;
+        Ok((model.clone(), p))
     }
 
-    /// Counts and logs one call like the REST access log.
-    fn observe<T>(&self, api: &str, t0: Instant, r: &Result<Response<T>, Status>, version: &str) {
+    /// Counts and logs one call for `model` (the name asked for) like the REST access log.
+    fn observe<T>(
+        &self,
+        model: &str,
+        api: &str,
+        t0: Instant,
+        r: &Result<Response<T>, Status>,
+        version: &str,
+    ) {
         let code = match r {
             Ok(_) => Code::Ok,
             Err(s) => s.code(),
@@ -120,7 +128,9 @@ impl Grpc {
         let secs = t0.elapsed().as_secs_f64();
         let code = code_name(code);
         if self.st.metrics_enabled() {
-            self.st.metrics().observe_request(api, version, code, secs);
+            self.st
+                .metrics()
+                .observe_request(model, api, version, code, secs);
         }
         if !self.st.quiet() {
             let v = if version.is_empty() {
@@ -132,6 +142,7 @@ impl Grpc {
             tracing::debug!(
                 target: api::ACCESS_LOG,
                 protocol = "grpc",
+                model,
                 api,
                 status = code,
                 version,
@@ -145,18 +156,19 @@ impl Grpc {
         &self,
         r: pb::PredictRequest,
     ) -> Result<(Response<pb::PredictResponse>, String), Status> {
-        let p = self.predictor(r.model_spec.as_ref())?;
+        let (m, p) = self.predictor(r.model_spec.as_ref())?;
         let version = p.version().unwrap_or(0).to_string();
         let instances = predict_instances(&r.inputs, &p, self.st.limits())?;
         let filter = output_filter(&r.output_filter)?;
-        let (answer, _) = api::run(&self.st, &p, instances, Verb::Predict, Encode::Outputs).await?;
+        let (answer, _) =
+            api::run(&self.st, &m, &p, instances, Verb::Predict, Encode::Outputs).await?;
         let probs = outputs(answer)?;
         let mut outputs = std::collections::HashMap::new();
         for name in filter {
             outputs.insert(name.to_string(), output_tensor(name, &p, &probs));
         }
         let resp = pb::PredictResponse {
-            model_spec: Some(spec_of(&self.st, &p)),
+            model_spec: Some(spec_of(&m, &p)),
             outputs,
         };
         Ok((Response::new(resp), version))
@@ -166,7 +178,7 @@ impl Grpc {
         &self,
         r: pb::ClassificationRequest,
     ) -> Result<(Response<pb::ClassificationResponse>, String), Status> {
-        let p = self.predictor(r.model_spec.as_ref())?;
+        let (m, p) = self.predictor(r.model_spec.as_ref())?;
         let version = p.version().unwrap_or(0).to_string();
         let examples = classify_examples(r.input)?;
         check_batch(examples.len(), self.st.limits())?;
@@ -175,7 +187,7 @@ impl Grpc {
             .map(|e| Instance::Example(e.encode_to_vec()))
             .collect();
         let (answer, _) =
-            api::run(&self.st, &p, instances, Verb::Classify, Encode::Outputs).await?;
+            api::run(&self.st, &m, &p, instances, Verb::Classify, Encode::Outputs).await?;
         let probs = outputs(answer)?;
         let classifications = (0..probs.len())
             .map(|i| pb::Classifications {
@@ -190,7 +202,7 @@ impl Grpc {
             })
             .collect();
         let resp = pb::ClassificationResponse {
-            model_spec: Some(spec_of(&self.st, &p)),
+            model_spec: Some(spec_of(&m, &p)),
             result: Some(pb::ClassificationResult { classifications }),
         };
         Ok((Response::new(resp), version))
@@ -210,7 +222,7 @@ impl Grpc {
                 "Metadata field {f} is not supported (this server answers {SIGNATURE_DEF_FIELD:?})"
             )));
         }
-        let p = self.predictor(r.model_spec.as_ref())?;
+        let (m, p) = self.predictor(r.model_spec.as_ref())?;
         let map = pb::SignatureDefMap {
             signature_def: [(p.info().signature.signature_name.clone(), signature_def(&p))].into(),
         };
@@ -219,7 +231,7 @@ impl Grpc {
             value: map.encode_to_vec(),
         };
         let resp = pb::GetModelMetadataResponse {
-            model_spec: Some(spec_of(&self.st, &p)),
+            model_spec: Some(spec_of(&m, &p)),
             metadata: [(SIGNATURE_DEF_FIELD.to_string(), any)].into(),
         };
         Ok((Response::new(resp), p.version().unwrap_or(0).to_string()))
@@ -231,11 +243,9 @@ impl Grpc {
     ) -> Result<Response<pb::GetModelStatusResponse>, Status> {
         let spec = r.model_spec.ok_or_else(|| bad("Missing ModelSpec"))?;
         let version = version_of(&spec)?;
-        if spec.name != self.st.model_name() {
-            return Err(api::servable_not_found(&spec.name, version).into());
-        }
         let list: Vec<_> = self
             .st
+            .model(&spec.name, version)?
             .store()
             .status()
             .into_iter()
@@ -274,8 +284,10 @@ impl PredictionService for Grpc {
         r: Request<pb::PredictRequest>,
     ) -> Result<Response<pb::PredictResponse>, Status> {
         let t0 = Instant::now();
-        let (r, v) = split(self.predict_inner(r.into_inner()).await);
-        self.observe("grpc_predict", t0, &r, &v);
+        let r = r.into_inner();
+        let model = name_of(r.model_spec.as_ref());
+        let (r, v) = split(self.predict_inner(r).await);
+        self.observe(&model, "grpc_predict", t0, &r, &v);
         r
     }
 
@@ -284,8 +296,10 @@ impl PredictionService for Grpc {
         r: Request<pb::ClassificationRequest>,
     ) -> Result<Response<pb::ClassificationResponse>, Status> {
         let t0 = Instant::now();
-        let (r, v) = split(self.classify_inner(r.into_inner()).await);
-        self.observe("grpc_classify", t0, &r, &v);
+        let r = r.into_inner();
+        let model = name_of(r.model_spec.as_ref());
+        let (r, v) = split(self.classify_inner(r).await);
+        self.observe(&model, "grpc_classify", t0, &r, &v);
         r
     }
 
@@ -294,8 +308,10 @@ impl PredictionService for Grpc {
         r: Request<pb::GetModelMetadataRequest>,
     ) -> Result<Response<pb::GetModelMetadataResponse>, Status> {
         let t0 = Instant::now();
-        let (r, v) = split(self.metadata_inner(r.into_inner()));
-        self.observe("grpc_metadata", t0, &r, &v);
+        let r = r.into_inner();
+        let model = name_of(r.model_spec.as_ref());
+        let (r, v) = split(self.metadata_inner(r));
+        self.observe(&model, "grpc_metadata", t0, &r, &v);
         r
     }
 }
@@ -307,10 +323,17 @@ impl ModelService for Grpc {
         r: Request<pb::GetModelStatusRequest>,
     ) -> Result<Response<pb::GetModelStatusResponse>, Status> {
         let t0 = Instant::now();
-        let r = self.status_inner(r.into_inner());
-        self.observe("grpc_status", t0, &r, "");
+        let r = r.into_inner();
+        let model = name_of(r.model_spec.as_ref());
+        let r = self.status_inner(r);
+        self.observe(&model, "grpc_status", t0, &r, "");
         r
     }
+}
+
+/// The model name a request asks for ("" without a model spec).
+fn name_of(spec: Option<&pb::ModelSpec>) -> String {
+    spec.map(|s| s.name.clone()).unwrap_or_default()
 }
 
 /// A result and the version that answered ("" on an error).
@@ -356,9 +379,9 @@ fn version_of(spec: &pb::ModelSpec) -> Result<Option<u64>, Status> {
     }
 }
 
-fn spec_of(st: &AppState, p: &Predictor) -> pb::ModelSpec {
+fn spec_of(m: &Model, p: &Predictor) -> pb::ModelSpec {
     pb::ModelSpec {
-        name: st.model_name().to_string(),
+        name: m.name().to_string(),
         version_choice: p
             .version()
             .map(|v| VersionChoice::Version(i64::try_from(v).unwrap_or(i64::MAX))),

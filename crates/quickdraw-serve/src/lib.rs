@@ -43,16 +43,17 @@ pub use store::ModelStore;
 /// Everything `quickdraw serve` is told.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// `<base>/<version>/` export folders.
-    pub base: PathBuf,
-    pub model_name: String,
+    /// The models: each a name, a base path of `<base>/<version>/` export folders and the
+    /// versions to serve (`--model_base_path`: one model, the newest version). The first one
+    /// is the drawing page's.
+    pub models: Vec<config::ModelEntry>,
     pub host: String,
     /// TCP port of the REST API and the page: `None` serves none (TF Serving's
     /// `--rest_api_port=0`); 0 picks a free port (printed on start).
     pub rest_port: Option<u16>,
     /// TCP port of the gRPC API ([`grpc`]); 0 picks a free port (printed on start).
     pub grpc_port: u16,
-    /// How often the base path is looked at for new versions.
+    /// How often the base paths are looked at for new versions.
     pub poll_interval: Duration,
     pub limits: Limits,
     pub log_dir: Option<PathBuf>,
@@ -69,16 +70,19 @@ pub struct ServeConfig {
     pub drift: drift::DriftConfig,
     /// Where Prometheus metrics are served; empty: metrics off.
     pub metrics_paths: Vec<String>,
-    /// The one version to serve (a `specific` version policy); `None`: the newest.
-    pub version: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("gRPC server: {0}")]
     Grpc(String),
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
+    #[error("model {model:?}: {source}")]
+    Store {
+        model: String,
+        source: store::StoreError,
+    },
+    #[error("no model to serve")]
+    NoModel,
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -116,22 +120,37 @@ pub fn cors(origins: &[String]) -> Result<CorsLayer, ServeError> {
         ]))
 }
 
-/// Runs the server until ctrl-c (or SIGTERM): loads the newest version, polls the base path for
-/// new ones, serves the API and the drawing page, then shuts down gracefully.
+/// Runs the server until ctrl-c (or SIGTERM): loads each model's versions (as its version
+/// policy says), polls the base paths for new ones, serves the APIs and the drawing page, then
+/// shuts down gracefully.
 pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
-    let store = Arc::new(ModelStore::open_pinned(
-        &cfg.base,
-        cfg.quiet,
-        cfg.runtime.clone(),
-        cfg.version,
-    )?);
-    if store.current().is_none() {
-        tracing::warn!(
-            "no loadable version under {} yet; waiting for <base>/<version>/ folders (polling every {:?})",
-            cfg.base.display(),
-            cfg.poll_interval
-        );
+    if cfg.models.is_empty() {
+        return Err(ServeError::NoModel);
     }
+    let mut models = Vec::new();
+    for m in &cfg.models {
+        let store = ModelStore::open_policy(
+            &m.base_path,
+            cfg.quiet,
+            cfg.runtime.clone(),
+            m.policy.clone(),
+        )
+        .map_err(|source| ServeError::Store {
+            model: m.name.clone(),
+            source,
+        })?;
+        if store.current().is_none() {
+            tracing::warn!(
+                "model {:?}: no loadable version under {} yet ({}); waiting for <base>/<version>/ folders (polling every {:?})",
+                m.name,
+                m.base_path.display(),
+                m.policy,
+                cfg.poll_interval
+            );
+        }
+        models.push((m.name.clone(), Arc::new(store)));
+    }
+    let stores: Vec<Arc<ModelStore>> = models.iter().map(|(_, s)| s.clone()).collect();
     let log = match &cfg.log_dir {
         Some(d) => Some(
             reqlog::RequestLog::open(d).map_err(|source| ServeError::Log {
@@ -141,9 +160,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         ),
         None => None,
     };
-    let state = AppState::with_config(
-        &cfg.model_name,
-        store.clone(),
+    let state = AppState::with_models(
+        models,
         cfg.limits,
         log,
         cfg.quiet,
@@ -155,7 +173,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     );
     let router = app(state.clone()).layer(cors(&cfg.cors_origins)?);
 
-    let poll_store = store.clone();
+    let poll_stores = stores.clone();
     let interval = cfg.poll_interval.max(Duration::from_millis(10));
     let poller = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
@@ -163,8 +181,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let s = poll_store.clone();
-            let _ = tokio::task::spawn_blocking(move || s.refresh()).await;
+            let stores = poll_stores.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for s in &stores {
+                    s.refresh();
+                }
+            })
+            .await;
         }
     });
 
@@ -174,11 +197,22 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     };
     let grpc = bind(&cfg.host, cfg.grpc_port).await?;
     let grpc_addr: SocketAddr = grpc.local_addr()?;
-    let version = store
-        .current()
-        .and_then(|p| p.version())
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| "none yet".into());
+    // Per model: `model "a" version 3 from /a` (several versions: `versions 3, 2`).
+    let served = cfg
+        .models
+        .iter()
+        .zip(&stores)
+        .map(|(m, s)| {
+            let v: Vec<String> = s.served_versions().iter().map(u64::to_string).collect();
+            let v = match v.len() {
+                0 => "version none yet".to_string(),
+                1 => format!("version {}", v[0]),
+                _ => format!("versions {}", v.join(", ")),
+            };
+            format!("model {:?} {v} from {}", m.name, m.base_path.display())
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     // Always printed (also with --quiet): scripts read the address from it.
     let b = &cfg.batching;
     let batching = if b.enabled {
@@ -197,15 +231,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             let local = l.local_addr()?;
             format!(
                 "listening on http://{local}/ (REST API http://{local}/v1/models/{})",
-                cfg.model_name
+                cfg.models[0].name
             )
         }
         None => "no REST API (--rest-api-port 0)".to_string(),
     };
     eprintln!(
-        "quickdraw serve: model {:?} version {version} from {} (run by {}; {batching}); {listening}; gRPC on {grpc_addr} (tensorflow.serving.PredictionService, ModelService)",
-        cfg.model_name,
-        cfg.base.display(),
+        "quickdraw serve: {served} (run by {}; {batching}); {listening}; gRPC on {grpc_addr} (tensorflow.serving.PredictionService, ModelService)",
         cfg.runtime.name(),
     );
     // One signal stops both servers; each finishes the requests it has.

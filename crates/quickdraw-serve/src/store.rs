@@ -1,7 +1,9 @@
 //! The model store: the version folders of one base path (TensorFlow Serving's layout), the
-//! newest loadable one served, new versions picked up by [`ModelStore::refresh`] without a
-//! restart. A version that fails to load is logged and skipped (and retried when its files
-//! change); the current version keeps serving.
+//! versions its version policy selects loaded and served (TF Serving's default: the newest
+//! loadable one; `latest { num_versions }`, `all` and `specific` from a model config file), new
+//! versions picked up and removed ones unloaded by [`ModelStore::refresh`] without a restart.
+//! A version that fails to load is logged and skipped (and retried when its files change); the
+//! versions already serving keep serving.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::time::SystemTime;
 use quickdraw_data::signature::{self, list_versions};
 use quickdraw_data::storage::{self, Mirror};
 
+use crate::config::VersionPolicy;
 use crate::onnxruntime::Runtime;
 use crate::predictor::Predictor;
 use crate::warmup;
@@ -30,10 +33,14 @@ pub struct VersionStatus {
 /// What one refresh did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RefreshReport {
-    /// The version that started serving.
+    /// The newest version that started serving.
     pub loaded: Option<u64>,
     /// Versions that failed to load now (version, error).
     pub failed: Vec<(u64, String)>,
+    /// Every version that started serving, newest first (`loaded` is the first).
+    pub started: Vec<u64>,
+    /// Versions no longer served (gone from the base path, or left out by the policy now).
+    pub unloaded: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,8 +73,18 @@ fn fingerprint(dir: &Path) -> Fingerprint {
 
 #[derive(Debug, Default)]
 struct State {
-    current: Option<Arc<Predictor>>,
+    /// The versions being served, by number.
+    served: BTreeMap<u64, Arc<Predictor>>,
     broken: BTreeMap<u64, Broken>,
+}
+
+/// "version 3" or "versions 2, 3".
+fn versions_text(v: &[u64]) -> String {
+    let list: Vec<String> = v.iter().map(u64::to_string).collect();
+    match list.len() {
+        1 => format!("version {}", list[0]),
+        _ => format!("versions {}", list.join(", ")),
+    }
 }
 
 #[derive(Debug)]
@@ -83,8 +100,8 @@ pub struct ModelStore {
     /// refresh; each version's signature.json comes last, so a version is loaded only once
     /// all its files are here.
     remote: Option<Mutex<Mirror>>,
-    /// The one version to serve (TF Serving's `specific` version policy); `None`: the newest.
-    pin: Option<u64>,
+    /// Which versions are served.
+    policy: VersionPolicy,
     /// Versions loaded, and loads that failed, since the store opened (monitoring).
     loads: AtomicU64,
     load_failures: AtomicU64,
@@ -126,6 +143,35 @@ impl ModelStore {
         runtime: Runtime,
         pin: Option<u64>,
     ) -> Result<ModelStore, StoreError> {
+        let policy = match pin {
+            Some(v) => VersionPolicy::Specific(vec![v]),
+            None => VersionPolicy::Latest(1),
+        };
+        Self::open_policy(base, quiet, runtime, policy)
+    }
+
+    /// Opens a base path and loads the versions `policy` selects (those there yet).
+    pub fn open_policy(
+        base: &Path,
+        quiet: bool,
+        runtime: Runtime,
+        policy: VersionPolicy,
+    ) -> Result<ModelStore, StoreError> {
+        let policy = match policy {
+            VersionPolicy::Latest(n) => VersionPolicy::Latest(n.max(1)),
+            p => p,
+        };
+        let store = |base: PathBuf, remote: Option<Mutex<Mirror>>| ModelStore {
+            base,
+            state: RwLock::default(),
+            refreshing: Mutex::new(()),
+            quiet,
+            runtime,
+            remote,
+            policy,
+            loads: AtomicU64::new(0),
+            load_failures: AtomicU64::new(0),
+        };
         if storage::is_url(base) {
             let mirror = Mirror::open(base, &[signature::SIGNATURE_FILE]).map_err(|source| {
                 StoreError::Remote {
@@ -133,17 +179,7 @@ impl ModelStore {
                     source,
                 }
             })?;
-            let s = ModelStore {
-                base: mirror.local().to_path_buf(),
-                state: RwLock::default(),
-                refreshing: Mutex::new(()),
-                quiet,
-                runtime,
-                remote: Some(Mutex::new(mirror)),
-                pin,
-                loads: AtomicU64::new(0),
-                load_failures: AtomicU64::new(0),
-            };
+            let s = store(mirror.local().to_path_buf(), Some(Mutex::new(mirror)));
             s.refresh();
             return Ok(s);
         }
@@ -159,17 +195,7 @@ impl ModelStore {
                 hint,
             });
         }
-        let s = ModelStore {
-            base: base.to_path_buf(),
-            state: RwLock::default(),
-            refreshing: Mutex::new(()),
-            quiet,
-            runtime,
-            remote: None,
-            pin,
-            loads: AtomicU64::new(0),
-            load_failures: AtomicU64::new(0),
-        };
+        let s = store(base.to_path_buf(), None);
         s.refresh();
         Ok(s)
     }
@@ -186,30 +212,38 @@ impl ModelStore {
         &self.base
     }
 
-    /// The version being served.
-    pub fn current(&self) -> Option<Arc<Predictor>> {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .current
-            .clone()
+    /// Which versions are served.
+    pub fn policy(&self) -> &VersionPolicy {
+        &self.policy
     }
 
-    /// The predictor for a request: the current one, or a specific version when it is the
-    /// one being served (only the newest version is kept loaded, as TF Serving's default
-    /// "latest" version policy).
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest version being served: what a request without a version gets.
+    pub fn current(&self) -> Option<Arc<Predictor>> {
+        self.read().served.values().next_back().cloned()
+    }
+
+    /// The versions being served, newest first.
+    pub fn served_versions(&self) -> Vec<u64> {
+        self.read().served.keys().rev().copied().collect()
+    }
+
+    /// The predictor for a request: the newest served version, or the version asked for when
+    /// it is served.
     pub fn get(&self, version: Option<u64>) -> Option<Arc<Predictor>> {
-        let cur = self.current()?;
+        let st = self.read();
         match version {
-            None => Some(cur),
-            Some(v) if cur.version() == Some(v) => Some(cur),
-            Some(_) => None,
+            None => st.served.values().next_back().cloned(),
+            Some(v) => st.served.get(&v).cloned(),
         }
     }
 
-    /// Status of every known version, newest first: the served one and the ones that failed.
+    /// Status of every known version, newest first: the served ones and the ones that failed.
     pub fn status(&self) -> Vec<VersionStatus> {
-        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let st = self.read();
         let mut out: Vec<VersionStatus> = st
             .broken
             .iter()
@@ -220,14 +254,12 @@ impl ModelStore {
                 error_message: b.error.clone(),
             })
             .collect();
-        if let Some(v) = st.current.as_ref().and_then(|c| c.version()) {
-            out.push(VersionStatus {
-                version: v,
-                state: "AVAILABLE",
-                error_code: "OK",
-                error_message: String::new(),
-            });
-        }
+        out.extend(st.served.keys().map(|v| VersionStatus {
+            version: *v,
+            state: "AVAILABLE",
+            error_code: "OK",
+            error_message: String::new(),
+        }));
         out.sort_by_key(|s| std::cmp::Reverse(s.version));
         out
     }
@@ -260,9 +292,11 @@ impl ModelStore {
         }
     }
 
-    /// Looks at the base path once: loads a version newer than the current one (newest
-    /// first, skipping versions that failed with unchanged files). When the current version's
-    /// folder disappeared, falls back to the newest loadable remaining one.
+    /// Looks at the base path once and serves what the policy selects: `latest { n }` the `n`
+    /// newest loadable versions (newest first, skipping versions that failed with unchanged
+    /// files, so a broken new version leaves the older one serving); `all` and `specific` every
+    /// (selected) version there that loads. Versions no longer selected, or whose folder is
+    /// gone, are unloaded, unless nothing else would serve: then they keep serving from memory.
     pub fn refresh(&self) -> RefreshReport {
         let _guard = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
         let mut report = RefreshReport::default();
@@ -278,8 +312,8 @@ impl ModelStore {
         }
         let versions = match list_versions(&self.base) {
             Ok(mut v) => {
-                if let Some(p) = self.pin {
-                    v.retain(|(n, _)| *n == p);
+                if let VersionPolicy::Specific(want) = &self.policy {
+                    v.retain(|(n, _)| want.contains(n));
                 }
                 v
             }
@@ -291,19 +325,24 @@ impl ModelStore {
                 return report;
             }
         };
-        let (cur_v, broken) = {
-            let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-            (
-                st.current.as_ref().and_then(|c| c.version()),
-                st.broken.clone(),
-            )
+        let (served, broken) = {
+            let st = self.read();
+            (st.served.clone(), st.broken.clone())
         };
-        let cur_present = cur_v.is_some_and(|c| versions.iter().any(|(v, _)| *v == c));
+        let wanted = match self.policy {
+            VersionPolicy::Latest(n) => n as usize,
+            _ => usize::MAX,
+        };
+        let serving: Vec<u64> = served.keys().copied().collect();
+        let mut keep = BTreeMap::new();
         let mut new_broken = BTreeMap::new();
-        let mut loaded = None;
         for (v, dir) in versions.iter().rev() {
-            if cur_present && cur_v.is_some_and(|c| *v <= c) {
+            if keep.len() >= wanted {
                 break;
+            }
+            if let Some(p) = served.get(v) {
+                keep.insert(*v, p.clone());
+                continue;
             }
             let fp = fingerprint(dir);
             if let Some(b) = broken.get(v).filter(|b| b.fingerprint == fp) {
@@ -315,15 +354,17 @@ impl ModelStore {
                 .and_then(|p| self.warm_up(p))
             {
                 Ok(p) => {
-                    loaded = Some(Arc::new(p));
-                    report.loaded = Some(*v);
+                    keep.insert(*v, Arc::new(p));
+                    report.started.push(*v);
                     self.loads.fetch_add(1, Ordering::Relaxed);
-                    break;
                 }
                 Err(error) => {
-                    let still = match cur_v {
-                        Some(c) => format!("; still serving version {c}"),
-                        None => String::new(),
+                    let still = if serving.is_empty() {
+                        String::new()
+                    } else {
+                        let mut s = serving.clone();
+                        s.reverse();
+                        format!("; still serving {}", versions_text(&s))
                     };
                     self.log(&format!(
                         "warning: version {v} of {} failed to load, skipped: {error}{still}",
@@ -341,23 +382,43 @@ impl ModelStore {
                 }
             }
         }
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = loaded {
+        report.loaded = report.started.first().copied();
+        let mut gone: Vec<u64> = served
+            .keys()
+            .filter(|v| !keep.contains_key(v))
+            .copied()
+            .collect();
+        if keep.is_empty() && !served.is_empty() {
             self.log(&format!(
-                "serving version {} from {}",
-                p.version().unwrap_or(0),
-                p.info().dir.display()
+                "warning: the folder of {} is gone and no other version loads; still serving it from memory",
+                versions_text(&gone)
             ));
-            st.current = Some(p);
-        } else if !cur_present && cur_v.is_some() {
+            keep = served;
+            gone.clear();
+        }
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        for v in &report.started {
             self.log(&format!(
-                "warning: the folder of version {} is gone and no other version loads; still serving it from memory",
-                cur_v.unwrap_or(0)
+                "serving version {v} from {}",
+                keep[v].info().dir.display()
             ));
         }
-        // Versions below the served one are not interesting once a newer one serves.
-        let served = st.current.as_ref().and_then(|c| c.version());
-        new_broken.retain(|v, _| served.is_none_or(|s| *v > s));
+        if !gone.is_empty() {
+            self.log(&format!(
+                "unloaded {} of {}",
+                versions_text(&gone),
+                self.base.display()
+            ));
+        }
+        report.unloaded = gone;
+        // With `latest`, failed versions below the oldest served one are not interesting once
+        // enough newer ones serve.
+        if let (VersionPolicy::Latest(_), Some(oldest)) = (&self.policy, keep.keys().next())
+            && keep.len() >= wanted
+        {
+            new_broken.retain(|v, _| *v > *oldest);
+        }
+        st.served = keep;
         st.broken = new_broken;
         report
     }
@@ -405,6 +466,63 @@ mod tests {
         // Current folder deleted: fall back to the newest remaining one.
         std::fs::remove_dir_all(base.join("3")).unwrap();
         assert_eq!(store.refresh().loaded, Some(2));
+    }
+
+    #[test]
+    fn all_and_specific_policies_serve_every_selected_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        testing::write_demo_export(base, 1, 8).unwrap();
+        testing::write_demo_export(base, 2, 8).unwrap();
+        let all = ModelStore::open_policy(base, true, Runtime::Tract, VersionPolicy::All).unwrap();
+        assert_eq!(all.served_versions(), vec![2, 1]);
+        assert_eq!(all.current().unwrap().version(), Some(2));
+        assert_eq!(all.get(Some(1)).unwrap().version(), Some(1));
+        assert!(all.get(Some(3)).is_none());
+        let st: Vec<_> = all.status().iter().map(|s| (s.version, s.state)).collect();
+        assert_eq!(st, vec![(2, "AVAILABLE"), (1, "AVAILABLE")]);
+
+        // A new version joins, a broken one is listed as END, a removed one is unloaded.
+        testing::write_demo_export(base, 3, 8).unwrap();
+        let d4 = testing::write_demo_export(base, 4, 8).unwrap();
+        std::fs::write(d4.join("model.onnx"), b"garbage").unwrap();
+        std::fs::remove_dir_all(base.join("1")).unwrap();
+        let r = all.refresh();
+        assert_eq!((r.loaded, r.started.clone()), (Some(3), vec![3]));
+        assert_eq!(r.failed.len(), 1);
+        assert_eq!(r.unloaded, vec![1]);
+        assert_eq!(all.served_versions(), vec![3, 2]);
+        let st: Vec<_> = all.status().iter().map(|s| (s.version, s.state)).collect();
+        assert_eq!(st, vec![(4, "END"), (3, "AVAILABLE"), (2, "AVAILABLE")]);
+
+        // specific: only the versions listed, whatever else is there; one appearing later
+        // is loaded when it does.
+        let spec = VersionPolicy::Specific(vec![2, 5]);
+        let s = ModelStore::open_policy(base, true, Runtime::Tract, spec).unwrap();
+        assert_eq!(s.served_versions(), vec![2]);
+        testing::write_demo_export(base, 5, 8).unwrap();
+        assert_eq!(s.refresh().started, vec![5]);
+        assert_eq!(s.served_versions(), vec![5, 2]);
+        assert!(s.get(Some(3)).is_none());
+        assert_eq!(s.get(None).unwrap().version(), Some(5));
+
+        // latest { num_versions: 2 }: the two newest loadable ones (4 is broken).
+        let l =
+            ModelStore::open_policy(base, true, Runtime::Tract, VersionPolicy::Latest(2)).unwrap();
+        assert_eq!(l.served_versions(), vec![5, 3]);
+        let st: Vec<_> = l.status().iter().map(|s| (s.version, s.state)).collect();
+        assert_eq!(st, vec![(5, "AVAILABLE"), (4, "END"), (3, "AVAILABLE")]);
+        testing::write_demo_export(base, 6, 8).unwrap();
+        let r = l.refresh();
+        assert_eq!((r.started.clone(), r.unloaded.clone()), (vec![6], vec![3]));
+        assert_eq!(l.served_versions(), vec![6, 5]);
+
+        // Every folder gone: what is served keeps serving from memory.
+        for v in [2, 3, 4, 5, 6] {
+            std::fs::remove_dir_all(base.join(v.to_string())).unwrap();
+        }
+        assert!(l.refresh().unloaded.is_empty());
+        assert_eq!(l.served_versions(), vec![6, 5]);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   -> Gemm -> the same three outputs.
 //! - [`lecture_cnn_model`]: the lecture's CNN shape (conv 10x10x32 / pool 4, conv 5x5x64 /
 //!   pool 4, dense 256, dense C) with pseudo-random weights, for latency measurements.
+//! - [`grpc_predict`], [`grpc_model_status`]: one call of TF Serving's gRPC API (tonic's client)
+//!   to a running server, for tests of its model and version routing.
 
 use std::path::{Path, PathBuf};
 
@@ -512,4 +514,100 @@ pub fn write_lecture_cnn_export(
         &serde_json::json!({"accuracy": null}),
     )?;
     Ok(dir)
+}
+
+/// A blocking gRPC call on a small runtime of its own; errors as `CODE: message`.
+fn grpc_call<T, F>(addr: &str, call: F) -> Result<T, String>
+where
+    F: AsyncFnOnce(tonic::transport::Channel) -> Result<T, tonic::Status>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        call(channel)
+            .await
+            .map_err(|s| format!("{}: {}", crate::grpc::code_name(s.code()), s.message()))
+    })
+}
+
+/// `Predict` of one blank `img_{size}` image on `model` (`version`, or the newest): the answer's
+/// model spec (name, version) and its class name.
+pub fn grpc_predict(
+    addr: &str,
+    model: &str,
+    version: Option<i64>,
+    size: u32,
+) -> Result<(String, i64, String), String> {
+    use crate::proto::serving::{self as pb, model_spec::VersionChoice};
+    use crate::proto::tensorflow::{self as tf, tensor_shape_proto};
+    let n = (size * size) as usize;
+    let image = tf::TensorProto {
+        dtype: tf::DataType::DtFloat as i32,
+        tensor_shape: Some(tf::TensorShapeProto {
+            dim: [1, 1, size as i64, size as i64]
+                .map(|size| tensor_shape_proto::Dim {
+                    size,
+                    name: String::new(),
+                })
+                .to_vec(),
+            unknown_rank: false,
+        }),
+        float_val: vec![0.0; n],
+        ..Default::default()
+    };
+    let req = pb::PredictRequest {
+        model_spec: Some(pb::ModelSpec {
+            name: model.into(),
+            version_choice: version.map(VersionChoice::Version),
+            signature_name: String::new(),
+        }),
+        inputs: [(format!("img_{size}"), image)].into(),
+        output_filter: vec!["class_name".into()],
+    };
+    grpc_call(addr, async |channel| {
+        let mut client = pb::prediction_service_client::PredictionServiceClient::new(channel);
+        let r = client.predict(req).await?.into_inner();
+        let spec = r.model_spec.unwrap_or_default();
+        let version = match spec.version_choice {
+            Some(VersionChoice::Version(v)) => v,
+            _ => -1,
+        };
+        let class = r
+            .outputs
+            .get("class_name")
+            .and_then(|t| t.string_val.first())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        Ok((spec.name, version, class))
+    })
+}
+
+/// `ModelService.GetModelStatus` of `model`: (version, state name) per version, as answered.
+pub fn grpc_model_status(addr: &str, model: &str) -> Result<Vec<(i64, String)>, String> {
+    use crate::proto::serving as pb;
+    let req = pb::GetModelStatusRequest {
+        model_spec: Some(pb::ModelSpec {
+            name: model.into(),
+            ..Default::default()
+        }),
+    };
+    grpc_call(addr, async |channel| {
+        let mut client = pb::model_service_client::ModelServiceClient::new(channel);
+        let r = client.get_model_status(req).await?.into_inner();
+        Ok(r.model_version_status
+            .iter()
+            .map(|s| {
+                let state = pb::model_version_status::State::try_from(s.state)
+                    .map_or("?", |st| st.as_str_name());
+                (s.version, state.to_string())
+            })
+            .collect())
+    })
 }

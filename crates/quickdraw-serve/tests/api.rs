@@ -1,6 +1,7 @@
 //! REST API tests through the router (`tower::ServiceExt::oneshot`, as axum's testing example):
 //! status, metadata, predict (row, columnar; drawings, tensors, tf.Examples), classify, errors
-//! and their codes, limits (413), hot reload, broken versions, request logs, CORS, the page.
+//! and their codes, limits (413), hot reload, broken versions, request logs, CORS, the page,
+//! several models in one state.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -857,4 +858,66 @@ async fn batched_requests_answer_like_single_ones() {
     let (_, _, h1) = call(&single, "GET", "/healthz", None).await;
     assert_eq!(h1["batching"]["enabled"], false);
     assert_eq!(h1["batching"]["max_rows_per_call"], 3, "{h1}");
+}
+
+/// Several models in one state (`AppState::with_models`): each answers under its own name and
+/// per served version; an unknown name is a 404 naming the models; `/healthz` is 503 while a
+/// model has no version, naming it, and 200 once each serves one.
+#[tokio::test]
+async fn several_models_route_by_name_and_version() {
+    use quickdraw_serve::config::VersionPolicy;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    testing::write_demo_export(&a, 1, SIZE).unwrap();
+    testing::write_demo_export(&a, 2, SIZE).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let open = |base: &Path, policy| {
+        Arc::new(
+            ModelStore::open_policy(base, true, quickdraw_serve::Runtime::Tract, policy).unwrap(),
+        )
+    };
+    let st = AppState::with_models(
+        vec![
+            ("a".into(), open(&a, VersionPolicy::All)),
+            ("b".into(), open(&b, VersionPolicy::Latest(1))),
+        ],
+        limits(),
+        None,
+        true,
+        Default::default(),
+    );
+    let (code, _, h) = call(&st, "GET", "/healthz", None).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{h}");
+    assert_eq!(h["status"], "no version loaded of b");
+    assert_eq!(
+        h["models"],
+        json!([{"name": "a", "versions": [2, 1]}, {"name": "b", "versions": []}])
+    );
+    let body = json!({"instances": [left_half()]});
+    for (uri, version) in [
+        ("/v1/models/a:predict", "2"),
+        ("/v1/models/a/versions/1:predict", "1"),
+    ] {
+        let (code, h, v) = call(&st, "POST", uri, Some(body.clone())).await;
+        assert_eq!(code, StatusCode::OK, "{uri}: {v}");
+        assert_eq!(h["x-quickdraw-model-version"], version, "{uri}");
+    }
+    let (code, _, v) = call(&st, "POST", "/v1/models/b:predict", Some(body.clone())).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"], "Servable not found for request: Latest(b)");
+    let (code, _, v) = call(&st, "GET", "/v1/models/quickdraw", None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(
+        v["error"],
+        "Servable not found for request: Latest(quickdraw) (no such model; this server serves models \"a\", \"b\")"
+    );
+
+    testing::write_demo_export(&b, 4, SIZE).unwrap();
+    assert_eq!(st.models()[1].store().refresh().loaded, Some(4));
+    let (code, h, _) = call(&st, "POST", "/v1/models/b:predict", Some(body)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(h["x-quickdraw-model-version"], "4");
+    let (code, _, h) = call(&st, "GET", "/healthz", None).await;
+    assert_eq!((code, &h["status"]), (StatusCode::OK, &json!("ok")));
+    assert_eq!(h["model"], "a");
 }

@@ -1163,8 +1163,8 @@ fn json_logs_have_one_object_per_request() {
     );
 }
 
-/// TF Serving's config files: --model_config_file (its model, base path and a specific version)
-/// and --monitoring_config_file (the metrics path, or no metrics).
+/// TF Serving's config files: --model_config_file (a model, its base path and a specific version;
+/// a bad base path) and --monitoring_config_file (the metrics path, or no metrics).
 #[test]
 fn tf_serving_config_files_choose_the_model_version_and_metrics() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1213,8 +1213,15 @@ fn tf_serving_config_files_choose_the_model_version_and_metrics() {
     assert_eq!(server.get("/monitoring/prometheus/metrics").0, 404);
     drop(server);
 
-    // What this server cannot do is refused at start, naming the file.
-    std::fs::write(&models, "model_config_list { config { name: 'a' base_path: '/x' } config { name: 'b' base_path: '/y' } }").unwrap();
+    // A model whose base path is missing is refused at start, naming the file and the model.
+    std::fs::write(
+        &models,
+        format!(
+            "model_config_list {{ config {{ name: 'a' base_path: '{}' }} config {{ name: 'b' base_path: '/nonexistent/y' }} }}",
+            s(&base)
+        ),
+    )
+    .unwrap();
     let err = fails(&[
         "serve",
         "--model_config_file",
@@ -1225,7 +1232,9 @@ fn tf_serving_config_files_choose_the_model_version_and_metrics() {
         "free",
     ]);
     assert!(
-        err.contains("models.config") && err.contains("2 models"),
+        err.contains("models.config")
+            && err.contains("model \"b\"")
+            && err.contains("/nonexistent/y"),
         "{err}"
     );
     std::fs::write(
@@ -1235,4 +1244,200 @@ fn tf_serving_config_files_choose_the_model_version_and_metrics() {
     .unwrap();
     let err = fails(&["serve", "--model_config_file", s(&models)]);
     assert!(err.contains("base_pth"), "{err}");
+}
+
+/// Several models from one --model_config_file, as `tensorflow_model_server` serves them: "a"
+/// with `all {}` over versions 1 and 2, "b" with `specific { versions: 7 }` (9 is there too),
+/// each on REST and gRPC under its own name and per version; the status lists every served
+/// version; an unknown model is a 404 / NOT_FOUND naming the models served; polling picks up
+/// and unloads versions per model; metrics carry each model's label.
+#[test]
+fn a_model_config_file_serves_several_models_and_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (base, v) in [(&a, 1), (&a, 2), (&b, 7), (&b, 9)] {
+        testing::write_demo_export(base, v, SIZE).unwrap();
+    }
+    let models = tmp.path().join("models.config");
+    std::fs::write(
+        &models,
+        format!(
+            "model_config_list {{\n  config {{ name: 'a' base_path: '{}' model_platform: 'tensorflow' model_version_policy {{ all {{}} }} }}\n  config {{ name: 'b' base_path: '{}' model_version_policy {{ specific {{ versions: 7 }} }} }}\n}}\n",
+            s(&a),
+            s(&b)
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(&["--model_config_file", s(&models)]);
+    let startup = server.startup.join("\n");
+    assert!(
+        startup.contains("model \"a\" versions 2, 1") && startup.contains("model \"b\" version 7"),
+        "{startup}"
+    );
+
+    let versions = |name: &str| -> Vec<(String, String)> {
+        let (code, v) = server.get(&format!("/v1/models/{name}"));
+        assert_eq!(code, 200, "{v}");
+        v["model_version_status"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["version"].as_str().unwrap().to_string(),
+                    s["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let avail = |v: &[&str]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|v| (v.to_string(), "AVAILABLE".to_string()))
+            .collect()
+    };
+    assert_eq!(versions("a"), avail(&["2", "1"]));
+    assert_eq!(versions("b"), avail(&["7"]));
+    assert_eq!(server.get("/v1/models/a/versions/1").0, 200);
+    assert_eq!(
+        server.get("/v1/models/b/versions/9").0,
+        404,
+        "not in the policy"
+    );
+
+    // Each model, each version, answers under its name; the header names the version.
+    let body = json!({"instances": [drawing_json(&gamma(1, false))]});
+    for (path, version) in [
+        ("/v1/models/a:predict", "2"),
+        ("/v1/models/a/versions/1:predict", "1"),
+        ("/v1/models/a/versions/2:classify", "2"),
+        ("/v1/models/b:predict", "7"),
+        ("/v1/models/b/versions/7:predict", "7"),
+    ] {
+        let body = if path.ends_with(":classify") {
+            json!({"examples": body["instances"]})
+        } else {
+            body.clone()
+        };
+        let (code, v, answer) = server.post(path, &body);
+        assert_eq!((code, v.as_str()), (200, version), "{path}: {answer}");
+    }
+    let (code, _, answer) = server.post("/v1/models/b/versions/9:predict", &body);
+    assert_eq!(code, 404, "{answer}");
+    let msg = answer["error"].as_str().unwrap();
+    assert!(
+        msg.contains("Specific(b, 9)") && msg.contains("serving versions 7"),
+        "{msg}"
+    );
+    let (code, meta) = server.get("/v1/models/a/versions/1/metadata");
+    assert_eq!(code, 200);
+    assert_eq!(
+        meta["model_spec"],
+        json!({"name": "a", "signature_name": "", "version": "1"})
+    );
+    assert_eq!(
+        server.get("/v1/models/b/metadata").1["model_spec"]["name"],
+        "b"
+    );
+
+    // An unknown model: 404 naming the models served, on every route.
+    for path in [
+        "/v1/models/c",
+        "/v1/models/c/metadata",
+        "/v1/models/c/versions/1",
+    ] {
+        let (code, v) = server.get(path);
+        assert_eq!(code, 404, "{path}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.contains("Latest(c)") || msg.contains("Specific(c, 1)"),
+            "{msg}"
+        );
+        assert!(msg.contains("\"a\", \"b\""), "{msg}");
+    }
+    assert_eq!(server.post("/v1/models/c:predict", &body).0, 404);
+
+    // gRPC: model_spec.name and model_spec.version route the same way.
+    let g = &server.grpc;
+    let blank = "blank".to_string();
+    assert_eq!(
+        testing::grpc_predict(g, "a", None, SIZE),
+        Ok(("a".to_string(), 2, blank.clone()))
+    );
+    assert_eq!(
+        testing::grpc_predict(g, "a", Some(1), SIZE),
+        Ok(("a".to_string(), 1, blank.clone()))
+    );
+    assert_eq!(
+        testing::grpc_predict(g, "b", None, SIZE),
+        Ok(("b".to_string(), 7, blank.clone()))
+    );
+    let e = testing::grpc_predict(g, "b", Some(9), SIZE).unwrap_err();
+    assert!(
+        e.starts_with("NOT_FOUND") && e.contains("Specific(b, 9)"),
+        "{e}"
+    );
+    let e = testing::grpc_predict(g, "c", None, SIZE).unwrap_err();
+    assert!(
+        e.starts_with("NOT_FOUND") && e.contains("\"a\", \"b\""),
+        "{e}"
+    );
+    let st = testing::grpc_model_status(g, "a").unwrap();
+    assert_eq!(
+        st,
+        vec![(2, "AVAILABLE".to_string()), (1, "AVAILABLE".to_string())]
+    );
+    assert!(
+        testing::grpc_model_status(g, "c")
+            .unwrap_err()
+            .starts_with("NOT_FOUND")
+    );
+
+    // Polling, per model: a new version of "a" joins, a removed one leaves; "b" keeps 7.
+    testing::write_demo_export(&a, 3, SIZE).unwrap();
+    std::fs::remove_dir_all(a.join("1")).unwrap();
+    wait_for("version 3 of a, without 1", || {
+        versions("a") == avail(&["3", "2"])
+    });
+    assert_eq!(server.post("/v1/models/a:predict", &body).1, "3");
+    assert_eq!(server.post("/v1/models/a/versions/1:predict", &body).0, 404);
+    assert_eq!(versions("b"), avail(&["7"]));
+
+    let (code, h) = server.get("/healthz");
+    assert_eq!(code, 200, "{h}");
+    assert_eq!(
+        h["models"],
+        json!([{"name": "a", "versions": [3, 2]}, {"name": "b", "versions": [7]}])
+    );
+    let page = server.get("/").1;
+    assert!(
+        page.as_str().unwrap().contains("const MODEL_NAME = \"a\";"),
+        "the page draws for the first model"
+    );
+
+    // Every model's series carry its own label; requests for no model carry none.
+    let text = metrics_text(&server);
+    for needle in [
+        r#"quickdraw_requests_total{api="predict",status="200",version="1",model="a"} 1"#,
+        r#"quickdraw_requests_total{api="predict",status="200",version="7",model="b"} 2"#,
+        r#"quickdraw_requests_total{api="grpc_predict",status="OK",version="7",model="b"} 1"#,
+        r#"quickdraw_requests_total{api="predict",status="404",version=""} 1"#,
+    ] {
+        assert!(text.contains(needle), "no {needle} in\n{text}");
+    }
+    assert_eq!(
+        gauge(&text, "quickdraw_served_model_version{model=\"a\"}"),
+        3.0
+    );
+    assert_eq!(
+        gauge(&text, "quickdraw_served_model_version{model=\"b\"}"),
+        7.0
+    );
+    assert_eq!(
+        gauge(
+            &text,
+            "quickdraw_model_loads_total{result=\"success\",model=\"a\"}"
+        ),
+        3.0
+    );
+    server.stop();
 }

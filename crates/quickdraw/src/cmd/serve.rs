@@ -1,6 +1,7 @@
 //! `quickdraw serve`: TensorFlow Serving's REST and gRPC APIs over a folder of exported versions
-//! (`<base>/<version>/model.onnx`), new versions loaded without a restart, the drawing page at
-//! `/`, optional request logging. The server itself lives in `quickdraw_serve`.
+//! (`<base>/<version>/model.onnx`), or several models and versions from a TF Serving model
+//! config file, new versions loaded without a restart, the drawing page at `/`, optional request
+//! logging. The server itself lives in `quickdraw_serve`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use quickdraw_data::validate;
 use quickdraw_serve::batching::{self, BatchConfig};
+use quickdraw_serve::config::{ModelEntry, VersionPolicy, read_model_config};
 use quickdraw_serve::conn::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Timeouts};
 use quickdraw_serve::{Limits, ServeConfig};
 
@@ -32,8 +34,9 @@ pub struct ServeArgs {
     )]
     pub model_name: String,
     /// TF Serving's model config file (protobuf text format: `model_config_list { config {
-    /// name: .. base_path: .. model_version_policy { .. } } }`) instead of --model-base-path.
-    /// One model per server; version policies `latest` (1 version) and `specific` (1 version).
+    /// name: .. base_path: .. model_version_policy { .. } } config { .. } }`) instead of
+    /// --model-base-path: every model under its own name, each serving the versions its policy
+    /// selects (`latest { num_versions: N }`, default 1; `all {}`; `specific { versions: .. }`).
     #[arg(long, alias = "model_config_file", value_name = "FILE")]
     pub model_config_file: Option<PathBuf>,
     /// TF Serving's monitoring config file (`prometheus_config { enable: true path: ".." }`):
@@ -186,35 +189,21 @@ fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// The model to serve: `--model-base-path`/`--model-name`, or the one model of
-/// `--model_config_file` (its base path, name and pinned version).
-fn model_of(a: &ServeArgs) -> anyhow::Result<(PathBuf, String, Option<u64>)> {
-    use quickdraw_serve::config::{VersionPolicy, read_model_config};
+/// The models to serve: `--model-base-path`/`--model-name` (its newest version), or every model
+/// of `--model_config_file` with its version policy.
+fn models_of(a: &ServeArgs) -> anyhow::Result<Vec<ModelEntry>> {
     let Some(file) = &a.model_config_file else {
         let base = a
             .model_base_path
             .clone()
             .expect("clap requires one of the two");
-        return Ok((base, a.model_name.clone(), None));
+        return Ok(vec![ModelEntry {
+            name: a.model_name.clone(),
+            base_path: base,
+            policy: VersionPolicy::Latest(1),
+        }]);
     };
-    let models = read_model_config(file)?;
-    let [m] = models.as_slice() else {
-        anyhow::bail!(
-            "{}: {} models configured; this server serves one model (run one server per model)",
-            file.display(),
-            models.len()
-        );
-    };
-    let version = match &m.policy {
-        VersionPolicy::Latest(1) => None,
-        VersionPolicy::Specific(v) if v.len() == 1 => Some(v[0]),
-        p => anyhow::bail!(
-            "{}: model {:?}: version policy {p:?} serves several versions at once; this server serves one (latest {{ num_versions: 1 }} or specific {{ versions: N }})",
-            file.display(),
-            m.name
-        ),
-    };
-    Ok((m.base_path.clone(), m.name.clone(), version))
+    Ok(read_model_config(file)?)
 }
 
 /// The metrics paths `--monitoring_config_file` asks for (the default ones without it).
@@ -233,7 +222,12 @@ fn metrics_paths_of(a: &ServeArgs) -> anyhow::Result<Vec<String>> {
 
 pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
     init_logs(a.log_format, ctx.quiet);
-    let (base, model_name, version) = model_of(&a)?;
+    let models = models_of(&a)?;
+    // What the error context names: the config file, or the one base path.
+    let what = match &a.model_config_file {
+        Some(f) => f.display().to_string(),
+        None => models[0].base_path.display().to_string(),
+    };
     let metrics_paths = metrics_paths_of(&a)?;
     anyhow::ensure!(
         a.poll_seconds.is_finite() && a.poll_seconds > 0.0,
@@ -279,10 +273,8 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
         idle: seconds("idle-timeout-secs", a.idle_timeout_secs)?,
     };
     let cfg = ServeConfig {
-        base: base.clone(),
-        model_name,
+        models,
         metrics_paths,
-        version,
         host: a.host,
         rest_port: a.rest_api_port.0,
         grpc_port: a.port,
@@ -299,5 +291,5 @@ pub fn run(a: ServeArgs, ctx: Ctx) -> anyhow::Result<()> {
             threshold: a.drift_threshold,
         },
     };
-    quickdraw_serve::serve_blocking(cfg).with_context(|| format!("serving {}", base.display()))
+    quickdraw_serve::serve_blocking(cfg).with_context(|| format!("serving {what}"))
 }
