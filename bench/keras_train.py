@@ -6,6 +6,10 @@ from one benchmark run on one machine. It can also be run by hand:
     .venv/bin/python bench/keras_train.py --config MODEL_DIR/config.json \
         --train-files 'SHARDS/train-*' --steps 30 --warmup 5 --batch-size 64
 
+With `--eval-files 'SHARDS/eval-*'` it also reports the eval accuracy, top-3 accuracy and MAP@3
+after training (the accuracy side of the recipe comparison in docs/benchmarks.md); the warm-up
+steps then count as training steps too (`--steps` is the total).
+
 The model is rebuilt from the `config.json` that `quickdraw train` wrote (so both sides train the
 same architecture: the lecture CNN is conv 10x10x32 'same' + ReLU + max-pool 4, conv 5x5x64 +
 ReLU + max-pool 4, dense 256 + ReLU, dropout 0.4, dense n_classes; the DNN is dense layers + ReLU),
@@ -76,6 +80,7 @@ def main():
     ap.add_argument("--learning-rate", type=float, default=1e-3, help="when config.json has none")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--infer-iters", type=int, default=50, help="batch-1 inference timings")
+    ap.add_argument("--eval-files", help="eval shard glob: report accuracy after training")
     a = ap.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -100,10 +105,37 @@ def main():
     ds = dataset(files, cfg["image_size"], a.batch_size, tf, a.seed)
     it = ds  # infinite (repeat); each fit takes steps_per_epoch batches
     # The first fit traces and compiles the training function; the timed one reuses it.
-    model.fit(it, steps_per_epoch=max(a.warmup, 1), epochs=1, verbose=0)
+    warmup = max(a.warmup, 1)
+    model.fit(it, steps_per_epoch=warmup, epochs=1, verbose=0)
     t = time.perf_counter()
-    hist = model.fit(it, steps_per_epoch=a.steps, epochs=1, verbose=0)
+    # With --eval-files the budget is --steps in all (the same examples seen as quickdraw's run).
+    steps = a.steps - warmup if a.eval_files else a.steps
+    hist = model.fit(it, steps_per_epoch=steps, epochs=1, verbose=0)
     secs = time.perf_counter() - t
+    evaluation = {}
+    if a.eval_files:
+        efiles = sorted(glob.glob(a.eval_files))
+        if not efiles:
+            sys.exit(f"keras_train.py: no files match {a.eval_files!r}")
+        key = f"img_{cfg['image_size']}"
+        spec = {key: tf.io.FixedLenFeature([cfg["image_size"] ** 2], tf.int64),
+                "label": tf.io.FixedLenFeature([1], tf.int64)}
+        xs, ys = [], []
+        for rec in tf.data.TFRecordDataset(efiles).batch(1024):
+            p = tf.io.parse_example(rec, spec)
+            size = cfg["image_size"]
+            xs.append(tf.reshape(tf.cast(p[key], tf.float32) / 255.0, [-1, size, size, 1]))
+            ys.append(tf.reshape(p["label"], [-1]))
+        x, y = tf.concat(xs, 0), tf.concat(ys, 0).numpy()
+        logits = model.predict(x, batch_size=256, verbose=0)
+        top = np.argsort(-logits, axis=1)[:, :3]
+        hit = top == y[:, None]
+        evaluation = {
+            "eval_examples": int(len(y)),
+            "eval_accuracy": float(hit[:, 0].mean()),
+            "eval_top3_accuracy": float(hit.any(axis=1).mean()),
+            "eval_map3": float((hit / np.array([1.0, 2.0, 3.0])).sum(axis=1).mean()),
+        }
 
     # Inference: a batch (images/s) and one image (latency), compiled call, no input pipeline.
     size = cfg["image_size"]
@@ -136,6 +168,7 @@ def main():
         "infer_batch_images_per_sec": batch_ips,
         "infer_single_ms_median": 1e3 * lat[len(lat) // 2],
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        **evaluation,
     }))
 
 

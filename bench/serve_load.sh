@@ -54,8 +54,8 @@ else
   $QD serve --model-base-path "$WORK/export" --rest-api-port "$PORT" --port "$GRPC_PORT" \
     "${MONITORING[@]}" ${SERVE_ARGS:-} >"$WORK/serve.log" 2>&1 &
 fi
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+SERVER_PID=$!
+trap 'kill $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break
   sleep 0.1

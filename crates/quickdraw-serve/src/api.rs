@@ -399,7 +399,7 @@ async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Res
     let secs = t0.elapsed().as_secs_f64();
     if st.metrics_enabled() {
         st.inner.metrics.observe_request(
-            model_of(uri.path()),
+            &model_of(uri.path()),
             api_of(uri.path()),
             version,
             resp.status().as_str(),
@@ -427,11 +427,16 @@ async fn access_log(State(st): State<AppState>, req: Request, next: Next) -> Res
     resp
 }
 
-/// The model name of a `/v1/models/{name}...` path ("" for other paths).
-fn model_of(path: &str) -> &str {
-    path.strip_prefix("/v1/models/")
+/// The model name of a `/v1/models/{name}...` path ("" for other paths), percent-decoded as
+/// the router decodes it (`my%20model` is the model `my model`).
+fn model_of(path: &str) -> String {
+    let raw = path
+        .strip_prefix("/v1/models/")
         .and_then(|rest| rest.split(['/', ':']).next())
-        .unwrap_or("")
+        .unwrap_or("");
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -1053,6 +1058,16 @@ fn answer_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_of_decodes_the_name_as_the_router_does() {
+        assert_eq!(
+            model_of("/v1/models/my%20model/versions/2:predict"),
+            "my model"
+        );
+        assert_eq!(model_of("/v1/models/quickdraw:predict"), "quickdraw");
+        assert_eq!(model_of("/healthz"), "");
+    }
 
     #[test]
     fn non_finite_outputs_are_a_500_naming_the_instance() {

@@ -252,7 +252,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let grpc_server = tonic::transport::Server::builder()
         .add_routes(grpc::Grpc::new(state).routes())
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc),
+            // TCP_NODELAY: a response is several HTTP/2 frames (headers, data, trailers); with
+            // Nagle's algorithm the last waits for the client's delayed ACK (~40 ms p99 at one
+            // connection, measured by `bench serve`).
+            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
     let rest_server = async {

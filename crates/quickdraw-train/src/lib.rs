@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod modeldir;
 pub mod pipeline;
+pub mod preset;
 mod remote;
 pub mod schedule;
 /// Tiny datasets for tests; not in release builds.

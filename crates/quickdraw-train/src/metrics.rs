@@ -397,7 +397,7 @@ pub fn confusion_chart(
     let text = |r: usize, c: usize| match cell(r, c) {
         0 => String::new(),
         v if v < 1000 => v.to_string(),
-        v if v < 10_000 => format!("{}k", v / 1000),
+        v if v < 9_500 => format!("{:.0}k", v as f64 / 1000.0),
         _ => "++".into(),
     };
     let mut notes = vec![format!(

@@ -37,7 +37,7 @@ use crate::augment::Augment;
 use crate::error::{Result, TrainError};
 use crate::model::{Model, ModelConfig};
 use crate::pipeline::StreamPosition;
-use crate::schedule::{EarlyStopping, LrSchedule, MonitorState};
+use crate::schedule::{EarlyStopping, LrSchedule, MonitorState, ScheduleKind};
 
 pub const CONFIG_FILE: &str = "config.json";
 /// The class names, copied from the dataset (the one definition is the dataset manifest's).
@@ -269,6 +269,17 @@ impl TrainConfig {
             j(&other.early_stopping),
         );
         cmp("augment", j(&self.augment), j(&other.augment));
+        let (a, b) = (&self.lr_schedule, &other.lr_schedule);
+        let only_length = LrSchedule {
+            decay_steps: b.decay_steps,
+            ..*a
+        } == *b;
+        if a.kind == ScheduleKind::Cosine && a.decay_steps != b.decay_steps && only_length {
+            d.push(format!(
+                "(a cosine schedule's length is fixed when its run starts: add --lr-decay-steps {} to train on past it at its final rate)",
+                a.decay_steps.unwrap_or(0)
+            ));
+        }
         d
     }
 

@@ -6,7 +6,9 @@
 //! those are iterators whose position would have to be saved and restored beside the optimizer,
 //! whereas `lr(step)` is the same in a resumed run by construction. The formulas are Keras's
 //! (`tf.keras.optimizers.schedules`): `ExponentialDecay`, `CosineDecay` (with `alpha`),
-//! `PiecewiseConstant`-style step decay, `ReduceLROnPlateau`; warm-up is linear from 0.
+//! `ExponentialDecay(staircase=True)` for step decay, `ReduceLROnPlateau`; the warm-up is a
+//! linear ramp in which warm-up step k (0-based) of W uses (k + 1) / W of the rate, so that no
+//! step is wasted at rate 0.
 
 use std::fmt;
 use std::str::FromStr;
@@ -85,11 +87,12 @@ impl fmt::Display for ScheduleKind {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {
     pub kind: ScheduleKind,
-    /// Steps of linear warm-up from 0 to the base rate (the decay starts after them).
+    /// Steps of linear warm-up up to the base rate (the decay starts after them).
     #[serde(default)]
     pub warmup_steps: u64,
-    /// The decay period (exponential, step) or length (cosine). `None` for cosine: the run's
-    /// `--train-steps` minus the warm-up.
+    /// The decay period (exponential, step) or length (cosine; a new run without
+    /// `--lr-decay-steps` records its steps minus the warm-up here, so that a resumed or
+    /// extended run keeps the same curve).
     #[serde(default)]
     pub decay_steps: Option<u64>,
     /// The decay factor (exponential, step, plateau).
@@ -101,6 +104,9 @@ pub struct LrSchedule {
     /// Evaluations without improvement before a plateau cut.
     #[serde(default = "two")]
     pub patience: u32,
+    /// The metric the plateau watches (early stopping's, `--early-stopping-metric`).
+    #[serde(default)]
+    pub monitor: Monitored,
 }
 
 fn one() -> f64 {
@@ -119,6 +125,7 @@ impl Default for LrSchedule {
             rate: 1.0,
             min_ratio: 0.0,
             patience: 2,
+            monitor: Monitored::ValLoss,
         }
     }
 }

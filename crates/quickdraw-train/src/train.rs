@@ -71,8 +71,6 @@ pub struct TrainRequest {
     pub class_weight: Option<String>,
     /// `--early-stopping-patience` / `--early-stopping-metric`.
     pub early_stopping: Option<EarlyStopping>,
-    /// What the plateau schedule watches when early stopping is off.
-    pub monitor_metric: Monitored,
     /// `--augment` of the training images.
     pub augment: Augment,
     /// Batches per evaluation (default: the whole eval set).
@@ -121,7 +119,6 @@ impl TrainRequest {
             label_smoothing: None,
             class_weight: None,
             early_stopping: None,
-            monitor_metric: Monitored::ValLoss,
             augment: Augment::None,
             eval_steps: None,
             eval_every: None,
@@ -365,13 +362,24 @@ pub fn build_config(
             train_examples: src.n_examples(),
         },
         warm_started_from: None,
-        lr_schedule: req.lr_schedule,
+        lr_schedule: frozen_schedule(req, src.n_examples()),
         weight_decay: req.weight_decay,
         label_smoothing: req.label_smoothing.filter(|&a| a > 0.0),
         class_weights,
         early_stopping: req.early_stopping,
         augment: req.augment,
     })
+}
+
+/// The request's schedule with a cosine's default length (the run's steps after the warm-up)
+/// written in, so that the curve is part of the recorded configuration.
+fn frozen_schedule(req: &TrainRequest, train_examples: u64) -> LrSchedule {
+    let mut s = req.lr_schedule;
+    if s.kind == ScheduleKind::Cosine && s.decay_steps.is_none() {
+        let total = total_steps(req, train_examples, req.batch_size);
+        s.decay_steps = Some(total.saturating_sub(s.warmup_steps).max(1));
+    }
+    s
 }
 
 /// Checks the schedule, regularisation and stopping flags against each other.
@@ -418,8 +426,8 @@ fn check_policies(req: &TrainRequest) -> Result<()> {
     Ok(())
 }
 
-/// `--class-weight`: `balanced` (n / (classes * n_c), as scikit-learn's and Keras users'
-/// `compute_class_weight`) or a JSON file mapping class names to weights (others get 1).
+/// `--class-weight`: `balanced` (n / (classes present * n_c), as scikit-learn's
+/// `compute_class_weight` that Keras users pass) or a JSON file mapping class names to weights (others get 1).
 fn class_weights(
     how: &str,
     src: &DataSource,
@@ -428,12 +436,14 @@ fn class_weights(
     let weights = if how == "balanced" {
         let counts = pipeline::count_labels(src, classes.len())?;
         let n: u64 = counts.iter().sum();
+        // Over the classes present, as scikit-learn's compute_class_weight (np.unique(y)).
+        let present = counts.iter().filter(|&&c| c > 0).count().max(1);
         counts
             .iter()
             .map(|&c| match c {
                 // A class absent from the training shards contributes no loss term at all.
                 0 => 1.0,
-                c => (n as f64 / (classes.len() as f64 * c as f64)) as f32,
+                c => (n as f64 / (present as f64 * c as f64)) as f32,
             })
             .collect()
     } else {
@@ -1006,7 +1016,9 @@ impl<'a> Run<'a> {
         while self.step < self.total_steps {
             self.step_once(obs)?;
             let interrupted = stop.load(Ordering::SeqCst);
-            let eval = if interrupted {
+            // An interruption skips the evaluation, unless early stopping or the plateau
+            // watch it: a resumed run would never see that step's evaluation.
+            let eval = if interrupted && !self.watching() {
                 None
             } else {
                 self.maybe_eval(obs)?
@@ -1171,8 +1183,9 @@ impl<'a> Run<'a> {
         }
         let mut eval = eval;
         let mut restored_from_step = None;
-        if self.stop_early {
-            let (best_step, figures) = self.restore_best(obs)?;
+        if self.stop_early
+            && let Some((best_step, figures)) = self.restore_best(obs)?
+        {
             restored_from_step = Some(best_step);
             eval = figures.or(eval);
         }
@@ -1222,7 +1235,7 @@ impl<'a> Run<'a> {
             return;
         }
         let early = self.cfg.early_stopping;
-        let metric = early.map_or(self.req.monitor_metric, |e| e.metric);
+        let metric = early.map_or(self.cfg.lr_schedule.monitor, |e| e.metric);
         let d = self.monitor.observe(
             metric,
             metric.of(accuracy, loss),
@@ -1243,16 +1256,38 @@ impl<'a> Run<'a> {
 
     /// Early stopping: puts the weights of the best evaluation back into the trainer (the
     /// optimizer state stays the current one); returns that step and its eval figures.
-    fn restore_best(&mut self, obs: &mut dyn TrainObserver) -> Result<(u64, Option<(f64, f64)>)> {
+    fn restore_best(
+        &mut self,
+        obs: &mut dyn TrainObserver,
+    ) -> Result<Option<(u64, Option<(f64, f64)>)>> {
         let m = self.monitor;
-        let best_step = m.best_step.unwrap_or(self.step);
+        // No evaluation ever counted (every value NaN): nothing to restore; the non-finite
+        // check that follows says why.
+        let Some(best_step) = m.best_step else {
+            return Ok(None);
+        };
         let ck = modeldir::select_checkpoint(&self.req.model_dir, CheckpointSel::Step(best_step))?;
         let model = modeldir::load_model(&self.cfg.model, &ck, &self.device)?;
         self.trainer.set_model(model);
+        // The summary describes the weights the run ends with: evaluate the restored ones
+        // (without TensorBoard events: the step's own evaluation is already logged).
+        if let Some(eval) = self.eval.as_mut() {
+            let valid = self.trainer.model().valid();
+            let (report, _) = evaluate_model(
+                &valid,
+                self.cfg.model.kind,
+                &eval.device,
+                &eval.src,
+                &self.cfg.classes,
+                &eval.opts,
+                false,
+            )?;
+            self.last_eval = Some((self.step, report));
+        }
         let metric = self
             .cfg
             .early_stopping
-            .map_or(self.req.monitor_metric, |e| e.metric);
+            .map_or(self.cfg.lr_schedule.monitor, |e| e.metric);
         obs.notice(&format!(
             "early stopping at step {}: {metric} has not improved for {} evaluations; restored the weights of step {best_step} ({metric} {:.4})",
             self.step,
@@ -1266,7 +1301,7 @@ impl<'a> Run<'a> {
             best_step,
         });
         let figures = ck.state.eval_accuracy.zip(ck.state.eval_loss);
-        Ok((best_step, figures))
+        Ok(Some((best_step, figures)))
     }
 
     /// The summary's totals; flushes the training events.

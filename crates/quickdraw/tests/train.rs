@@ -1098,6 +1098,24 @@ fn epochs_with_a_cosine_schedule_and_warmup_evaluate_every_epoch() {
         "{}",
         stderr(&out)
     );
+    // The cosine's length (18 - 4 warm-up steps) was recorded: a longer run is refused, with
+    // the flag that continues at the final rate.
+    let longer: Vec<String> = args
+        .iter()
+        .map(|a| if a == "3" { "4".into() } else { a.clone() })
+        .collect();
+    let out = qd_owned(&longer);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("add --lr-decay-steps 14"),
+        "{}",
+        stderr(&out)
+    );
+    let mut longer = longer;
+    longer.extend(["--lr-decay-steps".into(), "14".into()]);
+    ok_owned(&longer);
+    let lr = learning_rates(&dir);
+    assert!((lr[&24] as f64 - 0.001).abs() < 1e-9, "{lr:?}");
 }
 
 #[test]
@@ -1131,6 +1149,8 @@ fn early_stopping_restores_the_best_weights_and_a_rerun_has_nothing_to_do() {
     assert_eq!(state["step"], 6);
     assert_eq!(state["restored_from_step"], 2);
     assert_eq!(state["monitor"]["stopped"], true);
+    // The summary describes the restored weights, not the discarded ones.
+    let summary_loss = summary["eval"]["loss"].as_f64().unwrap();
     // The last checkpoint holds step 2's weights: the same loss, to the bit, as step 2's own.
     let eval_at = |ck: &str| {
         let out = ok(&[
@@ -1153,6 +1173,10 @@ fn early_stopping_restores_the_best_weights_and_a_rerun_has_nothing_to_do() {
         restored.to_bits(),
         stopped_at.to_bits(),
         "the weights did move after step 2"
+    );
+    assert!(
+        (summary_loss - best).abs() < 1e-6,
+        "summary {summary_loss} vs step 2 {best}"
     );
     let out = train(&d, "linear", &dir, 40, &extra);
     assert!(
@@ -1185,6 +1209,11 @@ fn plateau_cuts_the_rate_and_resumes_exactly() {
     train(&d, "linear", &a, 5, &extra);
     train(&d, "linear", &a, 10, &extra);
     train(&d, "linear", &b, 10, &extra);
+    let cfg = std::fs::read_to_string(a.join("config.json")).unwrap();
+    assert!(
+        cfg.contains("\"monitor\": \"val_accuracy\""),
+        "the watched metric is recorded: {cfg}"
+    );
     let (la, lb) = (learning_rates(&a), learning_rates(&b));
     for step in 1..=10i64 {
         // Evaluations at 2 (the best), 4, 6, 8: a cut after each of 4, 6 and 8.
@@ -1405,4 +1434,46 @@ fn evaluate_errors_lists_every_mistake_and_draws_the_confused_pairs() {
     }
     let cm = std::fs::read(&png).unwrap();
     assert!(cm.starts_with(b"\x89PNG"));
+}
+
+#[test]
+fn a_preset_sets_the_recipe_and_explicit_flags_win() {
+    let d = Data::new(false);
+    let dir = d.model_dir("preset");
+    train(
+        &d,
+        "cnn",
+        &dir,
+        2,
+        &["--preset", "quickdraw28", "--dropout", "0.2"],
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let m = &cfg["model"];
+    assert_eq!(
+        m["conv"],
+        serde_json::json!([
+            {"kernel": 5, "pool": 2, "filters": 32},
+            {"kernel": 5, "pool": 2, "filters": 64}
+        ])
+    );
+    assert_eq!(
+        m["dropout"], 0.2,
+        "--dropout given on the command line wins"
+    );
+    assert_eq!(cfg["lr_schedule"]["kind"], "cosine");
+    assert_eq!(cfg["label_smoothing"], 0.1);
+    assert_eq!(cfg["augment"], "light");
+    let out = qd_owned(&train_args(
+        &d,
+        "dnn",
+        &d.model_dir("preset-dnn"),
+        2,
+        &["--preset", "quickdraw28"],
+    ));
+    assert!(
+        stderr(&out).contains("is a recipe for --model cnn"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -8,6 +8,7 @@ use indicatif::ProgressBar;
 use quickdraw_train::metrics::MetricsReport;
 use quickdraw_train::model::{ModelKind, parse_conv, parse_widths};
 use quickdraw_train::pipeline::{DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER, file_list};
+use quickdraw_train::preset::{Preset, PresetValues};
 use quickdraw_train::train::StepStats;
 use quickdraw_train::{
     Augment, EarlyStopping, LrSchedule, Monitored, OptimizerKind, ScheduleKind, TrainObserver,
@@ -52,20 +53,27 @@ pub struct TrainArgs {
     /// Default: 0.001 for adam, adamw, rmsprop; 0.01 for sgd, momentum, adagrad.
     #[arg(long)]
     pub learning_rate: Option<f64>,
-    /// adam, adamw, sgd, momentum (SGD + 0.9 momentum), rmsprop or adagrad.
-    #[arg(long, default_value = "adam")]
-    pub optimizer: OptimizerKind,
+    /// adam, adamw, sgd, momentum (SGD + 0.9 momentum), rmsprop or adagrad [default: adam].
+    #[arg(long)]
+    pub optimizer: Option<OptimizerKind>,
+    /// A recommended recipe for --model cnn: quickdraw28 (28x28 bitmaps) or quickdraw64 (64x64
+    /// rasters); it sets --conv, --dense, --dropout, --optimizer, --learning-rate,
+    /// --lr-schedule, --warmup-steps, --label-smoothing and --augment, and any of them given on
+    /// the command line wins (docs/benchmarks.md, "A better recipe").
+    #[arg(long, value_name = "PRESET")]
+    pub preset: Option<Preset>,
     /// Evaluate every N steps (default: only at the end, or every epoch with --epochs).
     #[arg(long)]
     pub eval_every: Option<u64>,
     /// Learning-rate schedule: constant, exponential (rate^(t/decay-steps)), cosine (to
     /// --lr-min-ratio over --lr-decay-steps, default the whole run), step (x rate every
     /// --lr-decay-steps) or plateau (x rate after --lr-patience evaluations without improvement).
-    #[arg(long, default_value = "constant", value_name = "SCHEDULE")]
-    pub lr_schedule: ScheduleKind,
-    /// Steps of linear warm-up from 0 to --learning-rate before the schedule starts.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub warmup_steps: u64,
+    /// [default: constant]
+    #[arg(long, value_name = "SCHEDULE")]
+    pub lr_schedule: Option<ScheduleKind>,
+    /// Steps of linear warm-up from 0 to --learning-rate before the schedule starts [default: 0].
+    #[arg(long, value_name = "N")]
+    pub warmup_steps: Option<u64>,
     /// The schedule's decay period (exponential, step) or length (cosine).
     #[arg(long, value_name = "N")]
     pub lr_decay_steps: Option<u64>,
@@ -94,9 +102,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     pub early_stopping_patience: Option<u32>,
     /// Random affine transforms of the training images (rotation, scale, shear, shift; strong
-    /// adds horizontal flips), drawn from --seed and each example's place in the stream.
-    #[arg(long, default_value = "none", value_name = "none|light|strong")]
-    pub augment: Augment,
+    /// adds horizontal flips), drawn from --seed and each example's place in the stream
+    /// [default: none].
+    #[arg(long, value_name = "none|light|strong")]
+    pub augment: Option<Augment>,
     /// The metric early stopping and the plateau schedule watch: val_loss or val_accuracy.
     #[arg(long, default_value = "val_loss", value_name = "METRIC")]
     pub early_stopping_metric: Monitored,
@@ -311,12 +320,37 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
         .as_deref()
         .map(|s| parse_conv(s).map_err(|e| anyhow::anyhow!("--conv: {e}")))
         .transpose()?;
+    let preset = a.preset.map(|p| p.values());
+    if let Some(p) = a.preset {
+        anyhow::ensure!(
+            a.model == ModelKind::Cnn,
+            "--preset {p} is a recipe for --model cnn, not --model {}",
+            a.model
+        );
+    }
     req.dense = a.dense;
     req.dropout = a.dropout;
+    if let Some(p) = &preset {
+        req.conv = req.conv.take().or_else(|| Some(p.conv.clone()));
+        req.dense = req.dense.or(Some(p.dense));
+        req.dropout = req.dropout.or(Some(p.dropout));
+        if !ctx.quiet {
+            eprintln!(
+                "preset {} (meant for {}x{} inputs): {}; flags on the command line win",
+                a.preset.expect("preset"),
+                p.image_size,
+                p.image_size,
+                describe(p)
+            );
+        }
+    }
     req.rnn_units = a.rnn_units;
     req.n_classes = a.n_classes;
-    req.optimizer = a.optimizer;
-    req.learning_rate = a.learning_rate;
+    req.optimizer = a
+        .optimizer
+        .or(preset.as_ref().map(|p| p.optimizer))
+        .unwrap_or(OptimizerKind::Adam);
+    req.learning_rate = a.learning_rate.or(preset.as_ref().map(|p| p.learning_rate));
     req.batch_size = a.batch_size;
     req.seed = a.seed;
     req.shuffle_buffer = a.shuffle_buffer;
@@ -326,25 +360,39 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     };
     req.train_steps = a.train_steps;
     req.epochs = a.epochs;
+    let kind = a
+        .lr_schedule
+        .or(preset.as_ref().map(|p| p.lr_schedule))
+        .unwrap_or_default();
     req.lr_schedule = LrSchedule {
-        kind: a.lr_schedule,
-        warmup_steps: a.warmup_steps,
+        kind,
+        warmup_steps: a
+            .warmup_steps
+            .or(preset.as_ref().map(|p| p.warmup_steps))
+            .unwrap_or(0),
         decay_steps: a.lr_decay_steps,
-        rate: a
-            .lr_decay_rate
-            .unwrap_or_else(|| a.lr_schedule.default_rate()),
+        rate: a.lr_decay_rate.unwrap_or_else(|| kind.default_rate()),
         min_ratio: a.lr_min_ratio,
         patience: a.lr_patience,
+        // Recorded only where it matters, so other configs stay as they were.
+        monitor: match kind {
+            ScheduleKind::Plateau => a.early_stopping_metric,
+            _ => Monitored::ValLoss,
+        },
     };
     req.weight_decay = a.weight_decay;
-    req.label_smoothing = a.label_smoothing;
+    req.label_smoothing = a
+        .label_smoothing
+        .or(preset.as_ref().map(|p| p.label_smoothing));
     req.class_weight = a.class_weight.clone();
     req.early_stopping = a.early_stopping_patience.map(|patience| EarlyStopping {
         patience,
         metric: a.early_stopping_metric,
     });
-    req.monitor_metric = a.early_stopping_metric;
-    req.augment = a.augment;
+    req.augment = a
+        .augment
+        .or(preset.as_ref().map(|p| p.augment))
+        .unwrap_or_default();
     req.eval_steps = a.eval_steps;
     req.eval_every = a.eval_every;
     req.checkpoint_every = a.checkpoint_every;
@@ -383,6 +431,27 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
         std::process::exit(130);
     }
     Ok(())
+}
+
+/// A preset as the flags it stands for.
+fn describe(p: &PresetValues) -> String {
+    let conv: Vec<String> = p
+        .conv
+        .iter()
+        .map(|c| format!("{}:{}:{}", c.kernel, c.pool, c.filters))
+        .collect();
+    format!(
+        "--conv {} --dense {} --dropout {} --optimizer {} --learning-rate {} --lr-schedule {} --warmup-steps {} --label-smoothing {} --augment {}",
+        conv.join(","),
+        p.dense,
+        p.dropout,
+        p.optimizer,
+        p.learning_rate,
+        p.lr_schedule,
+        p.warmup_steps,
+        p.label_smoothing,
+        p.augment
+    )
 }
 
 fn display(p: &Path) -> String {
