@@ -1463,7 +1463,10 @@ fn a_preset_sets_the_recipe_and_explicit_flags_win() {
     );
     assert_eq!(cfg["lr_schedule"]["kind"], "cosine");
     assert_eq!(cfg["label_smoothing"], 0.1);
-    assert!(cfg.get("augment").is_none(), "the presets do not augment: {cfg}");
+    assert!(
+        cfg.get("augment").is_none(),
+        "the presets do not augment: {cfg}"
+    );
     let out = qd_owned(&train_args(
         &d,
         "dnn",
