@@ -20,7 +20,7 @@ use crate::eval::{
 };
 use crate::infer::TrainedModel;
 use crate::metrics::{most_confused_pairs, predicted_class, ranking};
-use crate::pipeline::{DEFAULT_PREFETCH, DataSource};
+use crate::pipeline::DataSource;
 
 pub const ERRORS_FILE: &str = "errors.jsonl";
 /// Probabilities listed per error line (the highest ones).
@@ -71,11 +71,7 @@ pub fn evaluate_with_errors(
     std::fs::create_dir_all(&opts.dir).map_err(TrainError::io(&opts.dir))?;
     let classes = tm.config.classes.clone();
     let c = classes.len();
-    let eval_opts = EvalOptions {
-        batch_size: req.batch_size.unwrap_or(tm.config.batch_size.max(64)),
-        max_batches: req.eval_steps,
-        prefetch: DEFAULT_PREFETCH,
-    };
+    let eval_opts = req.options(&tm);
     let path = opts.dir.join(ERRORS_FILE);
     let file = std::fs::File::create(&path).map_err(TrainError::io(&path))?;
     let mut out = BufWriter::new(file);

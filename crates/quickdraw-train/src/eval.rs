@@ -181,6 +181,18 @@ impl EvaluateRequest {
     }
 }
 
+impl EvaluateRequest {
+    /// How this request runs over `tm`: `--batch-size` (default max(64, the training batch
+    /// size)) and `--eval-steps`.
+    pub fn options(&self, tm: &TrainedModel) -> EvalOptions {
+        EvalOptions {
+            batch_size: self.batch_size.unwrap_or(tm.config.batch_size.max(64)),
+            max_batches: self.eval_steps,
+            prefetch: DEFAULT_PREFETCH,
+        }
+    }
+}
+
 /// Checks that eval shards match what a model was trained on.
 pub fn check_compatible(tm: &TrainedModel, src: &DataSource) -> Result<()> {
     if src.labels != tm.config.classes {
@@ -217,11 +229,7 @@ pub(crate) fn evaluate_loaded(
     keep_predictions: bool,
 ) -> Result<(Evaluation, Vec<Prediction>)> {
     check_compatible(tm, src)?;
-    let opts = EvalOptions {
-        batch_size: req.batch_size.unwrap_or(tm.config.batch_size.max(64)),
-        max_batches: req.eval_steps,
-        prefetch: DEFAULT_PREFETCH,
-    };
+    let opts = req.options(tm);
     let t = Instant::now();
     let (metrics, preds) = evaluate_model(
         tm.model(),
@@ -300,11 +308,7 @@ pub fn evaluate_part(req: &EvaluateRequest, worker: WorkerSlot) -> Result<EvalPa
     let src = DataSource::open(&req.eval_files)?;
     check_compatible(&tm, &src)?;
     let sub = src.subset(|i| i % worker.count == worker.index);
-    let opts = EvalOptions {
-        batch_size: req.batch_size.unwrap_or(tm.config.batch_size.max(64)),
-        max_batches: None,
-        prefetch: DEFAULT_PREFETCH,
-    };
+    let opts = req.options(&tm); // eval_steps is None here (refused above)
     let t = Instant::now();
     let c = tm.config.classes.len();
     let counts = evaluate_batches(

@@ -53,31 +53,22 @@ impl Preset {
     }
 
     pub fn values(self) -> PresetValues {
-        match self {
-            Preset::QuickDraw28 => PresetValues {
-                conv: vec![conv(5, 2, 32), conv(5, 2, 64)],
-                dense: 256,
-                dropout: 0.4,
-                optimizer: OptimizerKind::Adam,
-                learning_rate: 2e-3,
-                lr_schedule: ScheduleKind::Cosine,
-                warmup_steps: 100,
-                label_smoothing: 0.1,
-                augment: Augment::None,
-                image_size: 28,
-            },
-            Preset::QuickDraw64 => PresetValues {
-                conv: vec![conv(5, 4, 32), conv(3, 2, 64), conv(3, 2, 128)],
-                dense: 256,
-                dropout: 0.4,
-                optimizer: OptimizerKind::Adam,
-                learning_rate: 2e-3,
-                lr_schedule: ScheduleKind::Cosine,
-                warmup_steps: 100,
-                label_smoothing: 0.1,
-                augment: Augment::None,
-                image_size: 64,
-            },
+        // The same training recipe for both sizes; the network fits the input.
+        let (conv, image_size) = match self {
+            Preset::QuickDraw28 => (vec![conv(5, 2, 32), conv(5, 2, 64)], 28),
+            Preset::QuickDraw64 => (vec![conv(5, 4, 32), conv(3, 2, 64), conv(3, 2, 128)], 64),
+        };
+        PresetValues {
+            conv,
+            dense: 256,
+            dropout: 0.4,
+            optimizer: OptimizerKind::Adam,
+            learning_rate: 2e-3,
+            lr_schedule: ScheduleKind::Cosine,
+            warmup_steps: 100,
+            label_smoothing: 0.1,
+            augment: Augment::None,
+            image_size,
         }
     }
 }

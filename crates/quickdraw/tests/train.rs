@@ -1104,13 +1104,8 @@ fn epochs_with_a_cosine_schedule_and_warmup_evaluate_every_epoch() {
         .iter()
         .map(|a| if a == "3" { "4".into() } else { a.clone() })
         .collect();
-    let out = qd_owned(&longer);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("add --lr-decay-steps 14"),
-        "{}",
-        stderr(&out)
-    );
+    let err = fail(&longer);
+    assert!(err.contains("add --lr-decay-steps 14"), "{err}");
     let mut longer = longer;
     longer.extend(["--lr-decay-steps".into(), "14".into()]);
     ok_owned(&longer);
@@ -1265,19 +1260,18 @@ fn loss_options_are_recorded_and_checked() {
     assert_eq!(cfg["label_smoothing"], 0.1);
     assert_eq!(cfg["weight_decay"], 0.01);
     // Changing one of them is a configuration change.
-    let out = qd_owned(&train_args(
+    let err = fail(&train_args(
         &d,
         "linear",
         &dir,
         8,
         &["--label-smoothing", "0.2"],
     ));
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("label_smoothing"), "{}", stderr(&out));
+    assert!(err.contains("label_smoothing"), "{err}");
     // A weights file naming a class the dataset lacks is refused by name.
     let file = d.dir.parent().unwrap().join("weights.json");
     std::fs::write(&file, r#"{"circle": 2.0, "giraffe": 3.0}"#).unwrap();
-    let out = qd_owned(&train_args(
+    let err = fail(&train_args(
         &d,
         "linear",
         &d.model_dir("w2"),
@@ -1285,35 +1279,26 @@ fn loss_options_are_recorded_and_checked() {
         &["--class-weight", s(&file)],
     ));
     assert!(
-        stderr(&out).contains("\"giraffe\" is not one of the dataset's classes"),
-        "{}",
-        stderr(&out)
+        err.contains("\"giraffe\" is not one of the dataset's classes"),
+        "{err}"
     );
     // Flags that need each other say which.
-    let out = qd_owned(&train_args(
+    let err = fail(&train_args(
         &d,
         "linear",
         &d.model_dir("w3"),
         4,
         &["--lr-schedule", "exponential"],
     ));
-    assert!(
-        stderr(&out).contains("--lr-decay-steps"),
-        "{}",
-        stderr(&out)
-    );
-    let out = qd_owned(&train_args(
+    assert!(err.contains("--lr-decay-steps"), "{err}");
+    let err = fail(&train_args(
         &d,
         "linear",
         &d.model_dir("w4"),
         4,
         &["--early-stopping-patience", "2"],
     ));
-    assert!(
-        stderr(&out).contains("--eval-every N or --epochs N"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(err.contains("--eval-every N or --epochs N"), "{err}");
 }
 
 #[test]
@@ -1342,18 +1327,14 @@ fn augmentation_is_reproducible_resumes_exactly_and_changes_the_training() {
     );
     let cfg = std::fs::read_to_string(a.join("config.json")).unwrap();
     assert!(cfg.contains("\"augment\": \"strong\""), "{cfg}");
-    let out = qd_owned(&train_args(
+    let err = fail(&train_args(
         &Data::new(true),
         "rnn",
         &d.model_dir("aug-rnn"),
         2,
         &aug,
     ));
-    assert!(
-        stderr(&out).contains("--augment strong transforms images"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(err.contains("--augment strong transforms images"), "{err}");
 }
 
 #[test]
@@ -1467,16 +1448,12 @@ fn a_preset_sets_the_recipe_and_explicit_flags_win() {
         cfg.get("augment").is_none(),
         "the presets do not augment: {cfg}"
     );
-    let out = qd_owned(&train_args(
+    let err = fail(&train_args(
         &d,
         "dnn",
         &d.model_dir("preset-dnn"),
         2,
         &["--preset", "quickdraw28"],
     ));
-    assert!(
-        stderr(&out).contains("is a recipe for --model cnn"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(err.contains("is a recipe for --model cnn"), "{err}");
 }
