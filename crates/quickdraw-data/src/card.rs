@@ -207,6 +207,7 @@ mod tests {
             signature: sig,
             labels: vec!["cat".into(), "dog".into()],
             features: FeatureSpec::default(),
+            wide: None,
             metrics: serde_json::json!({
                 "accuracy": 0.9, "top3_accuracy": 1.0, "examples": 200, "step": 500,
                 "train_files": "data/train-*", "eval_files": "data/eval-*",

@@ -14,6 +14,7 @@ use crate::example::{Example, Feature, Kind};
 use crate::raster::{RasterError, RasterSpec, check as check_raster, rasterize, rasterize_strokes};
 use crate::simplify::simplify;
 use crate::strokes::{StrokeFeatures, StrokeSpec, stroke_features};
+use crate::wide::{self, Metadata};
 
 /// Model inputs are pixel values scaled to [0, 1] (the lecture divides `img_64` by 255).
 pub const PIXEL_SCALE: f32 = 1.0 / 255.0;
@@ -35,6 +36,10 @@ pub const STROKE_X: &str = "stroke_x";
 pub const STROKE_Y: &str = "stroke_y";
 pub const STROKE_Z: &str = "stroke_z";
 pub const STROKE_LEN: &str = "stroke_len";
+/// Number of strokes (drawings with strokes only): a column of the wide model.
+pub const STROKE_COUNT: &str = "stroke_count";
+/// Milliseconds from the first to the last point (raw drawings with timestamps only).
+pub const DURATION_MS: &str = "duration_ms";
 
 /// `img_64` for 64x64 images, `img_<size>` in general.
 pub fn image_key(size: u32) -> String {
@@ -208,8 +213,10 @@ pub fn encode_example_into(
     const FLOATS: u8 = 0x12;
     const INT64S: u8 = 0x1a;
     let img_key = image_key(spec.raster.size);
-    // Sorted keys: countrycode, img_<n>, key_id, label, recognized, stroke_len, stroke_x,
-    // stroke_y, stroke_z, timestamp, word.
+    // Sorted keys: countrycode, duration_ms, img_<n>, key_id, label, recognized, stroke_count,
+    // stroke_len, stroke_x, stroke_y, stroke_z, timestamp, word.
+    let stroke_count = wide::stroke_count(&d.ink);
+    let duration = wide::duration_ms(&d.ink);
     let mut keys: Vec<&str> = vec![
         COUNTRYCODE,
         &img_key,
@@ -221,6 +228,12 @@ pub fn encode_example_into(
     ];
     if p.strokes.is_some() {
         keys.extend([STROKE_LEN, STROKE_X, STROKE_Y, STROKE_Z]);
+    }
+    if stroke_count.is_some() {
+        keys.push(STROKE_COUNT);
+    }
+    if duration.is_some() {
+        keys.push(DURATION_MS);
     }
     keys.sort_unstable();
     let encoded = |f: &dyn Fn(&mut Vec<u8>)| {
@@ -248,6 +261,16 @@ pub fn encode_example_into(
                 encoded(&|b| put_int64_list(b, &[d.recognized as i64])),
             ),
             TIMESTAMP => (key, INT64S, encoded(&|b| put_int64_list(b, &[d.timestamp]))),
+            STROKE_COUNT => (
+                key,
+                INT64S,
+                encoded(&|b| put_int64_list(b, &[stroke_count.unwrap_or(0) as i64])),
+            ),
+            DURATION_MS => (
+                key,
+                INT64S,
+                encoded(&|b| put_int64_list(b, &[duration.unwrap_or(0) as i64])),
+            ),
             WORD => (
                 key,
                 BYTES,
@@ -439,6 +462,12 @@ pub fn encode_example_prost(
     f.insert(RECOGNIZED.to_string(), Feature::int64(d.recognized as i64));
     f.insert(TIMESTAMP.to_string(), Feature::int64(d.timestamp));
     f.insert(KEY_ID.to_string(), Feature::int64(d.key_id as i64));
+    if let Some(n) = wide::stroke_count(&d.ink) {
+        f.insert(STROKE_COUNT.to_string(), Feature::int64(n as i64));
+    }
+    if let Some(ms) = wide::duration_ms(&d.ink) {
+        f.insert(DURATION_MS.to_string(), Feature::int64(ms as i64));
+    }
     if let Some(s) = &p.strokes {
         f.insert(STROKE_X.to_string(), Feature::floats(s.dx.clone()));
         f.insert(STROKE_Y.to_string(), Feature::floats(s.dy.clone()));
@@ -515,6 +544,36 @@ fn floats<'a>(ex: &'a Example, key: &str) -> Result<&'a [f32], FeatureError> {
         }),
         None => Err(FeatureError::Missing(key.into())),
     }
+}
+
+/// The wide model's metadata of an example: `countrycode`, `recognized`, [`STROKE_COUNT`] and
+/// [`DURATION_MS`], each `None` when the example does not have it (an empty country code is
+/// missing too); a feature of the wrong type or length is an error.
+pub fn metadata(ex: &Example) -> Result<Metadata, FeatureError> {
+    let optional = |r: Result<i64, FeatureError>| match r {
+        Err(FeatureError::Missing(_)) => Ok(None),
+        r => r.map(Some),
+    };
+    let count = |key: &str| -> Result<Option<u32>, FeatureError> {
+        optional(int64_feature(ex, key))?
+            .map(|v| {
+                u32::try_from(v).map_err(|_| FeatureError::BadValue {
+                    key: key.into(),
+                    what: format!("{v} is not a count"),
+                })
+            })
+            .transpose()
+    };
+    let countrycode = match bytes(ex, COUNTRYCODE) {
+        Err(FeatureError::Missing(_)) => None,
+        r => Some(String::from_utf8_lossy(r?).into_owned()).filter(|c| !c.is_empty()),
+    };
+    Ok(Metadata {
+        countrycode,
+        recognized: optional(int64_feature(ex, RECOGNIZED))?.map(|v| v != 0),
+        stroke_count: count(STROKE_COUNT)?,
+        duration_ms: count(DURATION_MS)?,
+    })
 }
 
 /// Decodes only the image (and label) of an example: the hot path of training.
@@ -647,7 +706,15 @@ mod tests {
             assert_eq!(back.key_id, d.key_id);
             assert_eq!(back.word, "cat");
             assert_eq!(back.strokes.unwrap().len, 4, "5 points give 4 deltas");
+            let m = metadata(&Example::from_bytes(&bytes).unwrap()).unwrap();
+            assert_eq!(m, Metadata::of_drawing(&d));
+            assert_eq!((m.stroke_count, m.duration_ms), (Some(2), None));
         }
+        // An example without the metadata (an older dataset) reads as missing values.
+        let mut f = BTreeMap::new();
+        f.insert(LABEL.to_string(), Feature::int64(1));
+        let m = metadata(&Example::from_features(f)).unwrap();
+        assert_eq!(m, Metadata::default());
     }
 
     #[test]
@@ -674,11 +741,20 @@ mod tests {
                         key_id: u64::MAX,
                         ..drawing()
                     },
+                    // Raw with timestamps: duration_ms is written too.
+                    Drawing {
+                        ink: Ink::Strokes(vec![Stroke {
+                            x: vec![0.5, 100.0, 300.0],
+                            y: vec![0.0, 200.0, 10.0],
+                            t: Some(vec![0.0, 40.0, 1300.0]),
+                        }]),
+                        ..drawing()
+                    },
                 ]
                 .into_iter()
                 .enumerate()
                 {
-                    d.recognized = i == 0;
+                    d.recognized = i != 1;
                     let p = preprocess(&d.ink, &spec).unwrap();
                     assert!(
                         p.image.iter().any(|&v| v > 128)

@@ -27,5 +27,6 @@ pub mod strokes;
 pub mod synth;
 pub mod tfrecord;
 pub mod validate;
+pub mod wide;
 
 pub use drawing::{Bitmap, Drawing, Ink, Stroke};

@@ -7,7 +7,8 @@
 //!     model.onnx               the network (opset >= 13), inputs and outputs named as below
 //!     signature.json           [`Signature`]: inputs, outputs, dtypes, shapes, model type, classes
 //!     assets/labels.txt        one class name per line; class index = line index
-//!     assets/preprocessing.json  {"features": <FeatureSpec, exactly as in the dataset manifest>}
+//!     assets/preprocessing.json  {"features": <FeatureSpec, exactly as in the dataset manifest>,
+//!                              "wide": <WideSpec> (wide_deep only)}
 //!     metrics.json             free-form object, at least {"accuracy": ..} of the exported
 //!                              checkpoint (plus e.g. the baseline's under "baseline")
 //! ```
@@ -19,6 +20,8 @@
 //! | cnn, dnn, linear, baseline | `img_<S>` | `DT_FLOAT` | `[-1, 1, S, S]` | pixel (0..=255) * [`PIXEL_SCALE`] |
 //! | rnn | `strokes` | `DT_FLOAT` | `[-1, -1, 3]` | (dx, dy, pen) of [`crate::strokes`], zero-padded |
 //! | rnn | `lengths` | `DT_INT64` | `[-1]` | valid steps of each sequence |
+//! | wide_deep | `img_<S>` | `DT_FLOAT` | `[-1, 1, S, S]` | as for cnn |
+//! | wide_deep | `wide` | `DT_FLOAT` | `[-1, W]` | the multi-hot metadata vector of [`crate::wide`] (all zeros: no metadata) |
 //!
 //! Outputs of every model: `logits` `DT_FLOAT [-1, C]`, `probabilities` `DT_FLOAT [-1, C]`
 //! (softmax of the logits) and `classes` `DT_INT64 [-1]` (argmax).
@@ -37,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::{FeatureSpec, image_key};
 use crate::manifest::{labels_text, read_labels};
+use crate::wide::WideSpec;
 
 pub use crate::features::PIXEL_SCALE;
 
@@ -60,6 +64,8 @@ pub const PROBABILITIES: &str = "probabilities";
 pub const CLASSES: &str = "classes";
 pub const STROKES: &str = "strokes";
 pub const LENGTHS: &str = "lengths";
+/// The wide & deep model's metadata input.
+pub const WIDE: &str = "wide";
 
 /// Element types, spelled as TensorFlow's `DataType` enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +119,8 @@ pub enum ModelType {
     Linear,
     Baseline,
     Rnn,
+    #[serde(rename = "wide_deep")]
+    WideDeep,
 }
 
 impl ModelType {
@@ -123,6 +131,7 @@ impl ModelType {
             ModelType::Linear => "linear",
             ModelType::Baseline => "baseline",
             ModelType::Rnn => "rnn",
+            ModelType::WideDeep => "wide_deep",
         }
     }
     /// Sequence models read stroke features instead of the image.
@@ -204,6 +213,24 @@ impl Signature {
         }
     }
 
+    /// The signature of the wide & deep model: the image plus the `wide` vector of `wide_dim`.
+    pub fn image_wide(model: ModelInfo, size: u32, classes: usize, wide_dim: usize) -> Self {
+        let mut sig = Signature::image(model, size, classes);
+        sig.inputs.insert(
+            WIDE.to_string(),
+            TensorSpec::new(WIDE, DType::Float, &[-1, wide_dim as i64]),
+        );
+        sig
+    }
+
+    /// Length of the `wide` input (wide & deep), `None` for other models.
+    pub fn wide_dim(&self) -> Option<usize> {
+        self.inputs
+            .get(WIDE)
+            .and_then(|t| t.shape.get(1))
+            .map(|&d| d.max(0) as usize)
+    }
+
     /// The signature of a stroke-sequence model (`rnn`).
     pub fn strokes(model: ModelInfo, classes: usize) -> Self {
         Signature {
@@ -250,7 +277,25 @@ impl Signature {
             }
             return Ok(InputKind::Strokes);
         }
-        let mut it = self.inputs.iter();
+        let wide = self.model.kind == ModelType::WideDeep;
+        if wide {
+            let t = self
+                .inputs
+                .get(WIDE)
+                .ok_or_else(|| "wide_deep model without input \"wide\"".to_string())?;
+            if t.dtype != DType::Float || t.shape.len() != 2 || t.shape[1] < 1 {
+                return Err(format!(
+                    "input \"wide\" is {} {}, expected DT_FLOAT [-1, W] with W >= 1",
+                    t.dtype.as_str(),
+                    t.shape_text()
+                ));
+            }
+        }
+        // The image input: the only one, or the one beside `wide`.
+        let mut it = self
+            .inputs
+            .iter()
+            .filter(|(k, _)| !(wide && k.as_str() == WIDE));
         let (Some((key, t)), None) = (it.next(), it.next()) else {
             return Err(format!(
                 "{} model needs exactly one img_<size> input, found {}",
@@ -326,6 +371,9 @@ impl Signature {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preprocessing {
     pub features: FeatureSpec,
+    /// How the `wide` input is built from a drawing's metadata (wide & deep only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wide: Option<WideSpec>,
 }
 
 /// Everything an export folder describes, read and checked.
@@ -338,6 +386,8 @@ pub struct ExportInfo {
     pub input: InputKind,
     pub labels: Vec<String>,
     pub features: FeatureSpec,
+    /// The `wide` input's layout (wide & deep only).
+    pub wide: Option<WideSpec>,
     pub metrics: serde_json::Value,
 }
 
@@ -418,6 +468,16 @@ pub fn load_export_dir(dir: &Path) -> Result<ExportInfo, SignatureError> {
                 "an rnn export needs stroke features (features.strokes is null)".into(),
             ));
         }
+        _ if signature.wide_dim() != pre.wide.map(|w| w.dim()) => {
+            return Err(invalid(
+                pre_path,
+                format!(
+                    "the wide spec ({:?} values) does not match the model's wide input ({:?})",
+                    pre.wide.map(|w| w.dim()),
+                    signature.wide_dim()
+                ),
+            ));
+        }
         _ => {}
     }
     let metrics_path = dir.join(METRICS_FILE);
@@ -441,6 +501,7 @@ pub fn load_export_dir(dir: &Path) -> Result<ExportInfo, SignatureError> {
         input,
         labels,
         features: pre.features,
+        wide: pre.wide,
         metrics,
     })
 }
@@ -536,11 +597,16 @@ pub fn write_labels(dir: &Path, labels: &[String]) -> Result<(), SignatureError>
     )
 }
 
-pub fn write_preprocessing(dir: &Path, features: &FeatureSpec) -> Result<(), SignatureError> {
+pub fn write_preprocessing(
+    dir: &Path,
+    features: &FeatureSpec,
+    wide: Option<WideSpec>,
+) -> Result<(), SignatureError> {
     write_file(
         &dir.join(ASSETS_DIR).join(PREPROCESSING_FILE),
         &pretty(&Preprocessing {
             features: *features,
+            wide,
         }),
     )
 }
@@ -556,6 +622,7 @@ pub fn write_export_metadata(
     sig: &Signature,
     labels: &[String],
     features: &FeatureSpec,
+    wide: Option<WideSpec>,
     metrics: &serde_json::Value,
 ) -> Result<(), SignatureError> {
     let invalid = |what: String| SignatureError::Invalid {
@@ -582,10 +649,17 @@ pub fn write_export_metadata(
                 "an rnn export needs stroke features (features.strokes is null)".into(),
             ));
         }
+        _ if sig.wide_dim() != wide.map(|w| w.dim()) => {
+            return Err(invalid(format!(
+                "wide spec of {:?} values for a wide input of {:?}",
+                wide.map(|w| w.dim()),
+                sig.wide_dim()
+            )));
+        }
         _ => {}
     }
     write_labels(dir, labels)?;
-    write_preprocessing(dir, features)?;
+    write_preprocessing(dir, features, wide)?;
     write_metrics(dir, metrics)?;
     let info = ExportInfo {
         dir: dir.to_path_buf(),
@@ -594,6 +668,7 @@ pub fn write_export_metadata(
         input: kind,
         labels: labels.to_vec(),
         features: *features,
+        wide,
         metrics: metrics.clone(),
     };
     crate::card::write_model_card(dir, &info)?;
@@ -649,6 +724,7 @@ mod tests {
             &sig,
             &labels,
             &spec(16),
+            None,
             &serde_json::json!({"accuracy": 0.5}),
         )
         .unwrap();
@@ -677,8 +753,15 @@ mod tests {
 
         // Mismatched raster size and label count are refused by the writer.
         assert!(
-            write_export_metadata(&dir, &sig, &labels, &spec(28), &serde_json::Value::Null)
-                .is_err()
+            write_export_metadata(
+                &dir,
+                &sig,
+                &labels,
+                &spec(28),
+                None,
+                &serde_json::Value::Null
+            )
+            .is_err()
         );
         assert!(
             write_export_metadata(
@@ -686,6 +769,7 @@ mod tests {
                 &sig,
                 &labels[..1],
                 &spec(16),
+                None,
                 &serde_json::Value::Null
             )
             .is_err()
@@ -723,5 +807,43 @@ mod tests {
             5,
         );
         assert!(img.check().is_err(), "an rnn must take strokes");
+    }
+
+    #[test]
+    fn wide_deep_signature_and_preprocessing() {
+        let info = ModelInfo {
+            kind: ModelType::WideDeep,
+            config: serde_json::Value::Null,
+        };
+        let w = WideSpec::default();
+        let sig = Signature::image_wide(info.clone(), 16, 2, w.dim());
+        let image = InputKind::Image {
+            key: "img_16".into(),
+            size: 16,
+        };
+        assert_eq!(sig.check(), Ok(image.clone()));
+        assert_eq!(sig.wide_dim(), Some(w.dim()));
+        let mut no_wide = sig.clone();
+        no_wide.inputs.remove(WIDE);
+        assert!(no_wide.check().unwrap_err().contains("wide"));
+        // A cnn with a stray `wide` input has two inputs: refused.
+        let mut cnn = sig.clone();
+        cnn.model.kind = ModelType::Cnn;
+        assert!(cnn.check().is_err());
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("1");
+        let labels: Vec<String> = vec!["a".into(), "b".into()];
+        let null = serde_json::Value::Null;
+        // The writer refuses a missing or mismatched wide spec.
+        assert!(write_export_metadata(&dir, &sig, &labels, &spec(16), None, &null).is_err());
+        let small = WideSpec { country_buckets: 3 };
+        assert!(write_export_metadata(&dir, &sig, &labels, &spec(16), Some(small), &null).is_err());
+        write_export_metadata(&dir, &sig, &labels, &spec(16), Some(w), &null).unwrap();
+        std::fs::write(dir.join(MODEL_FILE), b"x").unwrap();
+        let back = load_export_dir(&dir).unwrap();
+        assert_eq!((back.input, back.wide), (image, Some(w)));
+        let pre = std::fs::read_to_string(dir.join(ASSETS_DIR).join(PREPROCESSING_FILE)).unwrap();
+        assert!(pre.contains("\"country_buckets\": 128"), "{pre}");
     }
 }

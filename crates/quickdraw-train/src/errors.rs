@@ -73,7 +73,12 @@ pub fn evaluate_with_errors(
     let c = classes.len();
     let eval_opts = req.options(&tm);
     let path = opts.dir.join(ERRORS_FILE);
-    let file = std::fs::File::create(&path).map_err(TrainError::io(&path))?;
+    // Written under a temporary name and renamed once complete (after the grids): an
+    // interrupted run never leaves an errors.jsonl that looks whole.
+    let tmp = opts
+        .dir
+        .join(format!(".{ERRORS_FILE}.tmp-{}", std::process::id()));
+    let file = std::fs::File::create(&tmp).map_err(TrainError::io(&tmp))?;
     let mut out = BufWriter::new(file);
     let mut kept: BTreeMap<(usize, usize), Vec<(u64, f32)>> = BTreeMap::new();
     let mut errors = 0u64;
@@ -81,12 +86,11 @@ pub fn evaluate_with_errors(
     let t = std::time::Instant::now();
     let acc = evaluate_batches(
         tm.model(),
-        tm.kind(),
+        &tm.config.model,
         tm.device(),
         &src,
-        c,
         &eval_opts,
-        &mut |batch, lp, first| {
+        &mut |batch: &crate::pipeline::Batch, lp: &[f32], first: u64| {
             let rows = lp.chunks_exact(c).zip(&batch.labels).zip(&batch.key_ids);
             for (i, ((row, &label), &key_id)) in rows.enumerate() {
                 let label = label as usize;
@@ -120,14 +124,24 @@ pub fn evaluate_with_errors(
                 }
             }
         },
-    )?;
-    if let Some(e) = write_err {
-        return Err(TrainError::io(&path)(e));
+    )
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    let finish = |out: BufWriter<std::fs::File>| -> std::io::Result<()> {
+        if let Some(e) = write_err {
+            return Err(e);
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    if let Err(e) = finish(out) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(TrainError::io(&tmp)(e));
     }
-    out.flush().map_err(TrainError::io(&path))?;
     let ev = evaluation_of(&tm, req, acc.report(&classes), t.elapsed().as_secs_f64())?;
     let pairs = most_confused_pairs(&ev.metrics.confusion, opts.pairs);
     let grids = draw_pairs(&src, &tm, &eval_opts, &pairs, &kept, &classes, &opts.dir)?;
+    std::fs::rename(&tmp, &path).map_err(TrainError::io(&path))?;
     Ok((
         ev,
         ErrorsReport {
@@ -157,7 +171,7 @@ fn draw_pairs(
     let mut images: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut size = 0u32;
     if !wanted.is_empty() {
-        let mut pipeline = eval_pipeline(src, classes.len(), tm.kind().uses_strokes(), opts)?;
+        let mut pipeline = eval_pipeline(src, &tm.config.model, opts)?;
         let mut index = 0u64;
         while let Some(batch) = pipeline.next_batch()? {
             size = batch.image_size as u32;

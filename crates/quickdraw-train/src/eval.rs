@@ -14,7 +14,7 @@ use crate::device::DeviceChoice;
 use crate::error::{Result, TrainError};
 use crate::infer::TrainedModel;
 use crate::metrics::{MetricsAccumulator, MetricsReport, predicted_class};
-use crate::model::{Model, ModelInput, ModelKind, log_probs};
+use crate::model::{Model, ModelConfig, ModelInput, ModelKind, log_probs};
 use crate::modeldir::{self, CheckpointSel, EVALUATION_FILE};
 use crate::pipeline::{
     Batch, DEFAULT_PREFETCH, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions,
@@ -58,7 +58,7 @@ pub struct Prediction {
 /// Runs `model` (in validation mode, on the plain `device`) over `src` in file order.
 pub fn evaluate_model(
     model: &Model,
-    kind: ModelKind,
+    config: &ModelConfig,
     device: &Device,
     src: &DataSource,
     classes: &[String],
@@ -84,7 +84,7 @@ pub fn evaluate_model(
             });
         }
     };
-    let acc = evaluate_batches(model, kind, device, src, c, opts, &mut keep)?;
+    let acc = evaluate_batches(model, config, device, src, opts, &mut keep)?;
     Ok((acc.report(classes), preds))
 }
 
@@ -92,21 +92,20 @@ pub fn evaluate_model(
 /// the batch's first example)` for whoever wants the examples too.
 pub fn evaluate_batches(
     model: &Model,
-    kind: ModelKind,
+    config: &ModelConfig,
     device: &Device,
     src: &DataSource,
-    c: usize,
     opts: &EvalOptions,
     on_batch: &mut dyn FnMut(&Batch, &[f32], u64),
 ) -> Result<MetricsAccumulator> {
-    let mut acc = MetricsAccumulator::new(c);
+    let mut acc = MetricsAccumulator::new(config.n_classes);
     if src.files.is_empty() {
         return Ok(acc);
     }
-    let mut pipeline = eval_pipeline(src, c, kind.uses_strokes(), opts)?;
+    let mut pipeline = eval_pipeline(src, config, opts)?;
     let mut index = 0u64;
     while let Some(batch) = pipeline.next_batch()? {
-        let lp = log_probs(model, ModelInput::from_batch(&batch, kind, device)?);
+        let lp = log_probs(model, ModelInput::from_batch(&batch, config.kind, device)?);
         acc.add_batch(&lp, &batch.labels);
         on_batch(&batch, &lp, index);
         index += batch.size as u64;
@@ -117,19 +116,14 @@ pub fn evaluate_batches(
 /// The eval stream of `src`: every example once, in file order.
 pub fn eval_pipeline(
     src: &DataSource,
-    n_classes: usize,
-    strokes: bool,
+    model: &ModelConfig,
     opts: &EvalOptions,
 ) -> Result<Pipeline> {
     Pipeline::spawn(
         src,
         PipelineOptions {
             order: OrderOptions::eval(),
-            decode: DecodeOptions {
-                spec: *src.spec(),
-                n_classes,
-                strokes,
-            },
+            decode: DecodeOptions::for_model(*src.spec(), model),
             batch_size: opts.batch_size.max(1),
             start: StreamPosition::default(),
             prefetch: opts.prefetch,
@@ -233,7 +227,7 @@ pub(crate) fn evaluate_loaded(
     let t = Instant::now();
     let (metrics, preds) = evaluate_model(
         tm.model(),
-        tm.kind(),
+        &tm.config.model,
         tm.device(),
         src,
         &tm.config.classes,
@@ -310,13 +304,11 @@ pub fn evaluate_part(req: &EvaluateRequest, worker: WorkerSlot) -> Result<EvalPa
     let sub = src.subset(|i| i % worker.count == worker.index);
     let opts = req.options(&tm); // eval_steps is None here (refused above)
     let t = Instant::now();
-    let c = tm.config.classes.len();
     let counts = evaluate_batches(
         tm.model(),
-        tm.kind(),
+        &tm.config.model,
         tm.device(),
         &sub,
-        c,
         &opts,
         &mut |_, _, _| {},
     )?;

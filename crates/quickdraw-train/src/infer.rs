@@ -8,6 +8,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use quickdraw_data::features::FeatureSpec;
 use quickdraw_data::strokes::StrokeFeatures;
+use quickdraw_data::wide::{Metadata, WideSpec};
 
 use crate::device::{DeviceChoice, inference_device};
 use crate::error::{Result, TrainError};
@@ -74,6 +75,14 @@ impl TrainedModel {
     pub fn image_size(&self) -> usize {
         self.config.model.image_size
     }
+    /// The metadata vector's layout (wide & deep models only).
+    pub fn wide_spec(&self) -> Option<WideSpec> {
+        self.config.model.wide.filter(|_| self.kind().uses_wide())
+    }
+    /// The metadata vector of `m`, `None` when the model has no wide part.
+    pub fn wide_vector(&self, m: &Metadata) -> Option<Vec<f32>> {
+        self.wide_spec().map(|w| w.vector(m))
+    }
 
     fn probs(&self, input: ModelInput) -> Vec<f32> {
         log_probs(&self.model, input)
@@ -83,8 +92,20 @@ impl TrainedModel {
     }
 
     /// Probabilities `[n, n_classes]` for `n` images given as `[n, 1, S, S]` floats in [0, 1]
-    /// (grey value * [`PIXEL_SCALE`](quickdraw_data::features::PIXEL_SCALE)).
+    /// (grey value * [`PIXEL_SCALE`](quickdraw_data::features::PIXEL_SCALE)). A wide & deep
+    /// model sees no metadata (its documented default: all-zero metadata vectors).
     pub fn predict_images(&self, images: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.predict_images_wide(images, None, n)
+    }
+
+    /// [`TrainedModel::predict_images`] with the `[n, W]` metadata vectors of a wide & deep model
+    /// (`None`: no metadata).
+    pub fn predict_images_wide(
+        &self,
+        images: &[f32],
+        wide: Option<&[f32]>,
+        n: usize,
+    ) -> Result<Vec<f32>> {
         let s = self.image_size();
         if self.kind().uses_strokes() {
             return Err(TrainError::Config(
@@ -102,7 +123,22 @@ impl TrainedModel {
         }
         let x =
             Tensor::<4>::from_data(TensorData::new(images.to_vec(), [n, 1, s, s]), &self.device);
-        Ok(self.probs(ModelInput::Images(x)))
+        let Some(spec) = self.wide_spec() else {
+            return Ok(self.probs(ModelInput::Images(x)));
+        };
+        let dim = spec.dim();
+        let wide = match wide {
+            Some(w) if w.len() == n * dim => w.to_vec(),
+            Some(w) => {
+                return Err(TrainError::Config(format!(
+                    "{} metadata values for {n} examples of {dim}",
+                    w.len()
+                )));
+            }
+            None => vec![0.0; n * dim],
+        };
+        let wide = Tensor::<2>::from_data(TensorData::new(wide, [n, dim]), &self.device);
+        Ok(self.probs(ModelInput::ImagesWide { images: x, wide }))
     }
 
     /// Probabilities for grey images as bytes (`size * size` each, 0..255).

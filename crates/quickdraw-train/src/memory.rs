@@ -25,7 +25,7 @@ pub fn bytes_per_example(model: &ModelConfig, seq_len: usize, prefetch: usize) -
             let hidden: u64 = model.hidden.iter().flatten().map(|&h| h as u64).sum();
             (s * s, 2 * hidden + c)
         }
-        ModelKind::Cnn => {
+        ModelKind::Cnn | ModelKind::WideDeep => {
             let (mut side, mut channels, mut floats) = (s, 1u64, 0u64);
             for l in model.conv.iter().flatten() {
                 let (k, f) = (l.kernel as u64, l.filters as u64);
@@ -36,7 +36,8 @@ pub fn bytes_per_example(model: &ModelConfig, seq_len: usize, prefetch: usize) -
                 floats += side * side * f; // pooled output
             }
             floats += 2 * model.dense.unwrap_or(LECTURE_DENSE) as u64 + c;
-            (s * s, floats)
+            let wide = model.wide.map_or(0, |w| w.dim() as u64 + c);
+            (s * s + wide, floats + wide)
         }
         ModelKind::Rnn => {
             let h = model.rnn_units.unwrap_or(crate::model::DEFAULT_RNN_UNITS) as u64;

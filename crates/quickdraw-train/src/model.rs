@@ -1,8 +1,9 @@
-//! The models (`--model baseline|linear|dnn|cnn|rnn`) and their serde configuration.
+//! The models (`--model baseline|linear|dnn|cnn|rnn|wide_deep`) and their serde configuration.
 //!
 //! Every model maps a batch to logits `[batch, n_classes]`. Image models take
 //! `[batch, 1, size, size]` pixels in [0, 1]; the sequence model takes the stroke features
-//! (dx, dy, pen) of `convert --strokes`.
+//! (dx, dy, pen) of `convert --strokes`; the wide & deep model takes the image and the
+//! multi-hot metadata vector of [`quickdraw_data::wide`].
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -13,6 +14,7 @@ use burn::tensor::activation::{log_softmax, relu};
 use serde::{Deserialize, Serialize};
 
 use quickdraw_data::events::GraphNode;
+use quickdraw_data::wide::WideSpec;
 
 use crate::error::{Result, TrainError};
 use crate::pipeline::Batch;
@@ -31,15 +33,20 @@ pub enum ModelKind {
     Cnn,
     /// Bidirectional LSTM over the stroke features.
     Rnn,
+    /// The lecture's `DNNLinearCombinedClassifier`: the CNN's logits plus a linear model's over
+    /// the drawing's metadata (country, recognized, stroke count, duration).
+    #[serde(rename = "wide_deep")]
+    WideDeep,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 5] = [
+    pub const ALL: [ModelKind; 6] = [
         ModelKind::Baseline,
         ModelKind::Linear,
         ModelKind::Dnn,
         ModelKind::Cnn,
         ModelKind::Rnn,
+        ModelKind::WideDeep,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,12 +56,23 @@ impl ModelKind {
             ModelKind::Dnn => "dnn",
             ModelKind::Cnn => "cnn",
             ModelKind::Rnn => "rnn",
+            ModelKind::WideDeep => "wide_deep",
         }
     }
 
     /// Whether the model reads stroke features instead of the image.
     pub fn uses_strokes(self) -> bool {
         self == ModelKind::Rnn
+    }
+
+    /// Whether the model reads the metadata vector too (the wide part).
+    pub fn uses_wide(self) -> bool {
+        self == ModelKind::WideDeep
+    }
+
+    /// Whether the model has the CNN's convolution tower (`--conv`, `--dense`).
+    pub fn has_cnn(self) -> bool {
+        matches!(self, ModelKind::Cnn | ModelKind::WideDeep)
     }
 }
 
@@ -65,7 +83,9 @@ impl std::str::FromStr for ModelKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                format!("unknown model {s:?} (expected baseline, linear, dnn, cnn or rnn)")
+                format!(
+                    "unknown model {s:?} (expected baseline, linear, dnn, cnn, rnn or wide_deep)"
+                )
             })
     }
 }
@@ -162,6 +182,9 @@ pub struct ModelConfig {
     /// LSTM units per direction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rnn_units: Option<usize>,
+    /// The wide part's metadata vector (`wide_deep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wide: Option<WideSpec>,
 }
 
 impl ModelConfig {
@@ -176,13 +199,17 @@ impl ModelConfig {
             dense: None,
             dropout: None,
             rnn_units: None,
+            wide: None,
         };
+        if kind == ModelKind::WideDeep {
+            c.wide = Some(WideSpec::default());
+        }
         match kind {
             ModelKind::Dnn => {
                 c.hidden = Some(vec![DEFAULT_HIDDEN]);
                 c.dropout = Some(0.0);
             }
-            ModelKind::Cnn => {
+            ModelKind::Cnn | ModelKind::WideDeep => {
                 c.conv = Some(LECTURE_CONV.to_vec());
                 c.dense = Some(LECTURE_DENSE);
                 c.dropout = Some(LECTURE_DROPOUT);
@@ -211,7 +238,10 @@ impl ModelConfig {
             ModelKind::Dnn if self.hidden.as_ref().is_none_or(|h| h.is_empty()) => {
                 bad("--hidden needs at least one layer".into())
             }
-            ModelKind::Cnn => {
+            ModelKind::WideDeep if self.wide.is_none_or(|w| w.country_buckets == 0) => {
+                bad("wide_deep needs a wide spec with at least one country bucket".into())
+            }
+            ModelKind::Cnn | ModelKind::WideDeep => {
                 let conv = self.conv.as_deref().unwrap_or_default();
                 if conv.is_empty() {
                     return bad("--conv needs at least one kernel:pool:filters block".into());
@@ -272,10 +302,10 @@ impl ModelConfig {
                     &[("units", u)],
                 );
             }
-            ModelKind::Linear | ModelKind::Dnn | ModelKind::Cnn => {
+            ModelKind::Linear | ModelKind::Dnn | ModelKind::Cnn | ModelKind::WideDeep => {
                 add("images", "Placeholder", vec![-1, 1, s, s], &[]);
                 let mut width = s * s;
-                if self.kind == ModelKind::Cnn {
+                if self.kind.has_cnn() {
                     let (mut side, mut ch) = (s, 1i64);
                     for (i, l) in self.conv.as_deref().unwrap_or_default().iter().enumerate() {
                         ch = l.filters as i64;
@@ -306,7 +336,9 @@ impl ModelConfig {
                 add("flatten", "Flatten", vec![-1, width], &[]);
                 let hidden: Vec<usize> = match self.kind {
                     ModelKind::Dnn => self.hidden.clone().unwrap_or_default(),
-                    ModelKind::Cnn => vec![self.dense.unwrap_or(LECTURE_DENSE)],
+                    ModelKind::Cnn | ModelKind::WideDeep => {
+                        vec![self.dense.unwrap_or(LECTURE_DENSE)]
+                    }
                     _ => Vec::new(),
                 };
                 for (i, &h) in hidden.iter().enumerate() {
@@ -327,10 +359,29 @@ impl ModelConfig {
                 dropout(&mut add, width);
             }
         }
-        if self.kind != ModelKind::Baseline {
-            add("logits", "MatMul", vec![-1, c], &[("units", c as usize)]);
+        match (self.kind, self.wide) {
+            (ModelKind::Baseline, _) => {}
+            (ModelKind::WideDeep, Some(w)) => {
+                // deep_logits + wide_logits (a linear model over the metadata vector).
+                let units = &[("units", c as usize)];
+                add("deep_logits", "MatMul", vec![-1, c], units);
+                add("wide", "Placeholder", vec![-1, w.dim() as i64], &[]);
+                add("wide_logits", "MatMul", vec![-1, c], units);
+                add("logits", "Add", vec![-1, c], &[]);
+            }
+            _ => add("logits", "MatMul", vec![-1, c], &[("units", c as usize)]),
         }
         add("softmax", "Softmax", vec![-1, c], &[]);
+        // The wide input starts a second branch; the logits add the two.
+        for n in nodes.iter_mut() {
+            match (self.kind, n.name.as_str()) {
+                (ModelKind::WideDeep, "wide") => n.inputs.clear(),
+                (ModelKind::WideDeep, "logits") => {
+                    n.inputs = vec!["deep_logits".into(), "wide_logits".into()]
+                }
+                _ => {}
+            }
+        }
         nodes
     }
 
@@ -371,31 +422,15 @@ impl ModelConfig {
                     output: LinearConfig::new(width, c).init(device),
                 })
             }
-            ModelKind::Cnn => {
-                let mut convs = Vec::new();
-                let mut pools = Vec::new();
-                let mut channels = 1;
-                for l in self.conv.as_deref().unwrap_or_default() {
-                    convs.push(
-                        Conv2dConfig::new([channels, l.filters], [l.kernel, l.kernel])
-                            .with_padding(PaddingConfig2d::Same)
-                            .init(device),
-                    );
-                    pools.push(
-                        MaxPool2dConfig::new([l.pool, l.pool])
-                            .with_strides([l.pool, l.pool])
-                            .init(),
-                    );
-                    channels = l.filters;
-                }
-                let side = self.cnn_side();
-                let dense = self.dense.unwrap_or(LECTURE_DENSE);
-                Model::Cnn(Cnn {
-                    convs,
-                    pools,
-                    dense: LinearConfig::new(side * side * channels, dense).init(device),
-                    dropout: DropoutConfig::new(self.dropout.unwrap_or(LECTURE_DROPOUT)).init(),
-                    output: LinearConfig::new(dense, c).init(device),
+            ModelKind::Cnn => Model::Cnn(self.init_cnn(device)),
+            ModelKind::WideDeep => {
+                let dim = self.wide.unwrap_or_default().dim();
+                Model::WideDeep(WideDeep {
+                    deep: self.init_cnn(device),
+                    // Zeros, as TensorFlow's linear models start: the sum starts as the CNN.
+                    wide: LinearConfig::new(dim, c)
+                        .with_initializer(burn::nn::Initializer::Zeros)
+                        .init(device),
                 })
             }
             ModelKind::Rnn => {
@@ -407,6 +442,36 @@ impl ModelConfig {
                 })
             }
         })
+    }
+
+    /// The CNN (`cnn`, and the deep part of `wide_deep`).
+    fn init_cnn(&self, device: &Device) -> Cnn {
+        let c = self.n_classes;
+        let mut convs = Vec::new();
+        let mut pools = Vec::new();
+        let mut channels = 1;
+        for l in self.conv.as_deref().unwrap_or_default() {
+            convs.push(
+                Conv2dConfig::new([channels, l.filters], [l.kernel, l.kernel])
+                    .with_padding(PaddingConfig2d::Same)
+                    .init(device),
+            );
+            pools.push(
+                MaxPool2dConfig::new([l.pool, l.pool])
+                    .with_strides([l.pool, l.pool])
+                    .init(),
+            );
+            channels = l.filters;
+        }
+        let side = self.cnn_side();
+        let dense = self.dense.unwrap_or(LECTURE_DENSE);
+        Cnn {
+            convs,
+            pools,
+            dense: LinearConfig::new(side * side * channels, dense).init(device),
+            dropout: DropoutConfig::new(self.dropout.unwrap_or(LECTURE_DROPOUT)).init(),
+            output: LinearConfig::new(dense, c).init(device),
+        }
     }
 }
 
@@ -528,6 +593,29 @@ impl Cnn {
     }
 }
 
+/// The lecture's wide & deep model (`DNNLinearCombinedClassifier`): the sum of the CNN's logits
+/// and a linear model's over the metadata vector. One optimizer trains both parts (TensorFlow
+/// uses FTRL for the linear part and Adagrad for the deep one).
+#[derive(Module, Debug)]
+pub struct WideDeep {
+    pub deep: Cnn,
+    pub wide: Linear,
+}
+
+impl WideDeep {
+    /// `[B, 1, S, S]` pixels and `[B, W]` metadata -> `[B, C]` logits.
+    pub fn forward(&self, images: Tensor<4>, wide: Tensor<2>) -> Tensor<2> {
+        // [B, C] + ([B, W] -> [B, C])
+        self.deep.forward(images) + self.wide.forward(wide)
+    }
+
+    /// The same with burn's `Conv2d` layers (what the export captures; see
+    /// [`Cnn::forward_standard`]).
+    pub fn forward_standard(&self, images: Tensor<4>, wide: Tensor<2>) -> Tensor<2> {
+        self.deep.forward_standard(images) + self.wide.forward(wide)
+    }
+}
+
 /// A stride-1 'same' convolution on the CPU backend, run by this crate's kernels
 /// ([`crate::kernels::ConvPool`]: im2col per image in cache + the gemm crate, forward and
 /// gradients; see that module for why): `[B, C, H, W]` -> `[B, F, H, W]`, or `None` when `conv`
@@ -623,6 +711,7 @@ pub enum Model {
     Dnn(Dnn),
     Cnn(Cnn),
     Rnn(Rnn),
+    WideDeep(WideDeep),
 }
 
 /// Model input as tensors.
@@ -637,6 +726,8 @@ pub enum ModelInput {
         backward: Tensor<3>,
         mask: Tensor<2>,
     },
+    /// `[B, 1, S, S]` pixels and the `[B, W]` metadata vectors (wide & deep).
+    ImagesWide { images: Tensor<4>, wide: Tensor<2> },
 }
 
 impl ModelInput {
@@ -645,6 +736,7 @@ impl ModelInput {
         match self {
             ModelInput::Images(x) => x.dims()[0],
             ModelInput::Strokes { mask, .. } => mask.dims()[0],
+            ModelInput::ImagesWide { wide, .. } => wide.dims()[0],
         }
     }
 
@@ -662,10 +754,21 @@ impl ModelInput {
             })
         } else {
             let n = batch.image_size;
-            Ok(ModelInput::Images(Tensor::from_data(
+            let images = Tensor::from_data(
                 TensorData::new(batch.images.clone(), [batch.size, 1, n, n]),
                 device,
-            )))
+            );
+            if !kind.uses_wide() {
+                return Ok(ModelInput::Images(images));
+            }
+            let w = batch.wide.as_ref().ok_or_else(|| {
+                TrainError::Config("the wide_deep model needs the metadata vectors of the batch (decoded with the model's wide spec)".into())
+            })?;
+            let dim = w.len() / batch.size.max(1);
+            Ok(ModelInput::ImagesWide {
+                images,
+                wide: Tensor::from_data(TensorData::new(w.clone(), [batch.size, dim]), device),
+            })
         }
     }
 }
@@ -686,7 +789,10 @@ impl Model {
                     mask,
                 },
             ) => m.forward_strokes(forward, backward, mask),
-            (_, _) => panic!("model input does not match the model (images vs strokes)"),
+            (Model::WideDeep(m), ModelInput::ImagesWide { images, wide }) => {
+                m.forward(images, wide)
+            }
+            (_, _) => panic!("model input does not match the model (images, strokes, wide)"),
         }
     }
 
@@ -742,6 +848,36 @@ mod tests {
         assert_eq!(g[1].inputs, vec!["images".to_string()]);
         let b = ModelConfig::new(ModelKind::Baseline, 3, 16).layer_graph();
         assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn wide_deep_is_the_cnn_plus_a_linear_part() {
+        let cfg = ModelConfig::new(ModelKind::WideDeep, 10, 64);
+        assert_eq!(cfg.conv.as_deref(), Some(&LECTURE_CONV[..]));
+        let w = cfg.wide.unwrap();
+        let g = cfg.layer_graph();
+        let node = |name: &str| g.iter().find(|n| n.name == name).unwrap();
+        assert!(node("wide").inputs.is_empty());
+        assert_eq!(node("wide").shape, vec![-1, w.dim() as i64]);
+        assert_eq!(node("wide_logits").inputs, vec!["wide".to_string()]);
+        assert_eq!(node("deep_logits").inputs, vec!["dropout".to_string()]);
+        assert_eq!(
+            node("logits").inputs,
+            vec!["deep_logits".to_string(), "wide_logits".to_string()]
+        );
+        assert_eq!(node("softmax").inputs, vec!["logits".to_string()]);
+        // The wide part starts at zero: the model starts as its CNN.
+        let device = Device::flex();
+        let Model::WideDeep(m) = cfg.init(&device).unwrap() else {
+            panic!("wide_deep builds a WideDeep");
+        };
+        let images =
+            Tensor::<4>::random([2, 1, 64, 64], burn::tensor::Distribution::Default, &device);
+        let wide = Tensor::<2>::ones([2, w.dim()], &device);
+        let sum = to_host(m.forward(images.clone(), wide));
+        let cnn = to_host(m.deep.forward(images));
+        assert_eq!(sum, cnn);
+        assert_eq!(m.wide.weight.val().dims(), [w.dim(), 10]);
     }
 
     use super::*;
@@ -909,6 +1045,11 @@ mod tests {
                     forward: Tensor::zeros([2, 7, 3], &device),
                     backward: Tensor::zeros([2, 7, 3], &device),
                     mask: Tensor::ones([2, 7], &device),
+                }
+            } else if let Some(w) = cfg.wide {
+                ModelInput::ImagesWide {
+                    images: Tensor::zeros([2, 1, 16, 16], &device),
+                    wide: Tensor::ones([2, w.dim()], &device),
                 }
             } else {
                 ModelInput::Images(Tensor::zeros([2, 1, 16, 16], &device))

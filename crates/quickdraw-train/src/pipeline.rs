@@ -31,6 +31,7 @@ use quickdraw_data::manifest::{
 use quickdraw_data::storage;
 use quickdraw_data::strokes::StrokeFeatures;
 use quickdraw_data::tfrecord::{TfRecordReader, count_records};
+use quickdraw_data::wide::WideSpec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{Augment, example_seed};
 use crate::error::{Result, TrainError};
+use crate::model::ModelConfig;
 
 /// Default number of records in the example-level shuffle buffer.
 pub const DEFAULT_SHUFFLE_BUFFER: usize = 10_000;
@@ -540,6 +542,30 @@ pub struct DecodeOptions {
     pub n_classes: usize,
     /// Decode the stroke features (sequence models).
     pub strokes: bool,
+    /// Build the metadata vector of this layout (wide & deep).
+    pub wide: Option<WideSpec>,
+}
+
+impl DecodeOptions {
+    /// What `model` reads, from examples written with `spec`.
+    pub fn for_model(spec: FeatureSpec, model: &ModelConfig) -> Self {
+        DecodeOptions {
+            spec,
+            n_classes: model.n_classes,
+            strokes: model.kind.uses_strokes(),
+            wide: model.wide.filter(|_| model.kind.uses_wide()),
+        }
+    }
+
+    /// Images and labels only.
+    pub fn images(spec: FeatureSpec, n_classes: usize) -> Self {
+        DecodeOptions {
+            spec,
+            n_classes,
+            strokes: false,
+            wide: None,
+        }
+    }
 }
 
 /// One decoded example.
@@ -550,6 +576,8 @@ pub struct Decoded {
     pub image: Vec<u8>,
     pub key_id: u64,
     pub strokes: Option<StrokeFeatures>,
+    /// The metadata vector (wide & deep).
+    pub wide: Option<Vec<f32>>,
 }
 
 /// Decodes one example (used by the pipeline and by `predict`).
@@ -567,9 +595,14 @@ pub fn decode_item(files: &[PathBuf], item: &RawItem, opts: &DecodeOptions) -> R
             image: d.image,
             key_id: d.key_id,
             strokes: d.strokes,
+            wide: None,
         }
     } else {
         let ex = Example::from_bytes(&item.bytes).map_err(|e| err(e.into()))?;
+        let wide = match opts.wide {
+            Some(w) => Some(w.vector(&features::metadata(&ex).map_err(err)?)),
+            None => None,
+        };
         let image = decode_image(&ex, &opts.spec).map_err(err)?;
         let label = features::int64_feature(&ex, features::LABEL).map_err(err)?;
         let key_id = features::int64_feature(&ex, features::KEY_ID)
@@ -580,6 +613,7 @@ pub fn decode_item(files: &[PathBuf], item: &RawItem, opts: &DecodeOptions) -> R
             image,
             key_id,
             strokes: None,
+            wide,
         }
     };
     if d.label < 0 || d.label >= opts.n_classes as i64 {
@@ -651,6 +685,8 @@ pub struct Batch {
     pub labels: Vec<i64>,
     pub key_ids: Vec<u64>,
     pub strokes: Option<StrokeBatch>,
+    /// `[size, W]` metadata vectors (wide & deep), when every example has one.
+    pub wide: Option<Vec<f32>>,
     /// Stream position after this batch (what a checkpoint records).
     pub position: StreamPosition,
 }
@@ -670,6 +706,12 @@ impl Batch {
         } else {
             None
         };
+        let wide = (!items.is_empty() && items.iter().all(|d| d.wide.is_some())).then(|| {
+            items
+                .iter()
+                .flat_map(|d| d.wide.iter().flatten().copied())
+                .collect()
+        });
         Batch {
             size: items.len(),
             image_size,
@@ -677,6 +719,7 @@ impl Batch {
             labels: items.iter().map(|d| d.label).collect(),
             key_ids: items.iter().map(|d| d.key_id).collect(),
             strokes,
+            wide,
             position,
         }
     }
@@ -823,11 +866,7 @@ fn produce(
 
 /// Counts the examples of each class in `src` (the baseline's prior), reading every record.
 pub fn count_labels(src: &DataSource, n_classes: usize) -> Result<Vec<u64>> {
-    let opts = DecodeOptions {
-        spec: *src.spec(),
-        n_classes,
-        strokes: false,
-    };
+    let opts = DecodeOptions::images(*src.spec(), n_classes);
     let per_file = src
         .files
         .par_iter()
@@ -904,11 +943,7 @@ mod tests {
     }
 
     fn key(src: &DataSource, it: &RawItem) -> u64 {
-        let opts = DecodeOptions {
-            spec: *src.spec(),
-            n_classes: 3,
-            strokes: false,
-        };
+        let opts = DecodeOptions::images(*src.spec(), 3);
         decode_item(&src.files, it, &opts).unwrap().key_id
     }
 
@@ -1020,11 +1055,7 @@ mod tests {
     #[test]
     fn pipeline_batches_decode_and_check_labels() {
         let (_t, src) = dataset(2);
-        let decode = DecodeOptions {
-            spec: *src.spec(),
-            n_classes: 3,
-            strokes: false,
-        };
+        let decode = DecodeOptions::images(*src.spec(), 3);
         let opts = PipelineOptions {
             order: OrderOptions::eval(),
             decode: decode.clone(),

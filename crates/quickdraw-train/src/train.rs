@@ -30,6 +30,7 @@ use crate::pipeline::{
 };
 use crate::schedule::{EarlyStopping, LrSchedule, MonitorState, Monitored, ScheduleKind};
 use crate::trainer::Trainer;
+use quickdraw_data::wide::WideSpec;
 
 /// Everything `quickdraw train` asks for.
 #[derive(Debug, Clone)]
@@ -309,7 +310,7 @@ pub fn build_config(
                 model.dropout = Some(d);
             }
         }
-        ModelKind::Cnn => {
+        ModelKind::Cnn | ModelKind::WideDeep => {
             if let Some(c) = &req.conv {
                 model.conv = Some(c.clone());
             }
@@ -636,6 +637,51 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
     Run::new(req, setup, summary)?.train(obs)
 }
 
+/// How many of the first training examples have each metadata column of the wide part (a
+/// missing value adds nothing to the logits, so a column missing everywhere is worth a notice).
+fn wide_coverage(src: &DataSource, cfg: &TrainConfig, w: WideSpec) -> Result<String> {
+    let mut p = Pipeline::spawn(
+        src,
+        PipelineOptions {
+            order: OrderOptions::eval(),
+            decode: DecodeOptions::for_model(cfg.features, &cfg.model),
+            batch_size: 256,
+            start: StreamPosition::default(),
+            prefetch: 1,
+            max_batches: Some(1),
+            augment: None,
+        },
+    )?;
+    let Some(batch) = p.next_batch()? else {
+        return Ok("wide part: no training examples".into());
+    };
+    let rows: Vec<&[f32]> = batch.wide.iter().flat_map(|v| v.chunks(w.dim())).collect();
+    let counts: Vec<String> = w
+        .columns()
+        .into_iter()
+        .map(|(name, r)| {
+            let n = rows
+                .iter()
+                .filter(|row| row[r.clone()].iter().any(|&v| v > 0.0));
+            format!("{name} {}", n.count())
+        })
+        .collect();
+    let mut msg = format!(
+        "wide part: of the first {} training examples, these have the metadata column: {} (a missing value adds nothing to the logits)",
+        rows.len(),
+        counts.join(", ")
+    );
+    let (_, strokes) = &w.columns()[2];
+    if !rows.is_empty()
+        && rows
+            .iter()
+            .all(|row| row[strokes.clone()].iter().all(|&v| v == 0.0))
+    {
+        msg.push_str("; no stroke_count feature: shards written before it, or image-only inputs (convert them again to use it)");
+    }
+    Ok(msg)
+}
+
 /// The model and optimiser a run starts from, and where.
 struct Start {
     model: Model,
@@ -702,6 +748,9 @@ fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
         cfg.model.image_size,
         cfg.model.image_size
     ));
+    if let Some(w) = cfg.model.wide.filter(|_| cfg.model.kind.uses_wide()) {
+        obs.notice(&wide_coverage(&train_src, &cfg, w)?);
+    }
     let n = train_src.n_examples();
     let total_steps = total_steps(req, n, cfg.batch_size);
     let eval_every = req
@@ -865,7 +914,7 @@ impl PeriodicEval {
     fn run(
         &mut self,
         model: &Model,
-        kind: ModelKind,
+        config: &ModelConfig,
         classes: &[String],
         step: u64,
         obs: &mut dyn TrainObserver,
@@ -874,7 +923,7 @@ impl PeriodicEval {
         let valid = model.valid();
         let (report, _) = evaluate_model(
             &valid,
-            kind,
+            config,
             &self.device,
             &self.src,
             classes,
@@ -891,8 +940,8 @@ impl PeriodicEval {
             step as i64,
         )?;
         let title = format!(
-            "{kind} at step {step}: accuracy {:.4} on {} eval examples",
-            report.accuracy, report.examples
+            "{} at step {step}: accuracy {:.4} on {} eval examples",
+            config.kind, report.accuracy, report.examples
         );
         let (px, w, h) = confusion_chart(&title, classes, &report.confusion);
         self.events
@@ -965,11 +1014,7 @@ impl<'a> Run<'a> {
             &train_src,
             PipelineOptions {
                 order: OrderOptions::train(cfg.seed, cfg.shuffle_buffer),
-                decode: DecodeOptions {
-                    spec: cfg.features,
-                    n_classes: cfg.classes.len(),
-                    strokes: cfg.model.kind.uses_strokes(),
-                },
+                decode: DecodeOptions::for_model(cfg.features, &cfg.model),
                 batch_size: cfg.batch_size,
                 start: start.position,
                 prefetch: req.prefetch,
@@ -1135,8 +1180,8 @@ impl<'a> Run<'a> {
         let Some(eval) = self.eval.as_mut().filter(|_| due) else {
             return Ok(None);
         };
-        let (model, kind) = (self.trainer.model(), self.cfg.model.kind);
-        let report = eval.run(model, kind, &self.cfg.classes, step, obs)?;
+        let model = self.trainer.model();
+        let report = eval.run(model, &self.cfg.model, &self.cfg.classes, step, obs)?;
         let line = serde_json::json!({
             "step": step,
             "wall_time": now_secs(),
@@ -1275,7 +1320,7 @@ impl<'a> Run<'a> {
             let valid = self.trainer.model().valid();
             let (report, _) = evaluate_model(
                 &valid,
-                self.cfg.model.kind,
+                &self.cfg.model,
                 &eval.device,
                 &eval.src,
                 &self.cfg.classes,
@@ -1485,7 +1530,14 @@ fn random_input(config: &ModelConfig, batch: usize, device: &Device) -> ModelInp
         }
     } else {
         let s = config.image_size;
-        ModelInput::Images(Tensor::random([batch, 1, s, s], random, device))
+        let images = Tensor::random([batch, 1, s, s], random, device);
+        match config.wide {
+            Some(w) if config.kind.uses_wide() => {
+                let wide = Tensor::random([batch, w.dim()], random, device);
+                ModelInput::ImagesWide { images, wide }
+            }
+            _ => ModelInput::Images(images),
+        }
     }
 }
 
@@ -1540,4 +1592,98 @@ pub fn bench_train(
         images_per_sec: (steps as usize * batch_size) as f64 / secs.max(1e-9),
         steps_per_sec: steps as f64 / secs.max(1e-9),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modeldir::list_checkpoints;
+    use crate::schedule::ScheduleKind;
+    use crate::testdata::{TinyDataset, write_tiny_dataset};
+
+    /// Raises the stop flag (as Ctrl-C does) once step `at` is done, counting evaluations.
+    struct StopAt {
+        at: u64,
+        stop: Arc<AtomicBool>,
+        evaluated: Vec<u64>,
+    }
+
+    impl TrainObserver for StopAt {
+        fn step(&mut self, s: &StepStats) {
+            if s.step == self.at {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        fn evaluated(&mut self, step: u64, _r: &MetricsReport) {
+            self.evaluated.push(step);
+        }
+    }
+
+    fn request(data: &Path, dir: &Path, stop: Option<Arc<AtomicBool>>) -> TrainRequest {
+        let mut req = TrainRequest::new(
+            ModelKind::Linear,
+            dir,
+            format!("{}/train-*", data.display()),
+        );
+        req.eval_files = Some(format!("{}/eval-*", data.display()));
+        req.batch_size = 8;
+        req.train_steps = 8;
+        req.eval_every = Some(4);
+        req.checkpoint_every = 100;
+        req.lr_schedule = LrSchedule {
+            kind: ScheduleKind::Plateau,
+            patience: 1,
+            rate: 0.5,
+            ..LrSchedule::default()
+        };
+        req.stop = stop;
+        req
+    }
+
+    /// The plateau watches the evaluations: a run interrupted at a step whose evaluation is due
+    /// still runs it (and records it in the checkpoint), so the resumed run ends exactly where an
+    /// uninterrupted one does.
+    #[test]
+    fn an_interrupted_run_still_runs_a_due_watched_evaluation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let t = TinyDataset {
+            classes: 3,
+            train_per_class: 12,
+            eval_per_class: 4,
+            image_size: 8,
+            strokes: None,
+            train_shards: 1,
+            seed: 5,
+        };
+        write_tiny_dataset(&data, &t).unwrap();
+        let whole = train(
+            &request(&data, &tmp.path().join("whole"), None),
+            &mut NoObserver,
+        )
+        .unwrap();
+
+        let dir = tmp.path().join("cut");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut obs = StopAt {
+            at: 4,
+            stop: stop.clone(),
+            evaluated: Vec::new(),
+        };
+        let first = train(&request(&data, &dir, Some(stop)), &mut obs).unwrap();
+        assert!(first.interrupted && first.final_step == 4, "{first:?}");
+        assert_eq!(obs.evaluated, vec![4], "the due evaluation ran");
+        let cps = list_checkpoints(&dir).unwrap();
+        let last = &cps.last().unwrap().state;
+        assert_eq!(last.step, 4);
+        let m = last
+            .monitor
+            .expect("the plateau's state is in the checkpoint");
+        assert_eq!(m.best_step, Some(4), "{m:?}");
+
+        let resumed = train(&request(&data, &dir, None), &mut NoObserver).unwrap();
+        assert_eq!(resumed.resumed_from, Some(4));
+        let (a, b) = (whole.eval.unwrap(), resumed.eval.unwrap());
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "{a:?} vs {b:?}");
+    }
 }

@@ -450,6 +450,33 @@ fn export_every_model_kind_and_the_gate() {
     checks.push(check);
     burn_and_tract_agree(&rnn, &v, &data.ndjson()[..1]);
 
+    // Wide & deep: the CNN plus the linear part over the metadata; a second graph input.
+    let wd = data.train(
+        "wide_deep",
+        "wide_deep",
+        30,
+        &[
+            "--conv",
+            "3:2:4",
+            "--dense",
+            "16",
+            "--learning-rate",
+            "0.01",
+        ],
+    );
+    let (v, check) = export_ok(&wd, &["--force"]);
+    check_layout(&v, "wide_deep", 1);
+    let sig = read_json(&v.join("signature.json"));
+    let pre = read_json(&v.join("assets/preprocessing.json"));
+    assert_eq!(
+        sig["inputs"]["wide"]["shape"][1],
+        128 + 2 + 12 + 9,
+        "{sig} {pre}"
+    );
+    assert_eq!(pre["wide"]["country_buckets"], 128, "{pre}");
+    checks.push(check);
+    burn_and_tract_agree(&wd, &v, &data.ndjson()[..1]);
+
     python_check(&checks);
 }
 

@@ -1457,3 +1457,189 @@ fn a_preset_sets_the_recipe_and_explicit_flags_win() {
     ));
     assert!(err.contains("is a recipe for --model cnn"), "{err}");
 }
+
+// ---- Wide & deep (issue 14) ----
+
+/// Two classes drawn identically (the same strokes for the same index), told apart only by the
+/// country code in the data: the CNN cannot beat chance, `wide_deep`'s linear part learns the
+/// country. `compare` measures the delta; `predict` (burn, from NDJSON drawings) and, after
+/// `export`, `model run` (tract, the serving engine) read the metadata from the drawings.
+#[test]
+fn wide_deep_learns_what_only_the_metadata_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, shards) = (tmp.path().join("raw"), tmp.path().join("shards"));
+    std::fs::create_dir_all(&raw).unwrap();
+    let mut files = Vec::new();
+    // Words of different lengths: util::ndjson's key_ids stay distinct.
+    for (word, country) in [("cat", "US"), ("bird", "FR")] {
+        let mut text = crate::util::ndjson(word, 80);
+        for c in ["VE", "US", "GB", "DE", "FR"] {
+            text = text.replace(
+                &format!("\"countrycode\":\"{c}\""),
+                &format!("\"countrycode\":\"{country}\""),
+            );
+        }
+        let f = raw.join(format!("{word}.ndjson"));
+        std::fs::write(&f, text).unwrap();
+        files.push(f);
+    }
+    ok(&[
+        "--quiet",
+        "convert",
+        "--input",
+        s(&raw),
+        "--output",
+        s(&shards),
+        "--size",
+        "16",
+        "--split",
+        "train=0.75,eval=0.25",
+        "--shards",
+        "1",
+    ]);
+    let (train_files, eval_files) = (
+        format!("{}/train-*", s(&shards)),
+        format!("{}/eval-*", s(&shards)),
+    );
+    let run = |model: &str| -> PathBuf {
+        let dir = tmp.path().join(model);
+        let o = ok(&[
+            "train",
+            "--model",
+            model,
+            "--model-dir",
+            s(&dir),
+            "--train-files",
+            &train_files,
+            "--eval-files",
+            &eval_files,
+            "--train-steps",
+            "40",
+            "--batch-size",
+            "16",
+            "--conv",
+            "3:2:4,3:2:8",
+            "--dense",
+            "16",
+            "--learning-rate",
+            "0.01",
+            "--seed",
+            "1",
+        ]);
+        if model == "wide_deep" {
+            // The run says how much metadata it found.
+            let err = stderr(&o);
+            let n: String = err
+                .split("of the first ")
+                .nth(1)
+                .unwrap_or_default()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            assert!(
+                !n.is_empty()
+                    && err.contains(&format!(
+                        "countrycode {n}, recognized {n}, stroke_count {n}"
+                    ))
+                    && err.contains("duration_ms 0"),
+                "{err}"
+            );
+        }
+        dir
+    };
+    let (cnn, wide) = (run("cnn"), run("wide_deep"));
+    let acc = |dir: &Path| {
+        let o = ok(&[
+            "--quiet",
+            "evaluate",
+            "--model-dir",
+            s(dir),
+            "--eval-files",
+            &eval_files,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["accuracy"].as_f64().unwrap()
+    };
+    let (a_cnn, a_wide) = (acc(&cnn), acc(&wide));
+    assert!(
+        a_cnn < 0.75,
+        "the CNN sees the same images in both classes: {a_cnn}"
+    );
+    assert!(
+        a_wide > 0.95,
+        "the country tells the classes apart: {a_wide}"
+    );
+    let o = ok(&[
+        "--quiet",
+        "compare",
+        s(&cnn),
+        s(&wide),
+        "--eval-files",
+        &eval_files,
+        "--json",
+    ]);
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let delta = c["delta_accuracy"].as_f64().unwrap();
+    assert!((delta - (a_wide - a_cnn)).abs() < 1e-9, "{c}");
+
+    // The same drawings through burn (predict) and tract (model run on the export): the
+    // metadata comes from each drawing, and both engines agree.
+    let top = |o: &Output| -> Vec<(String, f64)> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let t = &v["top_k"][0];
+                (
+                    t["class"].as_str().unwrap().to_string(),
+                    t["probability"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let burn = ok(&[
+        "--quiet",
+        "predict",
+        "--model-dir",
+        s(&wide),
+        s(&files[0]),
+        s(&files[1]),
+        "--json",
+        "--limit",
+        "200",
+    ]);
+    let burn = top(&burn);
+    assert_eq!(burn.len(), 160);
+    assert!(
+        burn[..80].iter().all(|(c, _)| c == "cat") && burn[80..].iter().all(|(c, _)| c == "bird")
+    );
+    let o = ok(&["--quiet", "export", "--model-dir", s(&wide)]);
+    let version = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let sig: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&version).join("signature.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sig["model"]["type"], "wide_deep");
+    assert_eq!(sig["inputs"]["wide"]["shape"][0], -1, "{sig}");
+    let tract = ok(&[
+        "--quiet",
+        "model",
+        "run",
+        "--dir",
+        &version,
+        "--input-ndjson",
+        s(&files[0]),
+        "--input-ndjson",
+        s(&files[1]),
+        "--json",
+        "--limit",
+        "200",
+    ]);
+    let tract = top(&tract);
+    assert_eq!(tract.len(), burn.len());
+    for (b, t) in burn.iter().zip(&tract) {
+        assert_eq!(b.0, t.0);
+        assert!((b.1 - t.1).abs() < 1e-4, "burn {b:?} tract {t:?}");
+    }
+}

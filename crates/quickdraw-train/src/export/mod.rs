@@ -24,7 +24,7 @@ use crate::error::TrainError;
 use crate::eval::{EvaluateRequest, evaluate_loaded};
 use crate::infer::TrainedModel;
 use crate::metrics::{MetricsReport, ranking};
-use crate::model::{ModelInput, ModelKind, to_host};
+use crate::model::{ModelConfig, ModelInput, ModelKind, to_host};
 use crate::modeldir::CheckpointSel;
 use crate::pipeline::{
     Batch, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions, StreamPosition,
@@ -145,11 +145,13 @@ pub struct CheckSample {
 /// The model inputs of a [`CheckSample`], as the signature names them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SampleInputs {
-    /// `key` = `img_<size>`, `pixels` = `[n, 1, size, size]` floats (pixel * PIXEL_SCALE).
+    /// `key` = `img_<size>`, `pixels` = `[n, 1, size, size]` floats (pixel * PIXEL_SCALE);
+    /// `wide` = `[n, W]` metadata vectors (the `wide` input of wide & deep models).
     Images {
         key: String,
         size: usize,
         pixels: Vec<f32>,
+        wide: Option<Vec<f32>>,
     },
     /// `strokes` `[n, steps, 3]` zero-padded, `lengths` `[n]`.
     Strokes {
@@ -170,6 +172,20 @@ impl CheckSample {
                     .collect(),
             ),
             SampleInputs::Strokes { .. } => None,
+        }
+    }
+
+    /// The `wide` input as one `Vec` per example (wide & deep models only).
+    pub fn wide_rows(&self) -> Option<Vec<Vec<f32>>> {
+        match &self.inputs {
+            SampleInputs::Images {
+                wide: Some(wide), ..
+            } => Some(
+                wide.chunks(wide.len() / self.n.max(1))
+                    .map(<[f32]>::to_vec)
+                    .collect(),
+            ),
+            _ => None,
         }
     }
 
@@ -212,8 +228,18 @@ impl CheckSample {
     pub fn to_json(&self) -> serde_json::Value {
         let t = |dtype: &str, shape: Vec<usize>, data: serde_json::Value| json!({"dtype": dtype, "shape": shape, "data": data});
         let inputs = match &self.inputs {
-            SampleInputs::Images { key, size, pixels } => {
-                json!({ key.clone(): t("float32", vec![self.n, 1, *size, *size], json!(pixels)) })
+            SampleInputs::Images {
+                key,
+                size,
+                pixels,
+                wide,
+            } => {
+                let mut m = json!({ key.clone(): t("float32", vec![self.n, 1, *size, *size], json!(pixels)) });
+                if let Some(w) = wide {
+                    let dim = w.len() / self.n.max(1);
+                    m[signature::WIDE] = t("float32", vec![self.n, dim], json!(w));
+                }
+                m
             }
             SampleInputs::Strokes {
                 steps,
@@ -309,6 +335,7 @@ pub fn model_type(kind: ModelKind) -> ModelType {
         ModelKind::Dnn => ModelType::Dnn,
         ModelKind::Cnn => ModelType::Cnn,
         ModelKind::Rnn => ModelType::Rnn,
+        ModelKind::WideDeep => ModelType::WideDeep,
     }
 }
 
@@ -321,21 +348,12 @@ pub fn next_version(base: &Path) -> Result<u64> {
 }
 
 /// The first `n` examples of the eval stream as one batch.
-fn first_batch(
-    src: &DataSource,
-    kind: ModelKind,
-    n_classes: usize,
-    n: usize,
-) -> Result<Option<Batch>> {
+fn first_batch(src: &DataSource, model: &ModelConfig, n: usize) -> Result<Option<Batch>> {
     let mut p = Pipeline::spawn(
         src,
         PipelineOptions {
             order: OrderOptions::eval(),
-            decode: DecodeOptions {
-                spec: *src.spec(),
-                n_classes,
-                strokes: kind.uses_strokes(),
-            },
+            decode: DecodeOptions::for_model(*src.spec(), model),
             batch_size: n.max(1),
             start: StreamPosition::default(),
             prefetch: 1,
@@ -370,6 +388,7 @@ fn check_sample(tm: &TrainedModel, batch: &Batch) -> Result<CheckSample> {
             key: quickdraw_data::features::image_key(size as u32),
             size,
             pixels: batch.images.clone(),
+            wide: batch.wide.clone(),
         }
     };
     Ok(CheckSample {
@@ -400,10 +419,9 @@ pub fn stage(req: &ExportRequest) -> Result<StagedExport> {
 
     // The graph and the check sample.
     let onnx = build_onnx(&tm)?;
-    let batch =
-        first_batch(&gated.src, kind, tm.n_classes(), req.sample_size)?.ok_or_else(|| {
-            ExportError::Config(format!("{:?}: the eval set is empty", gated.eval_files))
-        })?;
+    let batch = first_batch(&gated.src, &tm.config.model, req.sample_size)?.ok_or_else(|| {
+        ExportError::Config(format!("{:?}: the eval set is empty", gated.eval_files))
+    })?;
     let sample = check_sample(&tm, &batch)?;
     let metrics = metrics_json(
         &tm,
@@ -507,6 +525,8 @@ fn signature_of(tm: &TrainedModel) -> Signature {
     };
     if kind.uses_strokes() {
         Signature::strokes(info, tm.n_classes())
+    } else if let Some(w) = tm.wide_spec() {
+        Signature::image_wide(info, tm.image_size() as u32, tm.n_classes(), w.dim())
     } else {
         Signature::image(info, tm.image_size() as u32, tm.n_classes())
     }
@@ -522,7 +542,14 @@ fn write_version(
     onnx: &[u8],
 ) -> Result<()> {
     fs::create_dir_all(dir).map_err(io(dir))?;
-    write_export_metadata(dir, signature, tm.labels(), tm.feature_spec(), metrics)?;
+    write_export_metadata(
+        dir,
+        signature,
+        tm.labels(),
+        tm.feature_spec(),
+        tm.wide_spec(),
+        metrics,
+    )?;
     let model_path = dir.join(signature::MODEL_FILE);
     fs::write(&model_path, onnx).map_err(io(&model_path))?;
     for f in [
@@ -711,6 +738,7 @@ mod tests {
                 key: "img_1".into(),
                 size: 1,
                 pixels: vec![0.0, 1.0],
+                wide: None,
             },
             labels: vec![0, 2],
             logits: vec![0.0; 6],

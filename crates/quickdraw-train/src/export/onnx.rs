@@ -6,6 +6,9 @@
 //!   here from the LSTM weights: the backward input (each sequence reversed within its length)
 //!   and the padding mask are computed from `lengths` in the graph, two forward `LSTM` nodes
 //!   (no `sequence_lens`, which tract does not support), masked sums over time, the output layer.
+//! - `wide_deep`: the CNN part is captured as for `cnn` (its output renamed `deep_logits`), then
+//!   the linear part is written here: input `wide` `[N, W]`, `wide_logits = wide x W + b`,
+//!   `logits = deep_logits + wide_logits`.
 
 use burn::nn::activation::Activation;
 use burn::nn::{Linear, Lstm};
@@ -32,6 +35,11 @@ pub fn build_onnx(tm: &TrainedModel) -> Result<Vec<u8>> {
     let kind = tm.kind();
     let mut model = match tm.model() {
         Model::Rnn(rnn) => rnn_graph(rnn, tm.n_classes())?,
+        Model::WideDeep(w) => {
+            let mut proto = capture_image_model(tm.model(), tm.image_size(), tm.device())?;
+            add_wide_part(&mut proto, &w.wide);
+            proto
+        }
         m => capture_image_model(m, tm.image_size(), tm.device())?,
     };
     finish_model(&mut model, kind, tm.n_classes());
@@ -71,6 +79,8 @@ fn capture_image_model(
             }
             // burn's Conv2d in every layer, so the graph has ONNX `Conv` nodes.
             Model::Cnn(c) => c.forward_standard(x),
+            // The deep part only; `add_wide_part` adds the linear one.
+            Model::WideDeep(w) => w.deep.forward_standard(x),
             m => m.forward(ModelInput::Images(x)),
         },
     )?;
@@ -97,6 +107,52 @@ fn capture_image_model(
         }
     }
     Ok(proto)
+}
+
+/// Turns a captured CNN graph (output `logits`) into the wide & deep one: the CNN's output
+/// becomes `deep_logits`, and `logits = deep_logits + (wide x W + b)` with the new input `wide`
+/// `[N, W]` and the linear part's weights as initialisers.
+fn add_wide_part(proto: &mut ModelProto, wide: &Linear) {
+    const DEEP: &str = "deep_logits";
+    let g = proto.graph.mut_or_insert_default();
+    for n in &mut g.node {
+        for name in n.input.iter_mut().chain(n.output.iter_mut()) {
+            if name == signature::LOGITS {
+                *name = DEEP.to_string();
+            }
+        }
+    }
+    let (w, [dim, c], b) = linear_parts(wide);
+    g.input.push(value_info(
+        signature::WIDE,
+        ONNX_FLOAT,
+        &[Dim::Sym("N"), Dim::Fixed(dim as i64)],
+    ));
+    g.initializer
+        .push(f32_init("quickdraw_wide_weight", &[dim, c], &w));
+    g.initializer
+        .push(f32_init("quickdraw_wide_bias", &[c], &b));
+    g.node.push(node(
+        "wide_matmul",
+        "MatMul",
+        &[signature::WIDE, "quickdraw_wide_weight"],
+        &["wide_matmul"],
+        vec![],
+    ));
+    g.node.push(node(
+        "wide_logits",
+        "Add",
+        &["wide_matmul", "quickdraw_wide_bias"],
+        &["wide_logits"],
+        vec![],
+    ));
+    g.node.push(node(
+        "logits",
+        "Add",
+        &[DEEP, "wide_logits"],
+        &[signature::LOGITS],
+        vec![],
+    ));
 }
 
 /// Fills in the model's metadata and ends its graph, whose only output is `logits` `[N, C]` (or

@@ -131,11 +131,7 @@ fn bench_read(a: BenchReadArgs) -> anyhow::Result<()> {
     let bytes_per_example = src.manifest.bytes_per_example;
     let opts = PipelineOptions {
         order: OrderOptions::train(1, 10_000),
-        decode: DecodeOptions {
-            spec: *src.spec(),
-            n_classes: src.labels.len(),
-            strokes: false,
-        },
+        decode: DecodeOptions::images(*src.spec(), src.labels.len()),
         batch_size: a.batch_size,
         start: Default::default(),
         prefetch: a.prefetch,

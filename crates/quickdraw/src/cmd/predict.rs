@@ -10,6 +10,7 @@ use quickdraw_data::features::{self, decode_example, decode_image, preprocess};
 use quickdraw_data::ingest::{DrawingReader, LabelFrom};
 use quickdraw_data::signature::top_k;
 use quickdraw_data::tfrecord::{TfRecordReader, is_tfrecord};
+use quickdraw_data::wide::Metadata;
 use quickdraw_train::pipeline::Decoded;
 use quickdraw_train::{CheckpointSel, TrainedModel};
 use serde::Serialize;
@@ -96,6 +97,13 @@ fn read_tfrecord(path: &Path, tm: &TrainedModel, limit: usize) -> anyhow::Result
                 image,
                 key_id,
                 strokes,
+                wide: match tm.wide_spec() {
+                    Some(_) => tm.wide_vector(
+                        &features::metadata(&ex)
+                            .with_context(|| format!("{}: record {index}", path.display()))?,
+                    ),
+                    None => None,
+                },
             },
         });
         index += 1;
@@ -139,6 +147,7 @@ fn read_drawings(
                 image: p.image,
                 key_id: d.key_id,
                 strokes: p.strokes,
+                wide: tm.wide_vector(&Metadata::of_drawing(&d)),
             },
         });
     }

@@ -20,7 +20,9 @@ use crate::progress;
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Model: baseline, linear, dnn, cnn or rnn (rnn needs shards converted with --strokes).
+    /// Model: baseline, linear, dnn, cnn, rnn (needs shards converted with --strokes) or
+    /// wide_deep (the CNN plus a linear part over countrycode, recognized, stroke count and
+    /// drawing duration).
     #[arg(long, default_value = "cnn")]
     pub model: ModelKind,
     /// Model directory (config, checkpoints, TensorBoard events); re-running resumes.
@@ -323,8 +325,8 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     let preset = a.preset.map(|p| p.values());
     if let Some(p) = a.preset {
         anyhow::ensure!(
-            a.model == ModelKind::Cnn,
-            "--preset {p} is a recipe for --model cnn, not --model {}",
+            a.model.has_cnn(),
+            "--preset {p} is a recipe for --model cnn (or wide_deep's CNN), not --model {}",
             a.model
         );
     }
