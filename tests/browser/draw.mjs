@@ -37,6 +37,7 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     "--disable-sync",
   ],
   viewport: { width: 800, height: 900 },
+  locale: "en-US",
 });
 
 let page;
@@ -116,6 +117,8 @@ try {
   check(drawing.length === 2, "two strokes sent, got " + drawing.length);
   check(drawing.every((s) => s.length === 3 && s[0].length === s[2].length), "each stroke is [x, y, t]");
   check(drawing[1][2][0] >= drawing[0][2][drawing[0][2].length - 1], "times increase across strokes");
+  // The metadata it knows: the locale's region as countrycode (the context's locale is en-US).
+  check(sent.examples[0].countrycode === "US", "countrycode from the locale, got " + JSON.stringify(sent.examples[0].countrycode));
   summary.points = drawing.map((s) => s[0].length);
 
   await page.screenshot({ path: path.join(artifacts, "draw.png"), fullPage: true });

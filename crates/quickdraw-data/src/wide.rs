@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(v.iter().sum::<f32>(), 4.0);
         assert_eq!(spec.vector(&Metadata::default()), vec![0.0; spec.dim()]);
         let cols = spec.columns();
-        assert_eq!(cols.map(|c| c.1.len()), [4, 2, 12, 9]);
+        assert_eq!(cols.clone().map(|c| c.1.len()), [4, 2, 12, 9]);
         assert_eq!(cols[3].1.end, spec.dim());
         let only_strokes = Metadata {
             stroke_count: Some(1),

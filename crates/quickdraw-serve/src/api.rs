@@ -750,7 +750,7 @@ async fn infer(
     let bytes = read_body(&headers, body, st.inner.limits.max_body_bytes).await?;
     let json: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("JSON Parse error: {e}")))?;
-    let input = predictor.input().clone();
+    let input = predictor.inputs().clone();
     let (instances, columnar) = match verb {
         Verb::Predict => {
             let p = parse_predict(&json, &input, &st.inner.limits)?;
@@ -846,7 +846,7 @@ impl Task for ServeTask {
     }
     fn prepare(&mut self) -> Result<Vec<ModelInput>, RequestError> {
         let p = &self.predictor;
-        let (input, spec) = (p.input(), &p.info().features);
+        let (input, spec) = (p.inputs(), &p.info().features);
         let inputs: Vec<ModelInput> = self
             .instances
             .iter()
@@ -860,11 +860,11 @@ impl Task for ServeTask {
             .zip(&inputs)
             .map(|(inst, m)| {
                 let [strokes, points, aspect] = match inst {
-                    Instance::Drawing(d) => crate::skew::shape_stats(d, spec),
+                    Instance::Drawing(d, _) => crate::skew::shape_stats(d, spec),
                     _ => [None, None, None],
                 };
-                let ink = match m {
-                    ModelInput::Pixels(px) if !px.is_empty() => {
+                let ink = match m.pixels() {
+                    Some(px) if !px.is_empty() => {
                         Some(px.iter().filter(|&&v| v > 0.0).count() as f64 / px.len() as f64)
                     }
                     _ => None,
@@ -949,7 +949,9 @@ fn log_drawings(
     request_id: u64,
 ) {
     for (i, inst) in instances.iter().enumerate() {
-        let Instance::Drawing(d) = inst else { continue };
+        let Instance::Drawing(d, _) = inst else {
+            continue;
+        };
         let top = probs.top_k(i, 3);
         let served = Served {
             model,

@@ -7,7 +7,8 @@
 //!
 //! Written here rather than taken from a crate: the merge rule (same loaded model, image input,
 //! row budget) and the split of each batch's outputs back to its requests are the whole of it, on
-//! a `Mutex<VecDeque>` and a `Condvar`.
+//! a `Mutex<VecDeque>` and a `Condvar`. A wide & deep model's `wide` vectors travel with their
+//! images ([`ModelInput::PixelsWide`]), so its requests merge like any image model's.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -651,6 +652,76 @@ mod tests {
             t0.elapsed()
         );
         assert_eq!(b.stats().batches, 1);
+    }
+
+    #[test]
+    fn wide_rows_travel_with_their_images() {
+        // A task of ready-made model inputs (images with and without wide vectors).
+        struct Inputs(
+            Arc<Predictor>,
+            Vec<ModelInput>,
+            usize,
+            mpsc::Sender<(usize, Result<Probabilities, TaskError>)>,
+        );
+        impl Task for Inputs {
+            fn predictor(&self) -> &Arc<Predictor> {
+                &self.0
+            }
+            fn rows(&self) -> usize {
+                self.1.len()
+            }
+            fn prepare(&mut self) -> Result<Vec<ModelInput>, RequestError> {
+                Ok(self.1.clone())
+            }
+            fn finish(self: Box<Self>, outputs: Result<Probabilities, TaskError>) {
+                self.3.send((self.2, outputs)).unwrap();
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = testing::write_wide_demo_export(tmp.path(), 1, 8).unwrap();
+        let p = Arc::new(Predictor::load(&dir).unwrap());
+        let dim = testing::demo_wide_spec().dim();
+        // Row i sets wide slot i (a different linear term per row); task 1 sends no metadata.
+        let wide = |i: usize| {
+            let mut v = vec![0.0; dim];
+            v[i] = 1.0;
+            v
+        };
+        let tasks: Vec<Vec<ModelInput>> = vec![
+            (0..2)
+                .map(|i| ModelInput::PixelsWide {
+                    pixels: row(i),
+                    wide: wide(i + 4),
+                })
+                .collect(),
+            vec![ModelInput::Pixels(row(3))],
+            (0..3)
+                .map(|i| ModelInput::PixelsWide {
+                    pixels: row(i + 5),
+                    wide: wide(i + 6),
+                })
+                .collect(),
+        ];
+        let b = Batcher::new(cfg(6, 10_000, 1));
+        let (tx, rx) = mpsc::channel();
+        for (id, inputs) in tasks.iter().enumerate() {
+            b.submit(Box::new(Inputs(p.clone(), inputs.clone(), id, tx.clone())))
+                .unwrap();
+        }
+        let mut got: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        got.sort_by_key(|g| g.0);
+        for (id, out) in got {
+            let direct = p.predict_inputs(tasks[id].clone()).unwrap();
+            assert_eq!(out.unwrap(), direct, "task {id}");
+        }
+        // One merged call of all 6 rows.
+        assert_eq!(b.stats().batches, 1);
+        // The metadata changed the rows that had it: the recognized=false slot (4) adds 1 to
+        // `blank`, recognized=true (5) 2 to `right`.
+        let with = p.predict_inputs(tasks[0].clone()).unwrap();
+        let without = p.predict_pixels(&[row(0), row(1)]).unwrap();
+        assert_eq!(with.logits_row(0)[0], without.logits_row(0)[0] + 1.0);
+        assert_eq!(with.logits_row(1)[2], without.logits_row(1)[2] + 2.0);
     }
 
     #[test]

@@ -6,13 +6,18 @@
 //!
 //! Predict inputs (TensorProtos, by the alias in `PredictRequest.inputs`):
 //! - the model's own input: `img_S` (`DT_FLOAT` `[N, 1, S, S]`, `[N, S, S]` or `[N, S*S]`,
-//!   pixel / 255) for image models; `strokes` (`DT_FLOAT [N, T, 3]`) and `lengths`
-//!   (`DT_INT64 [N]`) for stroke models; values in `float_val`/`int64_val` or `tensor_content`;
+//!   pixel / 255) for image models, plus for wide & deep models an optional `wide`
+//!   (`DT_FLOAT [N, W]`, the metadata vector; absent: all zeros, no metadata); `strokes`
+//!   (`DT_FLOAT [N, T, 3]`) and `lengths` (`DT_INT64 [N]`) for stroke models; values in
+//!   `float_val`/`int64_val` or `tensor_content`;
 //! - `drawing`: a `DT_STRING [N]` tensor, each value one drawing as JSON, e.g. a line of
 //!   QuickDraw's NDJSON (`{"word": .., "drawing": [[[x..],[y..]],..], ..}`): the server
-//!   preprocesses it exactly as training did;
+//!   preprocesses it exactly as training did (and builds a wide & deep model's `wide` vector
+//!   from its `countrycode`, `recognized`, strokes and `t` arrays, as REST does);
 //! - `examples`: a `DT_STRING [N]` tensor of serialized `tf.Example`s (the features `convert`
-//!   writes).
+//!   writes; a wide & deep model also reads their metadata features).
+//!
+//! `Classify` takes `tf.Example`s (a wide & deep model reads their metadata features too).
 //!
 //! Outputs: `probabilities` and `logits` (`DT_FLOAT [N, C]`), `classes` (`DT_INT64 [N]`) and
 //! `class_name` (`DT_STRING [N]`), filtered by `output_filter`.
@@ -24,7 +29,7 @@ use axum::http::StatusCode;
 use prost::Message;
 use quickdraw_data::example::Example;
 use quickdraw_data::signature::{
-    DEFAULT_SIGNATURE, DType, InputKind, LENGTHS, STROKES, TensorSpec,
+    DEFAULT_SIGNATURE, DType, InputKind, LENGTHS, STROKES, TensorSpec, WIDE,
 };
 use quickdraw_data::strokes::StrokeFeatures;
 use tonic::{Code, Request, Response, Status};
@@ -40,7 +45,9 @@ use crate::proto::tensorflow::{
     DataType, SignatureDef, TensorInfo, TensorProto, TensorShapeProto, error, tensor_info,
     tensor_shape_proto,
 };
-use crate::request::{Instance, Limits, RequestError, check_pixels, parse_drawing};
+use crate::request::{
+    Inputs, Instance, Limits, RequestError, check_pixels, check_wide, parse_drawing_instance,
+};
 
 /// Predict input alias for drawings as JSON strings.
 pub const DRAWING_INPUT: &str = "drawing";
@@ -608,11 +615,15 @@ fn strings<'a>(t: &'a TensorProto, alias: &str) -> Result<&'a [Vec<u8>], Status>
     Ok(&t.string_val)
 }
 
-fn expected(input: &InputKind) -> String {
-    let own = match input {
-        InputKind::Image { key, size } => {
-            format!("{key} (DT_FLOAT [N, 1, {size}, {size}], pixel / 255)")
-        }
+fn expected(input: &Inputs) -> String {
+    let own = match &input.kind {
+        InputKind::Image { key, size } => match input.wide_dim() {
+            None => format!("{key} (DT_FLOAT [N, 1, {size}, {size}], pixel / 255)"),
+            Some(w) => format!(
+                "{key} (DT_FLOAT [N, 1, {size}, {size}], pixel / 255) with an optional {WIDE} \
+                 (DT_FLOAT [N, {w}], the metadata vector; absent: all zeros)"
+            ),
+        },
         InputKind::Strokes => {
             format!("{STROKES} (DT_FLOAT [N, T, 3]) and {LENGTHS} (DT_INT64 [N])")
         }
@@ -628,10 +639,11 @@ pub(crate) fn predict_instances(
     p: &Predictor,
     limits: &Limits,
 ) -> Result<Vec<Instance>, Status> {
-    let input = p.input();
+    let input = p.inputs();
     let mut keys: Vec<&str> = inputs.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    let own: Vec<&str> = match input {
+    let own: Vec<&str> = match &input.kind {
+        InputKind::Image { key, .. } if input.wide.is_some() => vec![key.as_str(), WIDE],
         InputKind::Image { key, .. } => vec![key.as_str()],
         InputKind::Strokes => vec![LENGTHS, STROKES],
     };
@@ -654,9 +666,7 @@ pub(crate) fn predict_instances(
                     let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
                         bad(format!("input {DRAWING_INPUT}: value {i} is not JSON: {e}"))
                     })?;
-                    parse_drawing(&v, i, limits)
-                        .map(Instance::Drawing)
-                        .map_err(req_err)
+                    parse_drawing_instance(&v, i, limits).map_err(req_err)
                 })
                 .collect::<Result<Vec<_>, _>>()?
         }
@@ -665,9 +675,19 @@ pub(crate) fn predict_instances(
             check_batch(list.len(), limits)?;
             list.iter().map(|b| Instance::Example(b.clone())).collect()
         }
-        _ => match input {
+        _ => match &input.kind {
             InputKind::Image { key, size } if keys == [key.as_str()] => {
-                image_instances(&inputs[key.as_str()], key, *size as usize, limits)?
+                image_rows(&inputs[key.as_str()], key, *size as usize, limits)?
+                    .into_iter()
+                    .map(Instance::Pixels)
+                    .collect()
+            }
+            // `img_S` sorts before `wide`.
+            InputKind::Image { key, size }
+                if input.wide.is_some() && keys == [key.as_str(), WIDE] =>
+            {
+                let images = image_rows(&inputs[key.as_str()], key, *size as usize, limits)?;
+                wide_instances(images, &inputs[WIDE], input)?
             }
             InputKind::Strokes if keys == [LENGTHS, STROKES] || keys == [STROKES] => {
                 stroke_instances(&inputs[STROKES], inputs.get(LENGTHS), limits)?
@@ -683,12 +703,13 @@ pub(crate) fn predict_instances(
     Ok(instances)
 }
 
-fn image_instances(
+/// The images of an `img_S` tensor, one row of `S*S` values each.
+fn image_rows(
     t: &TensorProto,
     key: &str,
     s: usize,
     limits: &Limits,
-) -> Result<Vec<Instance>, Status> {
+) -> Result<Vec<Vec<f32>>, Status> {
     let (d, v) = floats(t, key)?;
     let ok = matches!(d.as_slice(), [_, 1, a, b] | [_, a, b] if *a == s && *b == s)
         || matches!(d.as_slice(), [_, a] if *a == s * s);
@@ -703,7 +724,35 @@ fn image_instances(
         .enumerate()
         .map(|(i, px)| {
             check_pixels(px, &[s, s], i, key).map_err(req_err)?;
-            Ok(Instance::Pixels(px.to_vec()))
+            Ok(px.to_vec())
+        })
+        .collect()
+}
+
+/// Images with the rows of the `wide` tensor (`[N, W]`, `N` as the images').
+fn wide_instances(
+    images: Vec<Vec<f32>>,
+    t: &TensorProto,
+    input: &Inputs,
+) -> Result<Vec<Instance>, Status> {
+    let w = input.wide_dim().unwrap_or(0);
+    let (d, v) = floats(t, WIDE)?;
+    if d != [images.len(), w] {
+        return Err(bad(format!(
+            "input {WIDE}: shape {d:?}; it takes [{}, {w}] (one metadata vector of {w} floats per image)",
+            images.len()
+        )));
+    }
+    images
+        .into_iter()
+        .zip(v.chunks_exact(w.max(1)))
+        .enumerate()
+        .map(|(i, (pixels, row))| {
+            check_wide(row, i, input).map_err(req_err)?;
+            Ok(Instance::PixelsWide {
+                pixels,
+                wide: row.to_vec(),
+            })
         })
         .collect()
 }
@@ -841,6 +890,66 @@ mod tests {
         let mut b = t(DataType::DtInt32, &[2]);
         b.int_val = vec![3, 7];
         assert_eq!(ints(&b, "n").unwrap().1, vec![3, 7]);
+    }
+
+    #[test]
+    fn wide_models_take_an_optional_wide_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::testing::write_wide_demo_export(tmp.path(), 1, 2).unwrap();
+        let p = Predictor::load(&dir).unwrap();
+        let limits = Limits::default();
+        let mut img = t(DataType::DtFloat, &[2, 1, 2, 2]);
+        img.float_val = vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+        let mut wide = t(DataType::DtFloat, &[2, 27]);
+        wide.float_val = (0..54)
+            .map(|i| (i == 5 || i == 27 + 4) as i32 as f32)
+            .collect();
+        let only = [("img_2".to_string(), img.clone())].into();
+        let got = predict_instances(&only, &p, &limits).unwrap();
+        assert_eq!(got[0], Instance::Pixels(vec![0.0, 0.0, 0.0, 1.0]));
+        let both = [
+            ("img_2".to_string(), img.clone()),
+            ("wide".to_string(), wide.clone()),
+        ]
+        .into();
+        let got = predict_instances(&both, &p, &limits).unwrap();
+        let Instance::PixelsWide { pixels, wide: w } = &got[1] else {
+            panic!("{got:?}")
+        };
+        assert_eq!((pixels.as_slice(), w[4], w[5]), (&[1.0; 4][..], 1.0, 0.0));
+        // The wrong W (or N) names the shape the input takes.
+        let mut short = t(DataType::DtFloat, &[2, 26]);
+        short.float_val = vec![0.0; 52];
+        let bad = [
+            ("img_2".to_string(), img.clone()),
+            ("wide".to_string(), short),
+        ]
+        .into();
+        let e = predict_instances(&bad, &p, &limits).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("input wide: shape [2, 26]; it takes [2, 27]"),
+            "{}",
+            e.message()
+        );
+        // Alone, or beside drawings, it is not an input the request can be made of.
+        let alone = [("wide".to_string(), wide.clone())].into();
+        let e = predict_instances(&alone, &p, &limits).unwrap_err();
+        assert!(
+            e.message().contains("with an optional wide"),
+            "{}",
+            e.message()
+        );
+        // A model without a wide input does not know the alias.
+        let demo_dir = crate::testing::write_demo_export(tmp.path(), 2, 2).unwrap();
+        let demo = Predictor::load(&demo_dir).unwrap();
+        let e = predict_instances(&both, &demo, &limits).unwrap_err();
+        assert!(
+            e.message().contains("alias not found in signature: wide"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

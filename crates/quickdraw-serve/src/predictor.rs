@@ -1,6 +1,10 @@
 //! [`Predictor`]: one export folder loaded with tract into optimised plans (a symbolic batch
 //! dimension, and one row), or run by ONNX Runtime when asked ([`Runtime`]); shared by
 //! `quickdraw model run` and `quickdraw serve`.
+//!
+//! Wide & deep exports have a second input, `wide` (`[N, W]` floats, the metadata vector of
+//! [`quickdraw_data::wide`]): [`Predictor::predict_pixels_wide`] feeds it; every other image
+//! entry point feeds all zeros (no metadata, the documented default).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,10 +13,11 @@ use quickdraw_data::Ink;
 use quickdraw_data::features::{FeatureError, Preprocessed, preprocess};
 use quickdraw_data::signature::{self, ExportInfo, InputKind, SignatureError, load_export_dir};
 use quickdraw_data::strokes::StrokeFeatures;
+use quickdraw_data::wide::WideSpec;
 use tract_onnx::prelude::*;
 
 use crate::onnxruntime::{OrtEngine, Runtime};
-use crate::request::ModelInput;
+use crate::request::{Inputs, ModelInput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -115,6 +120,8 @@ impl PlainTensor {
 #[derive(Debug)]
 pub struct Predictor {
     info: ExportInfo,
+    /// The input kind and the `wide` layout, as requests are checked against them.
+    inputs: Inputs,
     plan: Arc<TypedSimplePlan>,
     /// With a symbolic batch: the same graph optimised for exactly one row, the common case of
     /// interactive serving (tract picks better kernels for concrete shapes).
@@ -155,8 +162,18 @@ impl Predictor {
             })?;
         let path = info.model_path();
         let sig = &info.signature;
+        if info.wide.is_some() && !matches!(info.input, InputKind::Image { .. }) {
+            return Err(PredictError::Load {
+                path: path.display().to_string(),
+                what: "a wide input beside stroke inputs: only image models have one".into(),
+            });
+        }
         let input_names: Vec<String> = match &info.input {
-            InputKind::Image { key, .. } => vec![sig.inputs[key].name.clone()],
+            // The image, then the metadata vector of wide & deep models.
+            InputKind::Image { key, .. } => std::iter::once(key.as_str())
+                .chain(info.wide.map(|_| signature::WIDE))
+                .map(|k| sig.inputs[k].name.clone())
+                .collect(),
             InputKind::Strokes => vec![
                 sig.inputs[signature::STROKES].name.clone(),
                 sig.inputs[signature::LENGTHS].name.clone(),
@@ -213,6 +230,10 @@ impl Predictor {
             ),
         };
         let p = Predictor {
+            inputs: Inputs {
+                kind: info.input.clone(),
+                wide: info.wide,
+            },
             info,
             plan,
             plan_one,
@@ -237,13 +258,20 @@ impl Predictor {
         match &info.input {
             InputKind::Image { size, .. } => {
                 let s = *size as usize;
-                m.with_input_fact(
+                let m = m.with_input_fact(
                     0,
                     InferenceFact::dt_shape(
                         f32::datum_type(),
-                        tvec![n, 1usize.to_dim(), s.to_dim(), s.to_dim()],
+                        tvec![n.clone(), 1usize.to_dim(), s.to_dim(), s.to_dim()],
                     ),
-                )
+                )?;
+                match info.wide {
+                    None => Ok(m),
+                    Some(w) => m.with_input_fact(
+                        1,
+                        InferenceFact::dt_shape(f32::datum_type(), tvec![n, w.dim().to_dim()]),
+                    ),
+                }
             }
             InputKind::Strokes => {
                 let t: TDim = m.sym("T").into();
@@ -293,6 +321,14 @@ impl Predictor {
     pub fn input(&self) -> &InputKind {
         &self.info.input
     }
+    /// The input kind and the `wide` layout: what requests are parsed against.
+    pub fn inputs(&self) -> &Inputs {
+        &self.inputs
+    }
+    /// The `wide` input's layout (wide & deep models only).
+    pub fn wide(&self) -> Option<&WideSpec> {
+        self.info.wide.as_ref()
+    }
     /// The engine that runs the model.
     pub fn runtime_name(&self) -> &'static str {
         if self.ort.is_some() {
@@ -324,7 +360,8 @@ impl Predictor {
         preprocess(ink, &self.info.features)
     }
 
-    /// Predicts preprocessed drawings (image or strokes, whichever the model reads).
+    /// Predicts preprocessed drawings (image or strokes, whichever the model reads; a wide &
+    /// deep model gets all-zero `wide` vectors: `Preprocessed` holds no metadata).
     pub fn predict_preprocessed(
         &self,
         items: &[Preprocessed],
@@ -350,23 +387,50 @@ impl Predictor {
         }
     }
 
-    /// Predicts model inputs as the server makes them: all images or all stroke sequences.
+    /// Predicts model inputs as the server makes them: all images or all stroke sequences. For a
+    /// wide & deep model, `Pixels` rows get the all-zero `wide` vector; other models refuse
+    /// `PixelsWide` rows.
     pub fn predict_inputs(&self, inputs: Vec<ModelInput>) -> Result<Probabilities, PredictError> {
         let mut pixels = Vec::new();
+        let mut wide: Vec<Option<Vec<f32>>> = Vec::new();
         let mut seqs = Vec::new();
         for i in inputs {
             match i {
-                ModelInput::Pixels(v) => pixels.push(v),
+                ModelInput::Pixels(v) => {
+                    pixels.push(v);
+                    wide.push(None);
+                }
+                ModelInput::PixelsWide { pixels: p, wide: w } => {
+                    pixels.push(p);
+                    wide.push(Some(w));
+                }
                 ModelInput::Sequence(s) => seqs.push(s),
             }
         }
         match (pixels.is_empty(), seqs.is_empty()) {
-            (_, true) => self.predict_pixels(&pixels),
+            (_, true) if wide.iter().all(Option::is_none) => self.predict_pixels(&pixels),
+            (_, true) => {
+                let Some(dim) = self.wide_dim() else {
+                    return Err(PredictError::WrongInput {
+                        expected: self.input_description(),
+                        got: "images with wide vectors",
+                    });
+                };
+                let wide: Vec<Vec<f32>> = wide
+                    .into_iter()
+                    .map(|w| w.unwrap_or_else(|| vec![0.0; dim]))
+                    .collect();
+                self.predict_pixels_wide(&pixels, &wide)
+            }
             (true, false) => self.predict_strokes(&seqs),
             (false, false) => Err(PredictError::Run(
                 "images and stroke sequences cannot run in one call".into(),
             )),
         }
+    }
+
+    fn wide_dim(&self) -> Option<usize> {
+        self.info.wide.map(|w| w.dim())
     }
 
     /// Predicts grey images (`size*size` bytes, 0..=255, as `features::preprocess` makes them).
@@ -383,8 +447,41 @@ impl Predictor {
         self.predict_pixels(&px)
     }
 
-    /// Predicts model-input images: `size*size` floats each, already `pixel * PIXEL_SCALE`.
+    /// Predicts model-input images: `size*size` floats each, already `pixel * PIXEL_SCALE`. A
+    /// wide & deep model gets all-zero `wide` vectors (no metadata).
     pub fn predict_pixels(&self, images: &[Vec<f32>]) -> Result<Probabilities, PredictError> {
+        self.run_images(images, None)
+    }
+
+    /// Predicts images with their `wide` vectors (wide & deep models): `wide[i]` is image `i`'s
+    /// metadata vector of `W` floats (`quickdraw_data::wide::WideSpec::vector`).
+    pub fn predict_pixels_wide(
+        &self,
+        images: &[Vec<f32>],
+        wide: &[Vec<f32>],
+    ) -> Result<Probabilities, PredictError> {
+        if self.info.wide.is_none() {
+            return Err(PredictError::WrongInput {
+                expected: self.input_description(),
+                got: "images with wide vectors",
+            });
+        }
+        if wide.len() != images.len() {
+            return Err(PredictError::Run(format!(
+                "{} wide vectors for {} images",
+                wide.len(),
+                images.len()
+            )));
+        }
+        self.run_images(images, Some(wide))
+    }
+
+    /// Runs images; the wide & deep model's second input is `wide` or, without it, zeros.
+    fn run_images(
+        &self,
+        images: &[Vec<f32>],
+        wide: Option<&[Vec<f32>]>,
+    ) -> Result<Probabilities, PredictError> {
         let InputKind::Image { size, key } = &self.info.input else {
             return Err(PredictError::WrongInput {
                 expected: "strokes and lengths".into(),
@@ -400,14 +497,41 @@ impl Predictor {
                 });
             }
         }
+        let dim = self.wide_dim();
+        if let (Some(w), Some(rows)) = (dim, wide) {
+            for (index, r) in rows.iter().enumerate() {
+                if r.len() != w {
+                    return Err(PredictError::BadInput {
+                        index,
+                        what: format!(
+                            "{} values, {} needs {w} (the metadata vector)",
+                            r.len(),
+                            signature::WIDE
+                        ),
+                    });
+                }
+            }
+        }
         self.run_chunked(images.len(), |rows: std::ops::Range<usize>, n: usize| {
             let mut data = vec![0f32; n * s * s];
-            for (j, i) in rows.enumerate() {
+            for (j, i) in rows.clone().enumerate() {
                 data[j * s * s..(j + 1) * s * s].copy_from_slice(&images[i]);
             }
             let t = Tensor::from_shape(&[n, 1, s, s], &data)
                 .map_err(|e| PredictError::Run(e.to_string()))?;
-            Ok(tvec![t.into_tvalue()])
+            let Some(w) = dim else {
+                return Ok(tvec![t.into_tvalue()]);
+            };
+            // Rows without metadata (and a fixed batch's padding) are all zeros.
+            let mut wd = vec![0f32; n * w];
+            if let Some(wide) = wide {
+                for (j, i) in rows.enumerate() {
+                    wd[j * w..(j + 1) * w].copy_from_slice(&wide[i]);
+                }
+            }
+            let wt =
+                Tensor::from_shape(&[n, w], &wd).map_err(|e| PredictError::Run(e.to_string()))?;
+            Ok(tvec![t.into_tvalue(), wt.into_tvalue()])
         })
     }
 
@@ -453,9 +577,14 @@ impl Predictor {
     /// What the model's input looks like, for error messages.
     pub fn input_description(&self) -> String {
         match &self.info.input {
-            InputKind::Image { key, size } => {
-                format!("{key}: DT_FLOAT [-1, 1, {size}, {size}] (pixel / 255)")
-            }
+            InputKind::Image { key, size } => match self.wide_dim() {
+                None => format!("{key}: DT_FLOAT [-1, 1, {size}, {size}] (pixel / 255)"),
+                Some(w) => format!(
+                    "{key}: DT_FLOAT [-1, 1, {size}, {size}] (pixel / 255) and {}: DT_FLOAT [-1, {w}] \
+                     (the metadata vector; all zeros: no metadata)",
+                    signature::WIDE
+                ),
+            },
             InputKind::Strokes => {
                 "strokes: DT_FLOAT [-1, -1, 3] (dx, dy, pen) and lengths: DT_INT64 [-1]".into()
             }
@@ -630,6 +759,101 @@ mod tests {
         assert!(p.predict_images(&[]).unwrap().is_empty());
         let err = p.predict_pixels(&[vec![0.0; 10]]).unwrap_err();
         assert!(err.to_string().contains("img_8 needs 64"), "{err}");
+    }
+
+    #[test]
+    fn wide_model_adds_the_linear_part_of_the_metadata() {
+        use quickdraw_data::wide::Metadata;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = testing::write_wide_demo_export(tmp.path(), 1, 8).unwrap();
+        let p = Predictor::load(&dir).unwrap();
+        let spec = testing::demo_wide_spec();
+        assert_eq!(p.wide(), Some(&spec));
+        assert_eq!(p.inputs().wide_dim(), Some(27));
+        assert!(p.input_description().contains("wide: DT_FLOAT [-1, 27]"));
+        let left: Vec<f32> = (0..64).map(|i| if i % 8 < 4 { 1.0 } else { 0.0 }).collect();
+        let blank = vec![0.0; 64];
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+
+        // No metadata: the demo image model's logits; the same as an explicit all-zero vector.
+        let plain = p.predict_pixels(&[left.clone(), blank.clone()]).unwrap();
+        assert!(close(plain.logits_row(0), &[0.25, 16.0, 0.0]));
+        let zeros = vec![vec![0.0; 27]; 2];
+        let zero = p
+            .predict_pixels_wide(&[left.clone(), blank.clone()], &zeros)
+            .unwrap();
+        assert_eq!(plain, zero);
+
+        // Country (+1 left), recognized (+2 right), 2 strokes (bucket 1: +1 blank), 2.5 s
+        // (bucket 2: +0.75 right); then recognized=false (+1 blank) alone.
+        let us = Metadata {
+            countrycode: Some("US".into()),
+            recognized: Some(true),
+            stroke_count: Some(2),
+            duration_ms: Some(2500),
+        };
+        let unrecognized = Metadata {
+            recognized: Some(false),
+            ..Metadata::default()
+        };
+        let wide = vec![spec.vector(&us), spec.vector(&unrecognized)];
+        let out = p
+            .predict_pixels_wide(&[left.clone(), blank.clone()], &wide)
+            .unwrap();
+        assert!(
+            close(out.logits_row(0), &[1.25, 17.0, 2.75]),
+            "{:?}",
+            out.logits_row(0)
+        );
+        assert!(
+            close(out.logits_row(1), &[1.25, 0.0, 0.0]),
+            "{:?}",
+            out.logits_row(1)
+        );
+
+        // Server-made inputs: rows without metadata get zeros, in one call with the others.
+        let mixed = p
+            .predict_inputs(vec![
+                ModelInput::PixelsWide {
+                    pixels: left.clone(),
+                    wide: wide[0].clone(),
+                },
+                ModelInput::Pixels(left.clone()),
+            ])
+            .unwrap();
+        assert_eq!(mixed.logits_row(0), out.logits_row(0));
+        assert_eq!(mixed.logits_row(1), plain.logits_row(0));
+
+        // A vector of the wrong length, or a count that does not match, is refused.
+        let e = p
+            .predict_pixels_wide(std::slice::from_ref(&left), &[vec![0.0; 26]])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("input 0: 26 values, wide needs 27"),
+            "{e}"
+        );
+        let e = p
+            .predict_pixels_wide(std::slice::from_ref(&left), &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("0 wide vectors for 1 images"), "{e}");
+
+        // A model without a wide input refuses wide vectors.
+        let demo = Predictor::load(&testing::write_demo_export(tmp.path(), 2, 8).unwrap()).unwrap();
+        assert!(demo.wide().is_none());
+        let e = demo
+            .predict_pixels_wide(std::slice::from_ref(&left), &[vec![0.0; 27]])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not images with wide vectors"),
+            "{e}"
+        );
+        let e = demo
+            .predict_inputs(vec![ModelInput::PixelsWide {
+                pixels: left,
+                wide: vec![0.0; 27],
+            }])
+            .unwrap_err();
+        assert!(e.to_string().contains("this model reads img_8"), "{e}");
     }
 
     #[test]

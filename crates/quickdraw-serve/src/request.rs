@@ -9,14 +9,33 @@
 //! - a model-input tensor: for image models the image itself (`[1,S,S]`, `[S,S]` or `S*S`
 //!   floats, `pixel / 255` as the `img_S` input) bare or as `{"img_S": ..}`; for stroke models
 //!   `[[dx,dy,pen],..]` bare or as `{"strokes": .., "lengths": n}`.
+//!
+//! Wide & deep models (`wide_deep`) also read a `wide` input: the multi-hot metadata vector of
+//! [`quickdraw_data::wide`] (`W` floats, the length the export's `preprocessing.json` gives).
+//! Each kind of instance yields it:
+//! - a drawing: from its `countrycode` (absent or empty: missing), `recognized` (only when the
+//!   request sends it: missing otherwise, although the request log writes `false`), the number
+//!   of strokes as sent, and the duration from the strokes' `t` arrays (missing unless every
+//!   stroke has one); columnar requests send the fields as lists beside `"drawing"`, one value
+//!   per drawing (`{"inputs": {"drawing": [..], "countrycode": [..], "recognized": [..]}}`);
+//! - a `tf.Example`: from its `countrycode`, `recognized`, `stroke_count` and `duration_ms`
+//!   features, each missing when absent (`quickdraw_data::features::metadata`);
+//! - a tensor: an optional `"wide": [W floats]` next to `"img_S"` (columnar: `"wide": [[W
+//!   floats], ..]` next to `"img_S"`); absent, the vector is all zeros; a wrong length is a 400
+//!   naming `W`. A bare image (no object) has no metadata.
+//!
+//! A missing value sets no slot of its column, so a request without any metadata is the all-zero
+//! vector: the linear part adds nothing and the image alone decides (TensorFlow's default for
+//! missing categorical values). Models without a `wide` input refuse a `"wide"` tensor.
 
 use base64::Engine;
 use quickdraw_data::example::{Example, Kind};
 use quickdraw_data::features::{self, FeatureSpec, decode_image};
 use quickdraw_data::ingest::ndjson::parse_timestamp;
-use quickdraw_data::signature::{InputKind, LENGTHS, STROKES};
+use quickdraw_data::signature::{InputKind, LENGTHS, STROKES, WIDE};
 use quickdraw_data::strokes::StrokeFeatures;
 use quickdraw_data::validate::{self, RejectReason, check_drawing};
+use quickdraw_data::wide::{Metadata, WideSpec};
 use quickdraw_data::{Drawing, Ink, Stroke};
 use serde_json::Value;
 
@@ -67,15 +86,42 @@ impl RequestError {
     }
 }
 
+/// What a request must fit: the model's input kind and, for wide & deep models, the layout of
+/// its `wide` input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs {
+    pub kind: InputKind,
+    /// The `wide` vector's layout (wide & deep models only).
+    pub wide: Option<WideSpec>,
+}
+
+impl Inputs {
+    /// Length of the `wide` input, `None` for models without one.
+    pub fn wide_dim(&self) -> Option<usize> {
+        self.wide.map(|w| w.dim())
+    }
+}
+
+impl From<InputKind> for Inputs {
+    /// A model without a `wide` input.
+    fn from(kind: InputKind) -> Inputs {
+        Inputs { kind, wide: None }
+    }
+}
+
 /// One thing to classify.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Instance {
-    /// Strokes (validated); metadata as sent, defaults otherwise.
-    Drawing(Drawing),
+    /// Strokes (validated); metadata as sent, defaults otherwise. The [`Metadata`] is what the
+    /// request says (missing values `None`): the `wide` input of wide & deep models.
+    Drawing(Drawing, Metadata),
     /// Serialized `tf.Example`.
     Example(Vec<u8>),
-    /// A model-input image: `size*size` floats (pixel / 255).
+    /// A model-input image: `size*size` floats (pixel / 255); for a wide & deep model, with an
+    /// all-zero `wide` vector (no metadata).
     Pixels(Vec<f32>),
+    /// A model-input image and its `wide` vector (wide & deep models; `W` floats).
+    PixelsWide { pixels: Vec<f32>, wide: Vec<f32> },
     /// A model-input stroke sequence.
     Sequence(StrokeFeatures),
 }
@@ -89,16 +135,23 @@ pub struct Predict {
 }
 
 /// What this model accepts, for error messages.
-pub fn expected_inputs(input: &InputKind) -> String {
+pub fn expected_inputs(input: &Inputs) -> String {
     let drawing = r#"{"drawing": [[[x, ...], [y, ...](, [t, ...])], ...]}"#;
     let example = r#"{"b64": "<base64 serialized tf.Example>"}"#;
-    match input {
-        InputKind::Image { key, size } => format!(
+    match (&input.kind, input.wide_dim()) {
+        (InputKind::Image { key, size }, Some(w)) => format!(
+            "instances must be drawings {drawing} (optionally with \"countrycode\" and \"recognized\"), tf.Examples {example}, \
+             or images for input {key} (DT_FLOAT [-1, 1, {size}, {size}], pixel / 255): [1, {size}, {size}] or [{size}, {size}] nested lists \
+             or {} flat values, bare or as {{\"{key}\": ..., \"{WIDE}\": [{w} floats]}} (input {WIDE}: DT_FLOAT [-1, {w}], the metadata \
+             vector; absent: all zeros, no metadata)",
+            size * size
+        ),
+        (InputKind::Image { key, size }, None) => format!(
             "instances must be drawings {drawing}, tf.Examples {example}, or images for input {key} (DT_FLOAT [-1, 1, {size}, {size}], \
              pixel / 255): [1, {size}, {size}] or [{size}, {size}] nested lists or {} flat values, bare or as {{\"{key}\": ...}}",
             size * size
         ),
-        InputKind::Strokes => format!(
+        (InputKind::Strokes, _) => format!(
             "instances must be drawings {drawing}, tf.Examples {example}, or stroke sequences for inputs strokes \
              (DT_FLOAT [-1, -1, 3]: [[dx, dy, pen], ...]) and lengths (DT_INT64 [-1]), bare or as {{\"strokes\": ..., \"lengths\": n}}"
         ),
@@ -148,7 +201,7 @@ fn as_object(body: &Value) -> Result<&serde_json::Map<String, Value>, RequestErr
 /// Parses a `:predict` body: `{"instances": [...]}` or `{"inputs": ...}`.
 pub fn parse_predict(
     body: &Value,
-    input: &InputKind,
+    input: &Inputs,
     limits: &Limits,
 ) -> Result<Predict, RequestError> {
     let obj = as_object(body)?;
@@ -186,9 +239,12 @@ pub fn parse_predict(
     }
 }
 
+/// Fields of a drawing instance besides `drawing` (columnar requests may send them as lists).
+const DRAWING_FIELDS: [&str; 5] = ["key_id", "word", "countrycode", "recognized", "timestamp"];
+
 fn parse_columnar(
     inputs: &Value,
-    input: &InputKind,
+    input: &Inputs,
     limits: &Limits,
 ) -> Result<Vec<Instance>, RequestError> {
     let batch = |v: &Value, name: &str| -> Result<Vec<Value>, RequestError> {
@@ -210,27 +266,67 @@ fn parse_columnar(
         }
         Value::Object(map) => {
             if let Some(d) = map.get("drawing") {
-                return batch(d, "drawing")?
-                    .iter()
+                let drawings = batch(d, "drawing")?;
+                // The metadata columns, one value per drawing.
+                let mut columns = Vec::new();
+                for k in DRAWING_FIELDS {
+                    if let Some(c) = map.get(k) {
+                        let c = batch(c, k)?;
+                        if c.len() != drawings.len() {
+                            return Err(RequestError::bad(format!(
+                                "inputs[\"{k}\"] has {} values for {} drawings",
+                                c.len(),
+                                drawings.len()
+                            )));
+                        }
+                        columns.push((k, c));
+                    }
+                }
+                return drawings
+                    .into_iter()
                     .enumerate()
                     .map(|(i, v)| {
-                        parse_drawing(&serde_json::json!({"drawing": v}), i, limits)
-                            .map(Instance::Drawing)
+                        let mut obj = serde_json::Map::new();
+                        obj.insert("drawing".into(), v);
+                        for (k, c) in &columns {
+                            obj.insert(k.to_string(), c[i].clone());
+                        }
+                        parse_drawing_instance(&Value::Object(obj), i, limits)
                     })
                     .collect();
             }
-            match input {
+            match &input.kind {
                 InputKind::Image { key, .. } => {
                     let Some(v) = map.get(key) else {
                         return Err(RequestError::bad(format!(
-                            "inputs has keys {:?}; this model's input is {key} (or \"drawing\")",
-                            map.keys().collect::<Vec<_>>()
+                            "inputs has keys {:?}; this model's input is {key}{} (or \"drawing\")",
+                            map.keys().collect::<Vec<_>>(),
+                            if input.wide.is_some() {
+                                format!(" with an optional {WIDE}")
+                            } else {
+                                String::new()
+                            }
                         )));
                     };
-                    batch(v, key)?
+                    let images = batch(v, key)?;
+                    let wide = match map.get(WIDE) {
+                        None | Some(Value::Null) => None,
+                        Some(w) => {
+                            let w = batch(w, WIDE)?;
+                            if w.len() != images.len() {
+                                return Err(RequestError::bad(format!(
+                                    "inputs[\"{WIDE}\"] has {} rows for {} images",
+                                    w.len(),
+                                    images.len()
+                                )));
+                            }
+                            Some(w)
+                        }
+                    };
+                    images
                         .iter()
                         .enumerate()
-                        .map(|(i, v)| parse_image(v, i, input))
+                        .map(|(i, v)| parse_image(v, wide.as_ref().map(|w| &w[i]), i, input))
                         .collect()
                 }
                 InputKind::Strokes => {
@@ -268,7 +364,7 @@ fn parse_columnar(
 /// each example is an instance object, context keys are added to every example).
 pub fn parse_classify(
     body: &Value,
-    input: &InputKind,
+    input: &Inputs,
     limits: &Limits,
 ) -> Result<Vec<Instance>, RequestError> {
     let obj = as_object(body)?;
@@ -319,13 +415,13 @@ pub fn parse_classify(
 pub fn parse_instance(
     v: &Value,
     index: usize,
-    input: &InputKind,
+    input: &Inputs,
     limits: &Limits,
 ) -> Result<Instance, RequestError> {
     match v {
         Value::Object(m) => {
             if m.contains_key("drawing") {
-                return parse_drawing(v, index, limits).map(Instance::Drawing);
+                return parse_drawing_instance(v, index, limits);
             }
             if let Some(b) = m.get("b64") {
                 let s = b.as_str().ok_or_else(|| {
@@ -338,9 +434,9 @@ pub fn parse_instance(
                     })?;
                 return Ok(Instance::Example(bytes));
             }
-            match input {
+            match &input.kind {
                 InputKind::Image { key, .. } if m.contains_key(key) => {
-                    parse_image(&m[key], index, input)
+                    parse_image(&m[key], m.get(WIDE), index, input)
                 }
                 InputKind::Strokes if m.contains_key(STROKES) => {
                     parse_sequence(&m[STROKES], m.get(LENGTHS), index)
@@ -352,8 +448,8 @@ pub fn parse_instance(
                 ))),
             }
         }
-        Value::Array(_) => match input {
-            InputKind::Image { .. } => parse_image(v, index, input),
+        Value::Array(_) => match &input.kind {
+            InputKind::Image { .. } => parse_image(v, None, index, input),
             InputKind::Strokes => parse_sequence(v, None, index),
         },
         other => Err(RequestError::bad(format!(
@@ -403,8 +499,14 @@ pub fn tensor(v: &Value) -> Result<(Vec<usize>, Vec<f32>), String> {
     Ok((shape, out))
 }
 
-fn parse_image(v: &Value, index: usize, input: &InputKind) -> Result<Instance, RequestError> {
-    let InputKind::Image { key, size } = input else {
+/// An image tensor and, when sent (`wide`), its `wide` vector.
+fn parse_image(
+    v: &Value,
+    wide: Option<&Value>,
+    index: usize,
+    input: &Inputs,
+) -> Result<Instance, RequestError> {
+    let InputKind::Image { key, size } = &input.kind else {
         return Err(RequestError::bad(format!(
             "instance {index}: an image, but {}",
             expected_inputs(input)
@@ -422,7 +524,53 @@ fn parse_image(v: &Value, index: usize, input: &InputKind) -> Result<Instance, R
         )));
     }
     check_pixels(&values, &shape, index, key)?;
-    Ok(Instance::Pixels(values))
+    match wide.filter(|w| !w.is_null()) {
+        None => Ok(Instance::Pixels(values)),
+        Some(w) => Ok(Instance::PixelsWide {
+            pixels: values,
+            wide: parse_wide(w, index, input)?,
+        }),
+    }
+}
+
+/// The `wide` tensor of one instance: `W` floats, flat or as `[1, W]`.
+fn parse_wide(v: &Value, index: usize, input: &Inputs) -> Result<Vec<f32>, RequestError> {
+    let Some(w) = input.wide_dim() else {
+        return Err(RequestError::bad(format!(
+            "instance {index}: this model has no input \"{WIDE}\" (only wide_deep models read metadata); {}",
+            expected_inputs(input)
+        )));
+    };
+    let (shape, values) =
+        tensor(v).map_err(|e| RequestError::bad(format!("instance {index}: {WIDE}: {e}")))?;
+    if shape != [w] && shape != [1, w] {
+        return Err(RequestError::bad(format!(
+            "instance {index}: {WIDE} tensor of shape {shape:?}; input {WIDE} takes {w} floats \
+             (DT_FLOAT [-1, {w}], the metadata vector of this model's preprocessing)"
+        )));
+    }
+    Ok(values)
+}
+
+/// Checks a `wide` vector against the model's: `W` finite floats.
+pub(crate) fn check_wide(values: &[f32], index: usize, input: &Inputs) -> Result<(), RequestError> {
+    let Some(w) = input.wide_dim() else {
+        return Err(RequestError::bad(format!(
+            "instance {index}: this model has no input \"{WIDE}\" (only wide_deep models read metadata)"
+        )));
+    };
+    if values.len() != w {
+        return Err(RequestError::bad(format!(
+            "instance {index}: {WIDE} has {} values; input {WIDE} takes {w} floats (DT_FLOAT [-1, {w}])",
+            values.len()
+        )));
+    }
+    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+        return Err(RequestError::bad(format!(
+            "instance {index}: {WIDE} value {v} is not a finite float"
+        )));
+    }
+    Ok(())
 }
 
 /// Model-input pixels are `pixel / 255`: each must lie in `0.0..=1.0` (the model was trained
@@ -487,6 +635,29 @@ fn parse_sequence(
         len,
         truncated: false,
     }))
+}
+
+/// Parses and validates a drawing instance ([`parse_drawing`]) with the metadata the request
+/// sends ([`sent_metadata`]).
+pub fn parse_drawing_instance(
+    v: &Value,
+    index: usize,
+    limits: &Limits,
+) -> Result<Instance, RequestError> {
+    let d = parse_drawing(v, index, limits)?;
+    let recognized_sent = v.get("recognized").is_some_and(|r| !r.is_null());
+    let meta = sent_metadata(&d, recognized_sent);
+    Ok(Instance::Drawing(d, meta))
+}
+
+/// The metadata of a drawing as a request sends it: [`Metadata::of_drawing`], except that an
+/// absent `recognized` is missing (not `false`); an empty `countrycode` is missing too. The
+/// stroke count is that of the strokes as sent, the duration from their `t` arrays.
+pub fn sent_metadata(d: &Drawing, recognized_sent: bool) -> Metadata {
+    Metadata {
+        recognized: recognized_sent.then_some(d.recognized),
+        ..Metadata::of_drawing(d)
+    }
 }
 
 /// Parses and validates a drawing instance (`check_drawing`, then the server's limits).
@@ -615,8 +786,24 @@ pub fn parse_drawing(v: &Value, index: usize, limits: &Limits) -> Result<Drawing
 /// A model input ready for the predictor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelInput {
+    /// An image (for a wide & deep model: with the all-zero `wide` vector, no metadata).
     Pixels(Vec<f32>),
+    /// An image and its `wide` vector (wide & deep models).
+    PixelsWide {
+        pixels: Vec<f32>,
+        wide: Vec<f32>,
+    },
     Sequence(StrokeFeatures),
+}
+
+impl ModelInput {
+    /// The image of an image input.
+    pub fn pixels(&self) -> Option<&[f32]> {
+        match self {
+            ModelInput::Pixels(p) | ModelInput::PixelsWide { pixels: p, .. } => Some(p),
+            ModelInput::Sequence(_) => None,
+        }
+    }
 }
 
 fn floats<'a>(ex: &'a Example, key: &str) -> Result<&'a [f32], String> {
@@ -628,20 +815,31 @@ fn floats<'a>(ex: &'a Example, key: &str) -> Result<&'a [f32], String> {
 }
 
 /// Turns an instance into the model's input with the export's preprocessing (drawings) or
-/// feature decoding (`tf.Example`s: only the features the model reads are required).
+/// feature decoding (`tf.Example`s: only the features the model reads are required). For wide &
+/// deep models every image input comes with its `wide` vector, built from the instance's
+/// metadata (all zeros for a tensor sent without one).
 pub fn to_model_input(
     inst: &Instance,
     index: usize,
-    input: &InputKind,
+    input: &Inputs,
     spec: &FeatureSpec,
 ) -> Result<ModelInput, RequestError> {
     let bad = |what: String| RequestError::bad(format!("instance {index}: {what}"));
-    match (inst, input) {
-        (Instance::Drawing(d), _) => {
+    // An image, with the wide vector of `meta` for wide & deep models.
+    let image = |pixels: Vec<f32>, meta: Option<&Metadata>| match &input.wide {
+        None => ModelInput::Pixels(pixels),
+        Some(w) => ModelInput::PixelsWide {
+            pixels,
+            wide: w.vector(meta.unwrap_or(&Metadata::default())),
+        },
+    };
+    match (inst, &input.kind) {
+        (Instance::Drawing(d, meta), kind) => {
             let p = features::preprocess(&d.ink, spec).map_err(|e| bad(e.to_string()))?;
-            match input {
-                InputKind::Image { .. } => Ok(ModelInput::Pixels(
+            match kind {
+                InputKind::Image { .. } => Ok(image(
                     features::model_pixels(&p.image).collect(),
+                    Some(meta),
                 )),
                 InputKind::Strokes => p
                     .strokes
@@ -659,7 +857,18 @@ pub fn to_model_input(
                     spec.image_encoding
                 ))
             })?;
-            Ok(ModelInput::Pixels(features::model_pixels(&img).collect()))
+            let meta = match input.wide {
+                None => None,
+                Some(_) => Some(features::metadata(&ex).map_err(|e| {
+                    bad(format!(
+                        "{e} (this model's {WIDE} input reads the optional features countrycode (bytes), \
+                         recognized, {} and {} (int64))",
+                        features::STROKE_COUNT,
+                        features::DURATION_MS
+                    ))
+                })?),
+            };
+            Ok(image(features::model_pixels(&img).collect(), meta.as_ref()))
         }
         (Instance::Example(bytes), InputKind::Strokes) => {
             let ex =
@@ -687,7 +896,14 @@ pub fn to_model_input(
                 truncated: false,
             }))
         }
-        (Instance::Pixels(p), InputKind::Image { .. }) => Ok(ModelInput::Pixels(p.clone())),
+        (Instance::Pixels(p), InputKind::Image { .. }) => Ok(image(p.clone(), None)),
+        (Instance::PixelsWide { pixels, wide }, InputKind::Image { .. }) => {
+            check_wide(wide, index, input)?;
+            Ok(ModelInput::PixelsWide {
+                pixels: pixels.clone(),
+                wide: wide.clone(),
+            })
+        }
         (Instance::Sequence(s), InputKind::Strokes) => Ok(ModelInput::Sequence(s.clone())),
         (_, _) => Err(bad(format!(
             "this instance does not fit the model; {}",
@@ -713,11 +929,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn img(size: u32) -> InputKind {
+    fn img(size: u32) -> Inputs {
         InputKind::Image {
             key: format!("img_{size}"),
             size,
         }
+        .into()
+    }
+
+    fn strokes() -> Inputs {
+        InputKind::Strokes.into()
     }
 
     #[test]
@@ -801,7 +1022,7 @@ mod tests {
         };
         let d = json!({"drawing": [[[0, 10, 20], [0, 5, 0]], [[1.5, 2], [3, 4], [0, 16]]], "key_id": "12", "word": "cat"});
         let p = parse_predict(&json!({"instances": [d]}), &img(8), &l).unwrap();
-        let Instance::Drawing(dr) = &p.instances[0] else {
+        let Instance::Drawing(dr, _) = &p.instances[0] else {
             panic!()
         };
         assert_eq!((dr.key_id, dr.word.as_str(), dr.n_points()), (12, "cat", 5));
@@ -840,14 +1061,14 @@ mod tests {
             &l,
         )
         .unwrap();
-        let Instance::Drawing(d) = &got[0] else {
+        let Instance::Drawing(d, _) = &got[0] else {
             panic!()
         };
         assert_eq!(d.word, "cat");
         let seq = parse_instance(
             &json!({"strokes": [[1, 2, 0], [3, 4, 1], [0, 0, 0]], "lengths": 2}),
             0,
-            &InputKind::Strokes,
+            &strokes(),
             &l,
         )
         .unwrap();
@@ -861,15 +1082,248 @@ mod tests {
                 truncated: false
             })
         );
-        let e = parse_instance(&json!([[1, 2]]), 0, &InputKind::Strokes, &l).unwrap_err();
+        let e = parse_instance(&json!([[1, 2]]), 0, &strokes(), &l).unwrap_err();
         assert!(e.message.contains("[T, 3]"), "{e:?}");
         let p = parse_predict(
             &json!({"inputs": {"strokes": [[[1, 1, 1]]], "lengths": [1]}}),
-            &InputKind::Strokes,
+            &strokes(),
             &l,
         )
         .unwrap();
         assert_eq!(p.instances.len(), 1);
+    }
+
+    fn wide_img(size: u32) -> Inputs {
+        Inputs {
+            wide: Some(WideSpec { country_buckets: 4 }),
+            ..img(size)
+        }
+    }
+
+    #[test]
+    fn wide_tensors_are_optional_and_checked() {
+        let l = Limits::default();
+        let w = wide_img(2);
+        let mut v = vec![0.0; 27];
+        v[5] = 1.0;
+        // Row format: with "wide", without it (no metadata), bare.
+        let p = parse_predict(
+            &json!({"instances": [{"img_2": [0, 0, 0, 1], "wide": v}, {"img_2": [0, 0, 0, 1]}, [1, 1, 1, 1]]}),
+            &w,
+            &l,
+        )
+        .unwrap();
+        assert_eq!(
+            p.instances[0],
+            Instance::PixelsWide {
+                pixels: vec![0.0, 0.0, 0.0, 1.0],
+                wide: v.clone()
+            }
+        );
+        assert_eq!(p.instances[1], Instance::Pixels(vec![0.0, 0.0, 0.0, 1.0]));
+        let spec = FeatureSpec::default();
+        let to = |i: &Instance| to_model_input(i, 0, &w, &spec).unwrap();
+        assert_eq!(
+            to(&p.instances[1]),
+            ModelInput::PixelsWide {
+                pixels: vec![0.0, 0.0, 0.0, 1.0],
+                wide: vec![0.0; 27]
+            },
+            "no metadata: the all-zero vector"
+        );
+        // [1, W] is taken too.
+        let p = parse_predict(
+            &json!({"instances": [{"img_2": [0, 0, 0, 0], "wide": [v]}]}),
+            &w,
+            &l,
+        )
+        .unwrap();
+        assert!(matches!(&p.instances[0], Instance::PixelsWide { wide, .. } if *wide == v));
+        // Columnar.
+        let p = parse_predict(
+            &json!({"inputs": {"img_2": [[0, 0, 0, 1], [0, 0, 0, 0]], "wide": [v, vec![0.0; 27]]}}),
+            &w,
+            &l,
+        )
+        .unwrap();
+        assert!(
+            p.columnar
+                && matches!(&p.instances[1], Instance::PixelsWide { wide, .. } if wide.iter().all(|&x| x == 0.0))
+        );
+        let e = parse_predict(
+            &json!({"inputs": {"img_2": [[0, 0, 0, 1], [0, 0, 0, 0]], "wide": [v]}}),
+            &w,
+            &l,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("1 rows for 2 images"), "{e:?}");
+        // The wrong length names W.
+        let e = parse_predict(
+            &json!({"instances": [{"img_2": [0, 0, 0, 1], "wide": [1, 0, 1]}]}),
+            &w,
+            &l,
+        )
+        .unwrap_err();
+        assert!(
+            !e.too_large
+                && e.message.contains("instance 0: wide tensor of shape [3]")
+                && e.message.contains("takes 27 floats"),
+            "{e:?}"
+        );
+        let bad = Instance::PixelsWide {
+            pixels: vec![0.0; 4],
+            wide: vec![0.0; 3],
+        };
+        let e = to_model_input(&bad, 2, &w, &spec).unwrap_err();
+        assert!(
+            e.message
+                .contains("instance 2: wide has 3 values; input wide takes 27"),
+            "{e:?}"
+        );
+        // A model without a wide input refuses one.
+        let e = parse_predict(
+            &json!({"instances": [{"img_2": [0, 0, 0, 1], "wide": v}]}),
+            &img(2),
+            &l,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("no input \"wide\""), "{e:?}");
+        assert!(to_model_input(&bad, 0, &img(2), &spec).is_err());
+        // The messages of a wide model name the input.
+        let e = parse_predict(&json!({"instances": [{"pixels": 1}]}), &w, &l).unwrap_err();
+        assert!(
+            e.message.contains("\"wide\": [27 floats]") && e.message.contains("absent: all zeros"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn drawings_carry_the_metadata_they_send() {
+        let l = Limits::default();
+        let w = wide_img(8);
+        let strokes = json!([[[0, 10], [0, 10], [0, 400]], [[5, 9], [1, 2], [1500, 2600]]]);
+        let p = parse_predict(
+            &json!({"instances": [
+                {"drawing": strokes, "countrycode": "us", "recognized": false},
+                {"drawing": strokes, "countrycode": ""},
+                {"drawing": [[[0, 10], [0, 10]]], "recognized": null},
+            ]}),
+            &w,
+            &l,
+        )
+        .unwrap();
+        let meta = |i: usize| match &p.instances[i] {
+            Instance::Drawing(_, m) => m.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            meta(0),
+            Metadata {
+                countrycode: Some("us".into()),
+                recognized: Some(false),
+                stroke_count: Some(2),
+                duration_ms: Some(2600),
+            }
+        );
+        // Not sent (or empty, or null): missing, although the drawing itself says false.
+        assert_eq!((meta(1).countrycode, meta(1).recognized), (None, None));
+        assert_eq!(
+            meta(2),
+            Metadata {
+                stroke_count: Some(1),
+                ..Metadata::default()
+            },
+            "no t arrays: no duration"
+        );
+        // The wide vector is the spec's vector of that metadata.
+        let spec = FeatureSpec {
+            raster: quickdraw_data::raster::RasterSpec::new(
+                quickdraw_data::raster::RasterMode::Default,
+                8,
+                None,
+            ),
+            ..FeatureSpec::default()
+        };
+        let ModelInput::PixelsWide { wide, .. } =
+            to_model_input(&p.instances[0], 0, &w, &spec).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(wide, w.wide.unwrap().vector(&meta(0)));
+        // A model without a wide input gets the image alone.
+        assert!(matches!(
+            to_model_input(&p.instances[0], 0, &img(8), &spec).unwrap(),
+            ModelInput::Pixels(_)
+        ));
+        // Columnar drawings take the metadata as columns of the same length.
+        let p = parse_predict(
+            &json!({"inputs": {"drawing": [strokes, strokes], "countrycode": ["DE", "FR"], "recognized": [true, false]}}),
+            &w,
+            &l,
+        )
+        .unwrap();
+        let Instance::Drawing(d, m) = &p.instances[1] else {
+            panic!()
+        };
+        assert_eq!((d.countrycode.as_str(), m.recognized), ("FR", Some(false)));
+        let e = parse_predict(
+            &json!({"inputs": {"drawing": [strokes, strokes], "countrycode": ["DE"]}}),
+            &w,
+            &l,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("1 values for 2 drawings"), "{e:?}");
+    }
+
+    #[test]
+    fn example_metadata_feeds_the_wide_input() {
+        use quickdraw_data::example::Feature;
+        let spec = FeatureSpec {
+            raster: quickdraw_data::raster::RasterSpec::new(
+                quickdraw_data::raster::RasterMode::Default,
+                2,
+                None,
+            ),
+            ..FeatureSpec::default()
+        };
+        let w = wide_img(2);
+        let mut f = std::collections::BTreeMap::new();
+        f.insert("img_2".to_string(), Feature::int64s(vec![0, 255, 0, 51]));
+        let plain = Example::from_features(f.clone()).to_bytes();
+        f.insert("countrycode".to_string(), Feature::bytes(b"BR".to_vec()));
+        f.insert("recognized".to_string(), Feature::int64(1));
+        f.insert(features::STROKE_COUNT.to_string(), Feature::int64(3));
+        let with = Example::from_features(f.clone()).to_bytes();
+        let wide_of = |bytes: Vec<u8>| match to_model_input(&Instance::Example(bytes), 0, &w, &spec)
+        {
+            Ok(ModelInput::PixelsWide { wide, .. }) => wide,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(wide_of(plain), vec![0.0; 27], "no metadata features: zeros");
+        let m = Metadata {
+            countrycode: Some("BR".into()),
+            recognized: Some(true),
+            stroke_count: Some(3),
+            duration_ms: None,
+        };
+        assert_eq!(wide_of(with), w.wide.unwrap().vector(&m));
+        // A metadata feature of the wrong type is a 400 naming it.
+        f.insert(
+            features::DURATION_MS.to_string(),
+            Feature::floats(vec![1.0]),
+        );
+        let e = to_model_input(
+            &Instance::Example(Example::from_features(f).to_bytes()),
+            3,
+            &w,
+            &spec,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("instance 3") && e.message.contains("duration_ms"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!
 //! - [`linear_image_model`]: `img_S [N,1,S,S]` -> Flatten -> Gemm(W, b) -> `logits`;
 //!   Softmax -> `probabilities`; ArgMax -> `classes`. Predictions are hand-checkable.
+//! - [`wide_deep_model`]: the same plus `wide [N,W]` -> Gemm(V) added to the logits: the shape
+//!   of a wide & deep export ([`write_wide_demo_export`], weights in [`demo_wide_weights`]).
 //! - [`stroke_model`]: `strokes [N,T,3]`, `lengths [N]` -> [sum over T of (dx,dy,pen), length]
 //!   -> Gemm -> the same three outputs.
 //! - [`lecture_cnn_model`]: the lecture's CNN shape (conv 10x10x32 / pool 4, conv 5x5x64 /
@@ -18,6 +20,7 @@ use quickdraw_data::features::FeatureSpec;
 use quickdraw_data::raster::{RasterMode, RasterSpec};
 use quickdraw_data::signature::{self, ModelInfo, ModelType, Signature, SignatureError};
 use quickdraw_data::strokes::StrokeSpec;
+use quickdraw_data::wide::{DURATION_BOUNDARIES_MS, STROKE_BOUNDARIES, WideSpec};
 use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
@@ -232,6 +235,48 @@ pub fn linear_image_model(size: u32, weights: &[f32], bias: &[f32]) -> Vec<u8> {
     g.finish()
 }
 
+/// `logits = flatten(img) @ W^T + b + wide @ V^T`: [`linear_image_model`] plus a linear part on
+/// the `wide [N, W]` input, `V` row-major `[classes, W]` (the wide & deep model's shape:
+/// deep logits + linear logits of the metadata vector).
+pub fn wide_deep_model(size: u32, weights: &[f32], bias: &[f32], wide_weights: &[f32]) -> Vec<u8> {
+    let c = bias.len() as i64;
+    let px = (size * size) as i64;
+    let w = wide_weights.len() as i64 / c.max(1);
+    let key = quickdraw_data::features::image_key(size);
+    let s = size as i64;
+    let mut g = GraphBuilder::new("wide_deep");
+    g.input(
+        &key,
+        DataType::Float,
+        &[Dim::Sym("N"), Dim::Fixed(1), Dim::Fixed(s), Dim::Fixed(s)],
+    )
+    .input(
+        signature::WIDE,
+        DataType::Float,
+        &[Dim::Sym("N"), Dim::Fixed(w)],
+    )
+    .init_f32("W", &[c, px], weights.to_vec())
+    .init_f32("b", &[c], bias.to_vec())
+    .init_f32("V", &[c, w], wide_weights.to_vec())
+    .init_f32("zero", &[c], vec![0.0; c as usize])
+    .node("Flatten", &[&key], &["flat"], vec![attr_int("axis", 1)])
+    .node(
+        "Gemm",
+        &["flat", "W", "b"],
+        &["deep"],
+        vec![attr_int("transB", 1)],
+    )
+    .node(
+        "Gemm",
+        &[signature::WIDE, "V", "zero"],
+        &["linear"],
+        vec![attr_int("transB", 1)],
+    )
+    .node("Add", &["deep", "linear"], &["z"], vec![])
+    .classifier_head("z", c);
+    g.finish()
+}
+
 /// `logits = [sum_t dx, sum_t dy, sum_t pen, length] @ W^T + b`, `W` row-major `[classes, 4]`.
 pub fn stroke_model(weights: &[f32], bias: &[f32]) -> Vec<u8> {
     let c = bias.len() as i64;
@@ -399,7 +444,20 @@ pub fn write_export(
     features: &FeatureSpec,
     metrics: &serde_json::Value,
 ) -> Result<(), SignatureError> {
-    signature::write_export_metadata(dir, sig, labels, features, metrics)?;
+    write_export_wide(dir, onnx, sig, labels, features, None, metrics)
+}
+
+/// [`write_export`] with the `wide` input's layout of a wide & deep model.
+pub fn write_export_wide(
+    dir: &Path,
+    onnx: &[u8],
+    sig: &Signature,
+    labels: &[String],
+    features: &FeatureSpec,
+    wide: Option<WideSpec>,
+    metrics: &serde_json::Value,
+) -> Result<(), SignatureError> {
+    signature::write_export_metadata(dir, sig, labels, features, wide, metrics)?;
     std::fs::write(dir.join(signature::MODEL_FILE), onnx).map_err(|source| SignatureError::Io {
         path: dir.join(signature::MODEL_FILE),
         source,
@@ -450,6 +508,72 @@ pub fn write_demo_export(base: &Path, version: u64, size: u32) -> Result<PathBuf
         &demo_labels(),
         &image_features(size),
         &metrics,
+    )?;
+    Ok(dir)
+}
+
+/// The wide layout of [`write_wide_demo_export`]: 4 country buckets (27 values).
+pub fn demo_wide_spec() -> WideSpec {
+    WideSpec { country_buckets: 4 }
+}
+
+/// The hand-checkable weights `V` `[3, W]` of the demo wide part (classes `blank`, `left`,
+/// `right` as [`demo_weights`]), per column of `spec`:
+///
+/// - any country code (every country bucket): +1 to `left`;
+/// - `recognized=false`: +1 to `blank`; `recognized=true`: +2 to `right`;
+/// - stroke-count bucket `k` (0 for 1 stroke, 1 for 2 strokes, ...): +0.5 * (k + 1) to `blank`;
+/// - duration bucket `j` (0 under 1 s, 1 for 1-2 s, ...): +0.25 * (j + 1) to `right`.
+///
+/// All-zero metadata (no metadata) adds nothing: the model is then the demo image model.
+pub fn demo_wide_weights(spec: &WideSpec) -> Vec<f32> {
+    let w = spec.dim();
+    let mut v = vec![0f32; 3 * w];
+    let (blank, left, right) = (0, w, 2 * w);
+    let c = spec.country_buckets;
+    for i in 0..c {
+        v[left + i] = 1.0;
+    }
+    v[blank + c] = 1.0;
+    v[right + c + 1] = 2.0;
+    let strokes = c + 2;
+    for k in 0..=STROKE_BOUNDARIES.len() {
+        v[blank + strokes + k] = 0.5 * (k + 1) as f32;
+    }
+    let duration = strokes + STROKE_BOUNDARIES.len() + 1;
+    for j in 0..=DURATION_BOUNDARIES_MS.len() {
+        v[right + duration + j] = 0.25 * (j + 1) as f32;
+    }
+    v
+}
+
+/// Writes the demo wide & deep export as `<base>/<version>/`: the demo image model
+/// ([`demo_weights`]) plus the wide part of [`demo_wide_weights`] on [`demo_wide_spec`].
+pub fn write_wide_demo_export(
+    base: &Path,
+    version: u64,
+    size: u32,
+) -> Result<PathBuf, SignatureError> {
+    let dir = base.join(version.to_string());
+    let (w, b) = demo_weights(size);
+    let spec = demo_wide_spec();
+    let sig = Signature::image_wide(
+        ModelInfo {
+            kind: ModelType::WideDeep,
+            config: serde_json::json!({"demo": true}),
+        },
+        size,
+        3,
+        spec.dim(),
+    );
+    write_export_wide(
+        &dir,
+        &wide_deep_model(size, &w, &b, &demo_wide_weights(&spec)),
+        &sig,
+        &demo_labels(),
+        &image_features(size),
+        Some(spec),
+        &serde_json::json!({"accuracy": 0.9}),
     )?;
     Ok(dir)
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use quickdraw_data::signature::{LENGTHS, STROKES};
+use quickdraw_data::signature::{LENGTHS, STROKES, WIDE};
 use quickdraw_data::tfrecord::{TfRecordReader, TfRecordWriter};
 
 use crate::grpc;
@@ -55,6 +55,17 @@ pub fn image_request(key: &str, size: usize, pixels: &[f32]) -> PredictRequest {
         inputs: [(key.to_string(), t)].into(),
         ..Default::default()
     }
+}
+
+/// A Predict request for `n` images `[n, 1, size, size]` under the input `key` and their
+/// metadata vectors `[n, W]` under `wide` (wide & deep models).
+pub fn image_wide_request(key: &str, size: usize, pixels: &[f32], wide: &[f32]) -> PredictRequest {
+    let mut r = image_request(key, size, pixels);
+    let n = pixels.len() / (size * size).max(1);
+    let mut t = tensor(DataType::DtFloat, &[n, wide.len() / n.max(1)]);
+    t.tensor_content = wide.iter().flat_map(|v| v.to_le_bytes()).collect();
+    r.inputs.insert(WIDE.to_string(), t);
+    r
 }
 
 /// A Predict request for stroke sequences `[n, steps, 3]` and their `lengths`.
@@ -130,7 +141,7 @@ pub fn run(p: &Predictor) -> Result<Option<Warmed>, String> {
             None => Ok(Vec::new()),
         }
         .map_err(|s| fail(s.message().to_string()))?;
-        let (input, spec) = (p.input(), &p.info().features);
+        let (input, spec) = (p.inputs(), &p.info().features);
         let inputs = instances
             .iter()
             .enumerate()
@@ -163,6 +174,31 @@ mod tests {
         write(&dir, &[good.clone(), good]).unwrap();
         let w = run(&p).unwrap().expect("the file is run");
         assert_eq!(w.records, 2);
+
+        // A wide & deep version warms up with its metadata vectors, or without them (zeros).
+        let wide_dir = testing::write_wide_demo_export(tmp.path(), 2, 8).unwrap();
+        let wp = Predictor::load(&wide_dir).unwrap();
+        let mut wide = vec![0.0; 2 * 27];
+        wide[5] = 1.0;
+        write(
+            &wide_dir,
+            &[
+                image_wide_request("img_8", 8, &[0.5; 2 * 64], &wide),
+                image_request("img_8", 8, &[0.5; 64]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(run(&wp).unwrap().unwrap().records, 2);
+        write(
+            &wide_dir,
+            &[image_wide_request("img_8", 8, &[0.5; 64], &[0.0; 26])],
+        )
+        .unwrap();
+        let e = run(&wp).unwrap_err();
+        assert!(
+            e.contains("warm-up record 0") && e.contains("[1, 27]"),
+            "{e}"
+        );
 
         let wrong = image_request("img_16", 16, &[0.5; 256]);
         write(&dir, &[image_request("img_8", 8, &[0.5; 64]), wrong]).unwrap();

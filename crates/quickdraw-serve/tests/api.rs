@@ -921,3 +921,307 @@ async fn several_models_route_by_name_and_version() {
     assert_eq!((code, &h["status"]), (StatusCode::OK, &json!("ok")));
     assert_eq!(h["model"], "a");
 }
+
+/// A wide & deep export (the demo image model plus `testing::demo_wide_weights` on the `wide`
+/// input) as version 1.
+fn wide_setup() -> (tempfile::TempDir, AppState) {
+    let tmp = tempfile::tempdir().unwrap();
+    testing::write_wide_demo_export(tmp.path(), 1, SIZE).unwrap();
+    let st = state(tmp.path(), None);
+    (tmp, st)
+}
+
+fn logits(v: &Value, i: usize) -> Vec<f32> {
+    v["predictions"][i]["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn softmax(z: &[f32]) -> Vec<f32> {
+    let e: Vec<f32> = z.iter().map(|v| v.exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// The US, recognized, 2-stroke, 2.5 s drawing's metadata: +1 `left` (country), +2 `right`
+/// (recognized), +1 `blank` (2 strokes: bucket 1), +0.75 `right` (2-3 s: bucket 2).
+fn us_metadata() -> quickdraw_data::wide::Metadata {
+    quickdraw_data::wide::Metadata {
+        countrycode: Some("US".into()),
+        recognized: Some(true),
+        stroke_count: Some(2),
+        duration_ms: Some(2500),
+    }
+}
+
+#[tokio::test]
+async fn wide_deep_requests_use_their_metadata() {
+    let (tmp, st) = wide_setup();
+    let spec = testing::demo_wide_spec();
+    let w = spec.dim();
+    let url = "/v1/models/quickdraw:predict";
+
+    // The metadata input is in the signature.
+    let (_, _, v) = call(&st, "GET", "/v1/models/quickdraw/metadata", None).await;
+    let wide_in =
+        &v["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["wide"];
+    assert_eq!(wide_in["dtype"], "DT_FLOAT", "{v}");
+    assert_eq!(wide_in["tensor_shape"]["dim"][1]["size"], w.to_string());
+
+    // Tensors: with metadata, without (all zeros: the image model alone), explicit zeros.
+    let body = json!({"instances": [
+        {"img_8": left_half(), "wide": spec.vector(&us_metadata())},
+        {"img_8": left_half()},
+        {"img_8": left_half(), "wide": vec![0.0; w]},
+    ]});
+    let (code, _, v) = call(&st, "POST", url, Some(body)).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let with = [1.25, 17.0, 2.75];
+    let without = [0.25, 16.0, 0.0];
+    assert!(close(&v["predictions"][0]["logits"], &with), "{v}");
+    assert!(close(
+        &v["predictions"][0]["probabilities"],
+        &softmax(&with)
+    ));
+    assert!(close(&v["predictions"][1]["logits"], &without), "{v}");
+    assert!(close(
+        &v["predictions"][1]["probabilities"],
+        &softmax(&without)
+    ));
+    assert_eq!(
+        v["predictions"][1], v["predictions"][2],
+        "absent = all zeros"
+    );
+    assert_ne!(
+        v["predictions"][0]["probabilities"],
+        v["predictions"][1]["probabilities"]
+    );
+
+    // Columnar, with the wide column.
+    let body = json!({"inputs": {"img_8": [left_half()], "wide": [spec.vector(&us_metadata())]}});
+    let (code, _, v) = call(&st, "POST", url, Some(body)).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(close(&v["outputs"]["logits"][0], &with), "{v}");
+
+    // A vector of the wrong length is a 400 naming W.
+    let body = json!({"instances": [{"img_8": left_half(), "wide": [1.0, 0.0]}]});
+    let (code, _, v) = call(&st, "POST", url, Some(body)).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"].as_str().unwrap().contains("takes 27 floats"),
+        "{v}"
+    );
+
+    // Drawings: the metadata the request sends. Both have 2 strokes (+1 blank); country and
+    // recognized add [0, 1, 2] exactly.
+    let mut sent = gamma(false);
+    sent["countrycode"] = "US".into();
+    sent["recognized"] = true.into();
+    let (code, _, v) = call(
+        &st,
+        "POST",
+        url,
+        Some(json!({"instances": [gamma(false), sent]})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let (plain, meta) = (logits(&v, 0), logits(&v, 1));
+    let diff: Vec<f32> = meta.iter().zip(&plain).map(|(a, b)| a - b).collect();
+    assert!(
+        diff.iter()
+            .zip([0.0, 1.0, 2.0])
+            .all(|(d, e)| (d - e).abs() < 1e-5),
+        "{diff:?}"
+    );
+    // The drawing without metadata is its image plus the stroke count only (no t: no duration).
+    let pr = Predictor::load(&tmp.path().join("1")).unwrap();
+    let ink = Ink::Strokes(vec![
+        Stroke::new(vec![0.0, 0.0], vec![0.0, 255.0]),
+        Stroke::new(vec![0.0, 60.0], vec![0.0, 0.0]),
+    ]);
+    let img: Vec<f32> =
+        quickdraw_data::features::model_pixels(&pr.preprocess(&ink).unwrap().image).collect();
+    let strokes_only = quickdraw_data::wide::Metadata {
+        stroke_count: Some(2),
+        ..Default::default()
+    };
+    let direct = pr
+        .predict_pixels_wide(std::slice::from_ref(&img), &[spec.vector(&strokes_only)])
+        .unwrap();
+    assert!(close(&v["predictions"][0]["logits"], direct.logits_row(0)));
+    let image_only = pr.predict_pixels(std::slice::from_ref(&img)).unwrap();
+    assert!((direct.logits_row(0)[0] - image_only.logits_row(0)[0] - 1.0).abs() < 1e-5);
+
+    // Raw strokes with times: 0 to 2500 ms is the 2-3 s bucket, +0.75 to `right`.
+    let mut timed = gamma(false);
+    timed["drawing"] = json!([
+        [[0, 0], [0, 255], [0, 900]],
+        [[0, 60], [0, 0], [1200, 2500]]
+    ]);
+    let (code, _, v) = call(&st, "POST", url, Some(json!({"instances": [timed]}))).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let d = logits(&v, 0)[2] - plain[2];
+    assert!((d - 0.75).abs() < 1e-5, "{d}");
+
+    // tf.Examples: their metadata features (convert writes them), none = zeros. Classify too.
+    let px = pr.preprocess(&ink).unwrap().image;
+    let mut f = std::collections::BTreeMap::new();
+    f.insert(
+        "img_8".to_string(),
+        Feature::int64s(px.iter().map(|&p| p as i64).collect()),
+    );
+    let bare = base64::engine::general_purpose::STANDARD
+        .encode(Example::from_features(f.clone()).to_bytes());
+    f.insert("countrycode".to_string(), Feature::bytes(b"US".to_vec()));
+    f.insert("recognized".to_string(), Feature::int64(1));
+    f.insert("stroke_count".to_string(), Feature::int64(2));
+    f.insert("duration_ms".to_string(), Feature::int64(2500));
+    let full =
+        base64::engine::general_purpose::STANDARD.encode(Example::from_features(f).to_bytes());
+    let (code, _, v) = call(
+        &st,
+        "POST",
+        url,
+        Some(json!({"instances": [{"b64": bare}, {"b64": full.clone()}]})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(close(
+        &v["predictions"][0]["logits"],
+        image_only.logits_row(0)
+    ));
+    let expected = pr
+        .predict_pixels_wide(std::slice::from_ref(&img), &[spec.vector(&us_metadata())])
+        .unwrap();
+    assert!(
+        close(&v["predictions"][1]["logits"], expected.logits_row(0)),
+        "{v}"
+    );
+    let (code, _, c) = call(
+        &st,
+        "POST",
+        "/v1/models/quickdraw:classify",
+        Some(json!({"examples": [{"b64": full}]})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{c}");
+    let top = &c["result"][0][0];
+    let best = expected.top_k(0, 1)[0];
+    assert_eq!(top[0], pr.labels()[best.0].as_str());
+    assert!((top[1].as_f64().unwrap() as f32 - best.1).abs() < 1e-6);
+
+    // A model without a wide input refuses the tensor.
+    let (_t, plain_st) = setup();
+    let body = json!({"instances": [{"img_8": left_half(), "wide": vec![0.0; w]}]});
+    let (code, _, v) = call(&plain_st, "POST", url, Some(body)).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"].as_str().unwrap().contains("no input \"wide\""),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn grpc_predict_takes_an_optional_wide_tensor() {
+    use quickdraw_serve::grpc::Grpc;
+    use quickdraw_serve::proto::serving::prediction_service_server::PredictionService;
+    use quickdraw_serve::proto::serving::{ModelSpec, PredictRequest};
+    use quickdraw_serve::proto::tensorflow::{
+        DataType, TensorProto, TensorShapeProto, tensor_shape_proto,
+    };
+    let (_tmp, st) = wide_setup();
+    let spec = testing::demo_wide_spec();
+    let w = spec.dim();
+    let tensor = |dims: &[i64], v: Vec<f32>| TensorProto {
+        dtype: DataType::DtFloat as i32,
+        tensor_shape: Some(TensorShapeProto {
+            dim: dims
+                .iter()
+                .map(|&size| tensor_shape_proto::Dim {
+                    size,
+                    name: String::new(),
+                })
+                .collect(),
+            unknown_rank: false,
+        }),
+        float_val: v,
+        ..Default::default()
+    };
+    let image = tensor(&[1, 1, 8, 8], left_half());
+    let request = |inputs: Vec<(&str, TensorProto)>| PredictRequest {
+        model_spec: Some(ModelSpec {
+            name: "quickdraw".into(),
+            ..Default::default()
+        }),
+        inputs: inputs
+            .into_iter()
+            .map(|(k, t)| (k.to_string(), t))
+            .collect(),
+        output_filter: vec!["logits".into()],
+    };
+    let g = Grpc::new(st.clone());
+    let logits = |r: quickdraw_serve::proto::serving::PredictResponse| -> Vec<f32> {
+        r.outputs["logits"]
+            .tensor_content
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let close = |a: &[f32], b: &[f32]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+    };
+    let without = g
+        .predict(tonic::Request::new(request(vec![("img_8", image.clone())])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(close(&logits(without), &[0.25, 16.0, 0.0]));
+    let with = g
+        .predict(tonic::Request::new(request(vec![
+            ("img_8", image.clone()),
+            ("wide", tensor(&[1, w as i64], spec.vector(&us_metadata()))),
+        ])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(close(&logits(with), &[1.25, 17.0, 2.75]));
+    // A drawing as JSON with its metadata, as REST takes it.
+    let drawing = TensorProto {
+        dtype: DataType::DtString as i32,
+        tensor_shape: Some(TensorShapeProto {
+            dim: vec![tensor_shape_proto::Dim {
+                size: 2,
+                name: String::new(),
+            }],
+            unknown_rank: false,
+        }),
+        string_val: vec![gamma(false).to_string().into_bytes(), {
+            let mut d = gamma(false);
+            d["countrycode"] = "US".into();
+            d["recognized"] = true.into();
+            d.to_string().into_bytes()
+        }],
+        ..Default::default()
+    };
+    let r = g
+        .predict(tonic::Request::new(request(vec![("drawing", drawing)])))
+        .await
+        .unwrap()
+        .into_inner();
+    let l = logits(r);
+    let diff: Vec<f32> = (0..3).map(|i| l[3 + i] - l[i]).collect();
+    assert!(close(&diff, &[0.0, 1.0, 2.0]), "{diff:?}");
+    // The wrong W is INVALID_ARGUMENT naming the shape it takes.
+    let e = g
+        .predict(tonic::Request::new(request(vec![
+            ("img_8", image),
+            ("wide", tensor(&[1, 3], vec![0.0; 3])),
+        ])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("it takes [1, 27]"), "{}", e.message());
+}

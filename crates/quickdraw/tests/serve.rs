@@ -93,6 +93,138 @@ fn model_show_prints_the_signature() {
     );
 }
 
+#[test]
+fn wide_deep_exports_show_their_wide_input_and_run_with_metadata() {
+    use quickdraw_data::wide::Metadata;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = testing::write_wide_demo_export(tmp.path(), 1, SIZE).unwrap();
+    let out = ok_stdout(&["model", "show", "--dir", s(&dir)]);
+    for needle in [
+        "model: wide_deep",
+        "inputs['wide'] tensor_info:",
+        "shape: (-1, 27)",
+        "wide = multi-hot metadata vector of 27 values",
+        "countrycode_bucket_0 .. countrycode_bucket_3",
+        "recognized=false .. recognized=true",
+        "strokes_1 .. strokes_30+",
+        "duration_0s .. duration_16+s",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let all = ok_stdout(&["model", "show", "--dir", s(&dir), "--all"]);
+    assert!(all.contains("      26 duration_16+s"), "{all}");
+    let v: Value =
+        serde_json::from_str(&ok_stdout(&["model", "show", "--dir", s(&dir), "--json"])).unwrap();
+    assert_eq!(v["wide"]["dim"], 27);
+    assert_eq!(v["wide"]["slots"][5], "recognized=true");
+
+    let spec = testing::demo_wide_spec();
+    let p = quickdraw_serve::Predictor::load(&dir).unwrap();
+    let close = |a: &Value, b: &[f32]| {
+        a.as_array()
+            .unwrap()
+            .iter()
+            .zip(b)
+            .all(|(x, y)| (x.as_f64().unwrap() as f32 - y).abs() < 1e-5)
+    };
+    // Tensors, with and without the wide vector (recognized=true: +2 to `right`).
+    let left: Vec<f32> = (0..64).map(|i| if i % 8 < 4 { 1.0 } else { 0.0 }).collect();
+    let mut wide = vec![0.0f32; 27];
+    wide[5] = 1.0;
+    let img = format!("img_8={}", serde_json::to_string(&left).unwrap());
+    let run = |expr: &str| {
+        json_lines(&ok_stdout(&[
+            "model",
+            "run",
+            "--dir",
+            s(&dir),
+            "--input-exprs",
+            expr,
+            "--json",
+        ]))
+    };
+    let plain = run(&img);
+    let with = run(&format!(
+        "{img};wide={}",
+        serde_json::to_string(&wide).unwrap()
+    ));
+    let direct = p
+        .predict_pixels_wide(std::slice::from_ref(&left), std::slice::from_ref(&wide))
+        .unwrap();
+    assert!(close(&with[0]["probabilities"], direct.row(0)), "{with:?}");
+    let zero = p.predict_pixels(std::slice::from_ref(&left)).unwrap();
+    assert!(close(&plain[0]["probabilities"], zero.row(0)), "{plain:?}");
+    assert_ne!(with[0]["probabilities"], plain[0]["probabilities"]);
+    let o = qd(&[
+        "model",
+        "run",
+        "--dir",
+        s(&dir),
+        "--input-exprs",
+        &format!("{img};wide=[1, 0]"),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("expected [1, 27]"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Drawings and tf.Examples: their metadata (CH, recognized, 2 strokes), as training read it.
+    let d = gamma(11, false);
+    let nd = tmp.path().join("drawings.ndjson");
+    std::fs::write(&nd, quickdraw_data::ingest::ndjson::to_line(&d) + "\n").unwrap();
+    let features = testing::image_features(SIZE);
+    let pre = preprocess(&d.ink, &features).unwrap();
+    let rec = tmp.path().join("drawings.tfrecord");
+    let mut w = TfRecordWriter::create(&rec).unwrap();
+    w.write_record(&encode_example(&d, 1, &pre, &features))
+        .unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let px: Vec<f32> = quickdraw_data::features::model_pixels(&pre.image).collect();
+    let expected = p
+        .predict_pixels_wide(&[px], &[spec.vector(&Metadata::of_drawing(&d))])
+        .unwrap();
+    for (flag, file) in [("--input-ndjson", &nd), ("--input-examples", &rec)] {
+        let got = json_lines(&ok_stdout(&[
+            "model",
+            "run",
+            "--dir",
+            s(&dir),
+            flag,
+            s(file),
+            "--json",
+        ]));
+        assert!(
+            close(&got[0]["probabilities"], expected.row(0)),
+            "{flag}: {got:?} vs {:?}",
+            expected.row(0)
+        );
+    }
+    // ONNX Runtime is fed the wide input too (by name).
+    if let Some(lib) = onnxruntime_lib() {
+        let got = json_lines(&ok_stdout(&[
+            "model",
+            "run",
+            "--dir",
+            s(&dir),
+            "--input-ndjson",
+            s(&nd),
+            "--runtime",
+            "onnxruntime",
+            "--onnxruntime-lib",
+            s(&lib),
+            "--json",
+        ]));
+        assert!(
+            close(&got[0]["probabilities"], expected.row(0)),
+            "onnxruntime: {got:?} vs {:?}",
+            expected.row(0)
+        );
+    }
+}
+
 fn json_lines(out: &str) -> Vec<Value> {
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

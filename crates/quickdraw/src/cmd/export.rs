@@ -88,13 +88,22 @@ fn latency(
     let s = &staged.sample;
     if let Some(images) = s.image_rows() {
         let one = images[0].clone();
+        // A wide & deep model's first metadata vector goes with it.
+        let wide_one = s.wide_rows().map(|w| w[0].clone());
         let burn = median_ms(runs, || {
-            tm.predict_images(&one, 1).map(drop).map_err(Into::into)
-        })?;
-        let tract = median_ms(runs, || {
-            p.predict_pixels(std::slice::from_ref(&one))
+            tm.predict_images_wide(&one, wide_one.as_deref(), 1)
                 .map(drop)
                 .map_err(Into::into)
+        })?;
+        let tract = median_ms(runs, || {
+            match &wide_one {
+                Some(w) => {
+                    p.predict_pixels_wide(std::slice::from_ref(&one), std::slice::from_ref(w))
+                }
+                None => p.predict_pixels(std::slice::from_ref(&one)),
+            }
+            .map(drop)
+            .map_err(Into::into)
         })?;
         Ok((burn, tract))
     } else {
@@ -127,7 +136,11 @@ impl ExportVerifier for TractVerifier {
             .context("tract cannot load the exported graph")
             .map_err(chain)?;
         let out = match (s.image_rows(), s.stroke_rows()) {
-            (Some(images), _) => p.predict_pixels(&images),
+            // Wide & deep: with the sample's metadata vectors, as burn ran them.
+            (Some(images), _) => match s.wide_rows() {
+                Some(wide) => p.predict_pixels_wide(&images, &wide),
+                None => p.predict_pixels(&images),
+            },
             (None, Some(strokes)) => p.predict_strokes(&strokes),
             _ => unreachable!("a sample holds images or strokes"),
         }
@@ -141,14 +154,33 @@ impl ExportVerifier for TractVerifier {
 }
 
 /// The staged version's warm-up requests (TF Serving's `assets.extra/tf_serving_warmup_requests`):
-/// the check sample as one batch, and its first example alone (the usual request size).
+/// the check sample as one batch, and its first example alone (the usual request size); a wide &
+/// deep model's requests carry the sample's `wide` vectors too.
 fn write_warmup(s: &StagedExport) -> anyhow::Result<()> {
     let requests = match &s.sample.inputs {
-        SampleInputs::Images { key, size, pixels } => {
+        SampleInputs::Images {
+            key,
+            size,
+            pixels,
+            wide: None,
+        } => {
             let one = &pixels[..(size * size).min(pixels.len())];
             vec![
                 warmup::image_request(key, *size, pixels),
                 warmup::image_request(key, *size, one),
+            ]
+        }
+        SampleInputs::Images {
+            key,
+            size,
+            pixels,
+            wide: Some(wide),
+        } => {
+            let one = &pixels[..(size * size).min(pixels.len())];
+            let dim = wide.len() / s.sample.n.max(1);
+            vec![
+                warmup::image_wide_request(key, *size, pixels, wide),
+                warmup::image_wide_request(key, *size, one, &wide[..dim.min(wide.len())]),
             ]
         }
         SampleInputs::Strokes {

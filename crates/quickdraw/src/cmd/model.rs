@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use quickdraw_data::example::Example;
 use quickdraw_data::features::{FeatureSpec, decode_example};
 use quickdraw_data::ingest::{DrawingReader, LabelFrom};
 use quickdraw_data::signature::{self, ExportInfo, InputKind, TensorSpec, resolve_export_dir};
 use quickdraw_data::strokes::StrokeFeatures;
 use quickdraw_data::tfrecord::TfRecordReader;
+use quickdraw_data::wide::{DURATION_BOUNDARIES_MS, Metadata, STROKE_BOUNDARIES, WideSpec};
 use quickdraw_serve::predictor::Batch;
 use quickdraw_serve::request::{ModelInput, tensor};
 use quickdraw_serve::{Predictor, Probabilities};
@@ -168,6 +170,13 @@ fn show(mut a: ShowArgs, _ctx: Ctx) -> anyhow::Result<()> {
             "features": info.features,
             "metrics": info.metrics,
         });
+        if let Some(w) = &info.wide {
+            v["wide"] = json!({
+                "country_buckets": w.country_buckets,
+                "dim": w.dim(),
+                "slots": w.slot_names(),
+            });
+        }
         if let Some(p) = &predictor {
             v["onnx"] = onnx_json(p);
         }
@@ -259,6 +268,9 @@ fn show_text(info: &ExportInfo, all: bool, p: Option<&Predictor>) -> String {
             signature::PIXEL_SCALE
         );
     }
+    if let Some(w) = &info.wide {
+        o.push_str(&wide_text(w, all));
+    }
     if all {
         let _ = writeln!(
             o,
@@ -294,6 +306,51 @@ fn show_text(info: &ExportInfo, all: bool, p: Option<&Predictor>) -> String {
             p.plan_nodes()
         );
         let _ = writeln!(o, "  ops: {}", ops.join(", "));
+    }
+    o
+}
+
+/// The layout of the `wide` input: its columns and their slot ranges (with `all`, every slot).
+fn wide_text(w: &WideSpec, all: bool) -> String {
+    use std::fmt::Write;
+    let names = w.slot_names();
+    let c = w.country_buckets;
+    let strokes = c + 2;
+    let duration = strokes + STROKE_BOUNDARIES.len() + 1;
+    let dim = w.dim();
+    let span = |a: usize, b: usize| format!("{} .. {}", names[a], names[b - 1]);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "  {} = multi-hot metadata vector of {dim} values (a missing value sets no slot; no metadata: all zeros):",
+        signature::WIDE
+    );
+    let _ = writeln!(
+        o,
+        "    [{:>3}, {:>3})  countrycode: FNV-1a hash of the upper-cased code modulo {c} ({})",
+        0,
+        c,
+        span(0, c)
+    );
+    let _ = writeln!(
+        o,
+        "    [{c:>3}, {strokes:>3})  recognized: {}",
+        span(c, strokes)
+    );
+    let _ = writeln!(
+        o,
+        "    [{strokes:>3}, {duration:>3})  stroke count, bucketised at {STROKE_BOUNDARIES:?}: {}",
+        span(strokes, duration)
+    );
+    let _ = writeln!(
+        o,
+        "    [{duration:>3}, {dim:>3})  duration in ms (raw timestamps only), bucketised at {DURATION_BOUNDARIES_MS:?}: {}",
+        span(duration, dim)
+    );
+    if all {
+        for (i, n) in names.iter().enumerate() {
+            let _ = writeln!(o, "    {i:>4} {n}");
+        }
     }
     o
 }
@@ -449,10 +506,20 @@ fn items_from_exprs(exprs: &str, p: &Predictor) -> anyhow::Result<Vec<Item>> {
             let (shape, vals) = named.remove(key).with_context(|| {
                 format!("--input-exprs needs {key}= ({})", p.input_description())
             })?;
+            // A wide & deep model's optional metadata vectors (absent: all zeros).
+            let wide = match p.wide() {
+                Some(_) => named.remove(signature::WIDE),
+                None => None,
+            };
             anyhow::ensure!(
                 named.is_empty(),
-                "--input-exprs: unknown inputs {:?}; this model reads only {key}",
-                named.keys().collect::<Vec<_>>()
+                "--input-exprs: unknown inputs {:?}; this model reads only {key}{}",
+                named.keys().collect::<Vec<_>>(),
+                if p.wide().is_some() {
+                    format!(" and {}", signature::WIDE)
+                } else {
+                    String::new()
+                }
             );
             let rows = match shape[..] {
                 [n, 1, a, b] if a == s && b == s => n,
@@ -463,11 +530,32 @@ fn items_from_exprs(exprs: &str, p: &Predictor) -> anyhow::Result<Vec<Item>> {
                     s * s
                 ),
             };
+            let wide_rows: Option<Vec<Vec<f32>>> = match (wide, p.wide()) {
+                (Some((wshape, wvals)), Some(spec)) => {
+                    let w = spec.dim();
+                    anyhow::ensure!(
+                        wshape == [rows, w] || (rows == 1 && wshape == [w]),
+                        "--input-exprs: {} has shape {wshape:?}; expected [{rows}, {w}] (one metadata vector of {w} values per image)",
+                        signature::WIDE
+                    );
+                    Some(wvals.chunks_exact(w).map(<[f32]>::to_vec).collect())
+                }
+                _ => None,
+            };
             Ok(vals
                 .chunks_exact(s * s)
                 .take(rows)
                 .enumerate()
-                .map(|(i, c)| item(i, ModelInput::Pixels(c.to_vec())))
+                .map(|(i, c)| {
+                    let x = match &wide_rows {
+                        Some(w) => ModelInput::PixelsWide {
+                            pixels: c.to_vec(),
+                            wide: w[i].clone(),
+                        },
+                        None => ModelInput::Pixels(c.to_vec()),
+                    };
+                    item(i, x)
+                })
                 .collect())
         }
         InputKind::Strokes => {
@@ -519,14 +607,23 @@ fn items_from_exprs(exprs: &str, p: &Predictor) -> anyhow::Result<Vec<Item>> {
     }
 }
 
+/// The model input of one record; a wide & deep model also gets the record's metadata vector.
 fn model_input(
     p: &Predictor,
     image: Vec<u8>,
     strokes: Option<StrokeFeatures>,
+    meta: &Metadata,
 ) -> anyhow::Result<ModelInput> {
     Ok(match p.input() {
         InputKind::Image { .. } => {
-            ModelInput::Pixels(quickdraw_data::features::model_pixels(&image).collect())
+            let pixels = quickdraw_data::features::model_pixels(&image).collect();
+            match p.wide() {
+                Some(w) => ModelInput::PixelsWide {
+                    pixels,
+                    wide: w.vector(meta),
+                },
+                None => ModelInput::Pixels(pixels),
+            }
         }
         InputKind::Strokes => ModelInput::Sequence(
             strokes.context("the export is a stroke model but the input has no stroke features")?,
@@ -587,7 +684,8 @@ fn run_model(mut a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
             let pre = p
                 .preprocess(&d.ink)
                 .with_context(|| format!("{}:{index}", f.display()))?;
-            let x = model_input(&p, pre.image, pre.strokes)?;
+            // Drawings from data files: the metadata as training read it.
+            let x = model_input(&p, pre.image, pre.strokes, &Metadata::of_drawing(&d))?;
             let label = (!d.word.is_empty()).then(|| d.word.clone());
             pending.push(Item {
                 input: f.display().to_string(),
@@ -621,7 +719,16 @@ fn run_model(mut a: RunArgs, ctx: Ctx) -> anyhow::Result<()> {
                 .get(ex.label as usize)
                 .cloned()
                 .or_else(|| (!ex.word.is_empty()).then(|| ex.word.clone()));
-            let x = model_input(&p, ex.image, ex.strokes)?;
+            let meta = match p.wide() {
+                Some(_) => Example::from_bytes(&buf)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|e| Ok(quickdraw_data::features::metadata(&e)?))
+                    .with_context(|| {
+                        format!("{}: record {index} (metadata features)", f.display())
+                    })?,
+                None => Metadata::default(),
+            };
+            let x = model_input(&p, ex.image, ex.strokes, &meta)?;
             pending.push(Item {
                 input: f.display().to_string(),
                 index,
