@@ -550,8 +550,9 @@ fn floats<'a>(ex: &'a Example, key: &str) -> Result<&'a [f32], FeatureError> {
 /// [`DURATION_MS`], each `None` when the example does not have it (an empty country code is
 /// missing too); a feature of the wrong type or length is an error.
 pub fn metadata(ex: &Example) -> Result<Metadata, FeatureError> {
+    // An absent feature and an empty value list (how some writers say "missing") are missing.
     let optional = |r: Result<i64, FeatureError>| match r {
-        Err(FeatureError::Missing(_)) => Ok(None),
+        Err(FeatureError::Missing(_)) | Err(FeatureError::WrongLength { found: 0, .. }) => Ok(None),
         r => r.map(Some),
     };
     let count = |key: &str| -> Result<Option<u32>, FeatureError> {
@@ -565,7 +566,7 @@ pub fn metadata(ex: &Example) -> Result<Metadata, FeatureError> {
             .transpose()
     };
     let countrycode = match bytes(ex, COUNTRYCODE) {
-        Err(FeatureError::Missing(_)) => None,
+        Err(FeatureError::Missing(_)) | Err(FeatureError::WrongLength { found: 0, .. }) => None,
         r => Some(String::from_utf8_lossy(r?).into_owned()).filter(|c| !c.is_empty()),
     };
     Ok(Metadata {
@@ -713,8 +714,21 @@ mod tests {
         // An example without the metadata (an older dataset) reads as missing values.
         let mut f = BTreeMap::new();
         f.insert(LABEL.to_string(), Feature::int64(1));
-        let m = metadata(&Example::from_features(f)).unwrap();
+        let m = metadata(&Example::from_features(f.clone())).unwrap();
         assert_eq!(m, Metadata::default());
+        // Empty value lists are missing too; two values are an error naming the feature.
+        f.insert(RECOGNIZED.to_string(), Feature::int64s(vec![]));
+        f.insert(
+            COUNTRYCODE.to_string(),
+            Feature {
+                kind: Some(Kind::BytesList(crate::example::BytesList { value: vec![] })),
+            },
+        );
+        let m = metadata(&Example::from_features(f.clone())).unwrap();
+        assert_eq!(m, Metadata::default());
+        f.insert(STROKE_COUNT.to_string(), Feature::int64s(vec![1, 2]));
+        let err = metadata(&Example::from_features(f)).unwrap_err();
+        assert!(err.to_string().contains("stroke_count"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub const STROKE_BOUNDARIES: [u32; 11] = [2, 3, 4, 5, 6, 8, 10, 13, 17, 22, 30];
 /// and more.
 pub const DURATION_BOUNDARIES_MS: [u32; 8] = [1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000];
 
+/// Share of training examples that lose each metadata column (independently, drawn from the
+/// run's seed): so that a request without a column (the drawing page never knows `recognized`; a
+/// tensor without `wide`) is an input the model has seen. Without it a column present in every
+/// training example (`recognized` is true in all of them unless `convert
+/// --include-unrecognized`) learns a constant, and leaving it out at serving shifts every logit.
+pub const TRAIN_MISSING_RATE: f64 = 0.2;
+
 /// Country hash buckets unless the model says otherwise (QuickDraw has about 200 country codes).
 pub const DEFAULT_COUNTRY_BUCKETS: usize = 128;
 
@@ -107,6 +114,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// SplitMix64's output function (Steele et al. 2014): a uniform 64-bit value from a seed, for
+/// the column draws (the crate has no random number generator and needs one number per draw).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 impl WideSpec {
     /// Length of the wide vector.
     pub fn dim(&self) -> usize {
@@ -155,6 +171,19 @@ impl WideSpec {
         let mut v = Vec::with_capacity(self.dim());
         self.extend_vector(m, &mut v);
         v
+    }
+
+    /// Zeroes each column of the vector `v` (one example's) with probability `rate`, the draws
+    /// decided by `seed` alone (training's [`TRAIN_MISSING_RATE`]).
+    pub fn drop_columns(&self, v: &mut [f32], rate: f64, seed: u64) {
+        for (i, (_, r)) in self.columns().into_iter().enumerate() {
+            let u = (splitmix64(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 11)
+                as f64
+                / (1u64 << 53) as f64;
+            if u < rate {
+                v[r].fill(0.0);
+            }
+        }
     }
 
     /// The four columns' names and slot ranges, in vector order.
@@ -258,6 +287,38 @@ mod tests {
             ..Metadata::default()
         };
         assert_eq!(spec.slots(&only_strokes), vec![6]);
+    }
+
+    #[test]
+    fn column_dropout_is_seeded_and_at_the_rate() {
+        let spec = WideSpec { country_buckets: 4 };
+        let m = Metadata {
+            countrycode: Some("US".into()),
+            recognized: Some(true),
+            stroke_count: Some(3),
+            duration_ms: Some(10),
+        };
+        let full = spec.vector(&m);
+        let mut v = full.clone();
+        spec.drop_columns(&mut v, 0.0, 7);
+        assert_eq!(v, full);
+        spec.drop_columns(&mut v, 1.0, 7);
+        assert_eq!(v, vec![0.0; spec.dim()]);
+        // Each column independently, about `rate` of the time, the same for the same seed.
+        let mut dropped = [0u32; 4];
+        for seed in 0..10_000u64 {
+            let mut v = full.clone();
+            spec.drop_columns(&mut v, TRAIN_MISSING_RATE, seed);
+            let mut again = full.clone();
+            spec.drop_columns(&mut again, TRAIN_MISSING_RATE, seed);
+            assert_eq!(v, again);
+            for (c, (_, r)) in spec.columns().into_iter().enumerate() {
+                dropped[c] += v[r].iter().all(|&x| x == 0.0) as u32;
+            }
+        }
+        for d in dropped {
+            assert!((1800..2200).contains(&d), "{dropped:?}");
+        }
     }
 
     #[test]

@@ -436,6 +436,18 @@ pub fn parse_instance(
             }
             match &input.kind {
                 InputKind::Image { key, .. } if m.contains_key(key) => {
+                    // Metadata fields next to a tensor would be ignored: the tensor form takes
+                    // them as the `wide` vector (drawings and tf.Examples take the fields).
+                    let meta = ["countrycode", "recognized", "stroke_count", "duration_ms"];
+                    if let Some(k) = meta
+                        .iter()
+                        .find(|k| input.wide.is_some() && m.contains_key(**k))
+                    {
+                        return Err(RequestError::bad(format!(
+                            "instance {index}: {k:?} next to the {key} tensor is not read: a tensor instance takes its metadata as \"wide\" ({} values), a drawing or tf.Example instance takes the fields",
+                            input.wide.map_or(0, |w| w.dim())
+                        )));
+                    }
                     parse_image(&m[key], m.get(WIDE), index, input)
                 }
                 InputKind::Strokes if m.contains_key(STROKES) => {
@@ -1130,6 +1142,18 @@ mod tests {
                 wide: vec![0.0; 27]
             },
             "no metadata: the all-zero vector"
+        );
+        // Metadata fields next to the tensor would be ignored: refused, naming the field.
+        let e = parse_predict(
+            &json!({"instances": [{"img_2": [0, 0, 0, 1], "countrycode": "US"}]}),
+            &w,
+            &l,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("\"countrycode\"") && e.message.contains("27 values"),
+            "{}",
+            e.message
         );
         // [1, W] is taken too.
         let p = parse_predict(

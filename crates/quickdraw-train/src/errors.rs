@@ -138,10 +138,16 @@ pub fn evaluate_with_errors(
         let _ = std::fs::remove_file(&tmp);
         return Err(TrainError::io(&tmp)(e));
     }
-    let ev = evaluation_of(&tm, req, acc.report(&classes), t.elapsed().as_secs_f64())?;
-    let pairs = most_confused_pairs(&ev.metrics.confusion, opts.pairs);
-    let grids = draw_pairs(&src, &tm, &eval_opts, &pairs, &kept, &classes, &opts.dir)?;
-    std::fs::rename(&tmp, &path).map_err(TrainError::io(&path))?;
+    let rest = || -> Result<_> {
+        let ev = evaluation_of(&tm, req, acc.report(&classes), t.elapsed().as_secs_f64())?;
+        let pairs = most_confused_pairs(&ev.metrics.confusion, opts.pairs);
+        let grids = draw_pairs(&src, &tm, &eval_opts, &pairs, &kept, &classes, &opts.dir)?;
+        std::fs::rename(&tmp, &path).map_err(TrainError::io(&path))?;
+        Ok((ev, grids))
+    };
+    let (ev, grids) = rest().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
     Ok((
         ev,
         ErrorsReport {

@@ -124,6 +124,12 @@ impl TrainedModel {
         let x =
             Tensor::<4>::from_data(TensorData::new(images.to_vec(), [n, 1, s, s]), &self.device);
         let Some(spec) = self.wide_spec() else {
+            if wide.is_some() {
+                return Err(TrainError::Config(format!(
+                    "this {} model has no wide part: it takes no metadata vectors",
+                    self.kind()
+                )));
+            }
             return Ok(self.probs(ModelInput::Images(x)));
         };
         let dim = spec.dim();

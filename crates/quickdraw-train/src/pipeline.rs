@@ -31,7 +31,7 @@ use quickdraw_data::manifest::{
 use quickdraw_data::storage;
 use quickdraw_data::strokes::StrokeFeatures;
 use quickdraw_data::tfrecord::{TfRecordReader, count_records};
-use quickdraw_data::wide::WideSpec;
+use quickdraw_data::wide::{TRAIN_MISSING_RATE, WideSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -534,6 +534,9 @@ impl ItemStream {
     }
 }
 
+/// Separates the wide columns' draws from the augmentation's (same example, same seed).
+const WIDE_SALT: u64 = 0x5749_4445_5f44_524f;
+
 /// What to decode from each example.
 #[derive(Debug, Clone)]
 pub struct DecodeOptions {
@@ -851,6 +854,16 @@ fn produce(
                 d.par_iter_mut().enumerate().for_each(|(i, x)| {
                     let s = example_seed(seed, position.epoch, position.offset, i);
                     aug.apply(&mut x.image, image_size, s);
+                });
+            }
+            // Training only (`augment` is set for training streams): the wide part's columns
+            // are dropped at TRAIN_MISSING_RATE, so missing metadata at serving is familiar.
+            if let (Some((_, seed)), Some(w)) = (opts.augment, opts.decode.wide) {
+                d.par_iter_mut().enumerate().for_each(|(i, x)| {
+                    let s = example_seed(seed ^ WIDE_SALT, position.epoch, position.offset, i);
+                    if let Some(v) = x.wide.as_mut() {
+                        w.drop_columns(v, TRAIN_MISSING_RATE, s);
+                    }
                 });
             }
             d

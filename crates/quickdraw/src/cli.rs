@@ -36,7 +36,8 @@ pub enum Command {
     /// Per-class statistics of input files, or a check of a shard directory.
     Stats(cmd::stats::StatsArgs),
     // -- training stage (feature `train`) --
-    /// Train a model (baseline, linear, dnn, cnn, rnn) on TFRecord shards; re-running resumes.
+    /// Train a model (baseline, linear, dnn, cnn, rnn, wide_deep) on TFRecord shards; re-running
+    /// resumes.
     #[cfg(feature = "train")]
     Train(cmd::train::TrainArgs),
     /// Evaluate a trained model: loss, accuracy, top-3, MAP@3, per-class P/R/F1, confusion matrix.
