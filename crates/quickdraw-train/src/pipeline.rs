@@ -877,6 +877,24 @@ fn produce(
     }
 }
 
+/// The first `n` examples of `src` in file order, decoded for `model`, as one batch (no
+/// augmentation): export's check sample, training's look at the wide part's metadata.
+pub fn first_batch(src: &DataSource, model: &ModelConfig, n: usize) -> Result<Option<Batch>> {
+    let mut p = Pipeline::spawn(
+        src,
+        PipelineOptions {
+            order: OrderOptions::eval(),
+            decode: DecodeOptions::for_model(*src.spec(), model),
+            batch_size: n.max(1),
+            start: StreamPosition::default(),
+            prefetch: 1,
+            max_batches: Some(1),
+            augment: None,
+        },
+    )?;
+    p.next_batch()
+}
+
 /// Counts the examples of each class in `src` (the baseline's prior), reading every record.
 pub fn count_labels(src: &DataSource, n_classes: usize) -> Result<Vec<u64>> {
     let opts = DecodeOptions::images(*src.spec(), n_classes);

@@ -640,19 +640,7 @@ pub fn train(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<TrainSum
 /// How many of the first training examples have each metadata column of the wide part (a
 /// missing value adds nothing to the logits, so a column missing everywhere is worth a notice).
 fn wide_coverage(src: &DataSource, cfg: &TrainConfig, w: WideSpec) -> Result<String> {
-    let mut p = Pipeline::spawn(
-        src,
-        PipelineOptions {
-            order: OrderOptions::eval(),
-            decode: DecodeOptions::for_model(cfg.features, &cfg.model),
-            batch_size: 256,
-            start: StreamPosition::default(),
-            prefetch: 1,
-            max_batches: Some(1),
-            augment: None,
-        },
-    )?;
-    let Some(batch) = p.next_batch()? else {
+    let Some(batch) = pipeline::first_batch(src, &cfg.model, 256)? else {
         return Ok("wide part: no training examples".into());
     };
     let rows: Vec<&[f32]> = batch.wide.iter().flat_map(|v| v.chunks(w.dim())).collect();

@@ -24,11 +24,9 @@ use crate::error::TrainError;
 use crate::eval::{EvaluateRequest, evaluate_loaded};
 use crate::infer::TrainedModel;
 use crate::metrics::{MetricsReport, ranking};
-use crate::model::{ModelConfig, ModelInput, ModelKind, to_host};
+use crate::model::{ModelInput, ModelKind, to_host};
 use crate::modeldir::CheckpointSel;
-use crate::pipeline::{
-    Batch, DataSource, DecodeOptions, OrderOptions, Pipeline, PipelineOptions, StreamPosition,
-};
+use crate::pipeline::{Batch, DataSource, first_batch};
 
 pub mod gate;
 pub mod onnx;
@@ -345,23 +343,6 @@ pub fn next_version(base: &Path) -> Result<u64> {
         return Ok(1);
     }
     Ok(list_versions(base)?.last().map(|(v, _)| v + 1).unwrap_or(1))
-}
-
-/// The first `n` examples of the eval stream as one batch.
-fn first_batch(src: &DataSource, model: &ModelConfig, n: usize) -> Result<Option<Batch>> {
-    let mut p = Pipeline::spawn(
-        src,
-        PipelineOptions {
-            order: OrderOptions::eval(),
-            decode: DecodeOptions::for_model(*src.spec(), model),
-            batch_size: n.max(1),
-            start: StreamPosition::default(),
-            prefetch: 1,
-            max_batches: Some(1),
-            augment: None,
-        },
-    )?;
-    Ok(p.next_batch()?)
 }
 
 fn check_sample(tm: &TrainedModel, batch: &Batch) -> Result<CheckSample> {
