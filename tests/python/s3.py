@@ -4,6 +4,7 @@
   python s3.py put BUCKET LOCAL_DIR PREFIX     upload every file under LOCAL_DIR
   python s3.py get BUCKET PREFIX LOCAL_DIR     download every object under PREFIX
   python s3.py ls BUCKET PREFIX                print "key size" lines
+  python s3.py rm BUCKET KEY                   delete one object
 
 Endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
 AWS_REGION, as for the quickdraw binary.
@@ -42,6 +43,8 @@ def main(argv):
                 to = os.path.join(args[2], rel)
                 os.makedirs(os.path.dirname(to), exist_ok=True)
                 s3.download_file(bucket, o["Key"], to)
+    elif cmd == "rm":
+        s3.delete_object(Bucket=args[0], Key=args[1])
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -270,6 +270,77 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
+/// The version of an object a conditional write replaces (its ETag / generation).
+#[derive(Debug, Clone)]
+pub struct Version(object_store::UpdateVersion);
+
+/// A small object read with its version and the store's modification time.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub bytes: Vec<u8>,
+    pub modified: std::time::SystemTime,
+    pub version: Version,
+}
+
+fn remote_only(path: &Path) -> io::Result<Remote> {
+    remote(path)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: conditional writes are for object-store URLs",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Creates the object `path` holding `bytes` only if no object is there (S3's `If-None-Match`,
+/// GCS's `ifGenerationMatch=0`, Azure's `If-None-Match: *`): `Ok(None)` when one already is.
+pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<Option<Version>> {
+    let r = remote_only(path)?;
+    let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
+    let opts = object_store::PutOptions::from(object_store::PutMode::Create);
+    match block_on(r.store.put_opts(&r.key, payload, opts)) {
+        Ok(done) => Ok(Some(Version(done.into()))),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
+        Err(e) => Err(to_io(e)),
+    }
+}
+
+/// Reads a small object with its version.
+pub fn read_versioned(path: &Path) -> io::Result<Versioned> {
+    let r = remote_only(path)?;
+    let got = async {
+        let g = r.store.get(&r.key).await?;
+        let meta = g.meta.clone();
+        Ok::<_, object_store::Error>((meta, g.bytes().await?))
+    };
+    let (meta, bytes) = block_on(got).map_err(to_io)?;
+    Ok(Versioned {
+        bytes: bytes.to_vec(),
+        modified: meta.last_modified.into(),
+        version: Version(object_store::UpdateVersion {
+            e_tag: meta.e_tag,
+            version: meta.version,
+        }),
+    })
+}
+
+/// Replaces the object `path` with `bytes` only if it is still at `version` (compare-and-swap):
+/// `Ok(None)` when it changed (or went) since.
+pub fn replace_if(path: &Path, bytes: &[u8], version: &Version) -> io::Result<Option<Version>> {
+    let r = remote_only(path)?;
+    let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
+    let opts = object_store::PutOptions::from(object_store::PutMode::Update(version.0.clone()));
+    match block_on(r.store.put_opts(&r.key, payload, opts)) {
+        Ok(done) => Ok(Some(Version(done.into()))),
+        Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
+            Ok(None)
+        }
+        Err(e) => Err(to_io(e)),
+    }
+}
+
 /// Removes a file or object; a missing one is not an error.
 pub fn remove(path: &Path) -> io::Result<()> {
     let res = match remote(path)? {
@@ -702,7 +773,7 @@ pub fn copy_in(local: &Path, dest: &Path) -> io::Result<()> {
 /// what changed and deletes what was deleted, [`Mirror::pull`] fetches what changed remotely.
 /// Files named in `last` (by file name: checkpoint `state.json`, a version's `signature.json`,
 /// a dataset's `manifest.json`) move after every other file, so a reader that waits for them
-/// never sees a part.
+/// never sees a part. Lock files (`.quickdraw.lock`) never move.
 #[derive(Debug)]
 pub struct Mirror {
     remote: PathBuf,
@@ -761,6 +832,7 @@ impl Mirror {
             .into_iter()
             .map(|(rel, _)| rel)
             .filter(|rel| !rel.ends_with(".tmp") && !rel.split('/').any(|c| c.starts_with(".tmp")))
+            .filter(|rel| !is_lock(rel))
             .collect();
         let (last, first): (Vec<&String>, Vec<&String>) =
             files.iter().partition(|r| self.is_last(r));
@@ -794,7 +866,8 @@ impl Mirror {
     /// others, each written under a `.tmp` name and renamed) and removes the local files that
     /// are gone remotely. Returns how many files changed.
     pub fn pull(&mut self) -> io::Result<usize> {
-        let files = list(&self.remote)?;
+        let mut files = list(&self.remote)?;
+        files.retain(|(rel, _)| !is_lock(rel));
         let (last, first): (Vec<&(String, u64)>, Vec<&(String, u64)>) =
             files.iter().partition(|(r, _)| self.is_last(r));
         let mut changed = 0;
@@ -835,6 +908,12 @@ impl Mirror {
         }
         Ok(changed)
     }
+}
+
+/// A directory lock (`crate::lock`): each side has its own (a local file lock in the copy, the
+/// lock object remotely), so a mirror never moves one.
+fn is_lock(rel: &str) -> bool {
+    rel.rsplit('/').next() == Some(crate::lock::LOCK_FILE)
 }
 
 /// Downloads every object under `src` into the local directory `local` (created), each file

@@ -21,6 +21,7 @@ use quickdraw_data::Drawing;
 use quickdraw_data::features::{FeatureSpec, is_raw, preprocess};
 use quickdraw_data::ingest::{IngestError, LabelFrom, UnitReader, class_from_path, parse_unit};
 use quickdraw_data::simplify::simplify;
+use quickdraw_data::storage;
 use serde::Serialize;
 
 use crate::reqlog::SIDECAR;
@@ -399,18 +400,19 @@ pub fn compare(
     }
 }
 
-/// The QuickDraw files of a request log folder (or the file itself).
+/// The QuickDraw files of a request log folder (or the file itself), local or on an object
+/// store (the files directly under the prefix).
 pub fn log_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
-    if path.is_file() {
+    if storage::is_file(path) {
         return Ok(vec![path.to_path_buf()]);
     }
-    let mut out: Vec<PathBuf> = std::fs::read_dir(path)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let n = n.strip_suffix(".gz").unwrap_or(n);
-            p.is_file() && (n.ends_with(".ndjson") || n.ends_with(".jsonl"))
+    let mut out: Vec<PathBuf> = storage::list(path)?
+        .into_iter()
+        .filter(|(rel, _)| {
+            let n = rel.strip_suffix(".gz").unwrap_or(rel);
+            !rel.contains('/') && (n.ends_with(".ndjson") || n.ends_with(".jsonl"))
         })
+        .map(|(rel, _)| path.join(rel))
         .collect();
     out.sort();
     Ok(out)

@@ -2,10 +2,12 @@
 //! run works in a local copy of the directory ([`storage::Mirror`]: downloaded first, so a
 //! re-run resumes from the last uploaded checkpoint) and uploads what changed at every
 //! checkpoint and at the end, each checkpoint's `state.json` last (a checkpoint without it is
-//! not complete, remotely as locally).
+//! not complete, remotely as locally). The directory is locked for the run by its
+//! `.quickdraw.lock` object ([`RemoteLock`]), so two machines cannot train into it at once.
 
 use std::path::Path;
 
+use quickdraw_data::lock::RemoteLock;
 use quickdraw_data::storage::Mirror;
 
 use crate::error::{Result, TrainError};
@@ -19,6 +21,11 @@ pub(crate) fn train_mirrored(
     obs: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
     let url = &req.model_dir;
+    // One writer per model directory, across machines: the lock object, before anything is read.
+    let lock = RemoteLock::acquire(url, "model directory")?;
+    if let Some(m) = lock.took_over() {
+        obs.notice(m);
+    }
     let mut mirror = Mirror::open(url, &[STATE_FILE]).map_err(TrainError::io(url))?;
     obs.notice(&format!(
         "model dir {}: training in the local copy {} (uploaded at every checkpoint and at the end)",
@@ -44,6 +51,13 @@ pub(crate) fn train_mirrored(
         obs.notice(&format!(
             "an upload to {} failed during training ({e}); the final upload succeeded",
             url.display()
+        ));
+    }
+    if lock.lost() {
+        obs.notice(&format!(
+            "{}: another run took this model directory's lock over during training (its heartbeat was missed for {} s or more); check that only one run writes here",
+            url.display(),
+            quickdraw_data::lock::REMOTE_STALE.as_secs()
         ));
     }
     summary.model_dir = url.clone();

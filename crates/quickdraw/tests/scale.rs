@@ -1,6 +1,7 @@
 //! Scale-out: the conversion split over workers (`convert --worker I/N`, `--workers N` with
 //! `JOB_COMPLETION_INDEX`, `convert --finalize`), the Kubernetes manifests and the Ray driver of
-//! `deploy/`, and every stage on an object store (a real S3-API server, moto's, on 127.0.0.1).
+//! `deploy/`, and every stage on an object store (real S3 and Azure Blob APIs: moto's server and
+//! Microsoft's Azurite, on 127.0.0.1).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -245,6 +246,36 @@ fn the_pipeline_runs_on_an_object_store() {
             f.file
         );
     }
+
+    // `stats` checks the dataset in place (every shard streamed, CRCs, counts), and `skew`
+    // reads the manifest's inputs and a log folder from the bucket (the same drawings: no drift).
+    let o = s3.ok(&["stats", "s3://qdraw/one", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["datasets"][0]["examples_checked"], m.totals.kept, "{v}");
+    assert_eq!(v["datasets"][0]["path"], "s3://qdraw/one", "{v}");
+    s3.py(&["put", "qdraw", s(&raw), "logs"]);
+    let o = s3.ok(&[
+        "skew",
+        "--log",
+        "s3://qdraw/logs",
+        "--manifest",
+        "s3://qdraw/one/manifest.json",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["train"]["files"], WORDS.len(), "{v}");
+    assert_eq!(v["serve"]["files"], WORDS.len(), "{v}");
+    // (The training side is the manifest's kept drawings, a subset of the same files.)
+    for f in v["numeric"].as_array().unwrap() {
+        assert_eq!(f["drift"], "none", "{f}");
+    }
+    // A prefix with shards but no manifest is named as an unfinished conversion.
+    s3.py(&["put", "qdraw", s(&single), "unfinished"]);
+    s3.py(&["rm", "qdraw", "unfinished/manifest.json"]);
+    let o = s3.qd(&["stats", "s3://qdraw/unfinished"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no manifest.json"), "{}", text(&o));
 
     // Train, export locally and on the bucket: the same graph.
     let train = |model_dir: &str, data: &str| {
@@ -537,4 +568,165 @@ fn evaluation_split_over_workers_merges_exactly() {
         assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{k}: {a} vs {b}");
     }
     assert!(merged["examples"].as_u64().unwrap() > 0);
+}
+
+/// The pipeline on Azure Blob Storage's API (Microsoft's Azurite emulator): conversion into a
+/// container (shards byte-identical to the local run, read back with Microsoft's own client),
+/// `stats` checking the dataset in place, training with its data and model directory there,
+/// and an export there that equals the local one.
+#[test]
+fn the_pipeline_runs_on_azure_blob_storage() {
+    let Some(az) = AzureServer::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = inputs(tmp.path());
+    let single = single_process(tmp.path(), &raw);
+    az.py(&["mkcontainer", "qdraw"]);
+    az.py(&["put", "qdraw", s(&raw), "raw"]);
+
+    let mut args = vec![
+        "convert",
+        "--input",
+        "az://qdraw/raw/*.ndjson",
+        "--output",
+        "az://qdraw/one",
+    ];
+    args.extend(CONVERT);
+    az.ok(&args);
+    let one = tmp.path().join("one-copy");
+    az.py(&["get", "qdraw", "one", s(&one)]);
+    let m = DatasetManifest::load(&single).unwrap();
+    for f in m.shards.values().flatten() {
+        assert_eq!(
+            std::fs::read(one.join(&f.file)).unwrap(),
+            std::fs::read(single.join(&f.file)).unwrap(),
+            "{}",
+            f.file
+        );
+    }
+    let o = az.ok(&["stats", "az://qdraw/one", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["datasets"][0]["examples_checked"], m.totals.kept, "{v}");
+
+    let train = |model_dir: &str, data: &str| {
+        az.ok(&[
+            "train",
+            "--model",
+            "linear",
+            "--model-dir",
+            model_dir,
+            "--train-files",
+            data,
+            "--eval-files",
+            data,
+            "--train-steps",
+            "20",
+            "--batch-size",
+            "16",
+            "--checkpoint-every",
+            "10",
+            "--eval-every",
+            "20",
+            "--seed",
+            "3",
+        ]);
+    };
+    let local_model = tmp.path().join("model");
+    train(s(&local_model), s(&single));
+    train("az://qdraw/models/linear", "az://qdraw/one");
+    let listed = az.py(&["ls", "qdraw", "models/linear"]);
+    assert!(
+        listed.contains("checkpoints/step-00000020/state.json"),
+        "{listed}"
+    );
+    assert!(listed.contains("events.out.tfevents."), "{listed}");
+    for (dir, data) in [
+        (s(&local_model), s(&single)),
+        ("az://qdraw/models/linear", "az://qdraw/one"),
+    ] {
+        az.ok(&[
+            "export",
+            "--model-dir",
+            dir,
+            "--eval-files",
+            data,
+            "--force",
+        ]);
+    }
+    let exported = tmp.path().join("export-copy");
+    az.py(&["get", "qdraw", "models/linear/export", s(&exported)]);
+    assert_eq!(
+        std::fs::read(exported.join("1/model.onnx")).unwrap(),
+        std::fs::read(local_model.join("export/1/model.onnx")).unwrap()
+    );
+    az.ok(&["model", "show", "--dir", "az://qdraw/models/linear/export"]);
+}
+
+/// One writer per model dir URL: a second `train` is refused naming the first (its pid); a run
+/// killed without releasing its lock leaves it held until it goes stale, then the next run takes
+/// it over and says so, and releases it when done.
+#[test]
+fn one_writer_per_object_store_directory() {
+    let Some(s3) = S3Server::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = single_process(tmp.path(), &inputs(tmp.path()));
+    s3.py(&["mkbucket", "qlock"]);
+    let args = |steps: &str| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            "linear",
+            "--model-dir",
+            "s3://qlock/m",
+            "--train-files",
+            s(&data),
+            "--train-steps",
+            steps,
+            "--batch-size",
+            "8",
+            "--checkpoint-every",
+            "1000000",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut first = s3
+        .env(&mut bin())
+        .args(args("100000000"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !s3.py(&["ls", "qlock", "m"]).contains(".quickdraw.lock") {
+        assert!(std::time::Instant::now() < deadline, "no lock object");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let second: Vec<String> = args("5");
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let o = s3.qd(&second);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("already in use"), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("pid {}", first.id())),
+        "{}",
+        text(&o)
+    );
+    // Killed: nothing releases the lock; it is still fresh.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let o = s3.qd(&second);
+    assert!(text(&o).contains("already in use"), "{}", text(&o));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let o = s3
+        .env(&mut bin())
+        .env("QUICKDRAW_LOCK_STALE_SECS", "1")
+        .args(&second)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("took over a stale lock"), "{}", text(&o));
+    assert!(!s3.py(&["ls", "qlock", "m"]).contains(".quickdraw.lock"));
 }

@@ -224,6 +224,107 @@ pub fn s3_env<'a>(cmd: &'a mut Command, endpoint: &str) -> &'a mut Command {
         .env("AWS_REGION", "us-east-1")
 }
 
+/// A real Azure Blob API (Microsoft's Azurite emulator, installed into tests/azurite by
+/// scripts/test-all) on 127.0.0.1, killed on drop; `None` (with a SKIP message) without it or
+/// the venv, a failure when QUICKDRAW_REQUIRE_AZURITE=1 (CI).
+pub struct AzureServer {
+    child: std::process::Child,
+    pub endpoint: String,
+    _data: tempfile::TempDir,
+}
+
+impl AzureServer {
+    pub fn start() -> Option<AzureServer> {
+        let server = repo_root().join("tests/azurite/node_modules/.bin/azurite-blob");
+        if !server.exists() {
+            let msg = format!(
+                "{} is missing: run scripts/test-all (npm ci in tests/azurite)",
+                server.display()
+            );
+            assert!(
+                std::env::var_os("QUICKDRAW_REQUIRE_AZURITE").is_none(),
+                "QUICKDRAW_REQUIRE_AZURITE is set but {msg}"
+            );
+            eprintln!("SKIP: {msg}");
+            return None;
+        }
+        verification_python()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = tempfile::tempdir().unwrap();
+        let child = Command::new(&server)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(data.path())
+            .args(["--silent", "--disableTelemetry", "--skipApiVersionCheck"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start azurite-blob");
+        let s = AzureServer {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _data: data,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "azurite-blob did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(s)
+    }
+
+    /// The environment an Azure user sets for the emulator (object_store's
+    /// `AZURE_STORAGE_USE_EMULATOR` and `AZURITE_BLOB_STORAGE_URL`).
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("AZURE_STORAGE_USE_EMULATOR", "true")
+            .env("AZURITE_BLOB_STORAGE_URL", &self.endpoint)
+            .env("NO_PROXY", "127.0.0.1")
+    }
+
+    /// `quickdraw args...` against this emulator, which must succeed.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let o = self.env(&mut bin()).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "quickdraw {args:?} failed:\n{}",
+            text(&o)
+        );
+        o
+    }
+
+    /// Runs tests/python/azure_blob.py (Microsoft's azure-storage-blob client).
+    pub fn py(&self, args: &[&str]) -> String {
+        let python = verification_python().expect("checked by start");
+        let script = repo_root().join("tests/python/azure_blob.py");
+        let o = self
+            .env(&mut Command::new(python))
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "azure_blob.py {args:?} failed:\n{}",
+            text(&o)
+        );
+        stdout(&o)
+    }
+}
+
+impl Drop for AzureServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -484,6 +484,9 @@ pub struct ConvertReport {
     /// Wall time of phase 2 (shuffle the spilled drawings, rasterise and encode them, write,
     /// fsync and rename the shards), in seconds.
     pub encode_write_seconds: f64,
+    /// What the run met on its way that the user should hear of (a lock it waited for or took
+    /// over), printed by the CLI.
+    pub notices: Vec<String>,
 }
 
 struct GroupOut {
@@ -717,6 +720,7 @@ fn run_local(
         rejects_path,
         read_seconds,
         encode_write_seconds,
+        notices: Vec::new(),
     })
 }
 

@@ -1,12 +1,14 @@
 //! `convert --output s3://...` (any object-store URL): the run writes into a local staging
 //! directory with the same code as a local run, then uploads what it wrote, the file that makes
 //! it visible (`manifest.json`, or a worker's partial manifest) last. The local disk holds one
-//! run's output (a worker's share with `--worker`) for the time of the upload.
+//! run's output (a worker's share with `--worker`) for the time of the upload. The output (a
+//! worker's folder) is locked by its `.quickdraw.lock` object for the run ([`RemoteLock`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::{ConvertConfig, ConvertError, ConvertReport, Plan, Progress, ShardOwner, io_err};
+use crate::lock::RemoteLock;
 use crate::manifest::{LABELS_FILE, MANIFEST_FILE, REJECTS_FILE};
 use crate::storage;
 
@@ -16,6 +18,22 @@ pub(super) fn run_to_store(
     progress: &Progress,
 ) -> Result<ConvertReport, ConvertError> {
     let dest = &cfg.output;
+    // One writer per output (per worker of it), across machines, as locally.
+    // A worker waits out a crashed predecessor's lock (its job controller restarts it at once).
+    let said = std::sync::Mutex::new(Vec::new());
+    let lock = match &cfg.worker {
+        None => RemoteLock::acquire(dest, "output directory")?,
+        Some(w) => {
+            let dir = dest.join(w.dir_name());
+            RemoteLock::acquire_waiting(&dir, "output directory", &|m| {
+                said.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(m.to_string())
+            })?
+        }
+    };
+    let mut said = said.into_inner().unwrap_or_else(|e| e.into_inner());
+    said.extend(lock.took_over().map(str::to_string));
     let tmp = std::env::temp_dir();
     let staging = tempfile::Builder::new()
         .prefix("quickdraw-convert-")
@@ -55,6 +73,7 @@ pub(super) fn run_to_store(
     upload(&rejects)?;
     upload(&last)?;
     report.rejects_path = dest.join(rejects);
+    report.notices.extend(said);
     Ok(report)
 }
 

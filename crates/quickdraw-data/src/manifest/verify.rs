@@ -2,7 +2,6 @@
 //! and anything else that must not trust a directory blindly).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +36,8 @@ pub struct DatasetCheck {
 
 /// What reading one shard found.
 struct ShardResult {
+    /// The shard's file or object was not found (or its size could not be read).
+    missing: bool,
     examples: u64,
     bytes: u64,
     per_label: BTreeMap<i64, u64>,
@@ -45,14 +46,16 @@ struct ShardResult {
 
 fn check_shard(path: &Path, m: &DatasetManifest) -> ShardResult {
     let mut res = ShardResult {
+        missing: false,
         examples: 0,
         bytes: 0,
         per_label: BTreeMap::new(),
         problems: Vec::new(),
     };
-    match fs::metadata(path) {
-        Ok(md) => res.bytes = md.len(),
+    match crate::storage::len(path) {
+        Ok(len) => res.bytes = len,
         Err(e) => {
+            res.missing = true;
             res.problems.push(format!("{}: {e}", path.display()));
             return res;
         }
@@ -166,10 +169,9 @@ pub fn verify_with_progress(
         path: dir.to_path_buf(),
         source,
     };
-    for e in fs::read_dir(dir).map_err(io)? {
-        let e = e.map_err(io)?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if is_shard_name(&name) && m.shard(&name).is_none() {
+    for (name, _) in crate::storage::list(dir).map_err(io)? {
+        // Top-level files only (a local listing recurses into folders).
+        if !name.contains('/') && is_shard_name(&name) && m.shard(&name).is_none() {
             on_disk.push(name);
         }
     }
@@ -206,7 +208,8 @@ pub fn verify_with_progress(
         problems.extend(r.problems.iter().cloned());
         examples_checked += r.examples;
         bytes_checked += r.bytes;
-        if path.is_file() {
+        // A missing shard is already a problem of its own (from check_shard).
+        if !r.missing {
             if r.examples != f.examples {
                 problems.push(format!(
                     "{}: {MANIFEST_FILE} says {} examples, the file holds {} readable records",
@@ -298,7 +301,7 @@ pub fn verify_with_progress(
 
     // rejects.jsonl lists every rejected record but those counted as not listed.
     let rejects = dir.join(REJECTS_FILE);
-    if let Ok(f) = fs::File::open(&rejects) {
+    if let Ok(f) = crate::storage::open(&rejects) {
         let mut listed = 0u64;
         let mut r = std::io::BufReader::new(f);
         let mut line = Vec::new();
@@ -348,6 +351,7 @@ mod tests {
     use crate::convert::{self, ConvertConfig, Progress};
     use crate::features::FeatureSpec;
     use crate::split::SplitPolicy;
+    use std::fs;
 
     /// A converted dataset of two classes from the synthetic generator, with `bad` invalid
     /// lines in the first class's file, of which `listed` are listed in rejects.jsonl.

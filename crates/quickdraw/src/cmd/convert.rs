@@ -302,6 +302,10 @@ fn convert_cancellable(
     )
     .with_context(|| format!("converting into {}", cfg.output.display()))?;
     bar.finish_and_clear();
+    // What the run found on its way (a lock it waited for or took over).
+    for n in &report.notices {
+        eprintln!("{n}");
+    }
     if !ctx.quiet {
         let secs = start.elapsed().as_secs_f64();
         let read = report.manifest.totals.read;

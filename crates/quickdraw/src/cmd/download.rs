@@ -1,12 +1,16 @@
 //! `quickdraw download`: fetches QuickDraw class files over HTTP(S) (Google's bucket or a mirror),
 //! resuming interrupted downloads with `Range` requests, verifying every file and retrying
-//! transient failures. The only command that touches the network.
+//! transient failures, into a local folder or an object-store prefix (`--dest s3://...`).
 //!
 //! A file is written as `<dest>/<file>.part` and renamed to `<dest>/<file>` only once its size
 //! matches what the server announced and its content passes a format check (NDJSON: ends with a
 //! newline and the last line is a QuickDraw record; `.npy`: size matches the header; `.bin`:
 //! the last record is whole). A file already under its final name that passes the same check is
 //! skipped without any request.
+//!
+//! To an object store, each file is downloaded the same way into a local staging folder
+//! (`--staging`), verified, uploaded (published only when complete, see `storage::create`) and
+//! removed locally; an object already there that passes the same check is skipped.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -19,6 +23,7 @@ use anyhow::{Context, anyhow};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use quickdraw_data::classes::parse_class_spec;
 use quickdraw_data::ingest::{Format, UnitReader, ndjson};
+use quickdraw_data::storage;
 use quickdraw_data::validate::MAX_LINE_BYTES;
 
 use super::{Ctx, error_chain};
@@ -78,9 +83,15 @@ pub struct DownloadArgs {
     /// Classes to fetch: `cat,dog`, a group (`pets`, `zoo`, `animals`) or `@file`.
     #[arg(long)]
     pub classes: String,
-    /// Directory the files are written to (created if missing); files are named `<class>.<ext>`.
+    /// Directory the files are written to (created if missing), or an object-store prefix
+    /// (`s3://bucket/data`, `gs://...`, `az://...`); files are named `<class>.<ext>`.
     #[arg(long, default_value = "data")]
     pub dest: PathBuf,
+    /// With an object-store `--dest`: the local folder files are downloaded into before they
+    /// are uploaded (default: `<temp dir>/quickdraw-download/<dest as a file name>`, so a rerun
+    /// resumes an interrupted download). Needs room for `--jobs` files at a time.
+    #[arg(long)]
+    pub staging: Option<PathBuf>,
     /// Which files to fetch.
     #[arg(long, value_enum, default_value = "simplified")]
     pub format: RemoteFormat,
@@ -110,8 +121,10 @@ pub struct DownloadArgs {
 struct Job {
     class: String,
     url: String,
-    /// Final path.
+    /// Final local path (with an object-store `--dest`: the staged file).
     path: PathBuf,
+    /// The object it is uploaded to, with an object-store `--dest`.
+    remote: Option<PathBuf>,
     /// `<path>.part` while downloading.
     part: PathBuf,
     format: Format,
@@ -170,17 +183,25 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
         a.timeout.is_finite() && a.timeout > 0.0,
         "--timeout must be a number of seconds > 0"
     );
-    fs::create_dir_all(&a.dest).with_context(|| format!("creating {}", a.dest.display()))?;
+    let remote_dest = storage::is_url(&a.dest);
+    let local_dir = match (&a.staging, remote_dest) {
+        (_, false) => a.dest.clone(),
+        (Some(s), true) => s.clone(),
+        (None, true) => default_staging(&a.dest),
+    };
+    fs::create_dir_all(&local_dir).with_context(|| format!("creating {}", local_dir.display()))?;
 
     let jobs: Vec<Job> = classes
         .iter()
         .map(|c| {
-            let path = a.dest.join(format!("{c}.{}", a.format.extension()));
+            let name = format!("{c}.{}", a.format.extension());
+            let path = local_dir.join(&name);
             let part = part_path(&path);
             Job {
                 class: c.clone(),
                 url: class_url(&a.base_url, a.format, c),
                 path,
+                remote: remote_dest.then(|| a.dest.join(&name)),
                 part,
                 format: a.format.format(),
             }
@@ -222,12 +243,12 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
                         Ok(Done::Downloaded { bytes }) => say(format!(
                             "{}: downloaded {} ({bytes} bytes)",
                             job.class,
-                            job.path.display()
+                            job.shown().display()
                         )),
                         Ok(Done::Skipped { bytes }) => say(format!(
                             "{}: {} is already complete ({bytes} bytes), skipped",
                             job.class,
-                            job.path.display()
+                            job.shown().display()
                         )),
                         // Failures are reported even under --quiet.
                         Err(e) => {
@@ -272,6 +293,30 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Job {
+    /// Where the file ends up: the object, or the local file.
+    fn shown(&self) -> &Path {
+        self.remote.as_deref().unwrap_or(&self.path)
+    }
+}
+
+/// `<temp dir>/quickdraw-download/<dest URL with every character but [A-Za-z0-9._-] as '_'>`.
+fn default_staging(dest: &Path) -> PathBuf {
+    let name: String = dest
+        .to_string_lossy()
+        .trim_end_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    std::env::temp_dir().join("quickdraw-download").join(name)
+}
+
 fn part_path(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
@@ -288,9 +333,46 @@ fn file_len(p: &Path) -> Option<u64> {
         .map(|m| m.len())
 }
 
-/// Fetches one file: skip when complete, otherwise download (resuming) with retries, verify,
-/// rename.
+/// Fetches one file into its local path (see [`fetch_local`]) and, with an object-store
+/// destination, uploads it and removes the local copy; an object already there that passes the
+/// format check is skipped (unless `--force`).
 fn fetch(
+    job: &Job,
+    agent: &ureq::Agent,
+    a: &DownloadArgs,
+    ctx: Ctx,
+    multi: &MultiProgress,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Done> {
+    let Some(remote) = &job.remote else {
+        return fetch_local(job, agent, a, ctx, multi, say);
+    };
+    if !a.force && storage::is_file(remote) {
+        match verify(remote, job.format, None) {
+            Ok(()) => {
+                let bytes = storage::len(remote).unwrap_or(0);
+                return Ok(Done::Skipped { bytes });
+            }
+            Err(why) => say(format!(
+                "{}: {} is incomplete ({why}); downloading it again",
+                job.class,
+                remote.display()
+            )),
+        }
+    }
+    // A staged file that is already complete (the upload of an earlier run failed) is uploaded
+    // without downloading it again.
+    fetch_local(job, agent, a, ctx, multi, say)?;
+    let bytes = file_len(&job.path).unwrap_or(0);
+    storage::copy_in(&job.path, remote)
+        .with_context(|| format!("uploading {} to {}", job.path.display(), remote.display()))?;
+    fs::remove_file(&job.path).with_context(|| format!("removing {}", job.path.display()))?;
+    Ok(Done::Downloaded { bytes })
+}
+
+/// Fetches one file to its local path: skip when complete, otherwise download (resuming) with
+/// retries, verify, rename.
+fn fetch_local(
     job: &Job,
     agent: &ureq::Agent,
     a: &DownloadArgs,
@@ -543,11 +625,10 @@ fn truncate(p: &Path) -> Result<(), Failure> {
         .map_err(|e| Failure::Permanent(anyhow!("truncating {}: {e}", p.display())))
 }
 
-/// Checks that a file is whole: size (when announced) and format.
+/// Checks that a file or object is whole: size (when announced) and format. Reads only the
+/// end of an NDJSON file and the header of a `.npy` one (a `.bin` is read through).
 fn verify(path: &Path, format: Format, expected: Option<u64>) -> Result<(), String> {
-    let len = fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
+    let len = storage::len(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if let Some(t) = expected.filter(|&t| t != len) {
         return Err(format!(
             "{} has {len} bytes, the server announced {t}",
@@ -567,7 +648,7 @@ fn verify(path: &Path, format: Format, expected: Option<u64>) -> Result<(), Stri
 /// NDJSON: ends with a newline and the last line parses as a QuickDraw record.
 fn verify_ndjson(path: &Path, len: u64) -> Result<(), String> {
     let err = |e: io::Error| format!("{}: {e}", path.display());
-    let mut f = File::open(path).map_err(err)?;
+    let mut f = storage::open(path).map_err(err)?;
     let mut last = [0u8; 1];
     f.seek(SeekFrom::Start(len - 1))
         .and_then(|_| f.read_exact(&mut last))
@@ -615,7 +696,7 @@ fn verify_ndjson(path: &Path, len: u64) -> Result<(), String> {
 /// `.npy`: the file holds exactly the rows its header announces.
 fn verify_npy(path: &Path, len: u64) -> Result<(), String> {
     let mut head = [0u8; 12];
-    let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = storage::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let n = quickdraw_data::readfull::read_up_to(&mut f, &mut head)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if n < 10 || &head[..6] != b"\x93NUMPY" {

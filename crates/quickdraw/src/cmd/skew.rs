@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use quickdraw_data::manifest::DatasetManifest;
+use quickdraw_data::storage;
 use quickdraw_serve::skew::{self, SkewReport};
 
 use super::{Ctx, expand_globs};
@@ -43,7 +44,7 @@ pub(crate) fn manifest_inputs(
     m: &DatasetManifest,
     manifest_path: &Path,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let base = if manifest_path.is_dir() {
+    let base = if storage::is_dir(manifest_path) && !storage::is_file(manifest_path) {
         manifest_path.to_path_buf()
     } else {
         manifest_path
@@ -54,9 +55,10 @@ pub(crate) fn manifest_inputs(
     let mut out = Vec::new();
     for i in &m.inputs {
         let p = PathBuf::from(&i.path);
-        let found = if p.exists() {
+        // Local files and object-store URLs alike (a relative path joins a URL base too).
+        let found = if storage::is_file(&p) {
             Some(p.clone())
-        } else if p.is_relative() && base.join(&p).exists() {
+        } else if p.is_relative() && !storage::is_url(&p) && storage::is_file(&base.join(&p)) {
             Some(base.join(&p))
         } else {
             None

@@ -3,7 +3,6 @@
 //! (every shard read, CRCs verified, every example decoded and counted).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +13,7 @@ use quickdraw_data::drawing::Ink;
 use quickdraw_data::ingest::ndjson::format_timestamp;
 use quickdraw_data::ingest::{DrawingReader, LabelFrom, class_from_path};
 use quickdraw_data::manifest::{DatasetCheck, MANIFEST_FILE, verify_with_progress};
+use quickdraw_data::storage;
 use rayon::prelude::*;
 
 use super::{Ctx, expand_globs};
@@ -35,16 +35,18 @@ pub struct StatsArgs {
 
 pub fn run(a: StatsArgs, ctx: Ctx) -> anyhow::Result<()> {
     let paths = expand_globs(&a.paths)?;
+    // Local folders and object-store prefixes alike (a dataset URL is checked in place,
+    // streaming its shards).
     let (datasets, inputs): (Vec<PathBuf>, Vec<PathBuf>) = paths
         .into_iter()
-        .partition(|p| p.is_dir() && p.join(MANIFEST_FILE).is_file());
+        .partition(|p| storage::is_dir(p) && storage::is_file(&p.join(MANIFEST_FILE)));
     // Shards without a manifest: a conversion that did not finish. Say so instead of finding
     // "no input files" in it.
-    for p in inputs.iter().filter(|p| p.is_dir()) {
-        let shards = std::fs::read_dir(p)
+    for p in inputs.iter().filter(|p| storage::is_dir(p)) {
+        let shards = storage::list(p)
             .with_context(|| format!("reading {}", p.display()))?
-            .filter_map(Result::ok)
-            .filter(|e| quickdraw_data::convert::is_shard_name(&e.file_name().to_string_lossy()))
+            .iter()
+            .filter(|(name, _)| !name.contains('/') && quickdraw_data::convert::is_shard_name(name))
             .count();
         anyhow::ensure!(
             shards == 0,
@@ -437,10 +439,7 @@ fn input_stats(inputs: &[PathBuf], ctx: Ctx) -> anyhow::Result<InputStats> {
         })
         .collect();
     anyhow::ensure!(!files.is_empty(), "no input files found in {inputs:?}");
-    let total_bytes: u64 = files
-        .iter()
-        .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let total_bytes: u64 = files.iter().map(|f| storage::len(f).unwrap_or(0)).sum();
     let progress = Arc::new(AtomicU64::new(0));
     let bar = progress::bytes_bar(ctx.quiet, Some(total_bytes));
     bar.set_message(format!("reading {} files", files.len()));
