@@ -9,7 +9,12 @@
 //! only if absent (the store's conditional create) and rewritten by its holder every
 //! [`REMOTE_HEARTBEAT`] (compare-and-swap on its version). No store releases a lock for a dead
 //! process, so a lock not rewritten for [`REMOTE_STALE`] (`QUICKDRAW_LOCK_STALE_SECS`) is taken
-//! over, again by compare-and-swap, so two runs cannot both take it.
+//! over, again by compare-and-swap, so two runs cannot both take it. Staleness compares the
+//! store's modification time with this machine's clock: they must agree within the stale time
+//! (NTP-synchronised machines do). A holder deletes the lock only while it is still its own
+//! version, and a run that finds its lock taken over stops publishing ([`RemoteLock::lost`]).
+//! A store without conditional writes (`http(s)://`) cannot be locked: the run goes on unlocked
+//! and says so.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -107,7 +112,8 @@ pub const REMOTE_HEARTBEAT: Duration = Duration::from_secs(30);
 /// A remote lock not rewritten for this long belongs to a run that died: the next run takes it.
 pub const REMOTE_STALE: Duration = Duration::from_secs(120);
 
-fn remote_stale() -> Duration {
+/// The stale time in effect: [`REMOTE_STALE`] or `QUICKDRAW_LOCK_STALE_SECS`.
+pub fn remote_stale() -> Duration {
     std::env::var("QUICKDRAW_LOCK_STALE_SECS")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
@@ -123,7 +129,8 @@ pub struct RemoteLock {
     stop: Arc<(Mutex<bool>, Condvar)>,
     /// Set when the heartbeat found the lock replaced (taken over as stale).
     lost: Arc<AtomicBool>,
-    heartbeat: Option<std::thread::JoinHandle<()>>,
+    /// Returns the lock's last version written by this run (`None` when lost).
+    heartbeat: Option<std::thread::JoinHandle<Option<storage::Version>>>,
     took_over: Option<String>,
 }
 
@@ -177,9 +184,16 @@ impl RemoteLock {
         let mut version = None;
         // Created, or found: a lock deleted between the two calls is tried again.
         for _ in 0..3 {
-            if let Some(v) = storage::create_new(&path, me.as_bytes()).map_err(io)? {
-                version = Some(v);
-                break;
+            match storage::create_new(&path, me.as_bytes()) {
+                Ok(Some(v)) => {
+                    version = Some(v);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    return Ok(RemoteLock::unlocked(path, dir, what));
+                }
+                Err(e) => return Err(io(e)),
             }
             let held = match storage::read_versioned(&path) {
                 Ok(h) => h,
@@ -230,7 +244,7 @@ impl RemoteLock {
                             .wait_timeout_while(stopped, heartbeat, |stop| !*stop)
                             .unwrap_or_else(|e| e.into_inner());
                         if *stopped {
-                            return;
+                            return Some(version);
                         }
                     }
                     // A failed request is retried at the next beat; a changed lock is lost.
@@ -238,7 +252,7 @@ impl RemoteLock {
                         Ok(Some(v)) => version = v,
                         Ok(None) => {
                             lost.store(true, Ordering::Relaxed);
-                            return;
+                            return None;
                         }
                         Err(_) => {}
                     }
@@ -254,12 +268,26 @@ impl RemoteLock {
         })
     }
 
+    /// A lock that holds nothing, for a store without conditional writes.
+    fn unlocked(path: PathBuf, dir: &Path, what: &str) -> RemoteLock {
+        RemoteLock {
+            path,
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            lost: Arc::new(AtomicBool::new(false)),
+            heartbeat: None,
+            took_over: Some(format!(
+                "{}: this store has no conditional writes, so the {what} is not locked against a second writer",
+                dir.display()
+            )),
+        }
+    }
+
     /// The lock object.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// What was said when a stale lock was taken over.
+    /// What was said when a stale lock was taken over (or could not be taken at all).
     pub fn took_over(&self) -> Option<&str> {
         self.took_over.as_deref()
     }
@@ -276,11 +304,19 @@ impl Drop for RemoteLock {
         let (flag, cv) = &*self.stop;
         *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cv.notify_all();
-        if let Some(t) = self.heartbeat.take() {
-            let _ = t.join();
-        }
-        if !self.lost() {
-            let _ = storage::remove(&self.path);
+        let Some(t) = self.heartbeat.take() else {
+            return;
+        };
+        // Deleted only while it is still this run's version (a run that took it over while
+        // this one was paused keeps it). There is no conditional delete: a takeover between
+        // the read and the delete is not excluded, only made unlikely.
+        if let Ok(Some(mine)) = t.join() {
+            match storage::read_versioned(&self.path) {
+                Ok(now) if now.version == mine => {
+                    let _ = storage::remove(&self.path);
+                }
+                _ => self.lost.store(true, Ordering::Relaxed),
+            }
         }
     }
 }
@@ -362,8 +398,14 @@ mod tests {
             "{:?}",
             new.took_over()
         );
-        std::thread::sleep(Duration::from_millis(150));
-        assert!(old.lost());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !old.lost() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the old holder never noticed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         drop(old);
         assert!(storage::is_file(new.path()));
         drop(new);

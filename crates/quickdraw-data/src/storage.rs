@@ -271,7 +271,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// The version of an object a conditional write replaces (its ETag / generation).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version(object_store::UpdateVersion);
 
 /// A small object read with its version and the store's modification time.
@@ -334,9 +334,12 @@ pub fn replace_if(path: &Path, bytes: &[u8], version: &Version) -> io::Result<Op
     let opts = object_store::PutOptions::from(object_store::PutMode::Update(version.0.clone()));
     match block_on(r.store.put_opts(&r.key, payload, opts)) {
         Ok(done) => Ok(Some(Version(done.into()))),
-        Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
-            Ok(None)
-        }
+        // (Azure answers a lost race with 409, mapped to AlreadyExists.)
+        Err(
+            object_store::Error::Precondition { .. }
+            | object_store::Error::NotFound { .. }
+            | object_store::Error::AlreadyExists { .. },
+        ) => Ok(None),
         Err(e) => Err(to_io(e)),
     }
 }
@@ -397,6 +400,37 @@ pub fn list(dir: &Path) -> io::Result<Vec<(String, u64)>> {
             Ok(out)
         }
     }
+}
+
+/// The files directly in `dir` (not in its subfolders), as `(name, size)`, sorted: a local
+/// folder's entries, or the objects right under a URL prefix (one delimited listing).
+pub fn list_top(dir: &Path) -> io::Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    match remote(dir)? {
+        None => {
+            for e in fs::read_dir(dir)? {
+                let e = e?;
+                // (A dangling link is not a file here, as for `Path::is_file`.)
+                let Ok(meta) = fs::metadata(e.path()) else {
+                    continue;
+                };
+                if meta.is_file() {
+                    out.push((e.file_name().to_string_lossy().into_owned(), meta.len()));
+                }
+            }
+        }
+        Some(r) => {
+            let prefix = (!r.key.as_ref().is_empty()).then_some(&r.key);
+            let listed = block_on(r.store.list_with_delimiter(prefix)).map_err(to_io)?;
+            for m in listed.objects {
+                if let Some(name) = m.location.filename() {
+                    out.push((name.to_string(), m.size));
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn list_local(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>) -> io::Result<()> {

@@ -406,13 +406,13 @@ pub fn log_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     if storage::is_file(path) {
         return Ok(vec![path.to_path_buf()]);
     }
-    let mut out: Vec<PathBuf> = storage::list(path)?
+    let mut out: Vec<PathBuf> = storage::list_top(path)?
         .into_iter()
-        .filter(|(rel, _)| {
-            let n = rel.strip_suffix(".gz").unwrap_or(rel);
-            !rel.contains('/') && (n.ends_with(".ndjson") || n.ends_with(".jsonl"))
+        .filter(|(name, _)| {
+            let n = name.strip_suffix(".gz").unwrap_or(name);
+            n.ends_with(".ndjson") || n.ends_with(".jsonl")
         })
-        .map(|(rel, _)| path.join(rel))
+        .map(|(name, _)| path.join(name))
         .collect();
     out.sort();
     Ok(out)

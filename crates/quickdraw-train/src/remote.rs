@@ -37,10 +37,17 @@ pub(crate) fn train_mirrored(
     let mut up = Uploading {
         inner: obs,
         mirror: &mut mirror,
+        lock: &lock,
         failed: None,
     };
     let result = crate::train::train(&local, &mut up);
     let failed = up.failed.take();
+    // A run whose lock was taken over (it looked dead) must not overwrite the new holder's
+    // files: nothing more is uploaded.
+    if lock.lost() {
+        result?;
+        return Err(TrainError::io(url)(lost_lock(url)));
+    }
     // Whatever happened, what was written locally goes up (an interrupted run's checkpoint).
     let pushed = mirror.push();
     let mut summary = result?;
@@ -53,21 +60,23 @@ pub(crate) fn train_mirrored(
             url.display()
         ));
     }
-    if lock.lost() {
-        obs.notice(&format!(
-            "{}: another run took this model directory's lock over during training (its heartbeat was missed for {} s or more); check that only one run writes here",
-            url.display(),
-            quickdraw_data::lock::REMOTE_STALE.as_secs()
-        ));
-    }
     summary.model_dir = url.clone();
     Ok(summary)
+}
+
+fn lost_lock(url: &Path) -> std::io::Error {
+    std::io::Error::other(format!(
+        "another run took this model directory's lock over during training (no heartbeat reached {} for {} s: a paused machine or a broken connection); uploads stopped, so only that run writes here",
+        url.display(),
+        quickdraw_data::lock::remote_stale().as_secs()
+    ))
 }
 
 /// Forwards to the caller's observer and uploads at each checkpoint.
 struct Uploading<'a> {
     inner: &'a mut dyn TrainObserver,
     mirror: &'a mut Mirror,
+    lock: &'a RemoteLock,
     /// The first upload error (training goes on; the final upload reports failure).
     failed: Option<std::io::Error>,
 }
@@ -90,6 +99,9 @@ impl TrainObserver for Uploading<'_> {
     }
     fn checkpoint(&mut self, step: u64, path: &Path) {
         self.inner.checkpoint(step, path);
+        if self.lock.lost() {
+            return;
+        }
         if let Err(e) = self.mirror.push() {
             self.inner.notice(&format!(
                 "uploading checkpoint {step} to {} failed: {e} (training goes on; retried at the next checkpoint)",

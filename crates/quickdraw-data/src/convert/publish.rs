@@ -71,6 +71,13 @@ pub(super) fn run_to_store(
         ),
     };
     upload(&rejects)?;
+    // Published only while this run still holds the output's lock.
+    if lock.lost() {
+        let lock_path = lock.path().to_path_buf();
+        return Err(io_err(&lock_path)(std::io::Error::other(
+            "another run took this output's lock over (no heartbeat reached the store for the stale time); the manifest was not published",
+        )));
+    }
     upload(&last)?;
     report.rejects_path = dest.join(rejects);
     report.notices.extend(said);

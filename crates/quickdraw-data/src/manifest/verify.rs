@@ -169,9 +169,8 @@ pub fn verify_with_progress(
         path: dir.to_path_buf(),
         source,
     };
-    for (name, _) in crate::storage::list(dir).map_err(io)? {
-        // Top-level files only (a local listing recurses into folders).
-        if !name.contains('/') && is_shard_name(&name) && m.shard(&name).is_none() {
+    for (name, _) in crate::storage::list_top(dir).map_err(io)? {
+        if is_shard_name(&name) && m.shard(&name).is_none() {
             on_disk.push(name);
         }
     }

@@ -88,7 +88,7 @@ pub struct DownloadArgs {
     #[arg(long, default_value = "data")]
     pub dest: PathBuf,
     /// With an object-store `--dest`: the local folder files are downloaded into before they
-    /// are uploaded (default: `<temp dir>/quickdraw-download/<dest as a file name>`, so a rerun
+    /// are uploaded (default: `~/.cache/quickdraw/download/<dest as a file name>`, so a rerun
     /// resumes an interrupted download). Needs room for `--jobs` files at a time.
     #[arg(long)]
     pub staging: Option<PathBuf>,
@@ -189,7 +189,12 @@ pub fn run(a: DownloadArgs, ctx: Ctx) -> anyhow::Result<()> {
         (Some(s), true) => s.clone(),
         (None, true) => default_staging(&a.dest),
     };
-    fs::create_dir_all(&local_dir).with_context(|| format!("creating {}", local_dir.display()))?;
+    if remote_dest && a.staging.is_none() {
+        create_private_dir(&local_dir)
+    } else {
+        fs::create_dir_all(&local_dir)
+    }
+    .with_context(|| format!("creating {}", local_dir.display()))?;
 
     let jobs: Vec<Job> = classes
         .iter()
@@ -300,11 +305,14 @@ impl Job {
     }
 }
 
-/// `<temp dir>/quickdraw-download/<dest URL with every character but [A-Za-z0-9._-] as '_'>`.
+/// The user's own cache folder for staged downloads: `$XDG_CACHE_HOME/quickdraw/download/`
+/// (default `~/.cache/...`; the temp dir without a home), then the dest URL with every
+/// character but `[A-Za-z0-9._-]` as `_` and a hash of the whole URL (so two URLs never share
+/// a folder). Files staged there are uploaded as they are, so it is the user's, not `/tmp`'s.
 fn default_staging(dest: &Path) -> PathBuf {
-    let name: String = dest
-        .to_string_lossy()
-        .trim_end_matches('/')
+    let url = dest.to_string_lossy();
+    let url = url.trim_end_matches('/');
+    let name: String = url
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -314,7 +322,27 @@ fn default_staging(dest: &Path) -> PathBuf {
             }
         })
         .collect();
-    std::env::temp_dir().join("quickdraw-download").join(name)
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    // FNV-1a 64 (stable across runs and builds, unlike std's hasher).
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    cache
+        .join("quickdraw/download")
+        .join(format!("{name}-{:08x}", hash as u32))
+}
+
+/// Creates a folder (and its parents) readable by its owner only, as a cache should be.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
 }
 
 fn part_path(path: &Path) -> PathBuf {

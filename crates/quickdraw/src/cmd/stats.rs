@@ -43,10 +43,10 @@ pub fn run(a: StatsArgs, ctx: Ctx) -> anyhow::Result<()> {
     // Shards without a manifest: a conversion that did not finish. Say so instead of finding
     // "no input files" in it.
     for p in inputs.iter().filter(|p| storage::is_dir(p)) {
-        let shards = storage::list(p)
+        let shards = storage::list_top(p)
             .with_context(|| format!("reading {}", p.display()))?
             .iter()
-            .filter(|(name, _)| !name.contains('/') && quickdraw_data::convert::is_shard_name(name))
+            .filter(|(name, _)| quickdraw_data::convert::is_shard_name(name))
             .count();
         anyhow::ensure!(
             shards == 0,
