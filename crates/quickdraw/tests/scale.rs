@@ -50,6 +50,20 @@ fn examples(dir: &Path) -> Vec<(String, u64, i64, Vec<u8>)> {
     out
 }
 
+/// Every shard the manifest of `single` lists is byte-identical in `copy`; returns the manifest.
+fn assert_same_shards(copy: &Path, single: &Path) -> DatasetManifest {
+    let m = DatasetManifest::load(single).unwrap();
+    for f in m.shards.values().flatten() {
+        assert_eq!(
+            std::fs::read(copy.join(&f.file)).unwrap(),
+            std::fs::read(single.join(&f.file)).unwrap(),
+            "{}",
+            f.file
+        );
+    }
+    m
+}
+
 fn single_process(tmp: &Path, raw: &Path) -> PathBuf {
     let out = tmp.join("single");
     let mut args = vec!["convert", "--input", s(raw), "--output", s(&out)];
@@ -237,15 +251,7 @@ fn the_pipeline_runs_on_an_object_store() {
     s3.ok(&args);
     let one = tmp.path().join("one-copy");
     s3.py(&["get", "qdraw", "one", s(&one)]);
-    let m = DatasetManifest::load(&single).unwrap();
-    for f in m.shards.values().flatten() {
-        assert_eq!(
-            std::fs::read(one.join(&f.file)).unwrap(),
-            std::fs::read(single.join(&f.file)).unwrap(),
-            "{}",
-            f.file
-        );
-    }
+    let m = assert_same_shards(&one, &single);
 
     // `stats` checks the dataset in place (every shard streamed, CRCs, counts), and `skew`
     // reads the manifest's inputs and a log folder from the bucket (the same drawings: no drift).
@@ -596,15 +602,7 @@ fn the_pipeline_runs_on_azure_blob_storage() {
     az.ok(&args);
     let one = tmp.path().join("one-copy");
     az.py(&["get", "qdraw", "one", s(&one)]);
-    let m = DatasetManifest::load(&single).unwrap();
-    for f in m.shards.values().flatten() {
-        assert_eq!(
-            std::fs::read(one.join(&f.file)).unwrap(),
-            std::fs::read(single.join(&f.file)).unwrap(),
-            "{}",
-            f.file
-        );
-    }
+    let m = assert_same_shards(&one, &single);
     let o = az.ok(&["stats", "az://qdraw/one", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["ok"], true, "{v}");

@@ -137,6 +137,26 @@ pub fn verification_python() -> Option<PathBuf> {
     None
 }
 
+/// The verification venv's python (the server tests started it only with the venv there).
+fn python_command() -> Command {
+    Command::new(verification_python().expect("the venv started the server"))
+}
+
+/// Runs a store's test client `tests/python/<script>` with `cmd`'s environment; must succeed.
+fn python_client(cmd: &mut Command, script: &str, args: &[&str]) -> String {
+    let o = cmd
+        .arg(repo_root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script} {args:?} failed:\n{}",
+        text(&o)
+    );
+    stdout(&o)
+}
+
 /// A real S3-API server (moto's, installed into the verification venv by scripts/test-all) on
 /// 127.0.0.1, killed on drop; `None` (with a SKIP message) without the venv, a failure in CI.
 pub struct S3Server {
@@ -202,16 +222,7 @@ impl S3Server {
 
     /// Runs tests/python/s3.py (boto3, an independent S3 client).
     pub fn py(&self, args: &[&str]) -> String {
-        let python = verification_python().expect("the venv started the server");
-        let script = repo_root().join("tests/python/s3.py");
-        let o = self
-            .env(&mut Command::new(python))
-            .arg(script)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "s3.py {args:?} failed:\n{}", text(&o));
-        stdout(&o)
+        python_client(self.env(&mut python_command()), "s3.py", args)
     }
 }
 
@@ -301,20 +312,7 @@ impl AzureServer {
 
     /// Runs tests/python/azure_blob.py (Microsoft's azure-storage-blob client).
     pub fn py(&self, args: &[&str]) -> String {
-        let python = verification_python().expect("checked by start");
-        let script = repo_root().join("tests/python/azure_blob.py");
-        let o = self
-            .env(&mut Command::new(python))
-            .arg(script)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "azure_blob.py {args:?} failed:\n{}",
-            text(&o)
-        );
-        stdout(&o)
+        python_client(self.env(&mut python_command()), "azure_blob.py", args)
     }
 }
 
