@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use crate::export::onnx::build_onnx;
-use crate::testdata::{TinyDataset, write_tiny_dataset};
+use crate::testdata::{TinyDataset, copy_dir, write_tiny_dataset};
 use crate::train::{StepStats, TrainObserver};
 use crate::{CheckpointSel, DeviceChoice, ModelKind, TrainRequest, TrainSummary, TrainedModel};
 
@@ -38,19 +38,6 @@ fn train_to(data: &Path, dir: &Path, steps: u64, device: DeviceChoice) -> (Train
     let mut losses = Losses::default();
     let summary = crate::train(&req, &mut losses).unwrap_or_else(|e| panic!("{device}: {e}"));
     (summary, losses)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

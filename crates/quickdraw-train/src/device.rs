@@ -56,6 +56,44 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
+/// `train --device a,b,...`: one device, or several for data-parallel training (each step's
+/// batch split by rows over them, the gradients summed on the first; see [`crate::parallel`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(Vec<DeviceChoice>);
+
+impl DeviceList {
+    /// The device that holds the model, its optimiser state and the evaluation.
+    pub fn first(&self) -> DeviceChoice {
+        self.0[0]
+    }
+
+    /// The other devices, in order.
+    pub fn rest(&self) -> &[DeviceChoice] {
+        &self.0[1..]
+    }
+}
+
+impl FromStr for DeviceList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let list = s
+            .split(',')
+            .map(|d| d.trim().parse::<DeviceChoice>())
+            .collect::<Result<Vec<_>, _>>()?;
+        if list.is_empty() {
+            return Err("no device given".into());
+        }
+        Ok(DeviceList(list))
+    }
+}
+
+impl fmt::Display for DeviceList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 impl DeviceChoice {
     /// Whether the device's tensors live in the host's memory (batch-size checks against RAM).
     pub fn uses_host_memory(self) -> bool {
@@ -203,6 +241,19 @@ mod tests {
         ] {
             assert_eq!(d.to_string().parse::<DeviceChoice>().unwrap(), d);
         }
+    }
+
+    #[test]
+    fn device_lists() {
+        let l: DeviceList = "cuda:0, cuda:1".parse().unwrap();
+        assert_eq!(l.first(), DeviceChoice::Cuda(0));
+        assert_eq!(l.rest(), &[DeviceChoice::Cuda(1)]);
+        assert_eq!(l.to_string(), "cuda:0,cuda:1");
+        let one: DeviceList = "cpu".parse().unwrap();
+        assert_eq!((one.first(), one.rest().len()), (DeviceChoice::Cpu, 0));
+        let e = "cpu,tpu".parse::<DeviceList>().unwrap_err();
+        assert!(e.contains("\"tpu\""), "{e}");
+        assert!("cpu,".parse::<DeviceList>().is_err());
     }
 
     /// Without the feature, the device is refused with the command that builds it.

@@ -20,7 +20,9 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod modeldir;
+pub mod parallel;
 pub mod pipeline;
+pub mod precision;
 pub mod preset;
 mod remote;
 pub mod schedule;
@@ -32,7 +34,7 @@ pub mod trainer;
 
 pub use augment::Augment;
 pub use burn;
-pub use device::DeviceChoice;
+pub use device::{DeviceChoice, DeviceList};
 pub use error::TrainError;
 pub use eval::{
     Comparison, EvalPart, EvaluateRequest, Evaluation, compare, evaluate, evaluate_part,
@@ -41,5 +43,6 @@ pub use eval::{
 pub use infer::TrainedModel;
 pub use model::{ModelConfig, ModelKind};
 pub use modeldir::{CheckpointSel, OptimizerKind, TrainConfig};
+pub use precision::Precision;
 pub use schedule::{EarlyStopping, LrSchedule, Monitored, ScheduleKind};
 pub use train::{TrainObserver, TrainRequest, TrainSummary, install_interrupt_handler, train};

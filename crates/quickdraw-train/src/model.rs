@@ -10,6 +10,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Lstm, LstmConfig, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::{log_softmax, relu};
 use serde::{Deserialize, Serialize};
 
@@ -657,8 +658,10 @@ fn fused_conv(conv: &Conv2d, pool: usize, x: Tensor<4>) -> Option<Tensor<4>> {
         || conv.dilation != [1, 1]
         || conv.groups != 1
         || conv.padding != PaddingConfig2d::Same
-        // CPU (flex) tensors only, not CUDA ones.
+        // CPU (flex) tensors only, not CUDA ones; float32 only (not --precision bf16|f16).
         || x.device().inner() != Device::flex()
+        || x.dtype() != DType::F32
+        || conv.weight.val().dtype() != DType::F32
     {
         return None;
     }
@@ -737,6 +740,49 @@ impl ModelInput {
             ModelInput::Images(x) => x.dims()[0],
             ModelInput::Strokes { mask, .. } => mask.dims()[0],
             ModelInput::ImagesWide { wide, .. } => wide.dims()[0],
+        }
+    }
+
+    /// Rows `range` of every tensor, moved to `device` (a data-parallel part of the batch).
+    pub fn rows(&self, range: std::ops::Range<usize>, device: &Device) -> Self {
+        let (start, len) = (range.start, range.len());
+        match self {
+            ModelInput::Images(x) => {
+                ModelInput::Images(x.clone().narrow(0, start, len).to_device(device))
+            }
+            ModelInput::Strokes {
+                forward,
+                backward,
+                mask,
+            } => ModelInput::Strokes {
+                forward: forward.clone().narrow(0, start, len).to_device(device),
+                backward: backward.clone().narrow(0, start, len).to_device(device),
+                mask: mask.clone().narrow(0, start, len).to_device(device),
+            },
+            ModelInput::ImagesWide { images, wide } => ModelInput::ImagesWide {
+                images: images.clone().narrow(0, start, len).to_device(device),
+                wide: wide.clone().narrow(0, start, len).to_device(device),
+            },
+        }
+    }
+
+    /// Every tensor cast to `dtype` (`--precision`).
+    pub fn cast(self, dtype: burn::tensor::FloatDType) -> Self {
+        match self {
+            ModelInput::Images(x) => ModelInput::Images(x.cast(dtype)),
+            ModelInput::Strokes {
+                forward,
+                backward,
+                mask,
+            } => ModelInput::Strokes {
+                forward: forward.cast(dtype),
+                backward: backward.cast(dtype),
+                mask: mask.cast(dtype),
+            },
+            ModelInput::ImagesWide { images, wide } => ModelInput::ImagesWide {
+                images: images.cast(dtype),
+                wide: wide.cast(dtype),
+            },
         }
     }
 

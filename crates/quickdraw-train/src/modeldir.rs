@@ -37,6 +37,7 @@ use crate::augment::Augment;
 use crate::error::{Result, TrainError};
 use crate::model::{Model, ModelConfig};
 use crate::pipeline::StreamPosition;
+use crate::precision::Precision;
 use crate::schedule::{EarlyStopping, LrSchedule, MonitorState, ScheduleKind};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -194,6 +195,9 @@ pub struct TrainConfig {
     /// `--augment` of the training images.
     #[serde(default, skip_serializing_if = "Augment::is_none")]
     pub augment: Augment,
+    /// `--precision` of the forward and backward passes (the weights are float32 always).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 /// Per-class loss weights and where they came from (`balanced` or a file).
@@ -269,6 +273,7 @@ impl TrainConfig {
             j(&other.early_stopping),
         );
         cmp("augment", j(&self.augment), j(&other.augment));
+        cmp("precision", j(&self.precision), j(&other.precision));
         let (a, b) = (&self.lr_schedule, &other.lr_schedule);
         let only_length = LrSchedule {
             decay_steps: b.decay_steps,

@@ -141,3 +141,17 @@ pub fn write_tiny_dataset(dir: &Path, t: &TinyDataset) -> Result<FeatureSpec> {
     std::fs::write(&lp, labels_text(&classes)).map_err(TrainError::io(&lp))?;
     Ok(spec)
 }
+
+/// Copies the folder `from` (a model dir, a dataset) to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}

@@ -28,6 +28,7 @@ use crate::pipeline::{
     self, DEFAULT_PREFETCH, DEFAULT_SHUFFLE_BUFFER, DataSource, DecodeOptions, OrderOptions,
     Pipeline, PipelineOptions, StreamPosition,
 };
+use crate::precision::Precision;
 use crate::schedule::{EarlyStopping, LrSchedule, MonitorState, Monitored, ScheduleKind};
 use crate::trainer::Trainer;
 use quickdraw_data::wide::WideSpec;
@@ -74,6 +75,8 @@ pub struct TrainRequest {
     pub early_stopping: Option<EarlyStopping>,
     /// `--augment` of the training images.
     pub augment: Augment,
+    /// `--precision` of the forward and backward passes ([`crate::precision`]).
+    pub precision: Precision,
     /// Batches per evaluation (default: the whole eval set).
     pub eval_steps: Option<u64>,
     /// Evaluate every N steps (and always at the end when eval files are given).
@@ -83,6 +86,9 @@ pub struct TrainRequest {
     pub overwrite: bool,
     pub warm_start_from: Option<PathBuf>,
     pub device: DeviceChoice,
+    /// The devices after the first of `--device a,b,...`: each step's batch is split by rows
+    /// over `device` and these ([`crate::parallel`]). Empty: one device.
+    pub parallel_devices: Vec<DeviceChoice>,
     pub prefetch: usize,
     /// Write training scalars every N steps.
     pub log_every: u64,
@@ -121,6 +127,7 @@ impl TrainRequest {
             class_weight: None,
             early_stopping: None,
             augment: Augment::None,
+            precision: Precision::F32,
             eval_steps: None,
             eval_every: None,
             checkpoint_every: 100,
@@ -128,6 +135,7 @@ impl TrainRequest {
             overwrite: false,
             warm_start_from: None,
             device: DeviceChoice::Cpu,
+            parallel_devices: Vec::new(),
             prefetch: DEFAULT_PREFETCH,
             log_every: 10,
             stop: None,
@@ -341,6 +349,13 @@ pub fn build_config(
         )));
     }
     check_policies(req)?;
+    if req.model == ModelKind::Rnn && !req.precision.is_f32() {
+        // burn 0.22's LSTM creates its states and output buffer in float32 whatever its input.
+        return Err(TrainError::Config(format!(
+            "--precision {}: the rnn model trains in f32 only (burn's LSTM keeps its states in float32)",
+            req.precision
+        )));
+    }
     let class_weights = req
         .class_weight
         .as_deref()
@@ -369,6 +384,7 @@ pub fn build_config(
         class_weights,
         early_stopping: req.early_stopping,
         augment: req.augment,
+        precision: req.precision,
     })
 }
 
@@ -690,6 +706,8 @@ struct Setup {
     /// The model dir's config (read back when resuming).
     cfg: TrainConfig,
     device: Device,
+    /// The other data-parallel devices (autodiff), in `--device` order.
+    parallel_devices: Vec<Device>,
     eval_device: Device,
     start: Start,
     /// The global step the run trains to (`--train-steps` or `--epochs`).
@@ -722,6 +740,30 @@ fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
 
     let device = training_device(req.device)?;
     let eval_device = inference_device(req.device)?;
+    let parallel_devices = req
+        .parallel_devices
+        .iter()
+        .map(|&d| training_device(d))
+        .collect::<Result<Vec<_>>>()?;
+    cfg.precision.check(&device, req.device)?;
+    for (d, &choice) in parallel_devices.iter().zip(&req.parallel_devices) {
+        cfg.precision.check(d, choice)?;
+    }
+    if !parallel_devices.is_empty() {
+        let n = parallel_devices.len() + 1;
+        obs.notice(&format!(
+            "data-parallel over {n} devices ({}): each batch of {} split into parts of {}-{} rows, gradients summed on {}",
+            std::iter::once(req.device)
+                .chain(req.parallel_devices.iter().copied())
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.batch_size,
+            cfg.batch_size / n,
+            cfg.batch_size.div_ceil(n),
+            req.device
+        ));
+    }
     let optimizer = cfg.init_optimizer();
     let start = if resume {
         resume_run(req, &mut cfg, &device, optimizer, &train_src, obs)?
@@ -750,6 +792,7 @@ fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
         eval_src,
         cfg,
         device,
+        parallel_devices,
         eval_device,
         start,
         total_steps,
@@ -977,6 +1020,7 @@ impl<'a> Run<'a> {
             eval_src,
             cfg,
             device,
+            parallel_devices,
             eval_device,
             start,
             total_steps,
@@ -1014,8 +1058,9 @@ impl<'a> Run<'a> {
             .with_loss(
                 cfg.label_smoothing,
                 cfg.class_weights.as_ref().map(|w| w.weights.as_slice()),
-                &device,
-            );
+            )
+            .with_data_parallel(parallel_devices)
+            .with_precision(cfg.precision);
         Ok(Run {
             req,
             trainer,
@@ -1086,7 +1131,9 @@ impl<'a> Run<'a> {
         let b = batch.size;
         // Random state (dropout masks) is a function of (seed, step), so a resumed run draws
         // exactly what an uninterrupted one would.
-        self.device.seed(step_seed(self.cfg.seed, self.step));
+        let seed = step_seed(self.cfg.seed, self.step);
+        self.device.seed(seed);
+        self.trainer.set_step_seed(seed);
         let lr = self
             .cfg
             .lr_schedule
@@ -1478,6 +1525,14 @@ fn check_batch(
     obs: &mut dyn TrainObserver,
 ) -> Result<()> {
     let seq_len = cfg.features.strokes.map_or(0, |s| s.max_points);
+    let n_devices = 1 + req.parallel_devices.len();
+    if cfg.batch_size < n_devices {
+        return Err(TrainError::Config(format!(
+            "--batch-size {} cannot be split over the {n_devices} devices of --device: give each device at least one row",
+            cfg.batch_size
+        )));
+    }
+    // Host devices hold the whole batch between them (its parts, one after the other).
     if req.device.uses_host_memory()
         && let Some(avail) = crate::memory::available_memory()
     {

@@ -1,6 +1,6 @@
 //! [`Trainer`]: the optimisation step (forward, cross-entropy loss, backward, optimiser) on a
 //! model and its optimiser, the one step that `train`, `bench_train` and the `profile_cnn`
-//! example run.
+//! example run, on one device or data-parallel over several ([`crate::parallel`]).
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 
 use crate::model::{Model, ModelInput};
+use crate::precision::Precision;
 
 /// The loss of a step was NaN or infinite (the step was not applied).
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
@@ -34,7 +35,16 @@ pub struct Trainer {
     /// Always `Some` between calls: the optimiser takes the model by value.
     model: Option<Model>,
     optimizer: ModuleOptimizer,
-    loss_fn: CrossEntropyLoss,
+    /// The model's device first, then the other data-parallel devices.
+    devices: Vec<Device>,
+    /// The loss function built on each of `devices`.
+    loss_fns: Vec<CrossEntropyLoss>,
+    label_smoothing: Option<f64>,
+    class_weights: Option<Vec<f32>>,
+    /// The step's seed, for the data-parallel devices' random state.
+    step_seed: Option<u64>,
+    /// The forward and backward passes' precision.
+    precision: Precision,
     learning_rate: f64,
 }
 
@@ -45,12 +55,58 @@ impl Trainer {
         learning_rate: f64,
         device: &Device,
     ) -> Self {
-        Trainer {
+        let mut t = Trainer {
             model: Some(model),
             optimizer,
-            loss_fn: CrossEntropyLossConfig::new().init(device),
+            devices: vec![device.clone()],
+            loss_fns: Vec::new(),
+            label_smoothing: None,
+            class_weights: None,
+            step_seed: None,
+            precision: Precision::F32,
             learning_rate,
-        }
+        };
+        t.build_losses();
+        t
+    }
+
+    /// Splits each step's batch by rows over the model's device and `others` (autodiff devices;
+    /// see [`crate::parallel`]).
+    pub fn with_data_parallel(mut self, others: Vec<Device>) -> Self {
+        self.devices.truncate(1);
+        self.devices.extend(others);
+        self.build_losses();
+        self
+    }
+
+    /// Computes the forward and backward passes in `precision` (see [`crate::precision`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The devices a step runs on (the model's first).
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// The seed the caller gave the model's device for this step: the other data-parallel
+    /// devices draw from seeds derived from it ([`crate::parallel::rank_seed`]).
+    pub fn set_step_seed(&mut self, seed: u64) {
+        self.step_seed = Some(seed);
+    }
+
+    fn build_losses(&mut self) {
+        self.loss_fns = self
+            .devices
+            .iter()
+            .map(|d| {
+                CrossEntropyLossConfig::new()
+                    .with_smoothing(self.label_smoothing.filter(|&a| a > 0.0).map(|a| a as f32))
+                    .with_weights(self.class_weights.clone())
+                    .init(d)
+            })
+            .collect();
     }
 
     /// Trains on a label-smoothed and/or class-weighted cross-entropy (burn's: the weighted
@@ -59,12 +115,10 @@ impl Trainer {
         mut self,
         label_smoothing: Option<f64>,
         class_weights: Option<&[f32]>,
-        device: &Device,
     ) -> Self {
-        self.loss_fn = CrossEntropyLossConfig::new()
-            .with_smoothing(label_smoothing.filter(|&a| a > 0.0).map(|a| a as f32))
-            .with_weights(class_weights.map(<[f32]>::to_vec))
-            .init(device);
+        self.label_smoothing = label_smoothing;
+        self.class_weights = class_weights.map(<[f32]>::to_vec);
+        self.build_losses();
         self
     }
 
@@ -102,10 +156,13 @@ impl Trainer {
         input: ModelInput,
         targets: Tensor<1, Int>,
     ) -> Result<StepOutput, NonFiniteLoss> {
+        if self.devices.len() > 1 && self.model().is_trainable() {
+            return self.step_parallel(input, targets);
+        }
         let t0 = Instant::now();
         let model = self.model.take().expect("a model between steps");
-        let logits = model.forward(input);
-        let loss = self.loss_fn.forward(logits.clone(), targets);
+        let logits = self.precision.forward(&model, input);
+        let loss = self.loss_fns[0].forward(logits.clone(), targets);
         let t1 = Instant::now();
         let grads = model.is_trainable().then(|| loss.backward());
         let loss_v: f32 = loss.into_scalar();
@@ -128,6 +185,38 @@ impl Trainer {
             forward: t1 - t0,
             backward: t2 - t1,
             optimizer: t2.elapsed(),
+        })
+    }
+
+    /// [`Trainer::step`] with the batch split over the devices ([`crate::parallel`]).
+    fn step_parallel(
+        &mut self,
+        input: ModelInput,
+        targets: Tensor<1, Int>,
+    ) -> Result<StepOutput, NonFiniteLoss> {
+        let model = self.model.take().expect("a model between steps");
+        let pass = crate::parallel::forward_backward(
+            &model,
+            input,
+            targets,
+            &self.devices,
+            &self.loss_fns,
+            self.class_weights.as_deref(),
+            self.step_seed,
+            self.precision,
+        );
+        if !pass.loss.is_finite() {
+            self.model = Some(model);
+            return Err(NonFiniteLoss(pass.loss));
+        }
+        let t = Instant::now();
+        self.model = Some(self.optimizer.step(self.learning_rate, model, pass.grads));
+        Ok(StepOutput {
+            loss: pass.loss,
+            logits: pass.logits,
+            forward: pass.forward,
+            backward: pass.backward,
+            optimizer: t.elapsed(),
         })
     }
 }

@@ -986,6 +986,169 @@ fn devices_this_build_or_machine_lacks_are_clear_errors() {
     }
 }
 
+/// `--device cpu,cpu`: two data-parallel replicas on the CPU backend. Without dropout they train
+/// as `--device cpu` does (the same step losses, to float summation order); with dropout a
+/// resumed run equals an uninterrupted one bit for bit (each replica's masks depend on the step
+/// only); with the CubeCL CPU device built in (CI), `--device cpu,cubecl` trains across two
+/// backends; a batch smaller than the device count is refused.
+#[test]
+fn data_parallel_training_over_two_cpu_devices() {
+    let d = Data::new(false);
+    let (one, two) = (d.model_dir("dp-one"), d.model_dir("dp-two"));
+    train(&d, "cnn", &one, 6, &["--dropout", "0"]);
+    train(
+        &d,
+        "cnn",
+        &two,
+        6,
+        &["--dropout", "0", "--device", "cpu,cpu"],
+    );
+    let close = |a: &[f32], b: &[f32], tol: f32| {
+        assert_eq!(a.len(), 6);
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() < tol,
+                "step {}: {x} vs {y} ({a:?} vs {b:?})",
+                i + 1
+            );
+        }
+    };
+    let l1 = losses(&one);
+    close(&l1, &losses(&two), 1e-4);
+    let (e1, e2) = (eval_json(&one, &d), eval_json(&two, &d));
+    assert!((e1["loss"].as_f64().unwrap() - e2["loss"].as_f64().unwrap()).abs() < 1e-4);
+
+    let (a, b) = (d.model_dir("dp-a"), d.model_dir("dp-b"));
+    let dropout = ["--dropout", "0.5", "--device", "cpu,cpu"];
+    train(&d, "cnn", &a, 3, &dropout);
+    train(&d, "cnn", &a, 6, &dropout);
+    train(&d, "cnn", &b, 6, &dropout);
+    let (ea, eb) = (eval_json(&a, &d), eval_json(&b, &d));
+    assert_eq!(ea["step"], 6);
+    assert_eq!(
+        ea["loss"].as_f64().unwrap().to_bits(),
+        eb["loss"].as_f64().unwrap().to_bits(),
+        "resumed {} vs uninterrupted {}",
+        ea["loss"],
+        eb["loss"]
+    );
+    // The second replica draws its own dropout masks: the steps differ from one device's.
+    let single = d.model_dir("dp-single");
+    train(&d, "cnn", &single, 6, &["--dropout", "0.5"]);
+    assert_ne!(losses(&single)[1..], losses(&b)[1..]);
+
+    if quickdraw_train::device::CUBECL_AVAILABLE {
+        let mixed = d.model_dir("dp-cubecl");
+        train(
+            &d,
+            "cnn",
+            &mixed,
+            6,
+            &["--dropout", "0", "--device", "cpu,cubecl"],
+        );
+        // CubeCL's kernels sum in another order than flex's (as in quickdraw-train's parity test).
+        close(&l1, &losses(&mixed), 2e-3);
+    }
+
+    let mut args = train_args(
+        &d,
+        "cnn",
+        &d.model_dir("dp-small"),
+        2,
+        &["--device", "cpu,cpu,cpu"],
+    );
+    let at = args.iter().position(|a| a == "--batch-size").unwrap();
+    args[at + 1] = "2".into();
+    let e = fail(&args);
+    assert!(
+        e.contains("--batch-size 2") && e.contains("3 devices"),
+        "{e}"
+    );
+    let e = fail(&train_args(
+        &d,
+        "cnn",
+        &d.model_dir("dp-bad"),
+        2,
+        &["--device", "cpu,tpu"],
+    ));
+    assert!(e.contains("\"tpu\""), "{e}");
+}
+
+/// `--precision bf16|f16`: mixed precision. Training works (the loss falls), the first step's
+/// loss is the float32 one to bf16 rounding (the same initial weights and batch), the
+/// checkpoints keep float32 weights (the same size as a float32 run's), the precision is
+/// recorded in config.json and a resume that changes it is refused; the rnn model is refused.
+#[test]
+fn mixed_precision_trains_keeps_float32_weights_and_is_recorded() {
+    let d = Data::new(false);
+    let small = [
+        "--conv",
+        "3:2:8,3:2:8",
+        "--dense",
+        "32",
+        "--learning-rate",
+        "0.005",
+        "--dropout",
+        "0",
+    ];
+    let (f, b) = (d.model_dir("p-f32"), d.model_dir("p-bf16"));
+    train(&d, "cnn", &f, 40, &small);
+    train(
+        &d,
+        "cnn",
+        &b,
+        40,
+        &[&small[..], &["--precision", "bf16"]].concat(),
+    );
+    let (lf, lb) = (losses(&f), losses(&b));
+    assert!(
+        (lf[0] - lb[0]).abs() < 2e-2 && lf[0] != lb[0],
+        "step 1: f32 {} bf16 {}",
+        lf[0],
+        lb[0]
+    );
+    assert_loss_falls(&b, "cnn --precision bf16");
+    let size = |dir: &Path| {
+        std::fs::metadata(last_checkpoint_dir(dir).join("model.bpk"))
+            .unwrap()
+            .len()
+    };
+    assert_eq!(size(&f), size(&b), "bf16 checkpoint is not float32");
+    let config = std::fs::read_to_string(b.join("config.json")).unwrap();
+    assert!(config.contains(r#""precision": "bf16""#), "{config}");
+    assert_eq!(eval_json(&b, &d)["step"], 40);
+
+    let e = fail(&train_args(&d, "cnn", &b, 42, &small));
+    assert!(e.contains("precision"), "{e}");
+    train(
+        &d,
+        "cnn",
+        &b,
+        42,
+        &[&small[..], &["--precision", "bf16"]].concat(),
+    );
+
+    let h = d.model_dir("p-f16");
+    train(
+        &d,
+        "cnn",
+        &h,
+        3,
+        &[&small[..], &["--precision", "f16", "--device", "cpu,cpu"]].concat(),
+    );
+    assert!(losses(&h).iter().all(|l| l.is_finite()));
+    let strokes = Data::new(true);
+    let e = fail(&train_args(
+        &strokes,
+        "rnn",
+        &strokes.model_dir("p-rnn"),
+        2,
+        &["--precision", "bf16"],
+    ));
+    assert!(e.contains("f32 only"), "{e}");
+}
+
 /// `bench read`: the input pipeline alone reads the batches asked for and reports its rate per
 /// CPU-second and its decode threads.
 #[test]

@@ -108,6 +108,11 @@ pub struct TrainArgs {
     /// [default: none].
     #[arg(long, value_name = "none|light|strong")]
     pub augment: Option<Augment>,
+    /// Precision of the forward and backward passes: f32, bf16 or f16 (mixed precision: the
+    /// weights, optimiser state and checkpoints stay float32; no loss scaling, so prefer bf16).
+    /// For GPUs: on the CPU the lower precisions are slower.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
+    pub precision: quickdraw_train::Precision,
     /// The metric early stopping and the plateau schedule watch: val_loss or val_accuracy.
     #[arg(long, default_value = "val_loss", value_name = "METRIC")]
     pub early_stopping_metric: Monitored,
@@ -126,8 +131,17 @@ pub struct TrainArgs {
     /// Initialise the weights from another model dir's latest checkpoint (same architecture).
     #[arg(long, value_name = "DIR")]
     pub warm_start_from: Option<PathBuf>,
-    #[command(flatten)]
-    pub device: super::DeviceArg,
+    /// Where to train: cpu (burn's flex backend), cubecl (burn's CubeCL CPU runtime: the GPU
+    /// code path on the CPU; a build with --features cubecl), or cuda[:N] (a build with
+    /// --features cuda and an NVIDIA driver). Several, comma separated (`cuda:0,cuda:1`), train
+    /// data-parallel: each batch is split by rows over the devices and the gradients are summed
+    /// on the first, which holds the model, its optimiser state and the evaluation.
+    #[arg(
+        long = "device",
+        value_name = "DEVICE[,DEVICE...]",
+        default_value = "cpu"
+    )]
+    pub devices: quickdraw_train::DeviceList,
     /// DNN hidden layer widths: `1000` or a comma list `512,256`.
     #[arg(long)]
     pub hidden: Option<String>,
@@ -401,7 +415,9 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     req.keep_checkpoints = a.keep_checkpoints;
     req.overwrite = a.overwrite;
     req.warm_start_from = a.warm_start_from.clone();
-    req.device = a.device.choice;
+    req.precision = a.precision;
+    req.device = a.devices.first();
+    req.parallel_devices = a.devices.rest().to_vec();
     req.prefetch = a.prefetch;
     req.log_every = a.log_every;
     req.stop = Some(stop);
