@@ -8,7 +8,10 @@
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Lstm, LstmConfig, PaddingConfig2d};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, Lstm, LstmConfig,
+    PaddingConfig2d,
+};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{log_softmax, relu};
@@ -186,6 +189,9 @@ pub struct ModelConfig {
     /// The wide part's metadata vector (`wide_deep`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wide: Option<WideSpec>,
+    /// Batch normalization after each CNN block's pooling (`--batch-norm`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch_norm: bool,
 }
 
 impl ModelConfig {
@@ -201,6 +207,7 @@ impl ModelConfig {
             dropout: None,
             rnn_units: None,
             wide: None,
+            batch_norm: false,
         };
         if kind == ModelKind::WideDeep {
             c.wide = Some(WideSpec::default());
@@ -234,6 +241,12 @@ impl ModelConfig {
             && !(0.0..1.0).contains(&p)
         {
             return bad(format!("--dropout {p} must be in [0, 1)"));
+        }
+        if self.batch_norm && !self.kind.has_cnn() {
+            return bad(format!(
+                "--batch-norm applies to the CNN blocks of cnn and wide_deep, not to {}",
+                self.kind
+            ));
         }
         match self.kind {
             ModelKind::Dnn if self.hidden.as_ref().is_none_or(|h| h.is_empty()) => {
@@ -325,6 +338,10 @@ impl ModelConfig {
                             vec![-1, ch, side, side],
                             p,
                         );
+                        if self.batch_norm {
+                            let shape = vec![-1, ch, side, side];
+                            add(&format!("batch_norm{}", i + 1), "BatchNorm", shape, &[]);
+                        }
                         add(
                             &format!("relu{}", i + 1),
                             "Relu",
@@ -450,6 +467,7 @@ impl ModelConfig {
         let c = self.n_classes;
         let mut convs = Vec::new();
         let mut pools = Vec::new();
+        let mut norms = Vec::new();
         let mut channels = 1;
         for l in self.conv.as_deref().unwrap_or_default() {
             convs.push(
@@ -462,6 +480,9 @@ impl ModelConfig {
                     .with_strides([l.pool, l.pool])
                     .init(),
             );
+            if self.batch_norm {
+                norms.push(BatchNormConfig::new(l.filters).init(device));
+            }
             channels = l.filters;
         }
         let side = self.cnn_side();
@@ -469,6 +490,7 @@ impl ModelConfig {
         Cnn {
             convs,
             pools,
+            norms,
             dense: LinearConfig::new(side * side * channels, dense).init(device),
             dropout: DropoutConfig::new(self.dropout.unwrap_or(LECTURE_DROPOUT)).init(),
             output: LinearConfig::new(dense, c).init(device),
@@ -554,6 +576,8 @@ impl Dnn {
 pub struct Cnn {
     pub convs: Vec<Conv2d>,
     pub pools: Vec<MaxPool2d>,
+    /// One per block with `--batch-norm` (after the pooling), else none.
+    pub norms: Vec<BatchNorm>,
     pub dense: Linear,
     pub dropout: Dropout,
     pub output: Linear,
@@ -574,7 +598,7 @@ impl Cnn {
 
     fn forward_with(&self, images: Tensor<4>, fast: bool) -> Tensor<2> {
         let mut x = images; // [B, 1, S, S]
-        for (conv, pool) in self.convs.iter().zip(&self.pools) {
+        for (i, (conv, pool)) in self.convs.iter().zip(&self.pools).enumerate() {
             // [B, C_in, H, W] -> [B, filters, H, W] ('same') -> [B, filters, H/pool, W/pool]
             // relu(max_pool(y)) == max_pool(relu(y)) (relu is monotonic), values and gradients
             // alike; pooling first runs the ReLU on pool^2 times fewer values.
@@ -582,6 +606,12 @@ impl Cnn {
                 true => conv_same_pool(conv, pool, x.clone())
                     .unwrap_or_else(|| pool.forward(conv.forward(x))),
                 false => pool.forward(conv.forward(x)),
+            };
+            // [B, filters, h, w] normalised per filter (batch statistics in training).
+            let pooled = match (self.norms.get(i), fast) {
+                (Some(norm), true) => norm.forward(pooled),
+                (Some(norm), false) => batch_norm_standard(norm, pooled),
+                (None, _) => pooled,
             };
             x = relu(pooled);
         }
@@ -592,6 +622,24 @@ impl Cnn {
         // [B, dense] -> [B, C]
         self.output.forward(self.dropout.forward(x))
     }
+}
+
+/// `norm` as burn's `BatchNorm::forward`, except that in inference the running statistics are
+/// used where they are instead of being moved to the input's device first: burn-onnx's capture
+/// device refuses that move, and the statistics already live with the weights. Captured by the
+/// export as an ONNX `BatchNormalization` node.
+fn batch_norm_standard(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    if x.device().is_autodiff() && norm.training.is_enabled() {
+        return norm.forward(x);
+    }
+    burn::tensor::module::batch_norm(
+        x,
+        norm.gamma.val(),
+        norm.beta.val(),
+        norm.running_mean.value(),
+        norm.running_var.value(),
+        norm.epsilon,
+    )
 }
 
 /// The lecture's wide & deep model (`DNNLinearCombinedClassifier`): the sum of the CNN's logits
@@ -1076,6 +1124,39 @@ mod tests {
         let x = Tensor::<4>::random([2, 1, 64, 64], burn::tensor::Distribution::Default, &device);
         let d = max_abs_diff(m.forward(x.clone()), m.forward_standard(x));
         assert!(d < 1e-4, "logits differ by {d}");
+    }
+
+    /// With `--batch-norm`, evaluation normalises with the running statistics in both forwards
+    /// (burn's layer, and the export's path that reads them in place), and the layer graph
+    /// shows one batch norm per block.
+    #[test]
+    fn batch_norm_forwards_agree_and_use_the_running_statistics() {
+        let device = Device::flex();
+        let mut cfg = ModelConfig::new(ModelKind::Cnn, 5, 16);
+        cfg.conv = Some(vec![ConvLayer {
+            kernel: 3,
+            pool: 2,
+            filters: 4,
+        }]);
+        cfg.batch_norm = true;
+        let Model::Cnn(m) = cfg.init(&device).unwrap() else {
+            panic!("a cnn")
+        };
+        let stats = Tensor::<1>::from_floats([0.5, -1.0, 2.0, 0.0], &device);
+        m.norms[0].running_mean.update(stats.clone());
+        m.norms[0].running_var.update(stats.abs() + 0.5);
+        let x: Vec<f32> = (0..2 * 16 * 16)
+            .map(|i| ((i * 37 % 101) as f32) / 100.0)
+            .collect();
+        let x = Tensor::<4>::from_data(TensorData::new(x, [2, 1, 16, 16]), &device);
+        let d = max_abs_diff(m.forward(x.clone()), m.forward_standard(x.clone()));
+        assert!(d < 1e-4, "logits differ by {d}");
+        // Other statistics, other logits: the running statistics are used.
+        let before = m.forward(x.clone());
+        m.norms[0].running_mean.update(Tensor::zeros([4], &device));
+        assert!(max_abs_diff(before, m.forward(x)) > 1e-3);
+        let names: Vec<String> = cfg.layer_graph().into_iter().map(|n| n.name).collect();
+        assert_eq!(names[1..5], ["conv1", "pool1", "batch_norm1", "relu1"]);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct TrainRequest {
     pub dense: Option<usize>,
     /// Dropout before the output layer (CNN default 0.4, DNN 0).
     pub dropout: Option<f64>,
+    /// `--batch-norm` after each CNN block.
+    pub batch_norm: bool,
     /// LSTM units per direction (default 256).
     pub rnn_units: Option<usize>,
     /// Checked against labels.txt when given.
@@ -109,6 +111,7 @@ impl TrainRequest {
             conv: None,
             dense: None,
             dropout: None,
+            batch_norm: false,
             rnn_units: None,
             n_classes: None,
             optimizer: OptimizerKind::Adam,
@@ -309,6 +312,7 @@ pub fn build_config(
         )));
     }
     let mut model = ModelConfig::new(req.model, classes.len(), src.image_size());
+    model.batch_norm = req.batch_norm;
     match req.model {
         ModelKind::Dnn => {
             if let Some(h) = &req.hidden {
@@ -355,6 +359,14 @@ pub fn build_config(
             "--precision {}: the rnn model trains in f32 only (burn's LSTM keeps its states in float32)",
             req.precision
         )));
+    }
+    if req.batch_norm && (!req.precision.is_f32() || !req.parallel_devices.is_empty()) {
+        // burn 0.22's BatchNorm keeps its running statistics in state that every copy of the
+        // model shares: a cast copy (--precision) would cast them, and the data-parallel copies
+        // would each update them.
+        return Err(TrainError::Config(
+            "--batch-norm trains on one device in f32 only (burn's BatchNorm shares its running statistics between copies of the model): drop --precision or the extra --device".into(),
+        ));
     }
     let class_weights = req
         .class_weight

@@ -450,6 +450,25 @@ fn export_every_model_kind_and_the_gate() {
     checks.push(check);
     burn_and_tract_agree(&rnn, &v, &data.ndjson()[..1]);
 
+    // The CNN with batch normalization: an ONNX BatchNormalization node per block, computed
+    // from the running statistics as burn's evaluation computes it (tract, onnxruntime).
+    let bn = data.train(
+        "cnn",
+        "cnn-batch-norm",
+        30,
+        &["--conv", "3:2:4,3:2:8", "--dense", "16", "--batch-norm"],
+    );
+    let (v, check) = export_ok(&bn, &["--force"]);
+    check_layout(&v, "cnn", 1);
+    let onnx = fs::read(v.join("model.onnx")).unwrap();
+    let n_bn = onnx
+        .windows(18)
+        .filter(|w| w == b"BatchNormalization")
+        .count();
+    assert_eq!(n_bn, 2, "BatchNormalization nodes in the export");
+    checks.push(check);
+    burn_and_tract_agree(&bn, &v, &data.ndjson()[..1]);
+
     // Wide & deep: the CNN plus the linear part over the metadata; a second graph input.
     let wd = data.train(
         "wide_deep",

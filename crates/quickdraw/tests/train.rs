@@ -1149,6 +1149,61 @@ fn mixed_precision_trains_keeps_float32_weights_and_is_recorded() {
     assert!(e.contains("f32 only"), "{e}");
 }
 
+/// `--batch-norm`: recorded in the model config; the running statistics are part of the
+/// checkpoint, so a resumed run evaluates exactly as an uninterrupted one; refused where burn's
+/// shared running statistics would be wrong (a second device, a lower precision) or absent.
+#[test]
+fn batch_norm_trains_resumes_exactly_and_is_refused_where_unsupported() {
+    let d = Data::new(false);
+    let (a, b) = (d.model_dir("bn-a"), d.model_dir("bn-b"));
+    let bn = [
+        "--batch-norm",
+        "--conv",
+        "3:2:8,3:2:8",
+        "--dense",
+        "32",
+        "--checkpoint-every",
+        "5",
+    ];
+    train(&d, "cnn", &a, 6, &bn);
+    train(&d, "cnn", &a, 12, &bn);
+    train(&d, "cnn", &b, 12, &bn);
+    let config = std::fs::read_to_string(b.join("config.json")).unwrap();
+    assert!(config.contains(r#""batch_norm": true"#), "{config}");
+    let (ea, eb) = (eval_json(&a, &d), eval_json(&b, &d));
+    assert_eq!(
+        ea["loss"].as_f64().unwrap().to_bits(),
+        eb["loss"].as_f64().unwrap().to_bits(),
+        "resumed {} vs uninterrupted {}",
+        ea["loss"],
+        eb["loss"]
+    );
+    // Without --batch-norm the same dir is another configuration.
+    let e = fail(&train_args(&d, "cnn", &a, 14, &bn[1..]));
+    assert!(e.contains("batch_norm"), "{e}");
+    for extra in [&["--precision", "bf16"][..], &["--device", "cpu,cpu"][..]] {
+        let e = fail(&train_args(
+            &d,
+            "cnn",
+            &d.model_dir("bn-x"),
+            2,
+            &[&bn[..], extra].concat(),
+        ));
+        assert!(
+            e.contains("--batch-norm trains on one device in f32 only"),
+            "{e}"
+        );
+    }
+    let e = fail(&train_args(
+        &d,
+        "dnn",
+        &d.model_dir("bn-dnn"),
+        2,
+        &["--batch-norm"],
+    ));
+    assert!(e.contains("not to dnn"), "{e}");
+}
+
 /// `bench read`: the input pipeline alone reads the batches asked for and reports its rate per
 /// CPU-second and its decode threads.
 #[test]

@@ -56,6 +56,9 @@ fn capture_image_model(
     size: usize,
     device: &burn::tensor::Device,
 ) -> Result<ModelProto> {
+    // A copy whose batch-norm running statistics are its own: burn moves a model's running
+    // state to the capture device in place, which would leave the caller's model there.
+    let model = &burn::module::Module::valid(model);
     let sample = Tensor::<4>::zeros([2, 1, size, size], device);
     let validation = Tensor::<4>::zeros([3, 1, size, size], device);
     let specs = [InputSpec::new([

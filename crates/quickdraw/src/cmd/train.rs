@@ -154,6 +154,10 @@ pub struct TrainArgs {
     /// Dropout rate before the output layer (default 0.4 for cnn, 0 for dnn).
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Batch normalization after each CNN block's pooling (cnn, wide_deep): batch statistics in
+    /// training, running averages in evaluation and in the export (ONNX BatchNormalization).
+    #[arg(long)]
+    pub batch_norm: bool,
     /// LSTM units per direction for rnn (default 256).
     #[arg(long)]
     pub rnn_units: Option<usize>,
@@ -346,6 +350,7 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     }
     req.dense = a.dense;
     req.dropout = a.dropout;
+    req.batch_norm = a.batch_norm;
     if let Some(p) = &preset {
         req.conv = req.conv.take().or_else(|| Some(p.conv.clone()));
         req.dense = req.dense.or(Some(p.dense));
