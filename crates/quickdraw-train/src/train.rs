@@ -739,6 +739,9 @@ fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
         .transpose()?;
     let mut cfg = build_config(req, &train_src, eval_src.as_ref())?;
     check_batch(req, &cfg, &train_src, obs)?;
+    // Before the model dir is touched: a device that cannot run leaves a previous run intact,
+    // even with --overwrite.
+    let (device, eval_device, parallel_devices) = open_devices(req, &cfg, obs)?;
     let dir = &req.model_dir;
     let lock = DirLock::acquire(dir, "model directory")?;
     let resume = prepare_model_dir(req, &cfg, obs)?;
@@ -750,32 +753,6 @@ fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
         ));
     }
 
-    let device = training_device(req.device)?;
-    let eval_device = inference_device(req.device)?;
-    let parallel_devices = req
-        .parallel_devices
-        .iter()
-        .map(|&d| training_device(d))
-        .collect::<Result<Vec<_>>>()?;
-    cfg.precision.check(&device, req.device)?;
-    for (d, &choice) in parallel_devices.iter().zip(&req.parallel_devices) {
-        cfg.precision.check(d, choice)?;
-    }
-    if !parallel_devices.is_empty() {
-        let n = parallel_devices.len() + 1;
-        obs.notice(&format!(
-            "data-parallel over {n} devices ({}): each batch of {} split into parts of {}-{} rows, gradients summed on {}",
-            std::iter::once(req.device)
-                .chain(req.parallel_devices.iter().copied())
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            cfg.batch_size,
-            cfg.batch_size / n,
-            cfg.batch_size.div_ceil(n),
-            req.device
-        ));
-    }
     let optimizer = cfg.init_optimizer();
     let start = if resume {
         resume_run(req, &mut cfg, &device, optimizer, &train_src, obs)?
@@ -810,6 +787,50 @@ fn set_up(req: &TrainRequest, obs: &mut dyn TrainObserver) -> Result<Setup> {
         total_steps,
         eval_every,
     })
+}
+
+/// Opens `--device`'s devices: the first one's training (autodiff) and inference sides, and the
+/// other data-parallel devices' training sides; checks `--precision` on each.
+fn open_devices(
+    req: &TrainRequest,
+    cfg: &TrainConfig,
+    obs: &mut dyn TrainObserver,
+) -> Result<(Device, Device, Vec<Device>)> {
+    let device = training_device(req.device)?;
+    let eval_device = inference_device(req.device)?;
+    let parallel_devices = req
+        .parallel_devices
+        .iter()
+        .map(|&d| training_device(d))
+        .collect::<Result<Vec<_>>>()?;
+    cfg.precision.check(&device, req.device)?;
+    for (d, &choice) in parallel_devices.iter().zip(&req.parallel_devices) {
+        cfg.precision.check(d, choice)?;
+    }
+    if !parallel_devices.is_empty() {
+        let n = parallel_devices.len() + 1;
+        obs.notice(&format!(
+            "data-parallel over {n} devices ({}): each batch of {} split into parts of {}-{} rows, gradients summed on {}",
+            std::iter::once(req.device)
+                .chain(req.parallel_devices.iter().copied())
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.batch_size,
+            cfg.batch_size / n,
+            cfg.batch_size.div_ceil(n),
+            req.device
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in std::iter::once(req.device).chain(req.parallel_devices.iter().copied()) {
+        if !seen.insert(d) && !d.uses_host_memory() {
+            obs.notice(&format!(
+                "--device names {d} more than once: its parts of each batch run one after the other"
+            ));
+        }
+    }
+    Ok((device, eval_device, parallel_devices))
 }
 
 /// Continues from the model dir's latest checkpoint: its config, model, optimiser state and
@@ -1545,9 +1566,10 @@ fn check_batch(
         )));
     }
     // Host devices hold the whole batch between them (its parts, one after the other).
-    if req.device.uses_host_memory()
-        && let Some(avail) = crate::memory::available_memory()
-    {
+    let on_host = std::iter::once(req.device)
+        .chain(req.parallel_devices.iter().copied())
+        .any(DeviceChoice::uses_host_memory);
+    if on_host && let Some(avail) = crate::memory::available_memory() {
         crate::memory::check_batch_size(&cfg.model, cfg.batch_size, seq_len, req.prefetch, avail)?;
     }
     if cfg.batch_size as u64 > src.n_examples() {

@@ -11,10 +11,16 @@ use burn::prelude::*;
 use crate::model::{Model, ModelInput};
 use crate::precision::Precision;
 
-/// The loss of a step was NaN or infinite (the step was not applied).
+/// A step's loss, or its f16 gradients, were NaN or infinite (the step was not applied).
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
-#[error("the training loss became {0}")]
-pub struct NonFiniteLoss(pub f32);
+pub enum NonFiniteStep {
+    #[error("the training loss became {0}")]
+    Loss(f32),
+    #[error(
+        "the f16 gradients overflowed (a value beyond f16's 65504; --precision bf16 has float32's range)"
+    )]
+    F16Gradients,
+}
 
 /// What one [`Trainer::step`] computed.
 pub struct StepOutput {
@@ -155,7 +161,7 @@ impl Trainer {
         &mut self,
         input: ModelInput,
         targets: Tensor<1, Int>,
-    ) -> Result<StepOutput, NonFiniteLoss> {
+    ) -> Result<StepOutput, NonFiniteStep> {
         if self.devices.len() > 1 && self.model().is_trainable() {
             return self.step_parallel(input, targets);
         }
@@ -169,11 +175,15 @@ impl Trainer {
         let t2 = Instant::now();
         if !loss_v.is_finite() {
             self.model = Some(model);
-            return Err(NonFiniteLoss(loss_v));
+            return Err(NonFiniteStep::Loss(loss_v));
         }
         let model = match grads {
             Some(grads) => {
                 let grads = GradientsParams::from_grads(grads, &model);
+                if let Err(e) = self.precision.check_gradients(&model, &grads) {
+                    self.model = Some(model);
+                    return Err(e);
+                }
                 self.optimizer.step(self.learning_rate, model, grads)
             }
             None => model,
@@ -193,21 +203,23 @@ impl Trainer {
         &mut self,
         input: ModelInput,
         targets: Tensor<1, Int>,
-    ) -> Result<StepOutput, NonFiniteLoss> {
+    ) -> Result<StepOutput, NonFiniteStep> {
         let model = self.model.take().expect("a model between steps");
-        let pass = crate::parallel::forward_backward(
-            &model,
-            input,
-            targets,
-            &self.devices,
-            &self.loss_fns,
-            self.class_weights.as_deref(),
-            self.step_seed,
-            self.precision,
-        );
-        if !pass.loss.is_finite() {
+        let setup = crate::parallel::PassSetup {
+            devices: &self.devices,
+            losses: &self.loss_fns,
+            class_weights: self.class_weights.as_deref(),
+            step_seed: self.step_seed,
+            precision: self.precision,
+        };
+        let pass = crate::parallel::forward_backward(&model, input, targets, &setup);
+        let checked = match pass.loss.is_finite() {
+            true => self.precision.check_gradients(&model, &pass.grads),
+            false => Err(NonFiniteStep::Loss(pass.loss)),
+        };
+        if let Err(e) = checked {
             self.model = Some(model);
-            return Err(NonFiniteLoss(pass.loss));
+            return Err(e);
         }
         let t = Instant::now();
         self.model = Some(self.optimizer.step(self.learning_rate, model, pass.grads));
