@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The recipe comparison of docs/benchmarks.md ("A better recipe"): the lecture's CNN against
 # `--preset quickdraw28` on the real numpy_bitmap data (6 classes x 2,000, 28x28), with the
-# ablation in between, and TensorFlow/Keras training the lecture CNN on the same split.
+# ablation in between (architecture, schedule, label smoothing, wider 3x3 blocks, batch norm),
+# and TensorFlow/Keras training the lecture CNN on the same split.
 # Every run sees the same number of examples (STEPS x 64) from the same shards, seed SEED.
 #
 #   bench/recipe.sh                 # STEPS=1000 SEED=0 WORK=target/bench-recipe
@@ -61,8 +62,9 @@ run lecture $LECTURE
 run arch $ARCH
 run arch+cosine $SCHED
 run arch+cosine+smoothing $SMOOTH
+run wider-3x3 --preset quickdraw28 --batch-norm false
 run preset --preset quickdraw28
-run preset-no-augment --preset quickdraw28 --augment none
+run preset+augment --preset quickdraw28 --augment light
 run lecture+augment --augment light
 if [ "${KERAS:-1}" != 0 ]; then
   .venv/bin/python bench/keras_train.py --config "$WORK/lecture-s$SEED/config.json" \

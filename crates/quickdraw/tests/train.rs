@@ -1666,10 +1666,12 @@ fn a_preset_sets_the_recipe_and_explicit_flags_win() {
     assert_eq!(
         m["conv"],
         serde_json::json!([
-            {"kernel": 5, "pool": 2, "filters": 32},
-            {"kernel": 5, "pool": 2, "filters": 64}
+            {"kernel": 3, "pool": 2, "filters": 64},
+            {"kernel": 3, "pool": 2, "filters": 128},
+            {"kernel": 3, "pool": 2, "filters": 256}
         ])
     );
+    assert_eq!(m["batch_norm"], true);
     assert_eq!(
         m["dropout"], 0.2,
         "--dropout given on the command line wins"
@@ -1679,6 +1681,19 @@ fn a_preset_sets_the_recipe_and_explicit_flags_win() {
     assert!(
         cfg.get("augment").is_none(),
         "the presets do not augment: {cfg}"
+    );
+    let off = d.model_dir("preset-no-bn");
+    train(
+        &d,
+        "cnn",
+        &off,
+        1,
+        &["--preset", "quickdraw28", "--batch-norm", "false"],
+    );
+    let cfg = std::fs::read_to_string(off.join("config.json")).unwrap();
+    assert!(
+        !cfg.contains("batch_norm"),
+        "--batch-norm false wins: {cfg}"
     );
     let err = fail(&train_args(
         &d,

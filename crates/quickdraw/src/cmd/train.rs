@@ -156,8 +156,9 @@ pub struct TrainArgs {
     pub dropout: Option<f64>,
     /// Batch normalization after each CNN block's pooling (cnn, wide_deep): batch statistics in
     /// training, running averages in evaluation and in the export (ONNX BatchNormalization).
-    #[arg(long)]
-    pub batch_norm: bool,
+    /// `--batch-norm false` turns off a preset's.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub batch_norm: Option<bool>,
     /// LSTM units per direction for rnn (default 256).
     #[arg(long)]
     pub rnn_units: Option<usize>,
@@ -350,7 +351,10 @@ pub fn run(a: TrainArgs, ctx: Ctx) -> anyhow::Result<()> {
     }
     req.dense = a.dense;
     req.dropout = a.dropout;
-    req.batch_norm = a.batch_norm;
+    req.batch_norm = a
+        .batch_norm
+        .or(preset.as_ref().map(|p| p.batch_norm))
+        .unwrap_or(false);
     if let Some(p) = &preset {
         req.conv = req.conv.take().or_else(|| Some(p.conv.clone()));
         req.dense = req.dense.or(Some(p.dense));
@@ -464,8 +468,9 @@ fn describe(p: &PresetValues) -> String {
         .map(|c| format!("{}:{}:{}", c.kernel, c.pool, c.filters))
         .collect();
     format!(
-        "--conv {} --dense {} --dropout {} --optimizer {} --learning-rate {} --lr-schedule {} --warmup-steps {} --label-smoothing {} --augment {}",
+        "--conv {}{} --dense {} --dropout {} --optimizer {} --learning-rate {} --lr-schedule {} --warmup-steps {} --label-smoothing {} --augment {}",
         conv.join(","),
+        if p.batch_norm { " --batch-norm" } else { "" },
         p.dense,
         p.dropout,
         p.optimizer,
