@@ -365,7 +365,7 @@ pub fn build_config(
         // model shares: a cast copy (--precision) would cast them, and the data-parallel copies
         // would each update them.
         return Err(TrainError::Config(
-            "--batch-norm trains on one device in f32 only (burn's BatchNorm shares its running statistics between copies of the model): drop --precision or the extra --device".into(),
+            "--batch-norm trains on one device in f32 only (burn's BatchNorm shares its running statistics between copies of the model): drop --precision or the extra --device, or pass --batch-norm false (--preset quickdraw28 sets it)".into(),
         ));
     }
     let class_weights = req
