@@ -1049,15 +1049,12 @@ fn data_parallel_training_over_two_cpu_devices() {
     );
 
     if quickdraw_train::device::CUBECL_AVAILABLE {
-        let mixed = d.model_dir("dp-cubecl");
-        let both = [&sgd[..], &["--device", "cpu,cubecl"]].concat();
-        ok_owned(&args(&mixed, 6, &both));
-        // CubeCL's kernels sum in another order than flex's (as in quickdraw-train's parity test).
-        close(&l1, &losses(&mixed), 2e-3);
+        // (Its losses against one device: quickdraw-train's flex_and_cubecl_train_as_flex_alone,
+        // in one process. Each process here compiles CubeCL's kernels anew, ~40 s.)
         let (x, y) = (d.model_dir("dp-cubecl-x"), d.model_dir("dp-cubecl-y"));
         let masks = ["--dropout", "0.5", "--device", "cpu,cubecl"];
-        train(&d, "cnn", &x, 4, &masks);
-        train(&d, "cnn", &y, 4, &masks);
+        train(&d, "cnn", &x, 2, &masks);
+        train(&d, "cnn", &y, 2, &masks);
         assert_eq!(losses(&x), losses(&y));
     }
 
