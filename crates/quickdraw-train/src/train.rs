@@ -99,6 +99,11 @@ pub struct TrainRequest {
 }
 
 impl TrainRequest {
+    /// Every device of `--device`, the model's first.
+    pub fn devices(&self) -> impl Iterator<Item = DeviceChoice> + '_ {
+        std::iter::once(self.device).chain(self.parallel_devices.iter().copied())
+    }
+
     /// A request with the documented defaults.
     pub fn new(
         model: ModelKind,
@@ -811,8 +816,7 @@ fn open_devices(
         let n = parallel_devices.len() + 1;
         obs.notice(&format!(
             "data-parallel over {n} devices ({}): each batch of {} split into parts of {}-{} rows, gradients summed on {}",
-            std::iter::once(req.device)
-                .chain(req.parallel_devices.iter().copied())
+            req.devices()
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -823,7 +827,7 @@ fn open_devices(
         ));
     }
     let mut seen = std::collections::HashSet::new();
-    for d in std::iter::once(req.device).chain(req.parallel_devices.iter().copied()) {
+    for d in req.devices() {
         if !seen.insert(d) && !d.uses_host_memory() {
             obs.notice(&format!(
                 "--device names {d} more than once: its parts of each batch run one after the other"
@@ -1566,9 +1570,7 @@ fn check_batch(
         )));
     }
     // Host devices hold the whole batch between them (its parts, one after the other).
-    let on_host = std::iter::once(req.device)
-        .chain(req.parallel_devices.iter().copied())
-        .any(DeviceChoice::uses_host_memory);
+    let on_host = req.devices().any(DeviceChoice::uses_host_memory);
     if on_host && let Some(avail) = crate::memory::available_memory() {
         crate::memory::check_batch_size(&cfg.model, cfg.batch_size, seq_len, req.prefetch, avail)?;
     }

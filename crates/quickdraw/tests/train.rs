@@ -69,6 +69,13 @@ fn train_args(d: &Data, model: &str, dir: &Path, steps: u64, extra: &[&str]) -> 
     v
 }
 
+/// `args` (of [`train_args`]) with another `--batch-size`.
+fn with_batch_size(mut args: Vec<String>, batch_size: u64) -> Vec<String> {
+    let i = args.iter().position(|a| a == "--batch-size").unwrap();
+    args[i + 1] = batch_size.to_string();
+    args
+}
+
 fn train(d: &Data, model: &str, dir: &Path, steps: u64, extra: &[&str]) -> Output {
     let args = train_args(d, model, dir, steps, extra);
     ok_owned(&args)
@@ -849,9 +856,7 @@ fn flipped_bytes_in_a_checkpoint_are_refused_by_evaluate_resume_and_export() {
 fn a_batch_size_that_cannot_fit_is_refused_before_training() {
     let d = Data::new(false);
     let dir = d.model_dir("huge-batch");
-    let mut args = train_args(&d, "cnn", &dir, 5, &[]);
-    let i = args.iter().position(|a| a == "--batch-size").unwrap();
-    args[i + 1] = "100000000".into();
+    let args = with_batch_size(train_args(&d, "cnn", &dir, 5, &[]), 100000000);
     let err = fail(&args);
     assert!(err.contains("--batch-size 100000000 needs about"), "{err}");
     assert!(
@@ -997,10 +1002,7 @@ fn devices_this_build_or_machine_lacks_are_clear_errors() {
 fn data_parallel_training_over_two_cpu_devices() {
     let d = Data::new(false);
     let args = |dir: &Path, steps: u64, extra: &[&str]| {
-        let mut a = train_args(&d, "cnn", dir, steps, extra);
-        let at = a.iter().position(|x| x == "--batch-size").unwrap();
-        a[at + 1] = "15".into();
-        a
+        with_batch_size(train_args(&d, "cnn", dir, steps, extra), 15)
     };
     let sgd = [
         "--dropout",
@@ -1058,16 +1060,14 @@ fn data_parallel_training_over_two_cpu_devices() {
         assert_eq!(losses(&x), losses(&y));
     }
 
-    let mut small = train_args(
+    let small = train_args(
         &d,
         "cnn",
         &d.model_dir("dp-small"),
         2,
         &["--device", "cpu,cpu,cpu"],
     );
-    let at = small.iter().position(|a| a == "--batch-size").unwrap();
-    small[at + 1] = "2".into();
-    let e = fail(&small);
+    let e = fail(&with_batch_size(small, 2));
     assert!(
         e.contains("--batch-size 2") && e.contains("3 devices"),
         "{e}"
